@@ -1,0 +1,239 @@
+"""Dense per-token rewards: the data type every credit method returns, and the maths that builds it.
+
+From per-player credit to per-token rewards (DESIGN.md section 6), for response tokens ``t = 1..T``::
+
+    R_t = alpha * phi_t + (1 - alpha) * 1[t == T] * r
+
+where ``phi_t`` is the credit of the players placed on token ``t`` (``placement="last"``: all of a
+player's credit on its last token; ``placement="spread"``: split evenly over its tokens). The KL part of
+the reward is added by the trainer, not here. For exact Shapley values ``sum(phi) == r - v(∅)``, so
+``sum_t R_t == alpha * (r - v(∅)) + (1 - alpha) * r``.
+
+Rewards are computed on the reward model's tokenization; :func:`map_to_tokens` moves them onto the
+policy's tokenization through character offsets into the response text.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # scar.players is only needed for the annotation
+    from scar.players import Player
+
+__all__ = ["DenseRewards", "shape_rewards", "map_to_tokens", "sparse_rewards", "PLACEMENTS"]
+
+PLACEMENTS = ("last", "spread")
+
+
+@dataclass
+class DenseRewards:
+    """Dense rewards for a batch of responses.
+
+    Attributes:
+        token_rewards: per response, float32 ``[T_i]``: the dense reward of each completion token, indexed
+            by the *policy's* completion tokens (so :meth:`to_tensor` lines up with ``completion_ids``).
+        rewards: ``[B]`` float64: the sequence reward ``r = v(N)``.
+        base_values: ``[B]`` float64: ``v(∅)``; NaN where not defined (sparse, ABC).
+        values: per response, float64 ``[n_i]``: the credit of each player (Shapley phi, ABC weight*r, ...).
+        stderr: per response ``[n_i]`` float64 standard errors of ``values``, or None.
+        players: per response, the players (``scar.players.Player``) the values belong to.
+        method: ``"scar"``, ``"abc"`` or ``"sparse"`` (free text for other credit methods).
+
+    Tensors are coerced to the documented dtypes on construction; inconsistent batch sizes raise
+    ``ValueError``.
+    """
+
+    token_rewards: list[torch.Tensor]
+    rewards: torch.Tensor
+    base_values: torch.Tensor
+    values: list[torch.Tensor]
+    stderr: list[torch.Tensor | None]
+    players: list[list[Player]]
+    method: str
+
+    def __post_init__(self) -> None:
+        self.token_rewards = [_as_1d(t, torch.float32, f"token_rewards[{i}]") for i, t in enumerate(self.token_rewards)]
+        self.values = [_as_1d(v, torch.float64, f"values[{i}]") for i, v in enumerate(self.values)]
+        self.stderr = [
+            None if s is None else _as_1d(s, torch.float64, f"stderr[{i}]") for i, s in enumerate(self.stderr)
+        ]
+        self.rewards = _as_1d(self.rewards, torch.float64, "rewards")
+        self.base_values = _as_1d(self.base_values, torch.float64, "base_values")
+        self.players = [list(p) for p in self.players]
+        b = len(self.token_rewards)
+        for name in ("rewards", "base_values", "values", "stderr", "players"):
+            if len(getattr(self, name)) != b:
+                raise ValueError(
+                    f"DenseRewards: {name} has {len(getattr(self, name))} entries but token_rewards has {b}"
+                )
+        for i in range(b):
+            n = len(self.players[i])
+            if self.values[i].numel() != n:
+                raise ValueError(f"DenseRewards: response {i} has {n} players but {self.values[i].numel()} values")
+            if self.stderr[i] is not None and self.stderr[i].numel() != n:
+                raise ValueError(f"DenseRewards: response {i} has {n} players but {self.stderr[i].numel()} stderrs")
+
+    def __len__(self) -> int:
+        return len(self.token_rewards)
+
+    def to_tensor(self, pad_value: float = 0.0, length: int | None = None) -> torch.Tensor:
+        """Stack the per-token rewards into a right-padded float32 ``[B, T]`` tensor.
+
+        Args:
+            pad_value: value of the padding positions after each response's last token.
+            length: ``T``; default the longest response. Must be at least the longest response: cutting
+                a response would drop the reward on its last token, so that raises ``ValueError``.
+        """
+        longest = max((t.numel() for t in self.token_rewards), default=0)
+        if length is None:
+            length = longest
+        if length < longest:
+            raise ValueError(f"to_tensor: length={length} is shorter than the longest response ({longest} tokens)")
+        out = torch.full((len(self), length), float(pad_value), dtype=torch.float32)
+        for i, t in enumerate(self.token_rewards):
+            out[i, : t.numel()] = t
+        return out
+
+
+def _as_1d(x: Any, dtype: torch.dtype, name: str) -> torch.Tensor:
+    t = torch.as_tensor(x, dtype=dtype).detach().cpu()
+    if t.dim() != 1:
+        raise ValueError(f"DenseRewards: {name} must be 1-D, got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_alpha(alpha: float, name: str = "alpha") -> float:
+    alpha = float(alpha)
+    if not (0.0 <= alpha <= 1.0):  # also rejects NaN
+        raise ValueError(f"{name} must be in [0, 1], got {alpha}")
+    return alpha
+
+
+def _check_reward(r: float) -> float:
+    r = float(r)
+    if not math.isfinite(r):
+        raise ValueError(f"the sequence reward r must be finite, got {r}")
+    return r
+
+
+def _check_n_tokens(n_tokens: int) -> int:
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise ValueError(f"n_tokens must be a positive int (the response's token count), got {n_tokens!r}")
+    return n_tokens
+
+
+def sparse_rewards(r: float, n_tokens: int) -> torch.Tensor:
+    """The ordinary sparse reward: ``r`` on the last of ``n_tokens`` tokens, zero elsewhere (float64)."""
+    r = _check_reward(r)
+    out = torch.zeros(_check_n_tokens(n_tokens), dtype=torch.float64)
+    out[-1] = r
+    return out
+
+
+def shape_rewards(
+    values: torch.Tensor | Sequence[float],
+    players: Sequence[Player],
+    r: float,
+    *,
+    alpha: float,
+    placement: str = "last",
+    n_tokens: int,
+) -> torch.Tensor:
+    """Turn per-player credit into per-token rewards: ``R_t = alpha*phi_t + (1-alpha)*1[t==T]*r``.
+
+    Args:
+        values: ``[n]`` credit of each player (Shapley values).
+        players: the ``n`` players; only ``start``/``end`` (half-open token range in the response) are used.
+        r: the sequence reward ``v(N)``.
+        alpha: weight of the dense part, in ``[0, 1]`` (1: only credit, 0: the sparse reward).
+        placement: ``"last"`` puts a player's credit on its last token, ``"spread"`` splits it evenly
+            over its tokens. Both preserve the player's total.
+        n_tokens: ``T``, the number of response tokens (reward-model tokenization).
+
+    Returns:
+        float64 ``[T]`` rewards; their sum is ``alpha * sum(values) + (1 - alpha) * r``.
+    """
+    alpha = _check_alpha(alpha)
+    r = _check_reward(r)
+    n_tokens = _check_n_tokens(n_tokens)
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
+    phi = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    if phi.dim() != 1 or phi.numel() != len(players):
+        raise ValueError(f"values has shape {tuple(phi.shape)} but there are {len(players)} players")
+    if not bool(torch.isfinite(phi).all()):
+        raise ValueError("values contain NaN or infinity")
+    credit = torch.zeros(n_tokens, dtype=torch.float64)
+    for k, p in enumerate(players):
+        start, end = int(p.start), int(p.end)
+        if not (0 <= start < end <= n_tokens):
+            raise ValueError(f"player {k} covers tokens [{start}, {end}) outside the response's {n_tokens} tokens")
+        if placement == "last":
+            credit[end - 1] += phi[k]
+        else:
+            credit[start:end] += phi[k] / (end - start)
+    out = alpha * credit
+    out[-1] += (1.0 - alpha) * r
+    return out
+
+
+def _offsets_tensor(offsets: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(offsets, dtype=torch.long)
+    if t.numel() == 0:
+        return t.reshape(0, 2)
+    if t.dim() != 2 or t.shape[1] != 2:
+        raise ValueError(f"{name} must be a list of (char_start, char_end) pairs, got shape {tuple(t.shape)}")
+    if bool((t[:, 1] < t[:, 0]).any()) or bool((t < 0).any()):
+        raise ValueError(f"{name} has a pair with char_end < char_start or a negative offset")
+    return t
+
+
+def map_to_tokens(
+    token_rewards_src: torch.Tensor | Sequence[float],
+    src_offsets: Any,
+    dst_offsets: Any,
+) -> torch.Tensor:
+    """Move per-token rewards from one tokenization of a text onto another through character offsets.
+
+    Each source token's reward goes to the destination token that contains the source token's last
+    character (``char_end - 1``; a zero-width source token uses its position ``char_start``). When that
+    character lies in no destination token (a gap, e.g. whitespace the destination tokenizer drops), it
+    goes to the next destination token, and past the last destination token to the last one. Every
+    source reward lands on exactly one destination token, so the total reward is preserved (up to float
+    summation order); with identical tokenizations the rewards are returned unchanged.
+
+    Args:
+        token_rewards_src: ``[S]`` rewards on the source tokens.
+        src_offsets: ``[S, 2]`` ``(char_start, char_end)`` of each source token in the text.
+        dst_offsets: ``[D, 2]`` the same for the destination tokens; ``char_end`` must be non-decreasing
+            (tokens in text order; zero-width tokens such as a decoded-away EOS are allowed).
+
+    Returns:
+        ``[D]`` rewards in the dtype of ``token_rewards_src`` (float64 if it is not a float tensor).
+    """
+    src = torch.as_tensor(token_rewards_src)
+    if not src.is_floating_point():
+        src = src.to(torch.float64)
+    src = src.detach().cpu()
+    so = _offsets_tensor(src_offsets, "src_offsets")
+    do = _offsets_tensor(dst_offsets, "dst_offsets")
+    if src.dim() != 1 or src.numel() != so.shape[0]:
+        raise ValueError(f"token_rewards_src has shape {tuple(src.shape)} but src_offsets has {so.shape[0]} tokens")
+    if do.shape[0] == 0:
+        if src.numel() and bool((src != 0).any()):
+            raise ValueError("dst_offsets is empty: there is no destination token to carry the reward")
+        return torch.zeros(0, dtype=src.dtype)
+    ends = do[:, 1].contiguous()
+    if bool((ends[1:] < ends[:-1]).any()):
+        raise ValueError("dst_offsets must be in text order (non-decreasing char_end)")
+    last_char = torch.where(so[:, 1] > so[:, 0], so[:, 1] - 1, so[:, 0])
+    # first destination token that ends after the character: it contains it, or is the next one after a gap
+    idx = torch.searchsorted(ends, last_char, right=True).clamp_(max=do.shape[0] - 1)
+    out = torch.zeros(do.shape[0], dtype=src.dtype)
+    out.index_add_(0, idx, src)
+    return out
