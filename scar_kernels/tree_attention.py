@@ -1,0 +1,483 @@
+"""Tree (horizon-masked) flash attention: Triton kernel, launcher and torch reference.
+
+The packed prefix-tree layout of SCAR (DESIGN.md section 3) describes its attention mask with one
+integer per token: query ``q`` may attend key ``k`` iff ``k <= q < horizon[k]``, where ``horizon[k]``
+is the packed index one past the end of the subtree holding ``k``. Optionally a cached prompt prefix
+(``prefix_k``/``prefix_v``, ``[Hkv, P, D]``) is visible to every query, so a prompt whose KV was
+computed once is attended without being copied into the packed keys.
+
+Layout: ``q [H, N, D]``, ``k``/``v`` ``[Hkv, N, D]`` (grouped-query attention: query head ``h`` reads
+kv head ``h // (H // Hkv)``), ``horizon int32 [N]``; output ``[H, N, D]`` in the dtype of ``q``.
+
+The kernel is a flash-attention forward (online softmax over key blocks, fp32 accumulation) that skips
+every key block no query of the current query block can see: a key block ``[k0, k1)`` is visible to
+the query block ``[q0, q1)`` iff ``k0 <= q1 - 1`` (causality) and ``max(horizon[k0:k1]) > q0``. The
+per-key-block maximum horizon is precomputed once per call. :func:`block_skip_stats` counts the tiles
+this rule skips, for the benchmark table.
+
+Importing this module needs torch only; the Triton kernel is compiled lazily, so the module imports on
+machines where Triton is missing or has no usable backend. Under ``TRITON_INTERPRET=1`` (set before
+importing Triton) the kernel runs on CPU tensors, which the tests use.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+__all__ = [
+    "tree_attention",
+    "tree_attention_reference",
+    "tree_attention_mask",
+    "validate_tree_attention_inputs",
+    "block_max_horizon",
+    "block_skip_stats",
+    "BlockSkipStats",
+    "triton_available",
+    "DEFAULT_BLOCK_M",
+    "DEFAULT_BLOCK_N",
+]
+
+DEFAULT_BLOCK_M = 64
+DEFAULT_BLOCK_N = 64
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_available() -> bool:
+    """True when Triton imports (compiled GPU backend or the CPU interpreter)."""
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install without a backend
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Input validation (shared by the launcher, the reference and the torch.library op)
+# --------------------------------------------------------------------------------------------------
+def validate_tree_attention_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    horizon: torch.Tensor,
+    prefix_k: torch.Tensor | None = None,
+    prefix_v: torch.Tensor | None = None,
+    *,
+    check_values: bool = True,
+) -> None:
+    """Raise ``TypeError``/``ValueError`` naming the problem if the inputs break the layout contract.
+
+    ``check_values`` also checks ``k < horizon[k] <= N`` (one device synchronisation on CUDA); shape
+    and dtype checks never read tensor data, so they are safe on fake/meta tensors.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"tree_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"tree_attention: {name} must be float32, float16 or bfloat16, got {t.dtype}")
+        if t.dim() != 3:
+            raise ValueError(f"tree_attention: {name} must be 3-D [heads, N, head_dim], got shape {tuple(t.shape)}")
+        if not t.is_contiguous():
+            raise ValueError(f"tree_attention: {name} must be contiguous (call .contiguous())")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError(f"tree_attention: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    H, N, D = q.shape
+    Hkv = k.shape[0]
+    if k.shape != v.shape:
+        raise ValueError(f"tree_attention: k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if k.shape[1] != N:
+        raise ValueError(f"tree_attention: k has {k.shape[1]} tokens but q has {N}")
+    if k.shape[2] != D:
+        raise ValueError(f"tree_attention: k head_dim {k.shape[2]} != q head_dim {D}")
+    if Hkv == 0 or H % Hkv != 0:
+        raise ValueError(f"tree_attention: query heads ({H}) must be a multiple of kv heads ({Hkv})")
+    if not isinstance(horizon, torch.Tensor):
+        raise TypeError(f"tree_attention: horizon must be a torch.Tensor, got {type(horizon).__name__}")
+    if horizon.dtype != torch.int32:
+        raise TypeError(f"tree_attention: horizon must be int32, got {horizon.dtype}")
+    if horizon.dim() != 1 or horizon.shape[0] != N:
+        raise ValueError(f"tree_attention: horizon must have shape [{N}], got {tuple(horizon.shape)}")
+    if not horizon.is_contiguous():
+        raise ValueError("tree_attention: horizon must be contiguous")
+    for name, t in (("k", k), ("v", v), ("horizon", horizon)):
+        if t.device != q.device:
+            raise ValueError(f"tree_attention: {name} is on {t.device} but q is on {q.device}")
+    if (prefix_k is None) != (prefix_v is None):
+        raise ValueError("tree_attention: pass both prefix_k and prefix_v, or neither")
+    if prefix_k is not None:
+        for name, t in (("prefix_k", prefix_k), ("prefix_v", prefix_v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"tree_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dtype != q.dtype:
+                raise TypeError(f"tree_attention: {name} dtype {t.dtype} != q dtype {q.dtype}")
+            if t.dim() != 3 or t.shape[0] != Hkv or t.shape[2] != D:
+                raise ValueError(
+                    f"tree_attention: {name} must have shape [{Hkv}, P, {D}], got {tuple(t.shape)}"
+                )
+            if not t.is_contiguous():
+                raise ValueError(f"tree_attention: {name} must be contiguous (call .contiguous())")
+            if t.device != q.device:
+                raise ValueError(f"tree_attention: {name} is on {t.device} but q is on {q.device}")
+        if prefix_k.shape != prefix_v.shape:
+            raise ValueError(
+                f"tree_attention: prefix_k and prefix_v shapes differ: {tuple(prefix_k.shape)} vs {tuple(prefix_v.shape)}"
+            )
+    if check_values and N > 0:
+        idx = torch.arange(N, device=horizon.device, dtype=torch.int32)
+        bad = (horizon <= idx) | (horizon > N)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"tree_attention: horizon must satisfy k < horizon[k] <= N={N}; horizon[{i}] = {int(horizon[i])}"
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Torch reference (dense mask)
+# --------------------------------------------------------------------------------------------------
+def tree_attention_mask(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
+    """Dense boolean visibility ``[N, P + N]``: True where query row may attend key column."""
+    N = horizon.shape[0]
+    qi = torch.arange(N, device=horizon.device).unsqueeze(1)
+    ki = torch.arange(N, device=horizon.device).unsqueeze(0)
+    tree = (ki <= qi) & (qi < horizon.to(torch.int64).unsqueeze(0))
+    if prefix_len:
+        tree = torch.cat([torch.ones(N, prefix_len, dtype=torch.bool, device=horizon.device), tree], dim=1)
+    return tree
+
+
+def tree_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    horizon: torch.Tensor,
+    scale: float,
+    prefix_k: torch.Tensor | None = None,
+    prefix_v: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Dense torch reference: ``softmax(q k^T * scale + mask) v`` in fp32, returned in ``q``'s dtype."""
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
+    H, N, D = q.shape
+    group = H // k.shape[0]
+    if prefix_k is not None:
+        k = torch.cat([prefix_k, k], dim=1)
+        v = torch.cat([prefix_v, v], dim=1)
+    P = k.shape[1] - N
+    kf = k.float().repeat_interleave(group, dim=0)
+    vf = v.float().repeat_interleave(group, dim=0)
+    scores = torch.matmul(q.float(), kf.transpose(1, 2)) * scale
+    visible = tree_attention_mask(horizon, P)
+    scores = scores.masked_fill(~visible, float("-inf"))
+    out = torch.matmul(torch.softmax(scores, dim=-1), vf)
+    return out.to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Block-skip bookkeeping
+# --------------------------------------------------------------------------------------------------
+def block_max_horizon(horizon: torch.Tensor, block_n: int) -> torch.Tensor:
+    """Per key block of ``block_n`` tokens, the maximum horizon (int32, ``ceil(N / block_n)`` entries)."""
+    N = horizon.shape[0]
+    n_blocks = -(-N // block_n)
+    padded = torch.zeros(n_blocks * block_n, dtype=torch.int32, device=horizon.device)
+    padded[:N] = horizon
+    return padded.view(n_blocks, block_n).amax(dim=1).contiguous()
+
+
+@dataclass(frozen=True)
+class BlockSkipStats:
+    """Tile counts of one pack for a (query block, key block) tiling of its attention.
+
+    ``dense_*``: a kernel that computes every tile of the ``[N, P + N]`` score matrix (SDPA / eager
+    with a dense additive mask). ``causal_*``: a causal flash kernel (skips tiles above the diagonal).
+    ``tree_*``: this kernel (also skips tiles whose keys' subtrees end before the query block).
+    ``*_pairs``: (query, key) score entries inside computed tiles, i.e. proportional to attention
+    FLOPs (``4 * D`` per pair and head: ``q k^T`` and ``p v``). ``visible_pairs`` is the exact mask's
+    count, the lower bound for any kernel.
+    """
+
+    n_tokens: int
+    prefix_len: int
+    block_m: int
+    block_n: int
+    dense_tiles: int
+    causal_tiles: int
+    tree_tiles: int
+    dense_pairs: int
+    causal_pairs: int
+    tree_pairs: int
+    visible_pairs: int
+
+    @property
+    def skipped_vs_dense(self) -> float:
+        """Fraction of the dense kernel's tiles the tree kernel does not compute."""
+        return 1.0 - self.tree_tiles / self.dense_tiles if self.dense_tiles else 0.0
+
+    @property
+    def skipped_vs_causal(self) -> float:
+        """Fraction of the causal kernel's tiles the tree kernel does not compute."""
+        return 1.0 - self.tree_tiles / self.causal_tiles if self.causal_tiles else 0.0
+
+    @property
+    def flops_saved_vs_dense(self) -> float:
+        """Fraction of the dense-mask kernel's attention FLOPs saved."""
+        return 1.0 - self.tree_pairs / self.dense_pairs if self.dense_pairs else 0.0
+
+    def attention_flops(self, n_heads: int, head_dim: int) -> dict[str, int]:
+        """Attention FLOPs (``q k^T`` plus ``p v``) of each kernel for ``n_heads`` heads of ``head_dim``."""
+        per = 4 * n_heads * head_dim
+        return {
+            "dense": per * self.dense_pairs,
+            "causal": per * self.causal_pairs,
+            "tree": per * self.tree_pairs,
+            "exact": per * self.visible_pairs,
+        }
+
+
+def block_skip_stats(
+    horizon: torch.Tensor,
+    block_m: int = DEFAULT_BLOCK_M,
+    block_n: int = DEFAULT_BLOCK_N,
+    prefix_len: int = 0,
+) -> BlockSkipStats:
+    """Count the attention tiles the tree kernel computes and skips for one pack.
+
+    Uses exactly the kernel's skip rule (causal key-block bound, then ``max(horizon[block]) > q0``);
+    the cached-prefix tiles are computed by every kernel and are included in all counts.
+    """
+    if horizon.dim() != 1:
+        raise ValueError(f"block_skip_stats: horizon must be 1-D, got shape {tuple(horizon.shape)}")
+    if block_m < 1 or block_n < 1:
+        raise ValueError("block_skip_stats: block sizes must be positive")
+    if prefix_len < 0:
+        raise ValueError("block_skip_stats: prefix_len must be >= 0")
+    h = horizon.detach().to("cpu", torch.int64)
+    N = h.shape[0]
+    n_qb = -(-N // block_m)
+    n_kb = -(-N // block_n)
+    n_pb = -(-prefix_len // block_n)
+    q0 = torch.arange(n_qb) * block_m
+    q1 = torch.clamp(q0 + block_m, max=N)
+    qlen = q1 - q0
+    k0 = torch.arange(n_kb) * block_n
+    k1 = torch.clamp(k0 + block_n, max=N)
+    klen = k1 - k0
+    kmax = block_max_horizon(h.to(torch.int32), block_n).to(torch.int64) if N else torch.zeros(0, dtype=torch.int64)
+    causal = k0.unsqueeze(0) <= (q1 - 1).unsqueeze(1)
+    tree = causal & (kmax.unsqueeze(0) > q0.unsqueeze(1))
+    tile_pairs = qlen.unsqueeze(1) * klen.unsqueeze(0)
+    prefix_pairs = N * prefix_len
+    idx = torch.arange(N)
+    # Each key k is visible to the queries k .. horizon[k]-1.
+    visible = int((h - idx).clamp(min=0).sum()) + prefix_pairs
+    return BlockSkipStats(
+        n_tokens=N,
+        prefix_len=prefix_len,
+        block_m=block_m,
+        block_n=block_n,
+        dense_tiles=n_qb * (n_kb + n_pb),
+        causal_tiles=int(causal.sum()) + n_qb * n_pb,
+        tree_tiles=int(tree.sum()) + n_qb * n_pb,
+        dense_pairs=N * (N + prefix_len),
+        causal_pairs=int((tile_pairs * causal).sum()) + prefix_pairs,
+        tree_pairs=int((tile_pairs * tree).sum()) + prefix_pairs,
+        visible_pairs=visible,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernel (compiled lazily so that importing this module never needs Triton)
+# --------------------------------------------------------------------------------------------------
+_KERNEL = None
+
+
+def _get_kernel():
+    """Define the @triton.jit kernel on first use and cache it."""
+    global _KERNEL
+    if _KERNEL is not None:
+        return _KERNEL
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _tree_attention_fwd(
+        Q, K, V, PK, PV, HOR, BLKMAX, OUT,
+        N, P, qk_scale,
+        GROUP: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        HAS_PREFIX: tl.constexpr,
+        DOT_FP32: tl.constexpr,
+        DOT_PRECISION: tl.constexpr,
+    ):
+        pid_m = tl.program_id(0)
+        h = tl.program_id(1)
+        hk = h // GROUP
+        # 64-bit head offsets: H * N * D can exceed 2**31 for long packs.
+        q_base = h.to(tl.int64) * N * HEAD_DIM
+        kv_base = hk.to(tl.int64) * N * HEAD_DIM
+
+        q0 = pid_m * BLOCK_M
+        offs_m = q0 + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, BLOCK_N)
+        d_ok = offs_d < HEAD_DIM
+        m_ok = offs_m < N
+
+        q = tl.load(Q + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        if DOT_FP32:
+            q = q.to(tl.float32)
+
+        # exp2-based softmax: fold log2(e) into the scale once.
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+        if HAS_PREFIX:
+            # The cached prompt: every key visible to every query, no skipping possible.
+            p_base = hk.to(tl.int64) * P * HEAD_DIM
+            for p0 in range(0, P, BLOCK_N):
+                offs_p = p0 + offs_n
+                p_ok = offs_p < P
+                kp = tl.load(PK + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
+                             mask=p_ok[:, None] & d_ok[None, :], other=0.0)
+                vp = tl.load(PV + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
+                             mask=p_ok[:, None] & d_ok[None, :], other=0.0)
+                if DOT_FP32:
+                    kp = kp.to(tl.float32)
+                    vp = vp.to(tl.float32)
+                s = tl.dot(q, tl.trans(kp), input_precision=DOT_PRECISION) * qk_scale
+                s = tl.where(p_ok[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(s - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vp.dtype), vp, input_precision=DOT_PRECISION)
+                m_i = m_new
+
+        # Tree keys: causality bounds the key range by the last query of the block.
+        k_end = tl.minimum(q0 + BLOCK_M, N)
+        for n0 in range(0, k_end, BLOCK_N):
+            # Skip the block when every key's subtree ends before the first query of this block.
+            blk_h = tl.load(BLKMAX + n0 // BLOCK_N)
+            if blk_h > q0:
+                offs_k = n0 + offs_n
+                k_ok = offs_k < N
+                kt = tl.load(K + kv_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :],
+                             mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+                vt = tl.load(V + kv_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :],
+                             mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+                hor = tl.load(HOR + offs_k, mask=k_ok, other=0)
+                if DOT_FP32:
+                    kt = kt.to(tl.float32)
+                    vt = vt.to(tl.float32)
+                s = tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION) * qk_scale
+                vis = (offs_k[None, :] <= offs_m[:, None]) & (offs_m[:, None] < hor[None, :])
+                s = tl.where(vis, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(s - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
+                m_i = m_new
+
+        # Rows past N see nothing (l = 0); every real row sees at least itself.
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        tl.store(OUT + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+                 out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+
+    _KERNEL = _tree_attention_fwd
+    return _KERNEL
+
+
+def _pick_blocks(N: int, D: int) -> tuple[int, int]:
+    """Block sizes: 64x64 tiles, smaller for tiny packs (tl.dot needs >= 16), 32-wide keys at D=128."""
+    block_m = DEFAULT_BLOCK_M if N > 32 else (32 if N > 16 else 16)
+    block_n = DEFAULT_BLOCK_N if D <= 64 else 32
+    if N <= 16:
+        block_n = 16
+    return block_m, block_n
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    horizon: torch.Tensor,
+    scale: float | None = None,
+    prefix_k: torch.Tensor | None = None,
+    prefix_v: torch.Tensor | None = None,
+    *,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    check_values: bool = True,
+) -> torch.Tensor:
+    """Launch the Triton tree-attention kernel; returns ``[H, N, D]`` in ``q``'s dtype.
+
+    Args:
+        q: queries ``[H, N, D]``; ``k``, ``v``: packed keys/values ``[Hkv, N, D]`` (``H % Hkv == 0``).
+        horizon: int32 ``[N]``; query ``i`` sees key ``j`` iff ``j <= i < horizon[j]``.
+        scale: softmax scale (default ``D ** -0.5``).
+        prefix_k, prefix_v: optional cached-prompt keys/values ``[Hkv, P, D]`` visible to all queries.
+        block_m, block_n: tile sizes (powers of two >= 16); picked from ``N`` and ``D`` when omitted.
+        check_values: verify ``j < horizon[j] <= N`` (one device sync on CUDA).
+
+    Tensors must be CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``. Head dims 16..128.
+    """
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=check_values)
+    H, N, D = q.shape
+    if not 16 <= D <= 128:
+        raise ValueError(f"tree_attention (Triton): head_dim must be in [16, 128], got {D}")
+    if q.device.type != "cuda" and not _interpreting():
+        raise ValueError(
+            f"tree_attention (Triton): tensors are on {q.device}; the kernel needs CUDA "
+            "(or TRITON_INTERPRET=1 set before importing triton, for CPU testing)"
+        )
+    if not triton_available():
+        raise RuntimeError("tree_attention (Triton): triton is not importable; use the CPU op or install triton")
+    auto_m, auto_n = _pick_blocks(N, D)
+    block_m = block_m or auto_m
+    block_n = block_n or auto_n
+    for name, b in (("block_m", block_m), ("block_n", block_n)):
+        if b < 16 or b & (b - 1):
+            raise ValueError(f"tree_attention (Triton): {name} must be a power of two >= 16, got {b}")
+    scale = D ** -0.5 if scale is None else float(scale)
+    out = torch.empty_like(q)
+    if N == 0:
+        return out
+    has_prefix = prefix_k is not None and prefix_k.shape[1] > 0
+    P = prefix_k.shape[1] if has_prefix else 0
+    blkmax = block_max_horizon(horizon, block_n)
+    # The interpreter has no bf16 tl.dot; fp32 dots on GPU keep fp32 inputs exact (no TF32).
+    dot_fp32 = _interpreting() or q.dtype == torch.float32
+    kernel = _get_kernel()
+    grid = (-(-N // block_m), H)
+    kernel[grid](
+        q, k, v,
+        prefix_k if has_prefix else k, prefix_v if has_prefix else v,
+        horizon, blkmax, out,
+        N, P, scale * math.log2(math.e),
+        GROUP=H // k.shape[0],
+        HEAD_DIM=D,
+        BLOCK_D=max(16, 1 << (D - 1).bit_length()),
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        HAS_PREFIX=has_prefix,
+        DOT_FP32=dot_fp32,
+        DOT_PRECISION="ieee" if dot_fp32 else "tf32",
+    )
+    return out
