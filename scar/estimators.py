@@ -1,0 +1,613 @@
+"""Shapley and Owen value estimators for a batched value function.
+
+A *value function* takes a bool tensor ``[C, n]`` (row ``c`` is coalition ``S_c``; column ``i`` says
+whether player ``i`` is in it) and returns ``C`` values. In SCAR one call becomes one packed
+reward-model pass, so every estimator here works in three steps:
+
+1. build the whole *plan* (every coalition the method needs) with vectorised torch code;
+2. dedupe it, so each distinct coalition, including the empty coalition and the grand coalition,
+   is evaluated exactly once, and call ``value_fn`` on all of it at once (or in chunks of
+   ``batch_size`` rows);
+3. turn the values into Shapley (or Owen) values in float64.
+
+Methods (see :func:`shapley`):
+
+``exact``
+    All ``2**n`` coalitions, closed-form Shapley weights; ``n <= EXACT_MAX_PLAYERS``.
+``permutation``
+    Antithetic permutation sampling: each sampled permutation and its reverse. Efficiency holds
+    exactly for every sampled permutation; the standard error comes from the spread of the
+    antithetic pair means.
+``kernel``
+    KernelSHAP with paired sampling (each coalition with its complement) and the efficiency
+    constraint imposed exactly (KKT system). Standard error: the sandwich (delta-method) variance
+    of the constrained weighted least-squares estimate with antithetic pairs as the independent
+    units. When the budget covers every coalition the exact Shapley values are returned.
+``owen``
+    Owen values for a nested partition of the players. Exact by enumeration for small trees,
+    antithetic hierarchy-consistent permutation sampling otherwise.
+
+All randomness comes from a private ``torch.Generator`` seeded with ``seed``; the global RNG is
+never touched, and the same seed gives the same plan and therefore the same values.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "EXACT_MAX_PLAYERS",
+    "OWEN_EXACT_MAX_TERMS",
+    "DEFAULT_PERMUTATIONS",
+    "KERNEL_DEFAULT_EXTRA",
+    "METHODS",
+    "ShapleyResult",
+    "ValueFn",
+    "shapley",
+]
+
+ValueFn = Callable[[torch.Tensor], Any]
+"""``value_fn(coalitions: bool Tensor[C, n]) -> Tensor | ndarray | sequence of C numbers``."""
+
+EXACT_MAX_PLAYERS = 20
+"""Largest ``n`` for ``method="exact"``: ``2**20`` (about a million) coalitions, each evaluated once."""
+
+OWEN_EXACT_MAX_TERMS = 2**18
+"""``method="owen"`` without a budget is exact when the number of (player, coalition) terms of the
+Owen formula, ``sum_i prod_levels 2**(siblings of i's ancestor at that level)``, is at most this;
+larger trees are sampled with ``DEFAULT_PERMUTATIONS`` hierarchy-consistent permutations."""
+
+DEFAULT_PERMUTATIONS = 32
+"""Default budget of ``permutation`` and sampled ``owen``: 32 permutations (16 antithetic pairs)."""
+
+KERNEL_DEFAULT_EXTRA = 2048
+"""Default ``kernel`` budget is ``2 * n + KERNEL_DEFAULT_EXTRA`` sampled coalitions, capped at the
+``2**n - 2`` proper non-empty coalitions (at which point the answer is exact)."""
+
+METHODS = ("exact", "permutation", "kernel", "owen")
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ShapleyResult:
+    """Values of one game and how they were obtained.
+
+    Attributes:
+        values: float64 ``[n]`` Shapley (or Owen) values.
+        stderr: float64 ``[n]`` standard error of each value for sampled estimates (NaN when it
+            cannot be estimated: a single antithetic pair), zeros for ``kernel`` when its budget
+            covered every coalition, ``None`` for exact methods.
+        n_evals: number of distinct coalitions evaluated (rows passed to ``value_fn`` in total).
+        base_value: ``v(∅)``.
+        full_value: ``v(N)``.
+        method: the method used.
+        budget: the budget actually used (permutations for ``permutation`` and sampled ``owen``,
+            sampled coalitions for ``kernel``), ``None`` for exact enumeration.
+    """
+
+    values: torch.Tensor
+    stderr: torch.Tensor | None
+    n_evals: int
+    base_value: float
+    full_value: float
+    method: str
+    budget: int | None
+
+    @property
+    def n_players(self) -> int:
+        """Number of players."""
+        return int(self.values.shape[0])
+
+    @property
+    def efficiency_gap(self) -> float:
+        """``sum(values) - (v(N) - v(∅))``; zero up to rounding for every method here."""
+        return float(self.values.sum()) - (self.full_value - self.base_value)
+
+    def __repr__(self) -> str:
+        max_se = "None" if self.stderr is None else f"{float(self.stderr.max()):.3g}"
+        return (
+            f"ShapleyResult(method={self.method!r}, n_players={self.n_players}, "
+            f"budget={self.budget}, n_evals={self.n_evals}, base_value={self.base_value:.6g}, "
+            f"full_value={self.full_value:.6g}, efficiency_gap={self.efficiency_gap:.3g}, "
+            f"max_stderr={max_se})"
+        )
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _as_int(value: Any, name: str) -> int:
+    """``operator.index(value)`` with a TypeError naming the argument; bools are refused."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got a bool ({value!r})")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r})") from None
+
+
+def _make_generator(seed: int | None) -> torch.Generator:
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()  # fresh entropy for this generator only; the global RNG is left alone
+    else:
+        gen.manual_seed(_as_int(seed, "seed"))
+    return gen
+
+
+# --------------------------------------------------------------------------- plan evaluation
+
+
+def _pack_rows(coalitions: torch.Tensor) -> torch.Tensor:
+    """Pack bool rows ``[M, n]`` into int64 keys ``[M, ceil(n / 64)]`` (one bit per player)."""
+    m, n = coalitions.shape
+    packed = np.packbits(coalitions.contiguous().numpy(), axis=1)
+    pad = -packed.shape[1] % 8
+    if pad:
+        packed = np.concatenate([packed, np.zeros((m, pad), dtype=np.uint8)], axis=1)
+    return torch.from_numpy(np.ascontiguousarray(packed).view(np.int64))
+
+
+def _unique_rows(coalitions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of a bool ``[M, n]`` plan and, for each row, the index of its distinct row."""
+    keys = _pack_rows(coalitions)
+    if keys.shape[1] == 1:
+        uniq_keys, inverse = torch.unique(keys[:, 0], return_inverse=True)
+    else:
+        uniq_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    # The first occurrence of each distinct key gives its bool row back without unpacking bits.
+    first = torch.full((uniq_keys.shape[0],), coalitions.shape[0], dtype=torch.int64)
+    first.scatter_reduce_(0, inverse, torch.arange(coalitions.shape[0]), reduce="amin")
+    return coalitions[first], inverse
+
+
+def _players(row: torch.Tensor) -> list[int]:
+    return torch.nonzero(row).flatten().tolist()
+
+
+def _to_float64(raw: Any, batch: torch.Tensor) -> torch.Tensor:
+    """Validate one ``value_fn`` answer for ``batch`` and return it as float64 ``[C]`` on the CPU."""
+    c = batch.shape[0]
+    where = f"the batch of {c} coalitions starting with coalition {_players(batch[0])}"
+    if isinstance(raw, torch.Tensor):
+        if raw.is_complex():
+            raise ValueError(f"value_fn returned non-numeric values (dtype {raw.dtype}) for {where}")
+        out = raw.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            arr = np.asarray(raw)
+        except Exception as exc:  # ragged lists and the like
+            raise ValueError(f"value_fn returned something that is not an array of numbers "
+                             f"({type(raw).__name__}) for {where}: {exc}") from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"value_fn returned non-numeric values (dtype {arr.dtype}) for {where}")
+        out = torch.from_numpy(arr.astype(np.float64, copy=False).copy())
+    if out.shape != (c,):
+        raise ValueError(f"value_fn must return one value per coalition, shape ({c},), but returned "
+                         f"shape {tuple(out.shape)} for {where}")
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0])
+        raise ValueError(f"value_fn returned {float(out[k])} (not finite) for coalition "
+                         f"{_players(batch[k])} (players in the coalition, of {batch.shape[1]})")
+    return out
+
+
+def _evaluate(value_fn: ValueFn, plan: torch.Tensor,
+              batch_size: int | None) -> tuple[torch.Tensor, int]:
+    """Values of every row of ``plan``, evaluating each distinct coalition exactly once.
+
+    Returns ``(values [M] float64, number of distinct coalitions)``.
+    """
+    uniq, inverse = _unique_rows(plan)
+    step = uniq.shape[0] if batch_size is None else batch_size
+    chunks = []
+    for start in range(0, uniq.shape[0], step):
+        batch = uniq[start:start + step]
+        chunks.append(_to_float64(value_fn(batch), batch))
+    return torch.cat(chunks)[inverse], int(uniq.shape[0])
+
+
+def _with_ends(plan: torch.Tensor) -> torch.Tensor:
+    """``plan`` with ∅ and N appended as its last two rows (dedupe keeps each once)."""
+    n = plan.shape[1]
+    ends = torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+    return torch.cat([plan, ends])
+
+
+# --------------------------------------------------------------------------- exact
+
+
+def _bits(masks: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool ``[len(masks), n]`` membership of the integer coalition masks."""
+    return ((masks[:, None] >> torch.arange(n, dtype=torch.int64)) & 1).bool()
+
+
+def _shapley_weights(n: int) -> torch.Tensor:
+    """``w[s] = s! (n - 1 - s)! / n!`` for ``s = 0 .. n - 1`` (the weight of a coalition of size s)."""
+    return torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=torch.float64)
+
+
+def _exact(value_fn: ValueFn, n: int, batch_size: int | None) -> ShapleyResult:
+    if n > EXACT_MAX_PLAYERS:
+        raise ValueError(
+            f"method='exact' enumerates all 2**n coalitions and is limited to n_players <= "
+            f"EXACT_MAX_PLAYERS = {EXACT_MAX_PLAYERS} (got n_players={n}); use a sampled method: "
+            f"'permutation', 'kernel' or 'owen' (with a budget)")
+    members = _bits(torch.arange(2**n, dtype=torch.int64), n)
+    v, n_evals = _evaluate(value_fn, members, batch_size)
+    sizes = members.sum(1)
+    w = _shapley_weights(n)
+    # phi_i = sum over S without i of w(|S|) (v(S + i) - v(S)); the 2**(n-1) masks without bit i
+    # are the integers k < 2**(n-1) with a zero bit inserted at position i.
+    k = torch.arange(2 ** (n - 1), dtype=torch.int64)
+    values = torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        low = k & ((1 << i) - 1)
+        without = ((k >> i) << (i + 1)) | low
+        values[i] = (w[sizes[without]] * (v[without | (1 << i)] - v[without])).sum()
+    return ShapleyResult(values, None, n_evals, float(v[0]), float(v[-1]), "exact", None)
+
+
+# --------------------------------------------------------------------------- permutation sampling
+
+
+def _prefix_plan(perms: torch.Tensor) -> torch.Tensor:
+    """All prefixes of each permutation: bool ``[m * (n + 1), n]``, row ``p * (n + 1) + k`` holds
+    the first ``k`` players of permutation ``p``."""
+    m, n = perms.shape
+    rank = torch.empty_like(perms)
+    rank.scatter_(1, perms, torch.arange(n, dtype=perms.dtype).expand(m, n))
+    plan = rank[:, None, :] < torch.arange(n + 1, dtype=perms.dtype)[None, :, None]
+    return plan.reshape(m * (n + 1), n)
+
+
+def _from_antithetic_perms(value_fn: ValueFn, perms: torch.Tensor, batch_size: int | None,
+                           method: str) -> ShapleyResult:
+    """Estimate from permutations ``perms[:P]`` and their reverses ``perms[P:]``.
+
+    Each permutation gives one unbiased sample (its marginal contributions); the mean of a
+    permutation and its reverse is one independent sample for the standard error.
+    """
+    m, n = perms.shape
+    pairs = m // 2
+    v, n_evals = _evaluate(value_fn, _with_ends(_prefix_plan(perms)), batch_size)
+    base, full = float(v[-2]), float(v[-1])
+    chain = v[:-2].view(m, n + 1)
+    samples = torch.zeros(m, n, dtype=torch.float64)
+    samples.scatter_(1, perms, chain[:, 1:] - chain[:, :-1])
+    pair_means = 0.5 * (samples[:pairs] + samples[pairs:])
+    values = pair_means.mean(0)
+    if pairs > 1:
+        stderr = pair_means.std(0, unbiased=True) / math.sqrt(pairs)
+    else:
+        stderr = torch.full((n,), float("nan"), dtype=torch.float64)
+    return ShapleyResult(values, stderr, n_evals, base, full, method, m)
+
+
+def _check_perm_budget(budget: int, method: str) -> None:
+    if budget < 2:
+        raise ValueError(f"method={method!r} needs budget >= 2 permutations (one antithetic pair); "
+                         f"got budget={budget}")
+    if budget % 2:
+        raise ValueError(f"method={method!r} samples permutations in antithetic pairs, so budget "
+                         f"(number of permutations) must be even; got budget={budget}")
+
+
+def _permutation(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
+                 batch_size: int | None) -> ShapleyResult:
+    budget = DEFAULT_PERMUTATIONS if budget is None else budget
+    _check_perm_budget(budget, "permutation")
+    half = torch.argsort(torch.rand(budget // 2, n, generator=gen, dtype=torch.float64), dim=1)
+    perms = torch.cat([half, half.flip(1)])
+    return _from_antithetic_perms(value_fn, perms, batch_size, "permutation")
+
+
+# --------------------------------------------------------------------------- KernelSHAP
+
+
+def _kkt_solve(a: torch.Tensor, b: torch.Tensor, total: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimise ``phi' A phi - 2 b' phi`` subject to ``sum(phi) = total``.
+
+    Solves the KKT system ``[[A, 1], [1', 0]] [phi; nu] = [b; total]`` with a pseudo-inverse, so
+    players that the sample cannot tell apart (identical columns) share their credit equally
+    instead of failing. Returns ``(phi, M)`` where ``M`` (the top-left block of the inverse) maps a
+    perturbation of ``b - A phi`` to the perturbation of ``phi`` (used for the sandwich variance).
+    """
+    n = a.shape[0]
+    kkt = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    kkt[:n, :n] = a
+    kkt[:n, n] = 1.0
+    kkt[n, :n] = 1.0
+    inv = torch.linalg.pinv(kkt, hermitian=True)
+    rhs = torch.cat([b, torch.tensor([total], dtype=torch.float64)])
+    return (inv @ rhs)[:n], inv[:n, :n]
+
+
+def _kernel_exact(value_fn: ValueFn, n: int, batch_size: int | None) -> ShapleyResult:
+    """Constrained WLS over every proper coalition with Shapley kernel weights (= exact Shapley)."""
+    masks = torch.arange(1, 2**n - 1, dtype=torch.int64)
+    z = _bits(masks, n)
+    v, n_evals = _evaluate(value_fn, _with_ends(z), batch_size)
+    base, full = float(v[-2]), float(v[-1])
+    s = z.sum(1)
+    # Shapley kernel (n - 1) / (C(n, s) s (n - s)); the constant factor does not change the solution.
+    kernel = torch.tensor([0.0] + [1.0 / (math.comb(n, k) * k * (n - k)) for k in range(1, n)],
+                          dtype=torch.float64)
+    w = kernel[s]
+    zf = z.double()
+    values, _ = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * (v[:-2] - base)), full - base)
+    return ShapleyResult(values, torch.zeros(n, dtype=torch.float64), n_evals, base, full,
+                         "kernel", 2**n - 2)
+
+
+def _kernel(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
+            batch_size: int | None) -> ShapleyResult:
+    if budget is None:
+        budget = min(2 * n + KERNEL_DEFAULT_EXTRA, 2**n - 2)
+        if budget < 2:  # n == 1: no proper coalition exists, the answer is v(N) - v(∅)
+            return _kernel_exact(value_fn, n, batch_size)
+    if budget < 2:
+        raise ValueError(f"method='kernel' needs budget >= 2 sampled coalitions (one coalition and "
+                         f"its complement); got budget={budget}")
+    if budget % 2:
+        raise ValueError(f"method='kernel' samples coalitions in complementary pairs, so budget "
+                         f"(number of sampled coalitions) must be even; got budget={budget}")
+    if budget >= 2**n - 2:
+        return _kernel_exact(value_fn, n, batch_size)
+    pairs = budget // 2
+    # Sample the size s with probability proportional to the kernel's total mass on size s,
+    # (n - 1) / (s (n - s)), then a uniform subset of that size: the sample is then drawn from
+    # the Shapley kernel itself and every row gets the same regression weight.
+    sizes = torch.arange(1, n, dtype=torch.float64)
+    size_prob = 1.0 / (sizes * (n - sizes))
+    s = torch.multinomial(size_prob, pairs, replacement=True, generator=gen) + 1
+    # The positions holding 0 .. s-1 in a uniform random permutation form a uniform s-subset.
+    z = torch.argsort(torch.rand(pairs, n, generator=gen), dim=1) < s[:, None]
+    z = torch.cat([z, ~z])  # row p and row pairs + p are complements
+    v, n_evals = _evaluate(value_fn, _with_ends(z), batch_size)
+    base, full = float(v[-2]), float(v[-1])
+    y = v[:-2] - base
+    zf = z.double()
+    a = zf.T @ zf / budget
+    b = zf.T @ y / budget
+    values, m = _kkt_solve(a, b, full - base)
+    # Sandwich variance: phi_hat - phi ~= M (b_hat - A_hat phi) = M mean_pairs(psi), where psi is a
+    # pair's mean of z * (y - z' phi); antithetic pairs are the independent units.
+    resid = y - zf @ values
+    psi = 0.5 * (zf[:pairs] * resid[:pairs, None] + zf[pairs:] * resid[pairs:, None])
+    if pairs > 1:
+        cov = torch.cov(psi.T).reshape(n, n) / pairs
+        stderr = torch.sqrt(torch.clamp(torch.diagonal(m @ cov @ m.T), min=0.0))
+    else:
+        stderr = torch.full((n,), float("nan"), dtype=torch.float64)
+    return ShapleyResult(values, stderr, n_evals, base, full, "kernel", budget)
+
+
+# --------------------------------------------------------------------------- Owen values
+
+
+def _parse_hierarchy(hierarchy: Any, n: int) -> list:
+    """Check that ``hierarchy`` is a nested partition of ``range(n)``; return it as nested lists."""
+
+    seen: list[int] = []
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, (bool, np.bool_)):
+            raise TypeError(f"hierarchy{path} is a bool ({node!r}); players are ints")
+        if isinstance(node, (list, tuple)):
+            if len(node) == 0:
+                raise ValueError(f"hierarchy{path} is an empty group; every group needs a player")
+            return [walk(child, f"{path}[{k}]") for k, child in enumerate(node)]
+        try:
+            player = operator.index(node)
+        except TypeError:
+            raise TypeError(f"hierarchy{path} must be a player index (int) or a list of them, got "
+                            f"{type(node).__name__} ({node!r})") from None
+        seen.append(player)
+        return player
+
+    if not isinstance(hierarchy, (list, tuple)):
+        raise TypeError(f"hierarchy must be a (nested) list of player indices, got "
+                        f"{type(hierarchy).__name__}")
+    tree = walk(hierarchy, "")
+    counts = np.bincount([p for p in seen if 0 <= p < n], minlength=n)
+    outside = sorted({p for p in seen if not 0 <= p < n})
+    problems = []
+    if outside:
+        problems.append(f"players out of range(0, {n}): {outside}")
+    missing = np.flatnonzero(counts == 0).tolist()
+    if missing:
+        problems.append(f"missing players: {missing}")
+    duplicated = np.flatnonzero(counts > 1).tolist()
+    if duplicated:
+        problems.append(f"duplicated players: {duplicated}")
+    if problems:
+        raise ValueError(f"hierarchy must be a partition of range({n}); " + "; ".join(problems))
+    return tree
+
+
+def _members(node: Any) -> list[int]:
+    return [node] if isinstance(node, int) else [p for child in node for p in _members(child)]
+
+
+def _owen_paths(tree: list, n: int) -> list[list[tuple[torch.Tensor, int]]]:
+    """For each player, the levels from the root down: ``(sibling member masks [m-1, n], m)``."""
+    paths: list[list[tuple[torch.Tensor, int]]] = [[] for _ in range(n)]
+
+    def walk(node: list, above: list[tuple[torch.Tensor, int]]) -> None:
+        groups = torch.zeros(len(node), n, dtype=torch.bool)
+        for k, child in enumerate(node):
+            groups[k, _members(child)] = True
+        for k, child in enumerate(node):
+            level = above + [(torch.cat([groups[:k], groups[k + 1:]]), len(node))]
+            if isinstance(child, int):
+                paths[child] = level
+            else:
+                walk(child, level)
+
+    walk(tree, [])
+    return paths
+
+
+def _owen_terms(paths: list[list[tuple[torch.Tensor, int]]]) -> int:
+    return sum(math.prod(2 ** (m - 1) for _, m in path) for path in paths)
+
+
+def _owen_exact(value_fn: ValueFn, n: int, paths: list, batch_size: int | None) -> ShapleyResult:
+    """Owen value of player i: sum over one sibling subset R_l per level (the groups that come
+    before i's group in a random consistent order) of prod_l |R_l|! (m_l-1-|R_l|)! / m_l! times
+    i's marginal contribution to the union of the R_l."""
+    befores, weights = [], []
+    for path in paths:
+        coal = torch.zeros(1, n, dtype=torch.bool)
+        weight = torch.ones(1, dtype=torch.float64)
+        for siblings, m in path:
+            pick = _bits(torch.arange(2 ** (m - 1), dtype=torch.int64), m - 1)
+            part = (pick.double() @ siblings.double()) > 0
+            w = _shapley_weights(m)[pick.sum(1)]
+            coal = (coal[:, None, :] | part[None, :, :]).reshape(-1, n)
+            weight = (weight[:, None] * w[None, :]).reshape(-1)
+        befores.append(coal)
+        weights.append(weight)
+    withs = []
+    for i, before in enumerate(befores):
+        after = before.clone()
+        after[:, i] = True
+        withs.append(after)
+    sizes = [b.shape[0] for b in befores]
+    v, n_evals = _evaluate(value_fn, _with_ends(torch.cat(befores + withs)), batch_size)
+    v_before, v_with = v[: sum(sizes)].split(sizes), v[sum(sizes): 2 * sum(sizes)].split(sizes)
+    values = torch.stack([(w * (hi - lo)).sum() for w, hi, lo in zip(weights, v_with, v_before)])
+    return ShapleyResult(values, None, n_evals, float(v[-2]), float(v[-1]), "owen", None)
+
+
+def _owen_sampled(value_fn: ValueFn, tree: list, n: int, budget: int, gen: torch.Generator,
+                  batch_size: int | None) -> ShapleyResult:
+    """Antithetic sampling of hierarchy-consistent permutations.
+
+    Every tree node below the root gets a uniform random key per sample; ordering players by the
+    keys of their ancestors (root's child first, lexicographically) orders the children of every
+    node uniformly at random and keeps each group contiguous. Reversing such a permutation reverses
+    the order at every node, so it is again consistent and equally likely.
+    """
+    _check_perm_budget(budget, "owen")
+    ancestors: list[list[int]] = [[] for _ in range(n)]
+    n_nodes = 0
+
+    def walk(node: list, chain: list[int]) -> None:
+        nonlocal n_nodes
+        for child in node:
+            node_id = n_nodes
+            n_nodes += 1
+            if isinstance(child, int):
+                ancestors[child] = chain + [node_id]
+            else:
+                walk(child, chain + [node_id])
+
+    walk(tree, [])
+    depth = max(len(a) for a in ancestors)
+    # A player that is a leaf above the deepest level is alone below its last ancestor, so any
+    # constant key (the extra node n_nodes, whose key is 0) is fine for the missing levels.
+    anc = torch.tensor([a + [n_nodes] * (depth - len(a)) for a in ancestors], dtype=torch.int64)
+    half = budget // 2
+    keys = torch.rand(half, n_nodes + 1, generator=gen, dtype=torch.float64)
+    keys[:, n_nodes] = 0.0
+    order = torch.arange(n, dtype=torch.int64).expand(half, n).clone()
+    for d in range(depth - 1, -1, -1):  # least significant level first, stable sorts
+        level_keys = keys[:, anc[:, d]].gather(1, order)
+        order = order.gather(1, torch.argsort(level_keys, dim=1, stable=True))
+    perms = torch.cat([order, order.flip(1)])
+    return _from_antithetic_perms(value_fn, perms, batch_size, "owen")
+
+
+def _owen(value_fn: ValueFn, n: int, hierarchy: Any, budget: int | None, gen: torch.Generator,
+          batch_size: int | None) -> ShapleyResult:
+    if hierarchy is None:
+        raise ValueError("method='owen' needs a hierarchy: nested lists of player indices that "
+                         "partition range(n_players), e.g. [[0, 1], [2, [3, 4]]]")
+    tree = _parse_hierarchy(hierarchy, n)
+    paths = _owen_paths(tree, n)
+    if budget is None and _owen_terms(paths) <= OWEN_EXACT_MAX_TERMS:
+        return _owen_exact(value_fn, n, paths, batch_size)
+    budget = DEFAULT_PERMUTATIONS if budget is None else budget
+    return _owen_sampled(value_fn, tree, n, budget, gen, batch_size)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def shapley(
+    value_fn: ValueFn,
+    n_players: int,
+    *,
+    method: str = "permutation",
+    budget: int | None = None,
+    seed: int | None = None,
+    hierarchy: Sequence[Any] | None = None,
+    batch_size: int | None = None,
+) -> ShapleyResult:
+    """Shapley (or Owen) values of the game ``value_fn`` on ``n_players`` players.
+
+    Args:
+        value_fn: maps a bool tensor ``[C, n_players]`` of coalitions to ``C`` finite numbers
+            (torch tensor, numpy array or sequence). Each distinct coalition the method needs,
+            including ∅ and the grand coalition, is passed exactly once; all of them in one call
+            unless ``batch_size`` is given.
+        n_players: number of players, a positive int.
+        method: ``"exact"``, ``"permutation"``, ``"kernel"`` or ``"owen"`` (see the module docs).
+        budget: sampling budget. ``permutation``: number of permutations, even and >= 2 (default
+            ``DEFAULT_PERMUTATIONS`` = 32). ``kernel``: number of sampled coalitions besides ∅ and
+            N, even and >= 2 (default ``min(2n + 2048, 2**n - 2)``; a budget >= ``2**n - 2``
+            gives the exact answer). ``owen``: number of hierarchy-consistent permutations, even
+            and >= 2; when omitted the Owen values are exact if the tree is small
+            (``OWEN_EXACT_MAX_TERMS``), else 32 permutations are sampled. ``exact`` takes none.
+        seed: seed of the private generator of sampled methods (same seed, same result); ``None``
+            draws fresh entropy.
+        hierarchy: ``owen`` only: nested lists of player indices partitioning ``range(n)``, e.g.
+            ``[[0, 1], [2, [3, 4]]]``; a flat list of ints is singleton groups (= Shapley).
+        batch_size: at most this many coalitions per ``value_fn`` call.
+
+    Returns:
+        A :class:`ShapleyResult`.
+
+    Raises:
+        TypeError: ``value_fn`` not callable; ``n_players``, ``budget``, ``seed`` or
+            ``batch_size`` not an int; malformed hierarchy entries.
+        ValueError: ``n_players < 1``; unknown method; budget invalid for the method; budget given
+            to ``exact``; hierarchy given to a method other than ``owen`` or not a partition;
+            ``exact`` with more than ``EXACT_MAX_PLAYERS`` players; ``value_fn`` returning the
+            wrong shape, non-numeric, NaN or infinite values (the message names the coalition).
+    """
+    if not callable(value_fn):
+        raise TypeError(f"value_fn must be callable (bool Tensor[C, n] -> [C] values), got "
+                        f"{type(value_fn).__name__}")
+    n = _as_int(n_players, "n_players")
+    if n < 1:
+        raise ValueError(f"n_players must be >= 1, got {n}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if budget is not None:
+        budget = _as_int(budget, "budget")
+    if batch_size is not None:
+        batch_size = _as_int(batch_size, "batch_size")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if hierarchy is not None and method != "owen":
+        raise ValueError(f"hierarchy is only used by method='owen', got method={method!r}")
+    gen = _make_generator(seed)
+
+    if method == "exact":
+        if budget is not None:
+            raise ValueError(f"method='exact' evaluates all 2**n coalitions and takes no budget "
+                             f"(got budget={budget}); use 'permutation' or 'kernel' to sample")
+        return _exact(value_fn, n, batch_size)
+    if method == "permutation":
+        return _permutation(value_fn, n, budget, gen, batch_size)
+    if method == "kernel":
+        return _kernel(value_fn, n, budget, gen, batch_size)
+    return _owen(value_fn, n, hierarchy, budget, gen, batch_size)
