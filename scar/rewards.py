@@ -107,7 +107,8 @@ def _as_1d(x: Any, dtype: torch.dtype, name: str) -> torch.Tensor:
     return t
 
 
-def _check_alpha(alpha: float, name: str = "alpha") -> float:
+def check_unit_interval(alpha: float, name: str = "alpha") -> float:
+    """``float(alpha)``, or ValueError naming ``name`` when it is outside ``[0, 1]`` (or NaN)."""
     alpha = float(alpha)
     if not (0.0 <= alpha <= 1.0):  # also rejects NaN
         raise ValueError(f"{name} must be in [0, 1], got {alpha}")
@@ -158,7 +159,7 @@ def shape_rewards(
     Returns:
         float64 ``[T]`` rewards; their sum is ``alpha * sum(values) + (1 - alpha) * r``.
     """
-    alpha = _check_alpha(alpha)
+    alpha = check_unit_interval(alpha)
     r = _check_reward(r)
     n_tokens = _check_n_tokens(n_tokens)
     if placement not in PLACEMENTS:
