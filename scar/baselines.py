@@ -1,15 +1,16 @@
 """Baseline credit methods to compare SCAR against: attention-based credit (ABC) and the sparse reward.
 
 ABC (Chan et al. 2024, "Dense Reward for Free in Reinforcement Learning from Human Feedback"): the
-weights ``a_t`` are the reward model's last-layer attention from its read-out token (the last token for
-causal decoders, the first token for BERT-style encoders) to each response token, averaged over heads
-and normalised to sum 1 over the response tokens; then
+weights ``a_t`` are the reward model's last-layer attention from its read-out token to each response
+token, averaged over heads and normalised to sum 1 over the response tokens; then
 
     r_t = beta * r * a_t + (1 - beta) * r * 1[t == T]
 
 so ``sum_t r_t == r``. Both baselines tokenize exactly like :mod:`scar.rewarder` (prompt with special
 tokens ⊕ response without ⊕ ``suffix_ids``) and read the score at the same token the coalition scorer
-uses, so their ``r`` equals SCAR's ``v(N)``.
+uses, so their ``r`` equals SCAR's ``v(N)``: for causal decoders the last token, or when the config has a
+pad id, the rightmost token that is not the pad id (as transformers pools; it matters when EOS doubles as
+pad and ends the sequence); for BERT-style encoders the first token.
 """
 
 from __future__ import annotations
@@ -20,61 +21,45 @@ from typing import Any
 
 import torch
 
+from scar.models import RewardModelInfo, evaluation_mode, inspect_model, model_device
 from scar.players import Player, segment
 from scar.rewarder import Encoded, check_finite, check_length, encode_pair, to_policy_tokens
 from scar.rewards import DenseRewards, check_unit_interval, sparse_rewards
 
-__all__ = ["attention_credit", "sparse_credit", "is_causal"]
+__all__ = ["attention_credit", "sparse_credit", "readout_index"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def is_causal(model: Any) -> bool:
-    """Whether the model's self-attention is causal (decoder reward model) rather than bidirectional.
-
-    transformers 5 attention modules carry an ``is_causal`` flag (True in GPT-2/Llama/NeoX..., False in
-    BERT/DistilBERT encoders).
-    """
-    flags = [m.is_causal for m in model.modules() if isinstance(getattr(m, "is_causal", None), bool)]
-    if not flags:
-        raise TypeError(f"cannot tell whether {type(model).__name__} is a causal decoder: no attention module "
-                        "has an is_causal flag")
-    return any(flags)
-
-
-def logits_to_score(logits: torch.Tensor, score_fn: ScoreFn | None = None) -> torch.Tensor:
-    """Scalar score from ``[B, K]`` classifier logits: the logit when ``K == 1``, ``logit[1] - logit[0]``
-    when ``K == 2``, otherwise ``score_fn(logits)`` (required)."""
-    if score_fn is not None:
-        return torch.as_tensor(score_fn(logits)).reshape(-1).to(torch.float64)
-    k = logits.shape[-1]
-    if k == 1:
-        return logits[:, 0].to(torch.float64)
-    if k == 2:
-        return (logits[:, 1] - logits[:, 0]).to(torch.float64)
-    raise ValueError(f"the reward model has {k} output logits; pass score_fn=... to turn them into one score")
+def readout_index(ids: Sequence[int], pad_token_id: int | None) -> int:
+    """Where a decoder classifier reads its score on one unpadded sequence, as transformers (and
+    :class:`scar.scorer.CoalitionScorer`) pick it: the last token, or when the config has a pad id, the
+    rightmost token that is not the pad id (0 if all are)."""
+    if pad_token_id is not None:
+        for k in range(len(ids) - 1, -1, -1):
+            if ids[k] != pad_token_id:
+                return k
+        return 0
+    return len(ids) - 1
 
 
 @contextlib.contextmanager
-def _inference(model: Any, eager_attention: bool) -> Iterator[None]:
-    """eval() + no_grad, and eager attention when attention weights are needed; all restored afterwards
-    (sdpa/flash attention return no weights: transformers silently gives an empty tuple)."""
-    was_training = model.training
+def _eager_attention(model: Any) -> Iterator[None]:
+    """Eager attention while inside, the model's own implementation restored after: sdpa/flash attention
+    compute no weights (transformers then silently returns an empty tuple of attentions)."""
     before = model.config._attn_implementation
-    model.eval()
+    if before != "eager":
+        model.set_attn_implementation("eager")
     try:
-        if eager_attention and before != "eager":
-            model.set_attn_implementation("eager")
-        with torch.no_grad():
-            yield
+        yield
     finally:
-        if eager_attention and model.config._attn_implementation != before:
+        if model.config._attn_implementation != before:
             model.set_attn_implementation(before)
-        model.train(was_training)
 
 
 def _forward(
     model: Any,
+    info: RewardModelInfo,
     encs: Sequence[Encoded],
     *,
     attention: bool,
@@ -87,54 +72,45 @@ def _forward(
     Sequences are right-padded with an attention mask: in a causal model real tokens never see the
     padding, in an encoder it is masked as keys, so padding does not change any score or weight.
     """
-    causal = is_causal(model)
-    head = getattr(model, "score", None) if causal else None
-    if causal and not isinstance(head, torch.nn.Module):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if info.is_causal and info.head is None:
         raise TypeError(f"{type(model).__name__} has no `score` head: expected a *ForSequenceClassification decoder")
-    # Without a pad token id, transformers' decoder classifiers refuse batches larger than one.
-    if model.config.pad_token_id is None:
-        batch_size = 1
-    device = next(model.parameters()).device
+    device = model_device(model)
+    pad = info.pad_token_id if info.pad_token_id is not None else 0
     scores: list[torch.Tensor] = []
     rows: list[torch.Tensor] = []
-    captured: list[torch.Tensor] = []
-    # The classifier pools at the last token != pad_token_id, which is wrong when the sequence ends in a
-    # token equal to the pad id (EOS used as pad); so read the per-position logits of the head instead.
-    hook = head.register_forward_hook(lambda _m, _i, out: captured.append(out)) if causal else None
-    try:
-        with _inference(model, eager_attention=attention):
-            for lo in range(0, len(encs), batch_size):
-                chunk = encs[lo : lo + batch_size]
-                lengths = torch.tensor([len(e.ids) for e in chunk], device=device)
-                width = int(lengths.max())
-                input_ids = torch.full((len(chunk), width), int(model.config.pad_token_id or 0), device=device)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
-                for i, e in enumerate(chunk):
-                    input_ids[i, : len(e.ids)] = torch.tensor(e.ids, device=device)
-                    mask[i, : len(e.ids)] = 1
-                captured.clear()
+    with evaluation_mode(model), (_eager_attention(model) if attention else contextlib.nullcontext()):
+        for lo in range(0, len(encs), batch_size):
+            chunk = encs[lo : lo + batch_size]
+            width = max(len(e.ids) for e in chunk)
+            input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, e in enumerate(chunk):
+                input_ids[i, : len(e.ids)] = torch.tensor(e.ids)
+                mask[i, : len(e.ids)] = 1
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            if info.is_causal:
+                out = info.base(input_ids=input_ids, attention_mask=mask, output_attentions=attention, use_cache=False)
+                readout = torch.tensor([readout_index(e.ids, info.pad_token_id) for e in chunk], device=device)
+                logits = info.head(out.last_hidden_state[torch.arange(len(chunk), device=device), readout])
+            else:
                 out = model(input_ids=input_ids, attention_mask=mask, output_attentions=attention)
-                readout = lengths - 1 if causal else torch.zeros_like(lengths)
-                if causal:
-                    logits = captured[-1][torch.arange(len(chunk), device=device), readout]
-                else:
-                    logits = out.logits
-                scores.append(logits_to_score(logits.float(), score_fn).cpu())
-                if attention:
-                    if not out.attentions:
-                        raise RuntimeError(f"{type(model).__name__} returned no attention weights under eager attention")
-                    last = out.attentions[-1].to(torch.float64).mean(dim=1)  # [b, L, L], averaged over heads
-                    for i, e in enumerate(chunk):
-                        p, t = len(e.prompt_ids), len(e.response_ids)
-                        rows.append(last[i, int(readout[i]), p : p + t].cpu())
-    finally:
-        if hook is not None:
-            hook.remove()
+                readout = torch.zeros(len(chunk), dtype=torch.long, device=device)  # first token (CLS)
+                logits = out.logits
+            scores.append(info.score(logits.float(), score_fn).cpu())
+            if attention:
+                if not out.attentions:
+                    raise RuntimeError(f"{type(model).__name__} returned no attention weights under eager attention")
+                last = out.attentions[-1].to(torch.float64).mean(dim=1)  # [b, L, L], averaged over heads
+                for i, e in enumerate(chunk):
+                    p, t = len(e.prompt_ids), len(e.response_ids)
+                    rows.append(last[i, int(readout[i]), p : p + t].cpu())
     return torch.cat(scores), (rows if attention else None)
 
 
 def _encode_all(
-    model: Any,
+    info: RewardModelInfo,
     tokenizer: Any,
     prompts: Sequence[str | Sequence[int]],
     responses: Sequence[str | Sequence[int]],
@@ -147,7 +123,7 @@ def _encode_all(
         raise ValueError(f"got {len(completion_ids)} completion_ids but {len(responses)} responses")
     encs = [encode_pair(tokenizer, p, r, suffix_ids=suffix_ids) for p, r in zip(prompts, responses)]
     for i, e in enumerate(encs):
-        check_length(model, e, i)
+        check_length(info.max_positions, e, i)
     return encs
 
 
@@ -184,8 +160,9 @@ def attention_credit(
         each player's tokens, ``base_values`` NaN, no stderr.
     """
     beta = check_unit_interval(beta, "beta")
-    encs = _encode_all(model, tokenizer, prompts, responses, suffix_ids, completion_ids)
-    scores, rows = _forward(model, encs, attention=True, score_fn=score_fn, batch_size=batch_size)
+    info = inspect_model(model)
+    encs = _encode_all(info, tokenizer, prompts, responses, suffix_ids, completion_ids)
+    scores, rows = _forward(model, info, encs, attention=True, score_fn=score_fn, batch_size=batch_size)
     token_rewards, values, players = [], [], []
     for i, (e, row) in enumerate(zip(encs, rows)):
         r = check_finite(scores[i], f"response {i}")
@@ -221,8 +198,9 @@ def sparse_credit(
     One player (the whole response) whose value is ``r``; ``base_values`` NaN. Arguments as for
     :func:`attention_credit`.
     """
-    encs = _encode_all(model, tokenizer, prompts, responses, suffix_ids, completion_ids)
-    scores, _ = _forward(model, encs, attention=False, score_fn=score_fn, batch_size=batch_size)
+    info = inspect_model(model)
+    encs = _encode_all(info, tokenizer, prompts, responses, suffix_ids, completion_ids)
+    scores, _ = _forward(model, info, encs, attention=False, score_fn=score_fn, batch_size=batch_size)
     token_rewards, values, players = [], [], []
     for i, e in enumerate(encs):
         r = check_finite(scores[i], f"response {i}")

@@ -25,7 +25,7 @@ import torch
 
 from scar.rewards import map_to_tokens
 
-__all__ = ["Encoded", "encode_pair", "token_offsets", "check_length", "model_max_length", "to_policy_tokens"]
+__all__ = ["Encoded", "encode_pair", "token_offsets", "check_length", "check_finite", "to_policy_tokens"]
 
 
 @dataclass
@@ -135,24 +135,13 @@ def encode_pair(
     return Encoded(prompt_ids, response_ids, suffix, text, offsets)
 
 
-def model_max_length(model: Any) -> int | None:
-    """The longest sequence the model's position embeddings allow, or None when it has no such limit."""
-    cfg = model.config
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(cfg, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def check_length(model: Any, enc: Encoded, index: int) -> None:
-    """ValueError when prompt + response + suffix is longer than the reward model allows."""
-    limit = model_max_length(model)
+def check_length(max_positions: int | None, enc: Encoded, index: int) -> None:
+    """ValueError when prompt + response + suffix is longer than the reward model's ``max_positions``."""
     n = len(enc.ids)
-    if limit is not None and n > limit:
+    if max_positions is not None and n > max_positions:
         raise ValueError(
             f"response {index} is too long for the reward model: prompt {len(enc.prompt_ids)} + response "
-            f"{len(enc.response_ids)} + suffix {len(enc.suffix_ids)} = {n} tokens > {limit} positions"
+            f"{len(enc.response_ids)} + suffix {len(enc.suffix_ids)} = {n} tokens > {max_positions} positions"
         )
 
 

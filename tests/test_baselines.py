@@ -129,18 +129,19 @@ def test_abc_restores_attention_implementation_and_training_mode(tokenizer):
     assert model.training
 
 
-def test_abc_reads_last_token_even_when_it_equals_pad_id(rm, tokenizer):
-    # the suffix is the pad id (EOS used as pad): the score is still read at the last token
-    d = attention_credit(rm, tokenizer, PROMPTS[:2], RESPONSES[:2], suffix_ids=[0], batch_size=2)
-    eager = gpt2_rm(attn="eager")
-    eager.load_state_dict(rm.state_dict())
-    eager.config.pad_token_id = None  # classifier then pools the last position
-    eager.eval()
+def test_abc_reads_out_like_transformers_when_sequence_ends_in_pad_id(rm, tokenizer):
+    # the suffix is the pad id (EOS used as pad): transformers (and the coalition scorer) read the score at
+    # the rightmost token that is not the pad id; the attention row is taken from that token too
+    d = attention_credit(rm, tokenizer, PROMPTS[:2], RESPONSES[:2], suffix_ids=[0, 0], batch_size=2)
     for i in range(2):
-        ids = tokenizer(PROMPTS[i])["input_ids"] + tokenizer(RESPONSES[i], add_special_tokens=False)["input_ids"] + [0]
-        with torch.no_grad():
-            r = eager(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        r, a = by_hand(rm, tokenizer, PROMPTS[i], RESPONSES[i])  # same sequence without the suffix
         assert d.rewards[i].item() == pytest.approx(r, abs=1e-5)
+        torch.testing.assert_close(d.values[i], r * a, atol=1e-6, rtol=1e-5)
+        p = tokenizer(PROMPTS[i])["input_ids"]
+        q = tokenizer(RESPONSES[i], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            pooled = rm.eval()(input_ids=torch.tensor([p + q + [0, 0]])).logits[0, 0].item()
+        assert d.rewards[i].item() == pytest.approx(pooled, abs=1e-5)
 
 
 def test_two_label_model_scores_logit_difference(tokenizer):
