@@ -84,6 +84,7 @@ def segment(
     kind: str = "span",
     *,
     max_span_tokens: int | None = None,
+    n_tokens: int | None = None,
 ) -> list[Player]:
     """Split a response into players (see the module docstring for the exact rules).
 
@@ -93,13 +94,15 @@ def segment(
             tokenizer with ``return_offsets_mapping=True`` on ``text`` (list of pairs or a ``[T, 2]`` tensor).
         kind: ``"token"``, ``"span"`` or ``"sentence"``.
         max_span_tokens: largest span in tokens (``kind="span"`` only); default ``DEFAULT_MAX_SPAN_TOKENS``.
+        n_tokens: the number of response tokens, when known (e.g. ``len(response_ids)``): the offsets must
+            have exactly one pair per token, which catches offsets of a different tokenisation.
 
     Returns:
         Players sorted by position that partition ``[0, T)``.
 
     Raises:
-        ValueError: unknown kind, empty response, malformed offsets (wrong shape, outside the text,
-            starts going backwards, no token with text), or a bad ``max_span_tokens``.
+        ValueError: unknown kind, empty response, malformed offsets (wrong shape, not ``n_tokens`` pairs,
+            outside the text, starts going backwards, no token with text), or a bad ``max_span_tokens``.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown player kind {kind!r}; valid kinds are {', '.join(map(repr, KINDS))}")
@@ -112,6 +115,9 @@ def segment(
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     pairs = _as_pairs(offsets)
+    if n_tokens is not None and len(pairs) != n_tokens:
+        raise ValueError(f"offsets has {len(pairs)} pairs but the response has n_tokens={n_tokens} tokens; "
+                         "offsets must come from tokenising this response")
     if not text or not pairs:
         raise ValueError(f"empty response: text has {len(text)} characters and there are {len(pairs)} tokens")
     keys = _token_keys(text, pairs)
@@ -155,6 +161,7 @@ def segment_ids(
     tokenizer's own tokenisation of their text; then each token's character range is read from the
     decodings of growing prefixes (``T`` decodes), and tokens that hold only part of a character share
     that character's range, as byte-level fast tokenizers report it. Players always refer to the given ids.
+    Pass one response without padding: pad ids would decode to text and become part of the last player.
 
     Raises:
         TypeError: the tokenizer cannot return offsets (not a fast tokenizer).
@@ -170,7 +177,7 @@ def segment_ids(
         offsets = [tuple(p) for p in enc["offset_mapping"]]
     else:
         offsets = _offsets_by_prefix_decoding(tokenizer, ids, text)
-    return segment(text, offsets, kind, max_span_tokens=max_span_tokens)
+    return segment(text, offsets, kind, max_span_tokens=max_span_tokens, n_tokens=len(ids))
 
 
 def validate_players(
@@ -475,9 +482,10 @@ def _require_offsets(tokenizer: Any) -> None:
 
 def _as_id_list(response_ids: Sequence[int] | torch.Tensor) -> list[int]:
     raw = response_ids.tolist() if hasattr(response_ids, "tolist") else list(response_ids)
-    if any(not isinstance(x, int) or isinstance(x, bool) for x in raw):
-        raise ValueError("response_ids must be a flat sequence of token ids (one response, not a batch)")
-    return raw
+    try:
+        return [operator.index(x) for x in raw]
+    except TypeError:
+        raise ValueError("response_ids must be a flat sequence of int token ids (one response, not a batch)") from None
 
 
 def _offsets_by_prefix_decoding(tokenizer: Any, ids: list[int], text: str) -> list[tuple[int, int]]:

@@ -158,6 +158,7 @@ def test_tensor_offsets_are_accepted():
         (("Hi", torch.tensor([[[0, 2]]]), "span"), {}, r"shape \[T, 2\].*\(1, 1, 2\)"),
         (("Hi", [(0, 2)], "sentence"), {"max_span_tokens": 3}, "max_span_tokens applies to kind='span' only"),
         (("Hi", [(0, 2)], "span"), {"max_span_tokens": 0}, "max_span_tokens must be a positive int"),
+        (("Hi you", [(0, 2), (2, 6)], "span"), {"n_tokens": 3}, "offsets has 2 pairs but the response has n_tokens=3"),
     ],
 )
 def test_bad_segment_input_raises_value_error(args, kw, match):
@@ -339,7 +340,7 @@ def test_slow_tokenizer_is_a_type_error():
 def test_segment_ids_bad_ids(bpe):
     with pytest.raises(ValueError, match="empty response"):
         segment_ids(bpe, [], "span")
-    with pytest.raises(ValueError, match="flat sequence of token ids"):
+    with pytest.raises(ValueError, match="flat sequence of int token ids"):
         segment_ids(bpe, torch.tensor([[1, 2]]), "span")
 
 
