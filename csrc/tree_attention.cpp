@@ -1,0 +1,262 @@
+// CPU forward of tree ("horizon-masked") attention.
+//
+//   out = softmax(q k^T * scale + mask) v,   query q may attend key k  <=>  k <= q < horizon[k]
+//   (plus every key of an optional cached prefix, visible to all queries).
+//
+// Flash-style: for each (head, query block) an online softmax runs over key blocks, so memory is
+// O(threads * block * D) and no N x N mask is ever built. A key block [k0, k1) is skipped for the query
+// block [q0, q1) unless k0 <= q1 - 1 and max(horizon[k0:k1]) > q0; it needs no per-element mask when
+// k1 - 1 <= q0 and min(horizon[k0:k1]) >= q1. The inner loops are written to vectorise (keys are
+// transposed block-wise once so scores are unit-stride multiply-adds; exp is a branch-free polynomial).
+#include "scar_ext.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+namespace scar {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// exp(x) for x <= 0 (scores minus their running maximum), exact to a couple of ulp; 0 for x < -87
+// (including -inf, i.e. masked keys). Written without branches or calls so the loops using it vectorise.
+inline float exp_nonpositive(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
+  float r = xc - fx * 0.693359375f;                                  // Cody-Waite range reduction
+  r = r - fx * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;  // Cephes expf minimax polynomial on [-ln2/2, ln2/2]
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;  // 2^fx, fx in [-126, 0]
+  float pow2;
+  std::memcpy(&pow2, &bits, sizeof(pow2));
+  return x < -87.0f ? 0.0f : y * pow2;
+}
+
+// One flash-attention step: a query block against one key block, updating the running max `m`, sum `l`
+// and unnormalised output `acc` of each query row. `kt` is the key block transposed ([D][ldk], so the
+// score loop runs over keys with unit stride), `v` the value rows ([bk][D]), `s` scratch of >= bk floats.
+// `hor` (horizon of the block's keys) is null when every query of the block sees every key.
+// The inner loops are unit-stride multiply-adds that the compiler vectorises; the function is compiled
+// for several ISAs with runtime dispatch because setup.py builds for baseline x86-64.
+__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+void attend_block(const float* q, int64_t bq, int64_t D, const float* kt, int64_t ldk, const float* v, int64_t bk,
+                  const int32_t* hor, int64_t q0, int64_t k0, float scale, float* m, float* l, float* acc,
+                  float* s) {
+  for (int64_t i = 0; i < bq; ++i) {
+    const float* qi = q + i * D;
+    std::fill(s, s + bk, 0.0f);
+    for (int64_t d = 0; d < D; ++d) {
+      const float qd = qi[d];
+      const float* kd = kt + d * ldk;
+#pragma omp simd
+      for (int64_t j = 0; j < bk; ++j) s[j] += qd * kd[j];
+    }
+    const int64_t qpos = q0 + i;
+    float mx = kNegInf;
+    if (hor != nullptr) {
+#pragma omp simd reduction(max : mx)
+      for (int64_t j = 0; j < bk; ++j) {
+        const bool visible = (k0 + j <= qpos) & (qpos < hor[j]);
+        const float val = visible ? s[j] * scale : kNegInf;
+        s[j] = val;
+        mx = std::max(mx, val);
+      }
+    } else {
+#pragma omp simd reduction(max : mx)
+      for (int64_t j = 0; j < bk; ++j) {
+        const float val = s[j] * scale;
+        s[j] = val;
+        mx = std::max(mx, val);
+      }
+    }
+    if (mx == kNegInf) continue;  // this query sees no key of the block
+    const float m_new = std::max(m[i], mx);
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t j = 0; j < bk; ++j) {
+      const float p = exp_nonpositive(s[j] - m_new);
+      s[j] = p;
+      sum += p;
+    }
+    float* a = acc + i * D;
+    const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
+    if (alpha != 1.0f) {
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] *= alpha;
+    }
+    l[i] = l[i] * alpha + sum;
+    m[i] = m_new;
+    for (int64_t j = 0; j < bk; ++j) {
+      const float p = s[j];
+      if (p == 0.0f) continue;  // masked key (or an underflowed weight): nothing to add
+      const float* vj = v + j * D;
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] += p * vj[d];
+    }
+  }
+}
+
+// Keys of [n_heads, n, D] transposed block-wise to [n_heads][n_blocks][D][block] (zero padded) so that
+// attend_block reads each key dimension with unit stride.
+std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t n, int64_t D, int64_t block) {
+  const int64_t n_blocks = (n + block - 1) / block;
+  std::vector<float> kt(static_cast<size_t>(n_heads * n_blocks * D * block), 0.0f);
+  at::parallel_for(0, n_heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t hb = begin; hb < end; ++hb) {
+      const int64_t h = hb / n_blocks, b = hb % n_blocks;
+      const int64_t k0 = b * block, k1 = std::min(n, k0 + block);
+      float* dst = kt.data() + hb * D * block;
+      for (int64_t j = k0; j < k1; ++j) {
+        const float* src = k + (h * n + j) * D;
+        for (int64_t d = 0; d < D; ++d) dst[d * block + (j - k0)] = src[d];
+      }
+    }
+  });
+  return kt;
+}
+
+void check_qkv(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), "tree_attention: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
+                  t.scalar_type() == at::kBFloat16,
+              "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 3, "tree_attention: ", name, " must be 3-D [heads, tokens, head_dim], got shape ",
+              t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "tree_attention: ", name, " must be contiguous");
+}
+
+}  // namespace
+
+at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
+                          const at::Tensor& horizon, double scale_d,
+                          const std::optional<at::Tensor>& prefix_k_in,
+                          const std::optional<at::Tensor>& prefix_v_in, int64_t block_q, int64_t block_k) {
+  check_qkv(q_in, "q");
+  check_qkv(k_in, "k");
+  check_qkv(v_in, "v");
+  const auto dtype = q_in.scalar_type();
+  TORCH_CHECK(k_in.scalar_type() == dtype && v_in.scalar_type() == dtype,
+              "tree_attention: q, k and v must have the same dtype, got ", dtype, ", ", k_in.scalar_type(),
+              ", ", v_in.scalar_type());
+  const int64_t H = q_in.size(0), N = q_in.size(1), D = q_in.size(2);
+  const int64_t Hkv = k_in.size(0);
+  TORCH_CHECK(k_in.sizes() == v_in.sizes(), "tree_attention: k and v must have the same shape, got ",
+              k_in.sizes(), " and ", v_in.sizes());
+  TORCH_CHECK(k_in.size(1) == N && k_in.size(2) == D, "tree_attention: k must be [Hkv, ", N, ", ", D,
+              "] to match q ", q_in.sizes(), ", got ", k_in.sizes());
+  TORCH_CHECK(Hkv >= 1 && H % Hkv == 0, "tree_attention: the number of query heads (", H,
+              ") must be a multiple of the number of key/value heads (", Hkv, ")");
+  TORCH_CHECK(D >= 1, "tree_attention: head_dim must be >= 1");
+  TORCH_CHECK(std::isfinite(scale_d), "tree_attention: scale must be finite, got ", scale_d);
+  TORCH_CHECK(block_q >= 1 && block_k >= 1, "tree_attention: block sizes must be >= 1");
+  TORCH_CHECK(horizon.device().is_cpu() && horizon.scalar_type() == at::kInt,
+              "tree_attention: horizon must be a CPU int32 tensor, got ", horizon.scalar_type());
+  TORCH_CHECK(horizon.dim() == 1 && horizon.size(0) == N, "tree_attention: horizon must have shape [", N,
+              "], got ", horizon.sizes());
+  TORCH_CHECK(horizon.is_contiguous(), "tree_attention: horizon must be contiguous");
+  TORCH_CHECK(N < std::numeric_limits<int32_t>::max(), "tree_attention: too many tokens for int32 horizon");
+  const int32_t* hz = horizon.data_ptr<int32_t>();
+  for (int64_t t = 0; t < N; ++t) {
+    TORCH_CHECK(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t],
+                " must satisfy ", t, " < horizon <= ", N);
+  }
+  TORCH_CHECK(prefix_k_in.has_value() == prefix_v_in.has_value(),
+              "tree_attention: give both prefix_k and prefix_v or neither");
+  int64_t P = 0;
+  if (prefix_k_in.has_value()) {
+    check_qkv(*prefix_k_in, "prefix_k");
+    check_qkv(*prefix_v_in, "prefix_v");
+    TORCH_CHECK(prefix_k_in->scalar_type() == dtype && prefix_v_in->scalar_type() == dtype,
+                "tree_attention: prefix_k and prefix_v must have the dtype of q (", dtype, ")");
+    TORCH_CHECK(prefix_k_in->sizes() == prefix_v_in->sizes(),
+                "tree_attention: prefix_k and prefix_v must have the same shape, got ", prefix_k_in->sizes(),
+                " and ", prefix_v_in->sizes());
+    TORCH_CHECK(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D,
+                "tree_attention: prefix_k must be [", Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
+    P = prefix_k_in->size(1);
+  }
+
+  // fp16 / bf16: compute in fp32 and return the input dtype.
+  const at::Tensor q = q_in.to(at::kFloat).contiguous();
+  const at::Tensor k = k_in.to(at::kFloat).contiguous();
+  const at::Tensor v = v_in.to(at::kFloat).contiguous();
+  at::Tensor pk, pv;
+  if (P > 0) {
+    pk = prefix_k_in->to(at::kFloat).contiguous();
+    pv = prefix_v_in->to(at::kFloat).contiguous();
+  }
+  at::Tensor out = at::empty({H, N, D}, q.options());
+  if (N == 0 || H == 0) return out.to(dtype);
+
+  const int64_t BQ = std::min(block_q, N), BK = std::min(block_k, N);
+  const int64_t n_qb = (N + BQ - 1) / BQ, n_kb = (N + BK - 1) / BK;
+  std::vector<int32_t> hmax(n_kb), hmin(n_kb);
+  for (int64_t kb = 0; kb < n_kb; ++kb) {
+    const int64_t k0 = kb * BK, k1 = std::min(N, k0 + BK);
+    hmax[kb] = *std::max_element(hz + k0, hz + k1);
+    hmin[kb] = *std::min_element(hz + k0, hz + k1);
+  }
+  const float scale = static_cast<float>(scale_d);
+  const float* qp = q.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float* pkp = P > 0 ? pk.data_ptr<float>() : nullptr;
+  const float* pvp = P > 0 ? pv.data_ptr<float>() : nullptr;
+  float* op = out.data_ptr<float>();
+  const int64_t group = H / Hkv;
+  const int64_t PB = std::min(std::max<int64_t>(P, 1), BK);  // prefix key block size
+
+  const std::vector<float> kt = transpose_key_blocks(kp, Hkv, N, D, BK);
+  const std::vector<float> pkt = P > 0 ? transpose_key_blocks(pkp, Hkv, P, D, PB) : std::vector<float>();
+  const int64_t n_pb = P > 0 ? (P + PB - 1) / PB : 0;
+
+  const int n_threads = std::max(1, at::get_num_threads());
+#pragma omp parallel num_threads(n_threads)
+  {
+    std::vector<float> s(std::max(BK, PB)), m(BQ), l(BQ), acc(BQ * D);
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t h = 0; h < H; ++h) {
+      for (int64_t qb = 0; qb < n_qb; ++qb) {
+        const int64_t hk = h / group;
+        const int64_t q0 = qb * BQ, q1 = std::min(N, q0 + BQ), bq = q1 - q0;
+        const float* qblk = qp + (h * N + q0) * D;
+        std::fill(m.begin(), m.begin() + bq, kNegInf);
+        std::fill(l.begin(), l.begin() + bq, 0.0f);
+        std::fill(acc.begin(), acc.begin() + bq * D, 0.0f);
+        for (int64_t pb = 0; pb < n_pb; ++pb) {  // cached prefix: visible to every query
+          const int64_t p0 = pb * PB, bk = std::min(P, p0 + PB) - p0;
+          attend_block(qblk, bq, D, pkt.data() + (hk * n_pb + pb) * D * PB, PB, pvp + (hk * P + p0) * D, bk,
+                       nullptr, q0, 0, scale, m.data(), l.data(), acc.data(), s.data());
+        }
+        const int64_t last_kb = (q1 - 1) / BK;  // key blocks past the last query are never visible
+        for (int64_t kb = 0; kb <= last_kb; ++kb) {
+          if (hmax[kb] <= q0) continue;  // every key's subtree ends before this query block
+          const int64_t k0 = kb * BK, k1 = std::min(N, k0 + BK);
+          const bool full = (k1 - 1 <= q0) && (hmin[kb] >= q1);
+          attend_block(qblk, bq, D, kt.data() + (hk * n_kb + kb) * D * BK, BK, vp + (hk * N + k0) * D, k1 - k0,
+                       full ? nullptr : hz + k0, q0, k0, scale, m.data(), l.data(), acc.data(), s.data());
+        }
+        float* oblk = op + (h * N + q0) * D;
+        for (int64_t i = 0; i < bq; ++i) {
+          const float inv = 1.0f / l[i];  // l > 0: every query sees at least itself
+          for (int64_t d = 0; d < D; ++d) oblk[i * D + d] = acc[i * D + d] * inv;
+        }
+      }
+    }
+  }
+  return dtype == at::kFloat ? out : out.to(dtype);
+}
+
+}  // namespace scar
