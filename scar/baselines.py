@@ -152,7 +152,8 @@ def attention_credit(
         score_fn: maps ``[B, K]`` logits to ``[B]`` scores when ``K > 2``.
         batch_size: sequences per forward pass.
         policy_tokenizer, completion_ids: map the rewards onto the policy's tokens
-            (:func:`scar.rewarder.to_policy_tokens`).
+            (:func:`scar.rewarder.to_policy_tokens`); ``completion_ids`` without ``policy_tokenizer`` are
+            decoded with ``tokenizer`` (the policy shares the reward model's tokenizer).
 
     Returns:
         ``DenseRewards`` with ``method="abc"``: one player per reward-model response token (tokens without
@@ -160,6 +161,8 @@ def attention_credit(
         each player's tokens, ``base_values`` NaN, no stderr.
     """
     beta = check_unit_interval(beta, "beta")
+    if completion_ids is not None and policy_tokenizer is None:
+        policy_tokenizer = tokenizer
     info = inspect_model(model)
     encs = _encode_all(info, tokenizer, prompts, responses, suffix_ids, completion_ids)
     scores, rows = _forward(model, info, encs, attention=True, score_fn=score_fn, batch_size=batch_size)
@@ -198,6 +201,8 @@ def sparse_credit(
     One player (the whole response) whose value is ``r``; ``base_values`` NaN. Arguments as for
     :func:`attention_credit`.
     """
+    if completion_ids is not None and policy_tokenizer is None:
+        policy_tokenizer = tokenizer
     info = inspect_model(model)
     encs = _encode_all(info, tokenizer, prompts, responses, suffix_ids, completion_ids)
     scores, _ = _forward(model, info, encs, attention=False, score_fn=score_fn, batch_size=batch_size)

@@ -1,5 +1,12 @@
 """The user-facing rewarder: prompts and responses in, dense per-token rewards out.
 
+``SCAR(reward_model, tokenizer, ...)(prompts, responses)`` tokenizes each pair, splits the response into
+players (:mod:`scar.players`), estimates their Shapley values with the reward model as the game
+(:class:`scar.scorer.CoalitionScorer` + :func:`scar.attribution.shapley_values`), turns them into
+per-token rewards (:func:`scar.rewards.shape_rewards`) and maps those onto the policy's tokens. The
+``credit`` argument switches the same object to the baselines (``"abc"``, ``"sparse"``) so experiments
+change credit method with one argument.
+
 Tokenization convention (shared by every credit method so their rewards are comparable): the reward
 model scores ``prompt_ids ⊕ response_ids ⊕ suffix_ids`` where
 
@@ -22,10 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from scar.rewards import map_to_tokens
+from scar.attribution import shapley_values
+from scar.estimators import METHODS
+from scar.players import KINDS, hierarchy, segment
+from scar.rewards import PLACEMENTS, DenseRewards, check_unit_interval, map_to_tokens, shape_rewards
+from scar.scorer import CoalitionScorer
 
-__all__ = ["Encoded", "encode_pair", "token_offsets", "check_length", "check_finite", "to_policy_tokens"]
+__all__ = ["SCAR", "CREDITS", "Encoded", "encode_pair", "token_offsets", "check_length", "check_finite", "to_policy_tokens"]
 
 
 @dataclass
@@ -191,3 +203,189 @@ def to_policy_tokens(
         enc_p = policy_tokenizer(enc.text, add_special_tokens=False, return_offsets_mapping=True)
         dst = [(int(a), int(b)) for a, b in enc_p["offset_mapping"]]
     return map_to_tokens(token_rewards, enc.offsets, dst)
+
+
+CREDITS = ("scar", "abc", "sparse")
+
+
+class SCAR:
+    """Dense per-token rewards from a sequence-classification reward model.
+
+    Args:
+        reward_model: a ``transformers`` ``*ForSequenceClassification`` model (decoder or encoder).
+        tokenizer: its *fast* tokenizer (character offsets locate the players).
+        players: ``"token"``, ``"span"`` or ``"sentence"`` (:func:`scar.players.segment`).
+        method: Shapley estimator, one of :data:`scar.estimators.METHODS`; ``"owen"`` uses the
+            sentence > span (> token) hierarchy of each response.
+        budget: the estimator's sampling budget (its default when None).
+        alpha: weight of the Shapley credit in ``R_t = alpha*phi_t + (1-alpha)*1[t==T]*r``, in ``[0, 1]``;
+            default 1 (pure credit: the rewards sum to ``r - v(∅)``, which differs from ``r`` by a
+            prompt-only constant and so keeps the optimal policy).
+        placement: ``"last"`` (a player's credit on its last token) or ``"spread"`` (evenly over its tokens).
+        backend: the coalition scorer's backend (``"auto"``, ``"trie"``, ``"batched"``, ``"loop"``).
+        seed: seeds a private generator that draws one estimator seed per response (reproducible
+            sequence of calls); None draws fresh entropy.
+        max_tokens_per_pass: the scorer's token budget per forward pass.
+        policy_tokenizer: the policy's tokenizer when it differs from the reward model's; rewards are then
+            returned on the policy's tokens (:func:`to_policy_tokens`).
+        progress: show a tqdm progress bar over responses.
+        credit: ``"scar"`` (Shapley), ``"abc"`` (:func:`scar.baselines.attention_credit`) or ``"sparse"``.
+        beta: the ABC weight (``credit="abc"`` only), in ``[0, 1]``.
+        suffix_ids: tokens the reward model's template appends after each response (e.g. EOS).
+        score_fn: maps ``[B, K]`` logits to scores for reward models with more than two labels.
+        removal: the scorer's removal mode (``"delete"`` or ``"replace"``).
+        max_span_tokens: the span length cap of ``players="span"`` (the segmenter's default when None).
+        batch_size: sequences per forward pass of the baselines.
+
+    Raises:
+        ValueError / TypeError on bad settings (unknown credit, player kind, method or placement; alpha or
+        beta outside ``[0, 1]``; a tokenizer without offsets), naming the problem.
+    """
+
+    def __init__(
+        self,
+        reward_model: Any,
+        tokenizer: Any,
+        *,
+        players: str = "span",
+        method: str = "permutation",
+        budget: int | None = None,
+        alpha: float = 1.0,
+        placement: str = "last",
+        backend: str = "auto",
+        seed: int | None = None,
+        max_tokens_per_pass: int = 8192,
+        policy_tokenizer: Any | None = None,
+        progress: bool = True,
+        credit: str = "scar",
+        beta: float = 1.0,
+        suffix_ids: Sequence[int] | None = None,
+        score_fn: Any | None = None,
+        removal: str = "delete",
+        max_span_tokens: int | None = None,
+        batch_size: int = 8,
+    ) -> None:
+        if credit not in CREDITS:
+            raise ValueError(f"unknown credit {credit!r}; expected one of {CREDITS}")
+        if players not in KINDS:
+            raise ValueError(f"unknown player kind {players!r}; expected one of {KINDS}")
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+        if placement not in PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        _require_fast(tokenizer, "reward-model")
+        self.reward_model = reward_model
+        self.tokenizer = tokenizer
+        self.players = players
+        self.method = method
+        self.budget = budget
+        self.alpha = check_unit_interval(alpha, "alpha")
+        self.beta = check_unit_interval(beta, "beta")
+        self.placement = placement
+        self.policy_tokenizer = policy_tokenizer
+        self.progress = progress
+        self.credit = credit
+        self.suffix_ids = None if suffix_ids is None else list(suffix_ids)
+        self.score_fn = score_fn
+        self.max_span_tokens = max_span_tokens
+        self.batch_size = batch_size
+        self._rng = None if seed is None else torch.Generator().manual_seed(seed)
+        self.scorer: CoalitionScorer | None = None
+        if credit == "scar":
+            self.scorer = CoalitionScorer(
+                reward_model, backend=backend, removal=removal, score_fn=score_fn,
+                max_tokens_per_pass=max_tokens_per_pass,
+            )
+        # Per response of the last call: the scorer's stats (credit="scar" only), for cost reporting.
+        self.last_stats: list[Any] = []
+
+    def __call__(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        responses: Sequence[str | Sequence[int]],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+    ) -> DenseRewards:
+        """Dense rewards for a batch (the credit-provider signature of :mod:`scar.integrations.trl`).
+
+        Args:
+            prompts, responses: one entry per response, each a string or token ids of the reward model.
+            completion_ids: the policy's token ids of each response; when given, the rewards are indexed
+                by them (decoded with ``policy_tokenizer``, or the reward model's tokenizer when None).
+
+        Returns:
+            :class:`scar.rewards.DenseRewards` with ``method`` = the credit method.
+        """
+        for name, seq in (("prompts", prompts), ("responses", responses)):
+            if isinstance(seq, (str, torch.Tensor)) or not isinstance(seq, Sequence):
+                raise TypeError(f"{name} must be a list (one entry per response), got {type(seq).__name__}")
+        if len(prompts) != len(responses):
+            raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+        if completion_ids is not None and len(completion_ids) != len(responses):
+            raise ValueError(f"got {len(completion_ids)} completion_ids but {len(responses)} responses")
+        policy_tokenizer = self.policy_tokenizer
+        if policy_tokenizer is None and completion_ids is not None:
+            policy_tokenizer = self.tokenizer  # the policy shares the reward model's tokenizer
+        if self.credit != "scar":
+            from scar.baselines import attention_credit, sparse_credit  # noqa: PLC0415 - baselines import this module
+
+            kw = dict(suffix_ids=self.suffix_ids, score_fn=self.score_fn, batch_size=self.batch_size,
+                      policy_tokenizer=policy_tokenizer, completion_ids=completion_ids)
+            if self.credit == "abc":
+                return attention_credit(self.reward_model, self.tokenizer, prompts, responses, beta=self.beta, **kw)
+            return sparse_credit(self.reward_model, self.tokenizer, prompts, responses, **kw)
+        return self._shapley_credit(prompts, responses, completion_ids, policy_tokenizer)
+
+    def _shapley_credit(
+        self,
+        prompts: Sequence[str | Sequence[int]],
+        responses: Sequence[str | Sequence[int]],
+        completion_ids: Sequence[Sequence[int]] | None,
+        policy_tokenizer: Any | None,
+    ) -> DenseRewards:
+        token_rewards, rewards, base_values, values, stderr, all_players = [], [], [], [], [], []
+        self.last_stats = []
+        bar = tqdm(range(len(responses)), desc="SCAR credit", unit="response", disable=not self.progress)
+        for i in bar:
+            enc = encode_pair(self.tokenizer, prompts[i], responses[i], suffix_ids=self.suffix_ids)
+            check_length(self.scorer.info.max_positions, enc, i)
+            players = self._segment(enc)
+            tree = self._hierarchy(enc, players) if self.method == "owen" else None
+            seed = None if self._rng is None else int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng))
+            try:
+                res = shapley_values(
+                    self.scorer, enc.prompt_ids, enc.response_ids, players, method=self.method,
+                    budget=self.budget, seed=seed, hierarchy=tree, suffix_ids=enc.suffix_ids or None,
+                )
+            except ValueError as err:  # e.g. NaN scores: say which response
+                raise ValueError(f"response {i}: {err}") from err
+            self.last_stats.append(self.scorer.stats)
+            r = check_finite(res.full_value, f"response {i} (full response, v(N))")
+            v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
+            rm_rewards = shape_rewards(res.values, players, r, alpha=self.alpha, placement=self.placement,
+                                       n_tokens=len(enc.response_ids))
+            ids = None if completion_ids is None else completion_ids[i]
+            token_rewards.append(to_policy_tokens(rm_rewards, enc, policy_tokenizer, ids))
+            rewards.append(r)
+            base_values.append(v0)
+            values.append(res.values)
+            stderr.append(res.stderr)
+            all_players.append(players)
+        return DenseRewards(token_rewards, torch.tensor(rewards, dtype=torch.float64),
+                            torch.tensor(base_values, dtype=torch.float64), values, stderr, all_players, "scar")
+
+    def _segment(self, enc: Encoded) -> list[Any]:
+        if self.players == "span":
+            return segment(enc.text, enc.offsets, "span", max_span_tokens=self.max_span_tokens)
+        return segment(enc.text, enc.offsets, self.players)
+
+    def _hierarchy(self, enc: Encoded, players: list[Any]) -> list[Any]:
+        """Owen groups: spans within sentences, tokens within spans within sentences, sentences flat."""
+        sentences = segment(enc.text, enc.offsets, "sentence")
+        if self.players == "sentence":
+            return list(range(len(players)))
+        if self.players == "span":
+            return hierarchy(sentences, players)
+        spans = segment(enc.text, enc.offsets, "span", max_span_tokens=self.max_span_tokens)
+        return hierarchy(sentences, spans, players)
