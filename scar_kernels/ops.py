@@ -35,11 +35,19 @@ BUILD_PACK_FIELDS = (
 
 
 def _extension():
-    """The compiled ``scar._C`` module, or None (not built / helper module absent)."""
+    """The compiled ``scar._C`` module, or None when it is not built.
+
+    ``scar._ext.load()`` is the project's loader (it warns once when the extension is missing); the
+    direct import covers a tree where the extension is built but the loader module is absent.
+    """
     try:
         from scar import _ext
     except ImportError:
-        return None
+        try:
+            from scar import _C
+        except ImportError:
+            return None
+        return _C
     return _ext.load()
 
 

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import scar_kernels.ops as ops
 from scar_kernels.ops import BUILD_PACK_FIELDS, build_pack, tree_attention
 from scar_kernels.tree_attention import tree_attention_reference
 
@@ -48,18 +49,29 @@ def pack_args():
     )
 
 
+@pytest.fixture(params=["native", "torch"])
+def cpu_impl(request, monkeypatch):
+    """Run a test on the C++ extension's CPU kernels (skipped when not built) and on the torch fallback."""
+    if request.param == "native":
+        if ops._extension() is None:
+            pytest.skip("scar._C is not built")
+    else:
+        monkeypatch.setattr(ops, "_extension", lambda: None)
+    return request.param
+
+
 # --------------------------------------------------------------------------------------------------
 # scar::tree_attention
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n,p,hkv", [(12, 0, 2), (31, 4, 1), (40, 7, 4)])
-def test_cpu_op_matches_reference(n, p, hkv):
+def test_cpu_op_matches_reference(n, p, hkv, cpu_impl):
     q, k, v, pk, pv = qkv(4, hkv, n, 16, p, seed=n)
     horizon = random_forest(n, n)
     out = tree_attention(q, k, v, horizon, 0.3, pk, pv)
     torch.testing.assert_close(out, tree_attention_reference(q, k, v, horizon, 0.3, pk, pv), atol=1e-5, rtol=0)
 
 
-def test_cpu_op_default_scale_and_half_inputs():
+def test_cpu_op_default_scale_and_half_inputs(cpu_impl):
     q, k, v, pk, pv = qkv(2, 2, 20, 32, 3, dtype=torch.float16, seed=1)
     horizon = random_forest(20, 1)
     out = tree_attention(q, k, v, horizon, None, pk, pv)
@@ -86,7 +98,7 @@ def test_tree_attention_under_torch_compile_fullgraph():
     torch.testing.assert_close(compiled(q, k, v, horizon, pk, pv), f(q, k, v, horizon, pk, pv), atol=1e-5, rtol=0)
 
 
-def test_tree_attention_op_errors():
+def test_tree_attention_op_errors(cpu_impl):
     q, k, v, _, _ = qkv()
     horizon = random_forest(12, 0)
     with pytest.raises(TypeError, match="int32"):
@@ -138,7 +150,7 @@ def trie():
     return pytest.importorskip("scar.trie")
 
 
-def test_build_pack_op_matches_reference(trie):
+def test_build_pack_op_matches_reference(trie, cpu_impl):
     out = build_pack(*pack_args())
     ref = trie.build_pack_reference(*pack_args())
     assert len(out) == len(BUILD_PACK_FIELDS)
@@ -164,7 +176,7 @@ def test_build_pack_under_torch_compile_fullgraph(trie):
         assert torch.equal(got, want)
 
 
-def test_build_pack_op_rejects_bad_input(trie):
+def test_build_pack_op_rejects_bad_input(trie, cpu_impl):
     args = list(pack_args())
     args[1] = torch.tensor([0, 0, 0, 0, 0, 1, 2])  # owner out of range
     with pytest.raises((ValueError, RuntimeError), match="owner"):
