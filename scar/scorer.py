@@ -409,12 +409,15 @@ class CoalitionScorer:
             index.append(inverse + len(seqs))
             seqs.extend(g.source[mask[c]] for c in first.tolist())
         order = sorted(range(len(seqs)), key=lambda k: -seqs[k].numel())
+        if seqs[order[0]].numel() > self.max_tokens_per_pass:
+            raise ValueError(f"max_tokens_per_pass={self.max_tokens_per_pass} is smaller than one coalition's "
+                             f"sequence ({seqs[order[0]].numel()} tokens); backend 'batched' cannot split a sequence")
         pad = self.info.pad_token_id if self.info.pad_token_id is not None else 0
         values = torch.empty(len(seqs), dtype=torch.float64)
         start = 0
         while start < len(order):
             width = seqs[order[start]].numel()  # longest first: the batch's padded width
-            size = max(1, min(len(order) - start, self.max_tokens_per_pass // width))
+            size = min(len(order) - start, self.max_tokens_per_pass // width)
             batch = order[start: start + size]
             ids = torch.full((size, width), pad, dtype=torch.int64)
             attn = torch.zeros(size, width, dtype=torch.int64)
@@ -463,11 +466,11 @@ class CoalitionScorer:
             cached = min(cached, int(non_pad[-1]) if non_pad.numel() else 0)
         return cached
 
-    def _readouts(self, layout: PackLayout, packed_ids: torch.Tensor) -> torch.Tensor:
+    def _readouts(self, layout: PackLayout, last: torch.Tensor, packed_ids: torch.Tensor) -> torch.Tensor:
         """Read-out rows as transformers picks them: when the config has a pad id, step back from each
-        coalition's last token over pad-id tokens along its own sequence (within a node, then into the
-        parent's last token)."""
-        readout = layout.readout.clone()
+        sequence's last packed token ``last`` over pad-id tokens along that sequence (within a node,
+        then into the parent's last token)."""
+        readout = last.clone()
         pad = self.info.pad_token_id
         if pad is None:
             return readout
@@ -496,15 +499,18 @@ class CoalitionScorer:
         base = self.info.base
         source = torch.cat([g.source for g in games])
         packed_ids = source[layout.gather]
-        readout = self._readouts(layout, packed_ids)
-        # Each coalition is delivered by the pass that owns the node holding its (unadjusted) last token.
-        readout_node = torch.searchsorted(layout.node_start, layout.readout, right=True) - 1
+        # Score each distinct coalition once (duplicates then agree bit for bit).
+        n_distinct = layout.n_distinct
+        last = torch.zeros(n_distinct, dtype=torch.int64).scatter_(0, layout.inverse, layout.readout)
+        readout = self._readouts(layout, last, packed_ids)
+        # A coalition is delivered by the pass that owns the node holding its (unadjusted) last token.
+        last_node = torch.searchsorted(layout.node_start, last, right=True) - 1
         passes = split_passes(layout, self.max_tokens_per_pass)
         node_pass = torch.full((layout.n_nodes,), -1, dtype=torch.int64)
         for p_idx, p in enumerate(passes):
             node_pass[p.owned] = p_idx
-        coalition_pass = node_pass[readout_node]
-        values = torch.empty(layout.readout.numel(), dtype=torch.float64)
+        distinct_pass = node_pass[last_node]
+        values = torch.empty(n_distinct, dtype=torch.float64)
 
         cache = None
         if cached:
@@ -531,7 +537,7 @@ class CoalitionScorer:
             ).last_hidden_state[0]
             if cache is not None:
                 cache.crop(-n)  # drop this pass's keys/values; the prompt stays for the next pass
-            members = (coalition_pass == p_idx).nonzero().flatten()
+            members = (distinct_pass == p_idx).nonzero().flatten()
             rows = torch.searchsorted(p.tokens, readout[members]).to(device)
             values[members] = self._logits_to_scores(self.info.head(hidden[rows]))
             stats.tokens_computed += n
@@ -539,4 +545,4 @@ class CoalitionScorer:
             stats.peak_pack_tokens = max(stats.peak_pack_tokens, n)
 
         counts = [g.bits.shape[0] for g in games]
-        return list(values.split(counts))
+        return list(values[layout.inverse].split(counts))

@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny random-weight `transformers` reward models built from configs (no downloads)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+import torch
+from transformers.utils import logging as hf_logging
+
+VOCAB = 100
+PAD = 0  # every tiny config uses pad id 0; random test tokens are drawn from 1..VOCAB-1
+
+
+_COMMON = dict(vocab_size=VOCAB, pad_token_id=PAD, bos_token_id=1, eos_token_id=2)
+_DECODER = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                max_position_embeddings=256, **_COMMON)
+_CONFIGS = {
+    "gpt2": ("GPT2Config", dict(n_layer=2, n_embd=32, n_head=4, n_positions=256, **_COMMON)),
+    # grouped-query attention: 2 KV heads for 4 query heads
+    "llama": ("LlamaConfig", dict(num_key_value_heads=2, **_DECODER)),
+    # partial rotary: a quarter of each head's dims rotate
+    "gpt_neox": ("GPTNeoXConfig", dict(rotary_pct=0.25, **_DECODER)),
+    "opt": ("OPTConfig", dict(num_hidden_layers=2, hidden_size=32, ffn_dim=64, num_attention_heads=4,
+                              word_embed_proj_dim=32, max_position_embeddings=256, **_COMMON)),
+    "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, **_DECODER)),
+    "mistral": ("MistralConfig", dict(num_key_value_heads=2, **_DECODER)),
+    "bloom": ("BloomConfig", dict(n_layer=2, hidden_size=32, n_head=4, **_COMMON)),
+    "distilbert": ("DistilBertConfig", dict(n_layers=2, dim=32, hidden_dim=64, n_heads=4,
+                                            max_position_embeddings=256, vocab_size=VOCAB, pad_token_id=PAD)),
+    "bert": ("BertConfig", dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                max_position_embeddings=256, vocab_size=VOCAB, pad_token_id=PAD)),
+}
+
+
+def _config(kind: str, **overrides):
+    import transformers as tf
+
+    if kind not in _CONFIGS:
+        raise ValueError(f"unknown tiny model kind {kind!r}")
+    name, kwargs = _CONFIGS[kind]
+    return getattr(tf, name)(**{**kwargs, **overrides})
+
+
+def build_tiny_model(kind: str, *, num_labels: int = 1, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny random `*ForSequenceClassification` model of the given architecture, in eval mode."""
+    import transformers as tf
+
+    cfg = _config(kind, **overrides)
+    cfg.num_labels = num_labels
+    torch.manual_seed(seed)
+    model = tf.AutoModelForSequenceClassification.from_config(cfg)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Callable[..., torch.nn.Module]:
+    """Factory ``tiny_model(kind, num_labels=1, seed=0, **config_overrides)``, cached per arguments."""
+    cache: dict[tuple, torch.nn.Module] = {}
+    hf_logging.set_verbosity_error()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+
+    def make(kind: str, *, num_labels: int = 1, seed: int = 0, **overrides) -> torch.nn.Module:
+        key = (kind, num_labels, seed, tuple(sorted(overrides.items())))
+        if key not in cache:
+            cache[key] = build_tiny_model(kind, num_labels=num_labels, seed=seed, **overrides)
+        return cache[key]
+
+    return make
