@@ -95,7 +95,7 @@ def token_offsets(
         ``(text, offsets)`` with ``text = tokenizer.decode(ids, skip_special_tokens=...)``.
     """
     ids = list(ids)
-    kw = dict(skip_special_tokens=skip_special_tokens, clean_up_tokenization_spaces=False)
+    kw = dict(skip_special_tokens=skip_special_tokens)  # the tokenizer's own clean-up setting, as TRL decodes
     text = tokenizer.decode(ids, **kw)
     offsets: list[tuple[int, int]] = []
     prev = 0
@@ -358,8 +358,8 @@ class SCAR:
                     self.scorer, enc.prompt_ids, enc.response_ids, players, method=self.method,
                     budget=self.budget, seed=seed, hierarchy=tree, suffix_ids=enc.suffix_ids or None,
                 )
-            except ValueError as err:  # e.g. NaN scores: say which response
-                raise ValueError(f"response {i}: {err}") from err
+            except ValueError as err:  # e.g. NaN scores from the reward model: say which response
+                raise ValueError(f"Shapley credit of response {i} failed (reward model scores): {err}") from err
             self.last_stats.append(self.scorer.stats)
             r = check_finite(res.full_value, f"response {i} (full response, v(N))")
             v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
