@@ -8,8 +8,6 @@
   (CPU: C++ extension or torch; CUDA: Triton; fake implementations for ``torch.compile``).
 
 Nothing here needs a GPU or Triton at import time; Triton is imported when a kernel is first launched.
+The ops are used as ``from scar_kernels.ops import tree_attention, build_pack``; this package does not
+re-export them, so that ``scar_kernels.tree_attention`` stays the submodule.
 """
-from scar_kernels.ops import build_pack, tree_attention
-from scar_kernels.tree_attention import block_skip_stats, tree_attention_reference
-
-__all__ = ["tree_attention", "build_pack", "tree_attention_reference", "block_skip_stats"]
