@@ -123,24 +123,30 @@ def length_reward(prompts, completions, completion_ids, **kwargs):
 # ---------------------------------------------------------------- reference formula, written plainly
 
 
-def reference_advantages(token_rewards, num_generations, scale_rewards):
+def reference_advantages(token_rewards, num_generations, scale_rewards, std_of="sequence"):
     """Loop version of the documented formula: returns-to-go minus the group mean of the sequence returns."""
     returns = [[sum(r[t:]) for t in range(len(r))] for r in token_rewards]
     seq = [g[0] for g in returns]
-    out = []
     n = len(token_rewards)
-    all_mean = sum(seq) / n
-    batch_std = math.sqrt(sum((x - all_mean) ** 2 for x in seq) / (n - 1))
+
+    def std(rows):
+        m = sum(seq[j] for j in rows) / len(rows)
+        if std_of == "sequence":
+            sq = [(seq[j] - m) ** 2 for j in rows]
+        else:
+            sq = [sum((x - m) ** 2 for x in returns[j]) / len(returns[j]) for j in rows]
+        return math.sqrt(sum(sq) / (len(rows) - 1))
+
+    out = []
     for start in range(0, n, num_generations):
-        group = seq[start : start + num_generations]
-        mean = sum(group) / len(group)
-        std = math.sqrt(sum((x - mean) ** 2 for x in group) / (len(group) - 1))
-        for i in range(start, start + num_generations):
-            if std < 1e-8:
-                out.append([0.0] * len(returns[i]))
+        group = list(range(start, start + num_generations))
+        mean = sum(seq[j] for j in group) / num_generations
+        for i in group:
+            if scale_rewards == "none":
+                out.append([g - mean for g in returns[i]])
                 continue
-            scale = {"group": std + 1e-4, "batch": batch_std + 1e-4, "none": 1.0}[scale_rewards]
-            out.append([(g - mean) / scale for g in returns[i]])
+            s = std(group) if scale_rewards == "group" else std(list(range(n)))
+            out.append([0.0] * len(returns[i]) if s <= 1e-8 else [(g - mean) / (s + 1e-4) for g in returns[i]])
     return out
 
 
@@ -154,13 +160,14 @@ def padded(rows, length):
 # ---------------------------------------------------------------- dense_group_advantages (no trainer)
 
 
+@pytest.mark.parametrize("std_of", ["sequence", "token"])
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
-def test_dense_group_advantages_matches_reference(scale_rewards):
+def test_dense_group_advantages_matches_reference(scale_rewards, std_of):
     g = torch.Generator().manual_seed(0)
     lengths = [3, 5, 1, 4, 2, 5, 5, 3]
     rows = [torch.randn(n, generator=g, dtype=torch.float64).tolist() for n in lengths]
-    got = dense_group_advantages(padded(rows, 6), torch.tensor(lengths), 4, scale_rewards)
-    want = padded(reference_advantages(rows, 4, scale_rewards), 6)
+    got = dense_group_advantages(padded(rows, 6), torch.tensor(lengths), 4, scale_rewards, std_of)
+    want = padded(reference_advantages(rows, 4, scale_rewards, std_of), 6)
     assert got.dtype == torch.float32 and got.shape == (8, 6)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     # padding is exactly zero
@@ -168,31 +175,57 @@ def test_dense_group_advantages_matches_reference(scale_rewards):
         assert bool((got[i, n:] == 0).all())
 
 
-def test_dense_group_advantages_sparse_is_grpo():
+@pytest.mark.parametrize("std_of", ["sequence", "token"])
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+def test_dense_group_advantages_sparse_is_grpo(scale_rewards, std_of):
     """Sparse credit (r on the last token) gives GRPO's advantage on every token of the completion."""
-    r = torch.tensor([1.0, -0.5, 2.0, 0.25, 3.0, 3.5, -1.0, 0.0], dtype=torch.float64)
-    lengths = torch.tensor([2, 4, 1, 3, 4, 4, 2, 3])
-    rewards = torch.zeros(8, 4, dtype=torch.float64)
-    rewards[torch.arange(8), lengths - 1] = r
-    got = dense_group_advantages(rewards, lengths, 4, "group")
-    grouped = r.view(2, 4)
-    grpo = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1)
+    r = torch.tensor([1.0, -0.5, 2.0, 0.25, 3.0, 3.5, -1.0, 0.0, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
+    lengths = torch.tensor([2, 4, 1, 3, 4, 4, 2, 3, 1, 2, 3, 4])
+    rewards = torch.zeros(12, 4, dtype=torch.float64)
+    rewards[torch.arange(12), lengths - 1] = r
+    got = dense_group_advantages(rewards, lengths, 4, scale_rewards, std_of)
+    # GRPO's formula, as in trl's GRPOTrainer (sum_then_normalize); the last group has zero spread
+    grouped = r.view(3, 4)
+    grpo = (grouped - grouped.mean(1, keepdim=True)).view(-1)
+    if scale_rewards == "group":
+        grpo = grpo / (grouped.std(1, keepdim=True).expand(3, 4).reshape(-1) + 1e-4)
+    elif scale_rewards == "batch":
+        grpo = grpo / (r.std() + 1e-4)
     valid = torch.arange(4) < lengths.unsqueeze(1)
-    want = torch.where(valid, grpo.unsqueeze(1).expand(8, 4), torch.zeros(()))
+    want = torch.where(valid, grpo.unsqueeze(1).expand(12, 4), torch.zeros(()))
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    assert bool((got[8:] == 0).all())
 
 
-def test_dense_group_advantages_flat_group_and_nan_rows():
-    # group 0: equal returns (different token split) -> zero advantages; group 1: one NaN row left out
-    rows = [[1.0, 1.0], [0.5, 1.5], [2.0], [0.0, 2.0], [1.0, float("nan")], [1.0], [2.0, 1.0], [0.5]]
+def test_dense_group_advantages_flat_group():
+    # all four completions return 2.0 in total, with the credit split differently over their tokens
+    rows = [[1.0, 1.0], [0.5, 1.5], [2.0], [-2.0, 4.0]]
+    lengths = torch.tensor([len(r) for r in rows])
+    rewards = padded(rows, 2)
+    # the sequence std is 0: no scale, advantages 0 (as GRPO) instead of credit / 1e-4
+    assert bool((dense_group_advantages(rewards, lengths, 4, "group", "sequence") == 0).all())
+    # unscaled: the return-to-go minus the common total, i.e. minus the credit earned before each token
+    none = dense_group_advantages(rewards, lengths, 4, "none")
+    torch.testing.assert_close(none, torch.tensor([[0.0, -1.0], [0.0, -0.5], [0.0, 0.0], [0.0, 2.0]]))
+    # the token std sees the spread of the credit and keeps the advantages at unit scale
+    token = dense_group_advantages(rewards, lengths, 4, "group", "token")
+    want = padded(reference_advantages(rows, 4, "group", "token"), 2)
+    torch.testing.assert_close(token.double(), want, rtol=1e-5, atol=1e-6)
+    mean_square = sum(float((token[i, :n] ** 2).mean()) for i, n in enumerate(lengths.tolist()))
+    assert mean_square == pytest.approx(3.0, rel=1e-3)  # n - 1, Bessel
+
+
+def test_dense_group_advantages_nan_rows():
+    # group 1 has an unscorable row: left out of the mean and std, advantage 0
+    rows = [[1.0, 1.0], [0.5, 2.5], [2.0], [0.0, 1.0], [1.0, float("nan")], [1.0], [2.0, 1.0], [0.5]]
     lengths = torch.tensor([len(r) for r in rows])
     got = dense_group_advantages(padded(rows, 2), lengths, 4, "group")
-    assert bool((got[:4] == 0).all())
     assert bool((got[4] == 0).all())
-    scorable = [rows[5], rows[6], rows[7]]
-    want = reference_advantages(scorable, 3, "group")
-    torch.testing.assert_close(got[5, :1].double(), torch.tensor(want[0], dtype=torch.float64), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(got[6, :2].double(), torch.tensor(want[1], dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    want = padded(reference_advantages([rows[5], rows[6], rows[7]], 3, "group"), 2)
+    torch.testing.assert_close(got[5:].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        got[:4].double(), padded(reference_advantages(rows[:4], 4, "group"), 2), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_dense_group_advantages_bad_input():
@@ -202,6 +235,8 @@ def test_dense_group_advantages_bad_input():
         dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, "sometimes")
     with pytest.raises(ValueError, match="lengths"):
         dense_group_advantages(torch.zeros(4, 3), torch.full((4,), 5), 4)
+    with pytest.raises(ValueError, match="std_of"):
+        dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, "group", "tokens")
     with pytest.raises(ValueError, match=r"\[N, T\]"):
         dense_group_advantages(torch.zeros(4), torch.ones(4, dtype=torch.long), 4)
 
@@ -401,12 +436,13 @@ def test_dense_grpo_trainer_dense_advantages_reach_loss(tmp_path):
     assert list(trainer._logs["advantages"]) == pytest.approx(gen["dense"][:, 0].tolist())
 
 
-def test_dense_grpo_trainer_sparse_credit_equals_grpo(tmp_path):
+@pytest.mark.parametrize("std_of", ["sequence", "token"])
+def test_dense_grpo_trainer_sparse_credit_equals_grpo(tmp_path, std_of):
     tokenizer = make_tokenizer()
     model = make_policy(len(tokenizer), tmp_path / "policy", seed=1)
     trainer = RecordingDenseGRPOTrainer(
         model=model, reward_funcs=[DenseRewardFunction(sparse_credit)], args=grpo_args(tmp_path, max_steps=2),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        train_dataset=make_dataset(), processing_class=tokenizer, std_of=std_of,
     )
     trainer.train()
     assert len(trainer.generated) == 2
@@ -427,9 +463,33 @@ def test_dense_grpo_trainer_needs_dense_reward(tmp_path):
             model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[length_reward], args=grpo_args(tmp_path),
             train_dataset=make_dataset(), processing_class=tokenizer,
         )
+    with pytest.raises(ValueError, match="std_of"):
+        DenseGRPOTrainer(
+            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
+            args=grpo_args(tmp_path), train_dataset=make_dataset(), processing_class=tokenizer, std_of="tokens",
+        )
     with pytest.raises(ValueError, match="sum_then_normalize"):
         DenseGRPOTrainer(
             model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
             args=grpo_args(tmp_path, multi_objective_aggregation="normalize_then_sum"),
             train_dataset=make_dataset(), processing_class=tokenizer,
         )
+
+
+def test_trl_version_check(monkeypatch):
+    import scar.integrations.trl as integration
+
+    monkeypatch.setattr(integration.metadata, "version", lambda name: "1.16.4")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # inside the tested range: no warning
+        assert integration._check_trl_version() == "1.16.4"
+    monkeypatch.setattr(integration.metadata, "version", lambda name: "1.17.0")
+    with pytest.warns(UserWarning, match=r"tested with trl>=1.16,<1.17 but trl 1.17.0 is installed"):
+        integration._check_trl_version()
+
+    def missing(name):
+        raise integration.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(integration.metadata, "version", missing)
+    with pytest.raises(ImportError, match=r"scar-rlhf\[trl\]"):
+        integration._check_trl_version()

@@ -16,24 +16,33 @@ The per-token advantage (:func:`dense_group_advantages`). For completion ``i`` o
 
     G_{i,t} = sum_{s >= t} R_{i,s}                       (return-to-go, undiscounted)
     G_i     = G_{i,1}                                     (sequence return)
-    A_{i,t} = (G_{i,t} - mean_{j in g} G_j) / (s_g + 1e-4)
+    A_{i,t} = (G_{i,t} - mean_{j in g} G_j) / (s + 1e-4)  (A = 0 on padding)
 
-with ``s_g`` the (Bessel-corrected) std of ``G_j`` over the group (``scale_rewards="group"``), over the
-whole batch (``"batch"``), or no division (``"none"``: ``A = G_{i,t} - mean``); ``A = 0`` on padding.
+The divisor follows ``GRPOConfig.scale_rewards``: ``"group"`` pools the group ``g``, ``"batch"`` the whole
+batch (centred on the batch mean, as TRL does), ``"none"`` divides by nothing (``A = G_{i,t} - mean``).
+``s`` is, with ``std_of="sequence"`` (the default, GRPO's), the Bessel-corrected std of the sequence
+returns ``G_j`` over the pool; with ``std_of="token"``, the std of the returns-to-go over the pool with
+each completion weighing 1, ``s^2 = sum_j mean_{t<=T_j} (G_{j,t} - m)^2 / (n - 1)`` (``m`` the pool's
+mean sequence return, ``n`` its size). Where ``s`` is zero the advantages are 0.
+
 When several reward functions are given, the per-token reward is
 ``R_{i,t} = sum_{dense k} w_k R^k_{i,t} + 1[t == T_i] * sum_{other k} w_k r^k_i``: the sequence-level
 reward functions put their reward on the last token, exactly as in plain GRPO.
 
 Why it reduces to GRPO for sparse credit: if all reward is on the last token, ``R_{i,t} = r_i 1[t==T_i]``,
-then ``G_{i,t} = r_i`` for every ``t <= T_i``, so ``A_{i,t} = (r_i - mean_g r) / (std_g r + 1e-4)`` on
-every token -- GRPO's sequence advantage broadcast over the completion, which is what GRPO's loss does
-with its ``(B,)`` advantages. With dense credit the first token keeps the GRPO advantage of the whole
-return and each later token's advantage drops the credit already earned by the tokens before it:
-``A_{i,t} = A_{i,1} - (sum_{s<t} R_{i,s}) / (s_g + 1e-4)``.
+then ``G_{i,t} = r_i`` for every ``t <= T_i``; both choices of ``s`` become the std of ``r`` over the pool,
+so ``A_{i,t} = (r_i - mean_g r) / (std r + 1e-4)`` on every token -- GRPO's sequence advantage broadcast
+over the completion, which is what GRPO's loss does with its ``(B,)`` advantages (and where GRPO's std is
+zero its advantages are zero too). With dense credit the first token keeps the advantage of the whole
+return, and each later token's advantage drops the credit earned by the tokens before it:
+``A_{i,t} = A_{i,1} - (sum_{s<t} R_{i,s}) / (s + 1e-4)``.
 
-A group whose sequence returns are all equal (zero std, the same test TRL uses for its
-``frac_reward_zero_std`` metric) gets zero advantages on every token: GRPO learns nothing from such a
-group, and dividing the differences of the returns-to-go by ``1e-4`` would blow them up ten-thousandfold.
+Which ``s``: the sequence std measures only how the *totals* differ within the group, while the credit
+term above is as large as the credit itself. When the group's totals are nearly equal but the credit is
+not (e.g. ``v(∅)`` far from ``r``), ``std_of="sequence"`` divides the credit by a tiny number and the
+advantages grow without bound (a group with exactly equal totals is set to 0, like GRPO, rather than
+divided by ``1e-4``). ``std_of="token"`` measures the spread of what is actually used as advantage, so
+the per-group mean square of the advantages stays about 1 (the unit scale GRPO's normalisation aims at).
 
 RLOO: :class:`DenseRewardFunction` works in ``RLOOTrainer`` as a sequence reward. RLOO's loss is built on
 the *sequence* log-ratio (one ratio and one advantage per completion), so per-token advantages have no
@@ -86,7 +95,6 @@ def _check_trl_version() -> str:
 TRL_VERSION = _check_trl_version()
 
 from trl import GRPOTrainer  # noqa: E402  (after the version check, so a missing TRL fails with our message)
-from trl.trainer.utils import nanstd  # noqa: E402
 
 __all__ = [
     "CreditFn",
@@ -101,6 +109,7 @@ CreditFn = Callable[[list[str], list[str], list[list[int]]], "DenseRewards"]
 """A credit provider: ``credit_fn(prompts, completions, completion_ids) -> DenseRewards``."""
 
 SCALE_REWARDS = ("group", "batch", "none")
+STD_OF = ("sequence", "token")
 
 
 class DenseRewardFunction:
@@ -217,6 +226,7 @@ def dense_group_advantages(
     lengths: torch.Tensor,
     num_generations: int,
     scale_rewards: str = "group",
+    std_of: str = "sequence",
 ) -> torch.Tensor:
     """Per-token GRPO advantages from per-token rewards (formula in the module docstring).
 
@@ -224,13 +234,16 @@ def dense_group_advantages(
         token_rewards: ``[N, T]`` right-padded per-token rewards of all completions, grouped: rows
             ``g*num_generations .. (g+1)*num_generations - 1`` are the completions of prompt ``g``.
             Values past ``lengths`` are ignored. A row with a NaN reward is unscorable: it is left out
-            of its group's mean and std, and its advantages are 0 (as TRL does for NaN rewards).
+            of the means and stds, and its advantages are 0 (as TRL does for NaN rewards).
         lengths: ``[N]`` number of completion tokens of each row (``<= T``).
         num_generations: completions per prompt (the group size).
-        scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (``GRPOConfig.scale_rewards``).
+        scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (``GRPOConfig.scale_rewards``): the pool
+            whose std divides the advantages, or no division.
+        std_of: ``"sequence"``: the std of the sequence returns over the pool (GRPO's); ``"token"``: the
+            std of the returns-to-go over the pool, each completion weighing 1 (each of its tokens 1/T_i).
 
     Returns:
-        float32 ``[N, T]`` advantages, zero on padding.
+        float32 ``[N, T]`` advantages, zero on padding and wherever the dividing std is zero.
     """
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [N, T], got shape {tuple(token_rewards.shape)}")
@@ -246,6 +259,8 @@ def dense_group_advantages(
         raise ValueError(f"{n} completions do not split into groups of num_generations={num_generations}")
     if scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
+    if std_of not in STD_OF:
+        raise ValueError(f"std_of must be one of {STD_OF}, got {std_of!r}")
 
     valid = torch.arange(length, device=token_rewards.device).unsqueeze(0) < lengths.unsqueeze(1)
     rewards = token_rewards.to(torch.float64).masked_fill(~valid, 0.0)
@@ -253,27 +268,33 @@ def dense_group_advantages(
     # returns-to-go: reversed cumulative sum along the completion (padding holds 0, so it adds nothing)
     returns = rewards.flip(1).cumsum(1).flip(1)
     returns[unscorable] = torch.nan
-    if length:
-        seq_returns = returns[:, 0]
-    else:
-        seq_returns = torch.zeros(n, dtype=torch.float64, device=token_rewards.device)
-        seq_returns[unscorable] = torch.nan
+    seq_returns = returns[:, 0] if length else torch.zeros(n, dtype=torch.float64, device=token_rewards.device)
+    seq_returns = seq_returns.masked_fill(unscorable, torch.nan)
 
-    grouped = seq_returns.view(-1, num_generations)
-    mean = torch.nanmean(grouped, dim=1).repeat_interleave(num_generations)
-    if num_generations > 1:
-        group_std = nanstd(grouped, dim=1).repeat_interleave(num_generations)
-    else:  # a group of one has no spread (eval with num_generations_eval=1)
-        group_std = torch.zeros_like(seq_returns)
-    flat_group = torch.isclose(group_std, torch.zeros_like(group_std))
-
-    advantages = returns - mean.unsqueeze(1)
-    if scale_rewards == "group":
-        advantages = advantages / (group_std.unsqueeze(1) + 1e-4)
-    elif scale_rewards == "batch":
-        batch_std = nanstd(seq_returns) if n > 1 else torch.zeros((), dtype=torch.float64)
-        advantages = advantages / (batch_std + 1e-4)
-    advantages = advantages.masked_fill(~valid | flat_group.unsqueeze(1), 0.0)
+    group_mean = torch.nanmean(seq_returns.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    advantages = returns - group_mean.unsqueeze(1)
+    if scale_rewards != "none":
+        # TRL centres the group std on the group mean and the batch std on the batch mean; so do we
+        if scale_rewards == "group":
+            pool_mean, pool_size = group_mean, num_generations
+        else:
+            pool_mean, pool_size = torch.nanmean(seq_returns).expand(n), n
+        if std_of == "sequence":
+            sq_dev = (seq_returns - pool_mean) ** 2
+        else:
+            dev = (returns - pool_mean.unsqueeze(1)).masked_fill(~valid, 0.0)
+            sq_dev = torch.where(
+                lengths > 0, dev.pow(2).sum(1) / lengths.clamp(min=1), (seq_returns - pool_mean) ** 2
+            )
+        pooled = sq_dev.view(-1, pool_size)
+        count = (~torch.isnan(pooled)).sum(dim=1, keepdim=True)
+        # Bessel-corrected like TRL's nanstd; undefined (NaN, hence advantage 0) for a pool of one
+        var = torch.nansum(pooled, dim=1, keepdim=True) / (count - 1).clamp(min=1)
+        std = torch.where(count > 1, var.sqrt(), torch.nan).expand_as(pooled).reshape(n)
+        advantages = advantages / (std.unsqueeze(1) + 1e-4)
+        # no spread, no scale: GRPO's advantage is 0 there, and dividing by 1e-4 would blow up the credit
+        advantages = advantages.masked_fill(torch.isclose(std, torch.zeros_like(std)).unsqueeze(1), 0.0)
+    advantages = advantages.masked_fill(~valid, 0.0)
     return torch.nan_to_num(advantages, nan=0.0).to(torch.float32)
 
 
@@ -296,9 +317,17 @@ class DenseGRPOTrainer(GRPOTrainer):
     (generation, KL to the reference model, clipping, loss types) is TRL's. Needs
     ``multi_objective_aggregation="sum_then_normalize"`` (the default): normalising each reward function
     separately has no per-token meaning.
+
+    Args:
+        *args, **kwargs: ``GRPOTrainer``'s arguments.
+        std_of: what the std that scales the advantages is taken of: ``"sequence"`` (the sequence
+            returns, GRPO's) or ``"token"`` (the returns-to-go); see :func:`dense_group_advantages`.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, std_of: str = "sequence", **kwargs: Any) -> None:
+        if std_of not in STD_OF:
+            raise ValueError(f"std_of must be one of {STD_OF}, got {std_of!r}")
+        self.std_of = std_of
         super().__init__(*args, **kwargs)
         if not any(isinstance(f, DenseRewardFunction) for f in self.reward_funcs):
             raise ValueError(
@@ -339,9 +368,9 @@ class DenseGRPOTrainer(GRPOTrainer):
         completion_ids = output["completion_ids"]
         device = completion_ids.device
         local_b, length = completion_ids.shape
-        lengths = torch.tensor([len(c) for c in pending.completion_ids], dtype=torch.long, device=device)
         if len(pending.completion_ids) != local_b:
             raise RuntimeError(f"{len(pending.completion_ids)} scored completions but {local_b} rows in the batch")
+        lengths = torch.tensor([len(c) for c in pending.completion_ids], dtype=torch.long, device=device)
         for i, ids in enumerate(pending.completion_ids):
             # the rewards were computed on the unpadded ids; the loss sees the right-padded rows
             if len(ids) > length or completion_ids[i, : len(ids)].tolist() != ids:
@@ -367,7 +396,9 @@ class DenseGRPOTrainer(GRPOTrainer):
         all_lengths = self.accelerator.gather(lengths)
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
-        all_advantages = dense_group_advantages(all_rewards, all_lengths, num_generations, self.scale_rewards)
+        all_advantages = dense_group_advantages(
+            all_rewards, all_lengths, num_generations, self.scale_rewards, self.std_of
+        )
 
         # TRL logged the sequence advantages of r; log the advantage of each completion's first token instead
         n_all = all_advantages.shape[0]
