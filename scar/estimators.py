@@ -20,9 +20,9 @@ Methods (see :func:`shapley`):
     antithetic pair means.
 ``kernel``
     KernelSHAP with paired sampling (each coalition with its complement) and the efficiency
-    constraint imposed exactly (KKT system). Standard error: the sandwich (delta-method) variance
-    of the constrained weighted least-squares estimate with antithetic pairs as the independent
-    units. When the budget covers every coalition the exact Shapley values are returned.
+    constraint imposed exactly (KKT system). Standard error: the cluster-robust sandwich
+    (delta-method) variance of the constrained least-squares estimate with antithetic pairs as
+    the independent units and leave-pair-out residuals (CR3). When the budget covers every coalition the exact Shapley values are returned.
 ``owen``
     Owen values for a nested partition of the players. Exact by enumeration for small trees,
     antithetic hierarchy-consistent permutation sampling otherwise.
@@ -310,22 +310,27 @@ def _permutation(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Gener
 # --------------------------------------------------------------------------- KernelSHAP
 
 
-def _kkt_solve(a: torch.Tensor, b: torch.Tensor, total: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _kkt_solve(a: torch.Tensor, b: torch.Tensor,
+               total: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """Minimise ``phi' A phi - 2 b' phi`` subject to ``sum(phi) = total``.
 
     Solves the KKT system ``[[A, 1], [1', 0]] [phi; nu] = [b; total]`` with a pseudo-inverse, so
     players that the sample cannot tell apart (identical columns) share their credit equally
-    instead of failing. Returns ``(phi, M)`` where ``M`` (the top-left block of the inverse) maps a
-    perturbation of ``b - A phi`` to the perturbation of ``phi`` (used for the sandwich variance).
+    instead of failing. Returns ``(phi, M, identified)``: ``M`` (the top-left block of the
+    inverse) maps a perturbation of ``b - A phi`` to the perturbation of ``phi`` (used for the
+    sandwich variance); ``identified`` is False when the system is singular, i.e. the sample does
+    not determine every value.
     """
     n = a.shape[0]
     kkt = torch.zeros(n + 1, n + 1, dtype=torch.float64)
     kkt[:n, :n] = a
     kkt[:n, n] = 1.0
     kkt[n, :n] = 1.0
-    inv = torch.linalg.pinv(kkt, hermitian=True)
+    eig, vec = torch.linalg.eigh(kkt)
+    keep = eig.abs() > eig.abs().max() * (n + 1) * torch.finfo(torch.float64).eps
+    inv = (vec[:, keep] / eig[keep]) @ vec[:, keep].T
     rhs = torch.cat([b, torch.tensor([total], dtype=torch.float64)])
-    return (inv @ rhs)[:n], inv[:n, :n]
+    return (inv @ rhs)[:n], inv[:n, :n], bool(keep.all())
 
 
 def _kernel_exact(value_fn: ValueFn, n: int, batch_size: int | None) -> ShapleyResult:
@@ -340,9 +345,45 @@ def _kernel_exact(value_fn: ValueFn, n: int, batch_size: int | None) -> ShapleyR
                           dtype=torch.float64)
     w = kernel[s]
     zf = z.double()
-    values, _ = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * (v[:-2] - base)), full - base)
+    values, _, _ = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * (v[:-2] - base)),
+                              full - base)
     return ShapleyResult(values, torch.zeros(n, dtype=torch.float64), n_evals, base, full,
                          "kernel", 2**n - 2)
+
+
+def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Cluster-robust (CR3, jackknife-like) sandwich standard error of the paired KernelSHAP fit.
+
+    Rows ``p`` and ``pairs + p`` of ``zf`` are a coalition and its complement; pairs are the
+    independent units. Linearising the KKT system, ``phi_hat - phi ~= M (b_hat - A_hat phi) =
+    M mean_p(psi_p)`` with ``psi_p`` the pair's mean of ``z (y - z' phi)``. Plain residuals make
+    this too small when the budget is small next to ``n`` (the fit is pulled towards every
+    sample), so each pair's residuals are replaced by its leave-pair-out residuals
+    ``(I - H_pp)^-1 r_p`` (``H_pp``: the pair's 2x2 block of the hat matrix ``Z M Z' / rows``).
+    Infinite when leaving out some pair would leave the values undetermined. Like every sandwich
+    estimate it is asymptotic: with a budget below about ``6 n`` coalitions it can be too small.
+    """
+    rows, n = zf.shape
+    pairs = rows // 2
+    if pairs < 2:
+        return torch.full((n,), float("nan"), dtype=torch.float64)
+    zm = zf @ m / rows
+    first, second = zf[:pairs], zf[pairs:]
+    hat = torch.stack([
+        torch.stack([(zm[:pairs] * first).sum(1), (zm[:pairs] * second).sum(1)], -1),
+        torch.stack([(zm[pairs:] * first).sum(1), (zm[pairs:] * second).sum(1)], -1),
+    ], -2)  # [pairs, 2, 2]
+    eye_minus_hat = torch.eye(2, dtype=torch.float64) - hat
+    if bool((torch.linalg.eigvalsh(eye_minus_hat)[:, 0] < 1e-9).any()):
+        # Some pair alone determines part of the fit: without it the values are not identified,
+        # so no finite error can be claimed.
+        return torch.full((n,), float("inf"), dtype=torch.float64)
+    r = torch.stack([resid[:pairs], resid[pairs:]], -1)[..., None]
+    r_out = torch.linalg.solve(eye_minus_hat, r)[..., 0]
+    psi = 0.5 * (first * r_out[:, :1] + second * r_out[:, 1:])
+    centred = psi - psi.mean(0)
+    cov = centred.T @ centred / ((pairs - 1) * pairs)
+    return torch.sqrt(torch.clamp(torch.diagonal(m @ cov @ m.T), min=0.0))
 
 
 def _kernel(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
@@ -375,16 +416,11 @@ def _kernel(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
     zf = z.double()
     a = zf.T @ zf / budget
     b = zf.T @ y / budget
-    values, m = _kkt_solve(a, b, full - base)
-    # Sandwich variance: phi_hat - phi ~= M (b_hat - A_hat phi) = M mean_pairs(psi), where psi is a
-    # pair's mean of z * (y - z' phi); antithetic pairs are the independent units.
-    resid = y - zf @ values
-    psi = 0.5 * (zf[:pairs] * resid[:pairs, None] + zf[pairs:] * resid[pairs:, None])
-    if pairs > 1:
-        cov = torch.cov(psi.T).reshape(n, n) / pairs
-        stderr = torch.sqrt(torch.clamp(torch.diagonal(m @ cov @ m.T), min=0.0))
-    else:
-        stderr = torch.full((n,), float("nan"), dtype=torch.float64)
+    values, m, identified = _kkt_solve(a, b, full - base)
+    if identified:
+        stderr = _kernel_stderr(zf, y - zf @ values, m)
+    else:  # some players never separated in the sample: their split is arbitrary
+        stderr = torch.full((n,), float("inf"), dtype=torch.float64)
     return ShapleyResult(values, stderr, n_evals, base, full, "kernel", budget)
 
 
@@ -468,7 +504,7 @@ def _owen_exact(value_fn: ValueFn, n: int, paths: list, batch_size: int | None) 
         weight = torch.ones(1, dtype=torch.float64)
         for siblings, m in path:
             pick = _bits(torch.arange(2 ** (m - 1), dtype=torch.int64), m - 1)
-            part = (pick.double() @ siblings.double()) > 0
+            part = (pick[:, :, None] & siblings[None, :, :]).any(1)  # union of picked groups
             w = _shapley_weights(m)[pick.sum(1)]
             coal = (coal[:, None, :] | part[None, :, :]).reshape(-1, n)
             weight = (weight[:, None] * w[None, :]).reshape(-1)
