@@ -210,9 +210,10 @@ def sparse_credit(
     for i, e in enumerate(encs):
         r = check_finite(scores[i], f"response {i}")
         t = len(e.response_ids)
-        chars = [c for c, d in e.offsets if d > c] or [0]
+        # the player's characters, as scar.players reports them: first token with text to the last end
+        start = min((c for c, d in e.offsets if d > c), default=0)
         end = max(d for _, d in e.offsets)
-        players.append([Player(0, t, min(chars), end, e.text[min(chars) : end])])
+        players.append([Player(0, t, start, end, e.text[start:end])])
         values.append(torch.tensor([r], dtype=torch.float64))
         ids = None if completion_ids is None else completion_ids[i]
         token_rewards.append(to_policy_tokens(sparse_rewards(r, t), e, policy_tokenizer, ids))

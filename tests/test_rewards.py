@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
+from scar.players import Player
 from scar.rewards import DenseRewards, map_to_tokens, shape_rewards, sparse_rewards
 
 
-def P(start: int, end: int) -> SimpleNamespace:
-    """A player: shape_rewards only reads start/end."""
-    return SimpleNamespace(start=start, end=end, char_start=0, char_end=0, text="")
+def P(start: int, end: int) -> Player:
+    """A player over tokens [start, end) (shape_rewards only reads start/end)."""
+    return Player(start, end, 0, 0, "")
 
 
 def test_sparse_rewards_puts_r_on_last_token():
