@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scar.players import Player
 from scar.rewards import DenseRewards, map_to_tokens, shape_rewards, sparse_rewards
@@ -202,3 +204,27 @@ def test_dense_rewards_rejects_inconsistent_batch():
             players=[[P(0, 2)]],
             method="scar",
         )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_chars=st.integers(1, 80),
+    src_cuts=st.sets(st.integers(1, 79), max_size=30),
+    dst_cuts=st.sets(st.integers(1, 79), max_size=30),
+    seed=st.integers(0, 2**16),
+)
+def test_map_to_tokens_property_mass_and_containment(n_chars, src_cuts, dst_cuts, seed):
+    def tokens(cuts):
+        c = sorted({x for x in cuts if x < n_chars} | {0, n_chars})
+        return list(zip(c[:-1], c[1:]))
+
+    src, dst = tokens(src_cuts), tokens(dst_cuts)
+    rewards = torch.randn(len(src), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = map_to_tokens(rewards, src, dst)
+    assert out.sum().item() == pytest.approx(rewards.sum().item(), abs=1e-9)
+    assert torch.equal(map_to_tokens(rewards, src, src), rewards)
+    # a destination token gets reward only if some source token ends inside it
+    ends = {b - 1 for _, b in src}
+    for (c, d), value in zip(dst, out.tolist()):
+        if not any(c <= e < d for e in ends):
+            assert value == 0.0
