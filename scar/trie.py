@@ -172,6 +172,10 @@ def build_pack_reference(
     for c, (r, row) in enumerate(zip(owners, rows)):
         if not 0 <= r < n_resp:
             raise ValueError(f"coalition {c}: owner {r} out of range [0, {n_resp})")
+        if n_players[r] > n_max:
+            raise ValueError(
+                f"coalition {c}: response {r} has {n_players[r]} players but coalitions has only {n_max} columns"
+            )
         if any(row[n_players[r] :]):
             raise ValueError(
                 f"coalition {c}: keeps a player past the {n_players[r]} players of response {r}"
@@ -468,7 +472,7 @@ def split_passes(layout: PackLayout, max_tokens: int) -> list[Pass]:
                 cur_owned.append(u)
                 return
             flush()
-            missing = full
+            missing = full - sub_tokens
         cur_nodes.update(chain)
         cur_nodes.update(range(u, subtree_end[u]))
         cur_owned.extend(range(u, subtree_end[u]))
