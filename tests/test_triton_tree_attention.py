@@ -298,3 +298,30 @@ def test_dense_mask_bad_input():
         dense_mask(torch.ones(4), 0)
     with pytest.raises(ValueError, match="prefix_len"):
         dense_mask(torch.ones(4, dtype=torch.int32), -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ops' CUDA implementations, run on CPU tensors through the interpreter
+# --------------------------------------------------------------------------------------------------
+def test_cuda_impl_of_tree_attention_op_uses_the_triton_kernel():
+    from scar_kernels import ops
+
+    q, k, v, pk, pv = make_qkv(4, 2, 30, 16, p=3, seed=21)
+    horizon = random_forest(30, 21)
+    out = ops._tree_attention_cuda(q, k, v, horizon, 0.25, pk, pv)
+    torch.testing.assert_close(out, tree_attention_reference(q, k, v, horizon, 0.25, pk, pv), atol=2e-5, rtol=0)
+
+
+def test_cuda_impl_of_build_pack_op_matches_reference():
+    trie = pytest.importorskip("scar.trie")
+    from scar_kernels import ops
+
+    args = (
+        torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 0], [1, 1, 0], [1, 0, 1], [0, 1, 0], [1, 1, 0]], dtype=torch.bool),
+        torch.tensor([0, 0, 0, 0, 0, 1, 1]), torch.tensor([0, 4, 6]), torch.tensor([0, -1, 1, 2, 0, 1]),
+        torch.tensor([2, 1, 3, 1, 2, 2]), torch.tensor([4, 3]), torch.tensor([1, 0]), torch.tensor([2, 1]),
+    )
+    got = ops._build_pack_cuda(*args)
+    ref = trie.build_pack_reference(*args)
+    for name, t in zip(ops.BUILD_PACK_FIELDS, got):
+        assert torch.equal(t, getattr(ref, name)), name
