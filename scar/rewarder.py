@@ -37,7 +37,9 @@ from scar.players import KINDS, hierarchy, segment
 from scar.rewards import PLACEMENTS, DenseRewards, check_unit_interval, map_to_tokens, shape_rewards
 from scar.scorer import CoalitionScorer
 
-__all__ = ["SCAR", "CREDITS", "Encoded", "encode_pair", "token_offsets", "check_length", "check_finite", "to_policy_tokens"]
+__all__ = [
+    "SCAR", "CREDITS", "Encoded", "encode_pair", "token_offsets", "check_length", "check_finite", "to_policy_tokens",
+]
 
 
 @dataclass

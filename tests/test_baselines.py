@@ -178,7 +178,8 @@ def test_abc_maps_onto_policy_tokenizer(rm, tokenizer, policy_tokenizer):
 
 def test_abc_with_policy_completion_ids(rm, tokenizer, policy_tokenizer):
     # as TRL passes them: the policy's ids ending in EOS, and the completion text decoded without it
-    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [policy_tokenizer.eos_token_id] for r in RESPONSES]
+    eos = policy_tokenizer.eos_token_id
+    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in RESPONSES]
     texts = policy_tokenizer.batch_decode(comp, skip_special_tokens=True)
     d = attention_credit(rm, tokenizer, PROMPTS, texts, policy_tokenizer=policy_tokenizer, completion_ids=comp)
     for i in range(3):

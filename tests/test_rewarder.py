@@ -139,9 +139,11 @@ def test_policy_tokenizer_mapping(rm, tokenizer, policy_tokenizer):
         assert mapped.token_rewards[i].sum().item() == pytest.approx(same.token_rewards[i].sum().item(), abs=1e-5)
         torch.testing.assert_close(mapped.values[i], same.values[i])  # credit itself does not change
     # with the policy's completion ids (ending in EOS, as TRL passes them) the rewards follow those ids
-    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [policy_tokenizer.eos_token_id] for r in RESPONSES]
+    eos = policy_tokenizer.eos_token_id
+    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in RESPONSES]
     texts = policy_tokenizer.batch_decode(comp, skip_special_tokens=True)
-    by_ids = SCAR(rm, tokenizer, method="exact", policy_tokenizer=policy_tokenizer, progress=False)(PROMPTS, texts, comp)
+    by_ids = SCAR(rm, tokenizer, method="exact", policy_tokenizer=policy_tokenizer, progress=False)(
+        PROMPTS, texts, comp)
     for i in range(3):
         assert by_ids.token_rewards[i].numel() == len(comp[i])
         torch.testing.assert_close(by_ids.token_rewards[i][:-1], mapped.token_rewards[i])
