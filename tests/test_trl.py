@@ -14,20 +14,21 @@ import warnings
 import pytest
 import torch
 
-from datasets import Dataset  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
-from tokenizers.models import WordLevel  # noqa: E402
-from tokenizers.pre_tokenizers import Whitespace  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer  # noqa: E402
+from datasets import Dataset
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
-from scar.integrations.trl import (  # noqa: E402
+from scar.integrations.trl import (
     DenseGRPOTrainer,
     DenseRewardFunction,
     dense_group_advantages,
 )
-from scar.rewards import DenseRewards  # noqa: E402
+from scar.players import Player
+from scar.rewards import DenseRewards, shape_rewards
 
 WORDS = "the a cat dog sat ran on under mat log red blue big small happy sad and then it was".split()
 PAD, EOS = 0, 1
@@ -37,11 +38,16 @@ MAX_COMPLETION = 10
 
 @pytest.fixture(autouse=True)
 def _quiet():
+    """Silence transformers/TRL chatter (progress, deprecation notes) for these tests only."""
+    verbosity, trl_logger = hf_logging.get_verbosity(), logging.getLogger("trl")
+    trl_level = trl_logger.level
     hf_logging.set_verbosity_error()
-    logging.getLogger("trl").setLevel(logging.ERROR)
+    trl_logger.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+    hf_logging.set_verbosity(verbosity)
+    trl_logger.setLevel(trl_level)
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
@@ -112,6 +118,29 @@ def _dense(token_rewards, rewards, method) -> DenseRewards:
         stderr=[None] * b,
         players=[[] for _ in range(b)],
         method=method,
+    )
+
+
+def additive_shapley_credit(prompts, completions, completion_ids, alpha=0.5):
+    """SCAR's shaping of exact Shapley values for an additive game, one player per token.
+
+    ``v(S) = v(∅) + sum_{t in S} w(token_t)`` with ``v(∅)`` depending on the prompt only, so
+    ``phi_t = w(token_t)`` exactly and ``r = v(∅) + sum(phi)``.
+    """
+    token_rewards, rewards, base, values, players = [], [], [], [], []
+    for prompt, ids in zip(prompts, completion_ids):
+        v_empty = len(prompt) / 3.0
+        phi = torch.tensor([((tid * 5) % 9 - 4) / 4.0 for tid in ids], dtype=torch.float64)
+        r = v_empty + float(phi.sum())
+        ps = [Player(t, t + 1, 0, 0, "") for t in range(len(ids))]
+        token_rewards.append(shape_rewards(phi, ps, r, alpha=alpha, placement="last", n_tokens=len(ids)))
+        rewards.append(r)
+        base.append(v_empty)
+        values.append(phi)
+        players.append(ps)
+    return DenseRewards(
+        token_rewards=token_rewards, rewards=torch.tensor(rewards), base_values=torch.tensor(base),
+        values=values, stderr=[None] * len(values), players=players, method="scar",
     )
 
 
@@ -328,9 +357,8 @@ class RecordingDenseGRPOTrainer(DenseGRPOTrainer):
         return dense
 
     def _compute_loss(self, model, inputs):
-        self.loss_inputs.append(
-            {k: inputs[k].clone() for k in ("advantages", "completion_ids", "completion_mask", "prompt_ids", "prompt_mask")}
-        )
+        keys = ("advantages", "completion_ids", "completion_mask", "prompt_ids", "prompt_mask")
+        self.loss_inputs.append({k: inputs[k].clone() for k in keys})
         return super()._compute_loss(model, inputs)
 
 
@@ -456,12 +484,35 @@ def test_dense_grpo_trainer_sparse_credit_equals_grpo(tmp_path, std_of):
     check_alignment(trainer)
 
 
+def test_dense_grpo_trainer_shapley_first_token_keeps_grpo_advantage(tmp_path):
+    """With SCAR's shaping (alpha=0.5) of exact Shapley values and v(∅) fixed per prompt, the sequence return
+    is r - alpha*v(∅): the first token's advantage is GRPO's advantage of r, later tokens drop earlier credit."""
+    tokenizer = make_tokenizer()
+    model = make_policy(len(tokenizer), tmp_path / "policy", seed=2)
+    trainer = RecordingDenseGRPOTrainer(
+        model=model, reward_funcs=[DenseRewardFunction(additive_shapley_credit)], args=grpo_args(tmp_path, max_steps=1),
+        train_dataset=make_dataset(), processing_class=tokenizer,
+    )
+    trainer.train()
+    (gen,) = trainer.generated
+    grpo, dense = gen["grpo"], gen["dense"]
+    assert bool((grpo != 0).any())
+    torch.testing.assert_close(dense[:, 0], grpo, rtol=1e-5, atol=1e-5)
+    prompts = trainer.processing_class.batch_decode(gen["prompt_ids"], skip_special_tokens=True)
+    credit = additive_shapley_credit(prompts, None, gen["scored_ids"])
+    std = torch.tensor(credit.rewards.tolist(), dtype=torch.float32).view(-1, NUM_GENERATIONS).std(1)
+    for i, ids in enumerate(gen["scored_ids"]):
+        prefix = torch.cumsum(0.5 * credit.values[i], 0)[:-1]  # alpha * credit of the tokens before t
+        want = grpo[i].double() - prefix / (float(std[i // NUM_GENERATIONS]) + 1e-4)
+        torch.testing.assert_close(dense[i, 1 : len(ids)].double(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_dense_grpo_trainer_needs_dense_reward(tmp_path):
     tokenizer = make_tokenizer()
     with pytest.raises(ValueError, match="at least one DenseRewardFunction"):
         DenseGRPOTrainer(
-            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[length_reward], args=grpo_args(tmp_path),
-            train_dataset=make_dataset(), processing_class=tokenizer,
+            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[length_reward],
+            args=grpo_args(tmp_path), train_dataset=make_dataset(), processing_class=tokenizer,
         )
     with pytest.raises(ValueError, match="std_of"):
         DenseGRPOTrainer(
