@@ -244,3 +244,19 @@ def test_nan_reward_is_an_error_not_a_zero(tokenizer):
         model.score.weight.fill_(float("nan"))
     with pytest.raises(ValueError, match="response 0"):
         SCAR(model, tokenizer, method="exact", progress=False)(PROMPTS[:1], RESPONSES[:1])
+
+
+@pytest.mark.parametrize("credit", ["scar", "abc"])
+def test_plugs_into_trl_reward_function(rm, tokenizer, policy_tokenizer, credit):
+    from scar.integrations.trl import DenseRewardFunction
+
+    eos = policy_tokenizer.eos_token_id
+    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in RESPONSES]
+    texts = policy_tokenizer.batch_decode(comp, skip_special_tokens=True)
+    fn = DenseRewardFunction(SCAR(rm, tokenizer, credit=credit, method="exact", policy_tokenizer=policy_tokenizer,
+                                  progress=False))
+    rewards = fn(prompts=PROMPTS, completions=texts, completion_ids=comp)
+    dense = fn.take(comp)
+    assert rewards == pytest.approx([plain_score(rm, tokenizer, p, r) for p, r in zip(PROMPTS, RESPONSES)], abs=1e-5)
+    assert [t.numel() for t in dense.token_rewards] == [len(c) for c in comp]
+    assert dense.to_tensor().shape == (3, max(len(c) for c in comp))
