@@ -361,7 +361,7 @@ class SCAR:
                     budget=self.budget, seed=seed, hierarchy=tree, suffix_ids=enc.suffix_ids or None,
                 )
             except ValueError as err:  # e.g. NaN scores from the reward model: say which response
-                raise ValueError(f"Shapley credit of response {i} failed (reward model scores): {err}") from err
+                raise ValueError(f"Shapley credit of response {i}: {err}") from err
             self.last_stats.append(self.scorer.stats)
             r = check_finite(res.full_value, f"response {i} (full response, v(N))")
             v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
