@@ -181,12 +181,12 @@ def to_policy_tokens(
     * only ``policy_tokenizer`` given: the response text is tokenized with it (no special tokens).
     * neither: the rewards are returned as they are (the policy shares the reward model's tokenization).
 
+    Each reward-model token's reward goes to the policy token containing its last character
+    (:func:`scar.rewards.map_to_tokens`), so the total is preserved.
+
     Raises:
         ValueError: ``completion_ids`` without ``policy_tokenizer``, or ids whose text is not the response.
         TypeError: ``policy_tokenizer`` cannot return offsets (only needed without ``completion_ids``).
-
-    Each reward-model token's reward goes to the policy token containing its last character
-    (:func:`scar.rewards.map_to_tokens`), so the total is preserved.
     """
     if completion_ids is None and policy_tokenizer is None:
         return token_rewards
