@@ -18,7 +18,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import Whitespace
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
@@ -28,6 +28,7 @@ from scar.integrations.trl import (
     dense_group_advantages,
 )
 from scar.players import Player
+from scar.rewarder import SCAR
 from scar.rewards import DenseRewards, shape_rewards
 
 WORDS = "the a cat dog sat ran on under mat log red blue big small happy sad and then it was".split()
@@ -505,6 +506,35 @@ def test_dense_grpo_trainer_shapley_first_token_keeps_grpo_advantage(tmp_path):
         prefix = torch.cumsum(0.5 * credit.values[i], 0)[:-1]  # alpha * credit of the tokens before t
         want = grpo[i].double() - prefix / (float(std[i // NUM_GENERATIONS]) + 1e-4)
         torch.testing.assert_close(dense[i, 1 : len(ids)].double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_grpo_trainer_with_scar_provider(tmp_path):
+    """The real credit provider: scar.SCAR on a random GPT-2 reward model sharing the policy's tokenizer."""
+    tokenizer = make_tokenizer()
+    model = make_policy(len(tokenizer), tmp_path / "policy", seed=3)
+    before = snapshot(model)
+    torch.manual_seed(4)
+    reward_model = GPT2ForSequenceClassification(
+        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=1,
+                   pad_token_id=PAD, eos_token_id=EOS)
+    ).eval()
+    credit = SCAR(reward_model, tokenizer, players="span", method="exact", alpha=0.5, progress=False, seed=0)
+    # min_new_tokens: SCAR refuses an empty response (a completion that is only EOS decodes to "")
+    args = grpo_args(tmp_path, max_steps=1, generation_kwargs={"min_new_tokens": 2})
+    trainer = RecordingDenseGRPOTrainer(
+        model=model, reward_funcs=[DenseRewardFunction(credit)], args=args,
+        train_dataset=make_dataset(), processing_class=tokenizer,
+    )
+    assert trainer.reward_func_names == ["SCAR"]
+    trainer.train()
+    assert moved(model, before)
+    (gen,) = trainer.generated
+    grpo, dense = gen["grpo"], gen["dense"]
+    assert bool((grpo != 0).any())
+    # exact Shapley values: sum_t R_t = r - alpha * v(∅), and v(∅) is the same for a prompt's group
+    torch.testing.assert_close(dense[:, 0], grpo, rtol=1e-4, atol=1e-4)
+    assert any(len(set(dense[i, : len(s)].tolist())) > 1 for i, s in enumerate(gen["scored_ids"]))
+    check_alignment(trainer)
 
 
 def test_dense_grpo_trainer_needs_dense_reward(tmp_path):
