@@ -20,7 +20,9 @@ Methods (see :func:`shapley`):
     antithetic pair means.
 ``kernel``
     KernelSHAP with paired sampling (each coalition with its complement) and the efficiency
-    constraint imposed exactly (KKT system). Standard error: the cluster-robust sandwich
+    constraint imposed exactly (KKT system). Coalition sizes whose every coalition the budget can
+    afford are enumerated with exact kernel weights (as shap's KernelExplainer does), the rest is
+    sampled. Standard error: the cluster-robust sandwich
     (delta-method) variance of the constrained least-squares estimate with antithetic pairs as
     the independent units and leave-pair-out residuals (CR3). When the budget covers every coalition the exact Shapley values are returned.
 ``owen``
@@ -142,27 +144,40 @@ def _make_generator(seed: int | None) -> torch.Generator:
 # --------------------------------------------------------------------------- plan evaluation
 
 
-def _pack_rows(coalitions: torch.Tensor) -> torch.Tensor:
+def _pack_rows(coalitions: torch.Tensor) -> np.ndarray:
     """Pack bool rows ``[M, n]`` into int64 keys ``[M, ceil(n / 64)]`` (one bit per player)."""
-    m, n = coalitions.shape
+    m = coalitions.shape[0]
     packed = np.packbits(coalitions.contiguous().numpy(), axis=1)
     pad = -packed.shape[1] % 8
     if pad:
         packed = np.concatenate([packed, np.zeros((m, pad), dtype=np.uint8)], axis=1)
-    return torch.from_numpy(np.ascontiguousarray(packed).view(np.int64))
+    return np.ascontiguousarray(packed).view(np.int64)
 
 
 def _unique_rows(coalitions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Distinct rows of a bool ``[M, n]`` plan and, for each row, the index of its distinct row."""
+    """Distinct rows of a bool ``[M, n]`` plan and, for each row, the index of its distinct row.
+
+    Sorts the packed keys with numpy's lexsort (torch's row-wise sorts and ``unique(dim=0)`` are
+    several times slower on CPU) and keeps the first row of each run of equal keys.
+    """
     keys = _pack_rows(coalitions)
-    if keys.shape[1] == 1:
-        uniq_keys, inverse = torch.unique(keys[:, 0], return_inverse=True)
-    else:
-        uniq_keys, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    # The first occurrence of each distinct key gives its bool row back without unpacking bits.
-    first = torch.full((uniq_keys.shape[0],), coalitions.shape[0], dtype=torch.int64)
-    first.scatter_reduce_(0, inverse, torch.arange(coalitions.shape[0]), reduce="amin")
-    return coalitions[first], inverse
+    order = np.lexsort(keys.T[::-1])
+    ordered = keys[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(1)
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return coalitions[torch.from_numpy(order[starts])], torch.from_numpy(inverse)
+
+
+def _random_orders(rows: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``rows`` independent uniform permutations of ``range(n)``, int64 ``[rows, n]``.
+
+    The randomness comes from ``gen``; the row-wise argsort runs in numpy, about ten times faster
+    than torch's CPU sort on many short rows.
+    """
+    keys = torch.rand(rows, n, generator=gen, dtype=torch.float64).numpy()
+    return torch.from_numpy(np.argsort(keys, axis=1).astype(np.int64, copy=False))
 
 
 def _players(row: torch.Tensor) -> list[int]:
@@ -302,7 +317,7 @@ def _permutation(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Gener
                  batch_size: int | None) -> ShapleyResult:
     budget = DEFAULT_PERMUTATIONS if budget is None else budget
     _check_perm_budget(budget, "permutation")
-    half = torch.argsort(torch.rand(budget // 2, n, generator=gen, dtype=torch.float64), dim=1)
+    half = _random_orders(budget // 2, n, gen)
     perms = torch.cat([half, half.flip(1)])
     return _from_antithetic_perms(value_fn, perms, batch_size, "permutation")
 
@@ -333,94 +348,119 @@ def _kkt_solve(a: torch.Tensor, b: torch.Tensor,
     return (inv @ rhs)[:n], inv[:n, :n], bool(keep.all())
 
 
-def _kernel_exact(value_fn: ValueFn, n: int, batch_size: int | None) -> ShapleyResult:
-    """Constrained WLS over every proper coalition with Shapley kernel weights (= exact Shapley)."""
-    masks = torch.arange(1, 2**n - 1, dtype=torch.int64)
-    z = _bits(masks, n)
-    v, n_evals = _evaluate(value_fn, _with_ends(z), batch_size)
-    base, full = float(v[-2]), float(v[-1])
-    s = z.sum(1)
-    # Shapley kernel (n - 1) / (C(n, s) s (n - s)); the constant factor does not change the solution.
-    kernel = torch.tensor([0.0] + [1.0 / (math.comb(n, k) * k * (n - k)) for k in range(1, n)],
-                          dtype=torch.float64)
-    w = kernel[s]
-    zf = z.double()
-    values, _, _ = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * (v[:-2] - base)),
-                              full - base)
-    return ShapleyResult(values, torch.zeros(n, dtype=torch.float64), n_evals, base, full,
-                         "kernel", 2**n - 2)
+def _kernel_plan(n: int, budget: int,
+                 gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """Coalitions and regression weights of hybrid paired KernelSHAP (as shap's KernelExplainer).
 
+    The Shapley kernel puts total mass ``(n - 1) / (s (n - s))`` on coalition size ``s``. Sizes
+    ``s`` and ``n - s`` form one class. Classes are visited from the extremes inwards; a class is
+    enumerated completely while the budget left, spread by kernel mass over the classes left,
+    would give it at least one sample per coalition. The rest of the budget samples the remaining
+    classes (class by kernel mass, then a uniform coalition of that size, then its complement).
 
-def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Cluster-robust (CR3, jackknife-like) sandwich standard error of the paired KernelSHAP fit.
-
-    Rows ``p`` and ``pairs + p`` of ``zf`` are a coalition and its complement; pairs are the
-    independent units. Linearising the KKT system, ``phi_hat - phi ~= M (b_hat - A_hat phi) =
-    M mean_p(psi_p)`` with ``psi_p`` the pair's mean of ``z (y - z' phi)``. Plain residuals make
-    this too small when the budget is small next to ``n`` (the fit is pulled towards every
-    sample), so each pair's residuals are replaced by its leave-pair-out residuals
-    ``(I - H_pp)^-1 r_p`` (``H_pp``: the pair's 2x2 block of the hat matrix ``Z M Z' / rows``).
-    Infinite when leaving out some pair would leave the values undetermined. Like every sandwich
-    estimate it is asymptotic: with a budget below about ``6 n`` coalitions it can be too small.
+    Returns ``(z [rows, n] bool, weight [rows], sampled_pairs, sampled_mass)``: the enumerated rows
+    come first with their exact kernel weights; the last ``2 * sampled_pairs`` rows are the
+    sampled ones (pair ``p`` is rows ``e + p`` and ``e + sampled_pairs + p``), each weighted
+    ``sampled_mass / (2 * sampled_pairs)``. The weights sum to 1.
     """
-    rows, n = zf.shape
-    pairs = rows // 2
+    classes = list(range(1, n // 2 + 1))  # class s holds sizes s and n - s (just s when 2s == n)
+    size_mass = {k: (n - 1) / (k * (n - k)) for k in range(1, n)}
+    total = sum(size_mass.values())
+    mass = {k: (size_mass[k] if 2 * k == n else 2 * size_mass[k]) / total for k in classes}
+    rows, weights = [], []
+    left, mass_left = budget, 1.0
+    while classes:
+        k = classes[0]
+        count = math.comb(n, k) * (1 if 2 * k == n else 2)
+        if left * mass[k] / mass_left < count - 1e-8:
+            break
+        members = torch.zeros(math.comb(n, k), n, dtype=torch.bool)
+        members.scatter_(1, torch.combinations(torch.arange(n), r=k).view(-1, k), True)
+        block = members if 2 * k == n else torch.cat([members, ~members])
+        rows.append(block)
+        weights.append(torch.full((count,), mass[k] / count, dtype=torch.float64))
+        left -= count
+        mass_left -= mass[k]
+        classes.pop(0)
+    pairs = left // 2 if classes else 0
+    if pairs:
+        class_mass = torch.tensor([mass[k] for k in classes], dtype=torch.float64)
+        size = torch.tensor(classes)[torch.multinomial(class_mass, pairs, replacement=True,
+                                                       generator=gen)]
+        # The positions holding 0 .. size-1 in a uniform random order form a uniform subset.
+        picked = _random_orders(pairs, n, gen) < size[:, None]
+        rows.append(torch.cat([picked, ~picked]))
+        weights.append(torch.full((2 * pairs,), mass_left / (2 * pairs), dtype=torch.float64))
+    else:
+        mass_left = 0.0
+    z = torch.cat(rows) if rows else torch.zeros(0, n, dtype=torch.bool)
+    w = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)
+    return z, w, pairs, mass_left
+
+
+def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor, pairs: int,
+                   mass: float) -> torch.Tensor:
+    """Cluster-robust (CR3, jackknife-like) sandwich standard error of the hybrid KernelSHAP fit.
+
+    Only the last ``2 * pairs`` rows (the sampled ones, each weighted ``mass / (2 pairs)``) are
+    random; pairs are the independent units. Linearising the KKT system,
+    ``phi_hat - phi ~= M (b_hat - A_hat phi) = mass * M mean_p(psi_p)`` with ``psi_p`` the pair's
+    mean of ``z (y - z' phi)``. Plain residuals make this too small when the budget is small next
+    to ``n`` (the fit is pulled towards every sample), so each pair's residuals are replaced by its
+    leave-pair-out residuals ``(I - H_pp)^-1 r_p`` (``H_pp``: the pair's 2x2 block of the hat
+    matrix). Infinite when leaving out some pair would leave the values undetermined. Like every
+    sandwich estimate it is asymptotic: with few sampled pairs (below about ``3 n``) it can be
+    too small.
+    """
+    n = zf.shape[1]
     if pairs < 2:
         return torch.full((n,), float("nan"), dtype=torch.float64)
-    zm = zf @ m / rows
-    first, second = zf[:pairs], zf[pairs:]
+    first, second = zf[-2 * pairs:-pairs], zf[-pairs:]
+    r_first, r_second = resid[-2 * pairs:-pairs], resid[-pairs:]
+    w = mass / (2 * pairs)
+    zm_first, zm_second = w * first @ m, w * second @ m
     hat = torch.stack([
-        torch.stack([(zm[:pairs] * first).sum(1), (zm[:pairs] * second).sum(1)], -1),
-        torch.stack([(zm[pairs:] * first).sum(1), (zm[pairs:] * second).sum(1)], -1),
+        torch.stack([(zm_first * first).sum(1), (zm_first * second).sum(1)], -1),
+        torch.stack([(zm_second * first).sum(1), (zm_second * second).sum(1)], -1),
     ], -2)  # [pairs, 2, 2]
     eye_minus_hat = torch.eye(2, dtype=torch.float64) - hat
     if bool((torch.linalg.eigvalsh(eye_minus_hat)[:, 0] < 1e-9).any()):
         # Some pair alone determines part of the fit: without it the values are not identified,
         # so no finite error can be claimed.
         return torch.full((n,), float("inf"), dtype=torch.float64)
-    r = torch.stack([resid[:pairs], resid[pairs:]], -1)[..., None]
+    r = torch.stack([r_first, r_second], -1)[..., None]
     r_out = torch.linalg.solve(eye_minus_hat, r)[..., 0]
     psi = 0.5 * (first * r_out[:, :1] + second * r_out[:, 1:])
     centred = psi - psi.mean(0)
-    cov = centred.T @ centred / ((pairs - 1) * pairs)
+    cov = mass**2 * (centred.T @ centred) / ((pairs - 1) * pairs)
     return torch.sqrt(torch.clamp(torch.diagonal(m @ cov @ m.T), min=0.0))
 
 
 def _kernel(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
             batch_size: int | None) -> ShapleyResult:
     if budget is None:
-        budget = min(2 * n + KERNEL_DEFAULT_EXTRA, 2**n - 2)
-        if budget < 2:  # n == 1: no proper coalition exists, the answer is v(N) - v(∅)
-            return _kernel_exact(value_fn, n, batch_size)
-    if budget < 2:
-        raise ValueError(f"method='kernel' needs budget >= 2 sampled coalitions (one coalition and "
-                         f"its complement); got budget={budget}")
-    if budget % 2:
-        raise ValueError(f"method='kernel' samples coalitions in complementary pairs, so budget "
-                         f"(number of sampled coalitions) must be even; got budget={budget}")
-    if budget >= 2**n - 2:
-        return _kernel_exact(value_fn, n, batch_size)
-    pairs = budget // 2
-    # Sample the size s with probability proportional to the kernel's total mass on size s,
-    # (n - 1) / (s (n - s)), then a uniform subset of that size: the sample is then drawn from
-    # the Shapley kernel itself and every row gets the same regression weight.
-    sizes = torch.arange(1, n, dtype=torch.float64)
-    size_prob = 1.0 / (sizes * (n - sizes))
-    s = torch.multinomial(size_prob, pairs, replacement=True, generator=gen) + 1
-    # The positions holding 0 .. s-1 in a uniform random permutation form a uniform s-subset.
-    z = torch.argsort(torch.rand(pairs, n, generator=gen), dim=1) < s[:, None]
-    z = torch.cat([z, ~z])  # row p and row pairs + p are complements
+        budget = min(2 * n + KERNEL_DEFAULT_EXTRA, 2**n - 2)  # 0 when n == 1: nothing to sample
+    else:
+        if budget < 2:
+            raise ValueError(f"method='kernel' needs budget >= 2 sampled coalitions (one coalition "
+                             f"and its complement); got budget={budget}")
+        if budget % 2:
+            raise ValueError(f"method='kernel' samples coalitions in complementary pairs, so "
+                             f"budget (number of sampled coalitions) must be even; got "
+                             f"budget={budget}")
+        budget = min(budget, 2**n - 2)
+    z, w, pairs, sampled_mass = _kernel_plan(n, budget, gen)
     v, n_evals = _evaluate(value_fn, _with_ends(z), batch_size)
     base, full = float(v[-2]), float(v[-1])
     y = v[:-2] - base
     zf = z.double()
-    a = zf.T @ zf / budget
-    b = zf.T @ y / budget
-    values, m, identified = _kkt_solve(a, b, full - base)
-    if identified:
-        stderr = _kernel_stderr(zf, y - zf @ values, m)
-    else:  # some players never separated in the sample: their split is arbitrary
+    values, m, identified = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * y), full - base)
+    if not identified:  # some players never separated in the sample: their split is arbitrary
         stderr = torch.full((n,), float("inf"), dtype=torch.float64)
+    elif pairs == 0:  # every coalition enumerated: the exact Shapley values
+        stderr = torch.zeros(n, dtype=torch.float64)
+    else:
+        stderr = _kernel_stderr(zf, y - zf @ values, m, pairs, sampled_mass)
     return ShapleyResult(values, stderr, n_evals, base, full, "kernel", budget)
 
 
@@ -556,7 +596,8 @@ def _owen_sampled(value_fn: ValueFn, tree: list, n: int, budget: int, gen: torch
     order = torch.arange(n, dtype=torch.int64).expand(half, n).clone()
     for d in range(depth - 1, -1, -1):  # least significant level first, stable sorts
         level_keys = keys[:, anc[:, d]].gather(1, order)
-        order = order.gather(1, torch.argsort(level_keys, dim=1, stable=True))
+        by_key = np.argsort(level_keys.numpy(), axis=1, kind="stable")
+        order = order.gather(1, torch.from_numpy(by_key))
     perms = torch.cat([order, order.flip(1)])
     return _from_antithetic_perms(value_fn, perms, batch_size, "owen")
 

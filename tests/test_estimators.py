@@ -210,6 +210,27 @@ def test_kernel_sampled_within_stderr(name: str) -> None:
     assert torch.all((res.values - reference).abs() <= Z_TOL * res.stderr + 1e-9)
 
 
+def test_kernel_enumerates_affordable_sizes_and_samples_the_rest() -> None:
+    """n = 10, budget 100. Size s carries kernel mass 9 / (s (10 - s)), 5.09 in all. Sizes {1, 9}
+    hold 2 / 5.09 = 39% of it: 39 expected samples >= their 20 coalitions, so they are enumerated.
+    Sizes {2, 8} would then get 80 * (1.125 / 5.09) / 61% = 29 < 90 coalitions: sampled, like
+    every size after them, with the 80 rows left."""
+    counter = CountingValueFn(TableGame.random(10, seed=0))
+    res = shapley(counter, 10, method="kernel", budget=100, seed=0)
+    rows = counter.rows
+    sizes = rows.sum(1)
+    assert int(((sizes == 1) | (sizes == 9)).sum()) == 20
+    assert int(((sizes >= 2) & (sizes <= 8)).sum()) == res.n_evals - 22 > 40
+    assert res.n_evals <= 102 and res.budget == 100
+
+
+def test_kernel_budget_above_all_coalitions_is_capped() -> None:
+    game = TableGame.random(4, seed=0)
+    res = shapley(game, 4, method="kernel", budget=1000, seed=0)
+    assert res.budget == 14 and res.n_evals == 16
+    assert torch.allclose(res.values, game.reference(), atol=1e-10)
+
+
 def test_kernel_glove_closed_form() -> None:
     game = LARGER["glove"]
     expected = torch.full((10,), 1 / 90, dtype=torch.float64)
