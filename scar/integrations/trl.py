@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-if TYPE_CHECKING:  # the annotation only; DenseRewards is whatever the credit provider returns
+if TYPE_CHECKING:  # annotations only: any object with token_rewards and rewards is accepted at run time
     from scar.rewards import DenseRewards
 
 TRL_TESTED_RANGE = (">=1.16", "<1.17")
