@@ -21,10 +21,11 @@ Methods (see :func:`shapley`):
 ``kernel``
     KernelSHAP with paired sampling (each coalition with its complement) and the efficiency
     constraint imposed exactly (KKT system). Coalition sizes whose every coalition the budget can
-    afford are enumerated with exact kernel weights (as shap's KernelExplainer does), the rest is
-    sampled. Standard error: the cluster-robust sandwich
-    (delta-method) variance of the constrained least-squares estimate with antithetic pairs as
-    the independent units and leave-pair-out residuals (CR3). When the budget covers every coalition the exact Shapley values are returned.
+    afford are enumerated with exact kernel weights (as shap's KernelExplainer does); the rest of
+    the budget samples the other sizes. Standard error: the cluster-robust sandwich
+    (delta-method) variance of the constrained least-squares estimate, with complementary pairs
+    as the independent units and leave-pair-out residuals (CR3). When the budget covers every
+    coalition the exact Shapley values are returned.
 ``owen``
     Owen values for a nested partition of the players. Exact by enumeration for small trees,
     antithetic hierarchy-consistent permutation sampling otherwise.
@@ -69,10 +70,11 @@ DEFAULT_PERMUTATIONS = 32
 """Default budget of ``permutation`` and sampled ``owen``: 32 permutations (16 antithetic pairs)."""
 
 KERNEL_DEFAULT_EXTRA = 2048
-"""Default ``kernel`` budget is ``2 * n + KERNEL_DEFAULT_EXTRA`` sampled coalitions, capped at the
-``2**n - 2`` proper non-empty coalitions (at which point the answer is exact)."""
+"""Default ``kernel`` budget is ``2 * n + KERNEL_DEFAULT_EXTRA`` coalitions (enumerated or sampled,
+besides ∅ and N), capped at the ``2**n - 2`` proper non-empty coalitions (where it is exact)."""
 
 METHODS = ("exact", "permutation", "kernel", "owen")
+
 
 @dataclass(frozen=True, eq=False, repr=False)
 class ShapleyResult:
@@ -80,15 +82,17 @@ class ShapleyResult:
 
     Attributes:
         values: float64 ``[n]`` Shapley (or Owen) values.
-        stderr: float64 ``[n]`` standard error of each value for sampled estimates (NaN when it
-            cannot be estimated: a single antithetic pair), zeros for ``kernel`` when its budget
-            covered every coalition, ``None`` for exact methods.
+        stderr: float64 ``[n]`` standard error of each value for sampled estimates; NaN when it
+            cannot be estimated (a single sampled pair), inf for ``kernel`` when the sample does
+            not determine the values (raise the budget), zeros for ``kernel`` when its budget
+            covered every coalition; ``None`` for ``exact`` and exact ``owen``.
         n_evals: number of distinct coalitions evaluated (rows passed to ``value_fn`` in total).
         base_value: ``v(∅)``.
         full_value: ``v(N)``.
         method: the method used.
-        budget: the budget actually used (permutations for ``permutation`` and sampled ``owen``,
-            sampled coalitions for ``kernel``), ``None`` for exact enumeration.
+        budget: the budget actually used: permutations for ``permutation`` and sampled ``owen``,
+            planned coalitions besides ∅ and N for ``kernel`` (at most ``2**n - 2``); ``None``
+            for ``exact`` and exact ``owen``.
     """
 
     values: torch.Tensor
@@ -298,7 +302,7 @@ def _from_antithetic_perms(value_fn: ValueFn, perms: torch.Tensor, batch_size: i
     pair_means = 0.5 * (samples[:pairs] + samples[pairs:])
     values = pair_means.mean(0)
     if pairs > 1:
-        stderr = pair_means.std(0, unbiased=True) / math.sqrt(pairs)
+        stderr = pair_means.std(0, correction=1) / math.sqrt(pairs)
     else:
         stderr = torch.full((n,), float("nan"), dtype=torch.float64)
     return ShapleyResult(values, stderr, n_evals, base, full, method, m)
@@ -530,8 +534,14 @@ def _owen_paths(tree: list, n: int) -> list[list[tuple[torch.Tensor, int]]]:
     return paths
 
 
-def _owen_terms(paths: list[list[tuple[torch.Tensor, int]]]) -> int:
-    return sum(math.prod(2 ** (m - 1) for _, m in path) for path in paths)
+def _owen_terms(tree: list) -> int:
+    """Terms of the exact Owen formula: sum over players of prod over levels of 2**(siblings)."""
+
+    def walk(node: list, factor: int) -> int:
+        below = factor * 2 ** (len(node) - 1)
+        return sum(below if isinstance(child, int) else walk(child, below) for child in node)
+
+    return walk(tree, 1)
 
 
 def _owen_exact(value_fn: ValueFn, n: int, paths: list, batch_size: int | None) -> ShapleyResult:
@@ -608,9 +618,8 @@ def _owen(value_fn: ValueFn, n: int, hierarchy: Any, budget: int | None, gen: to
         raise ValueError("method='owen' needs a hierarchy: nested lists of player indices that "
                          "partition range(n_players), e.g. [[0, 1], [2, [3, 4]]]")
     tree = _parse_hierarchy(hierarchy, n)
-    paths = _owen_paths(tree, n)
-    if budget is None and _owen_terms(paths) <= OWEN_EXACT_MAX_TERMS:
-        return _owen_exact(value_fn, n, paths, batch_size)
+    if budget is None and _owen_terms(tree) <= OWEN_EXACT_MAX_TERMS:
+        return _owen_exact(value_fn, n, _owen_paths(tree, n), batch_size)
     budget = DEFAULT_PERMUTATIONS if budget is None else budget
     return _owen_sampled(value_fn, tree, n, budget, gen, batch_size)
 
@@ -638,9 +647,10 @@ def shapley(
         n_players: number of players, a positive int.
         method: ``"exact"``, ``"permutation"``, ``"kernel"`` or ``"owen"`` (see the module docs).
         budget: sampling budget. ``permutation``: number of permutations, even and >= 2 (default
-            ``DEFAULT_PERMUTATIONS`` = 32). ``kernel``: number of sampled coalitions besides ∅ and
-            N, even and >= 2 (default ``min(2n + 2048, 2**n - 2)``; a budget >= ``2**n - 2``
-            gives the exact answer). ``owen``: number of hierarchy-consistent permutations, even
+            ``DEFAULT_PERMUTATIONS`` = 32). ``kernel``: number of coalitions planned besides ∅ and
+            N (enumerated size classes plus sampled pairs; duplicates among the sampled ones are
+            evaluated once, so ``n_evals <= budget + 2``), even and >= 2 (default
+            ``min(2n + 2048, 2**n - 2)``; a budget >= ``2**n - 2`` gives the exact answer). ``owen``: number of hierarchy-consistent permutations, even
             and >= 2; when omitted the Owen values are exact if the tree is small
             (``OWEN_EXACT_MAX_TERMS``), else 32 permutations are sampled. ``exact`` takes none.
         seed: seed of the private generator of sampled methods (same seed, same result); ``None``
