@@ -20,8 +20,10 @@ from games import (
     brute_force_shapley,
 )
 from scar.estimators import (
+    DEFAULT_PERMUTATIONS,
     EXACT_MAX_PLAYERS,
     METHODS,
+    OWEN_EXACT_MAX_TERMS,
     ShapleyResult,
     shapley,
 )
@@ -170,6 +172,18 @@ def test_owen_sampled_plan_is_prefixes_of_consistent_orders() -> None:
     plain = CountingValueFn(TableGame.random(10, seed=1))
     shapley(plain, 10, method="permutation", budget=64, seed=3)
     assert not all(_is_consistent_prefix(row, hierarchy) for row in plain.rows)
+
+
+def test_owen_exact_up_to_the_term_limit_then_sampled() -> None:
+    """Flat trees: 15 players have 15 * 2**14 = 245760 <= OWEN_EXACT_MAX_TERMS = 2**18 terms (exact);
+    16 players have 16 * 2**15 = 524288 (sampled with the default 32 permutations)."""
+    assert OWEN_EXACT_MAX_TERMS == 2**18
+    exact = shapley(AdditiveGame(torch.ones(15)), 15, method="owen", hierarchy=list(range(15)))
+    assert exact.stderr is None and exact.budget is None and exact.n_evals == 2**15
+    sampled = shapley(AdditiveGame(torch.ones(16)), 16, method="owen", hierarchy=list(range(16)),
+                      seed=0)
+    assert sampled.budget == DEFAULT_PERMUTATIONS and sampled.stderr is not None
+    assert torch.allclose(sampled.values, torch.ones(16, dtype=torch.float64), atol=1e-12)
 
 
 def test_owen_sampled_matches_exact_within_stderr() -> None:
