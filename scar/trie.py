@@ -415,20 +415,21 @@ def split_passes(layout: PackLayout, max_tokens: int) -> list[Pass]:
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    m = layout.n_nodes
     start = layout.node_start.tolist()
     length = layout.node_len.tolist()
     parent = layout.node_parent.tolist()
-    horizon = layout.horizon.tolist()
-    children: list[list[int]] = [[] for _ in range(m)]
-    for u in range(m):
-        if parent[u] >= 0:
-            children[parent[u]].append(u)
-    # Preorder numbering makes a subtree a contiguous node range [u, subtree_end[u]).
-    subtree_end = list(range(1, m + 1))
-    for u in range(m - 1, -1, -1):
-        for v in children[u]:
-            subtree_end[u] = max(subtree_end[u], subtree_end[v])
+    # Preorder numbering makes a subtree a contiguous node range [u, subtree_end[u]): the nodes that
+    # start before the subtree's token horizon.
+    token_end = layout.horizon[layout.node_start].to(torch.int64)
+    subtree_end = torch.searchsorted(layout.node_start, token_end).tolist()
+    token_end = token_end.tolist()
+
+    def children(u: int) -> list[int]:
+        kids, v = [], u + 1
+        while v < subtree_end[u]:
+            kids.append(v)
+            v = subtree_end[v]
+        return kids
 
     def ancestors(u: int) -> list[int]:
         chain = []
@@ -455,19 +456,20 @@ def split_passes(layout: PackLayout, max_tokens: int) -> list[Pass]:
     def visit(u: int) -> None:
         nonlocal cur_tokens
         chain = ancestors(u)
-        sub_tokens = horizon[start[u]] - start[u]  # every node holds >= 1 token
+        sub_tokens = token_end[u] - start[u]
         missing = sum(length[a] for a in chain if a not in cur_nodes)
         if cur_tokens + missing + sub_tokens > max_tokens:
             full = sum(length[a] for a in chain) + sub_tokens
             if full > max_tokens:
-                if not children[u]:
+                kids = children(u)
+                if not kids:
                     raise ValueError(
                         f"max_tokens={max_tokens} is smaller than one coalition's packed chain "
                         f"({full} tokens); raise the budget"
                     )
                 # Too big for any pass: u travels as an ancestor of its children's subtrees, and a
                 # coalition ending at u is read out in the pass of its last child (which holds u).
-                for v in children[u]:
+                for v in kids:
                     visit(v)
                 cur_owned.append(u)
                 return
@@ -478,8 +480,8 @@ def split_passes(layout: PackLayout, max_tokens: int) -> list[Pass]:
         cur_owned.extend(range(u, subtree_end[u]))
         cur_tokens += missing + sub_tokens
 
-    for u in range(m):
-        if parent[u] < 0:
+    for u, p in enumerate(parent):
+        if p < 0:
             visit(u)
     flush()
     return passes

@@ -9,6 +9,10 @@ import pytest
 import torch
 from transformers.utils import logging as hf_logging
 
+# Tests run tiny models: intra-op threads only add overhead there (several times slower on a shared
+# 2-core machine), so the test session uses one.
+torch.set_num_threads(1)
+
 VOCAB = 100
 PAD = 0  # every tiny config uses pad id 0; random test tokens are drawn from 1..VOCAB-1
 
