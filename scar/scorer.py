@@ -120,11 +120,13 @@ def _as_ids(name: str, ids: IdsLike | None, vocab: int | None, *, allow_empty: b
         out = ids.detach().to("cpu", torch.int64)
     else:
         try:
-            out = torch.tensor(list(ids), dtype=torch.int64)
+            out = torch.tensor(list(ids)) if len(ids) else torch.zeros(0, dtype=torch.int64)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{name} must be a 1-D integer tensor or a list of ints") from None
-        if out.dim() != 1:
-            raise TypeError(f"{name} must be 1-D, got shape {tuple(out.shape)}")
+        if out.dtype.is_floating_point or out.dtype.is_complex or out.dtype == torch.bool or out.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D integer tensor or a list of ints, got {out.dtype} "
+                            f"{tuple(out.shape)}")
+        out = out.to(torch.int64)
     if out.numel() == 0 and not allow_empty:
         raise ValueError(f"{name} is empty")
     if out.numel() and (int(out.min()) < 0 or (vocab is not None and int(out.max()) >= vocab)):
