@@ -1,0 +1,114 @@
+"""Coalition scorer backends head to head: ``loop`` vs ``batched`` vs ``trie``.
+
+Workload (full size, ``pytest bench/bench_scorer.py --benchmark-only``): a small random GPT-2 reward model,
+a 256-token prompt, a 64-token response cut into 16 span-like players, and the coalitions of 32 antithetic
+permutations (every prefix of each permutation, duplicates included, 32 x 17 = 544 rows). Each row reports
+in ``benchmark.extra_info`` the tokens computed, the trie lower bound and their ratio, the plain-path tokens,
+passes, and the median wall time. With benchmarks disabled (``--benchmark-disable``, as CI runs) the same
+code runs once at a tiny size, for correctness only; ``SCAR_BENCH_SIZE=tiny|full`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pytest
+import torch
+
+from scar.scorer import CoalitionScorer
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompt: int
+    response: int
+    players: int
+    permutations: int
+    n_layer: int
+    n_embd: int
+
+
+FULL = Workload(prompt=256, response=64, players=16, permutations=32, n_layer=2, n_embd=64)
+TINY = Workload(prompt=12, response=10, players=4, permutations=4, n_layer=1, n_embd=16)
+
+
+@pytest.fixture(scope="module")
+def workload(bench_full) -> Workload:
+    size = os.environ.get("SCAR_BENCH_SIZE", "full" if bench_full else "tiny")
+    if size not in ("full", "tiny"):
+        raise ValueError(f"SCAR_BENCH_SIZE must be 'full' or 'tiny', got {size!r}")
+    return FULL if size == "full" else TINY
+
+
+def span_players(gen: torch.Generator, n_tokens: int, n_players: int) -> list[tuple[int, int]]:
+    """``n_players`` contiguous spans of uneven lengths tiling ``n_tokens`` tokens (like word/phrase spans)."""
+    cuts = sorted((torch.randperm(n_tokens - 1, generator=gen)[: n_players - 1] + 1).tolist())
+    bounds = [0] + cuts + [n_tokens]
+    return list(zip(bounds, bounds[1:]))
+
+
+def antithetic_coalitions(gen: torch.Generator, n_players: int, permutations: int) -> torch.Tensor:
+    """Every prefix coalition of ``permutations // 2`` random permutations and of their reverses."""
+    perms = [torch.randperm(n_players, generator=gen) for _ in range(permutations // 2)]
+    perms += [p.flip(0) for p in perms]
+    rows = []
+    for perm in perms:
+        row = torch.zeros(n_players, dtype=torch.bool)
+        rows.append(row.clone())
+        for j in perm.tolist():
+            row[j] = True
+            rows.append(row.clone())
+    return torch.stack(rows)
+
+
+@lru_cache(maxsize=2)
+def instance(w: Workload):
+    """The model and the scoring problem of a workload (built once per session)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=w.n_layer, n_embd=w.n_embd, n_head=4, vocab_size=1000, n_positions=512,
+                        pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=1)
+    model = GPT2ForSequenceClassification(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, 1000, (w.prompt,), generator=gen)
+    response = torch.randint(3, 1000, (w.response,), generator=gen)
+    players = span_players(gen, w.response, w.players)
+    coalitions = antithetic_coalitions(gen, w.players, w.permutations)
+    return model, (prompt, response, players, coalitions, [2])
+
+
+@lru_cache(maxsize=2)
+def reference_values(w: Workload) -> torch.Tensor:
+    model, args = instance(w)
+    return CoalitionScorer(model, backend="loop").score(*args)
+
+
+@pytest.mark.parametrize("backend", ["loop", "batched", "trie"])
+def test_scorer_backend(benchmark, workload: Workload, backend: str) -> None:
+    model, args = instance(workload)
+    scorer = CoalitionScorer(model, backend=backend)
+    rounds = 3 if backend == "loop" else 5
+    values = benchmark.pedantic(scorer.score, args=args, rounds=rounds, iterations=1, warmup_rounds=0)
+    s = scorer.stats
+    torch.testing.assert_close(values, reference_values(workload), atol=1e-4, rtol=0)
+    assert s.coalitions == workload.permutations * (workload.players + 1)
+    assert s.tokens_computed >= s.trie_tokens
+    if backend == "trie":
+        assert s.tokens_computed == s.trie_tokens and s.passes == 1  # the whole trie fits the default budget
+    benchmark.extra_info.update(
+        backend=backend,
+        workload=f"p{workload.prompt}_r{workload.response}_n{workload.players}_k{workload.permutations}",
+        coalitions=s.coalitions,
+        distinct_coalitions=s.distinct_coalitions,
+        tokens_computed=s.tokens_computed,
+        trie_lower_bound=s.trie_tokens,
+        ratio_to_lower_bound=round(s.ratio_to_lower_bound, 3),
+        plain_tokens=s.plain_tokens,
+        passes=s.passes,
+        peak_pack_tokens=s.peak_pack_tokens,
+    )
+    if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:
+        benchmark.extra_info["median_s"] = benchmark.stats.stats.median
