@@ -1,0 +1,57 @@
+"""Accuracy per unit of compute: error against exact Shapley values (12 span players) versus coalitions
+evaluated and tokens computed, for this project's estimators and the peers'.
+
+The exact values and the table of all ``2**12`` coalition values come from the reward model (trie
+backend); sampled estimators draw their values from that table, and each is charged the tokens its
+engine computes (``scar.benchmarking.accuracy_study`` says how). ``shap-partition`` runs the real model
+through its Text masker. The summary (median over seeds) and, for the default estimator, its error
+ratio to every other method at equal tokens go to ``benchmark.extra_info``; the full run also writes
+``bench/plots/accuracy.png``. Regenerate with ``pytest bench/bench_accuracy.py --benchmark-only``.
+"""
+import os
+
+import pytest
+
+from scar import benchmarking as B
+
+PLOT = os.path.join(os.path.dirname(__file__), "plots", "accuracy.png")
+FULL_WORKLOAD = B.Workload("small", 256, 64, 12, 32)
+PERMS = [2, 4, 8, 16, 32, 64, 128]
+KERNEL = [26, 50, 100, 200, 400, 800, 1600]
+FULL_BUDGETS = {
+    "scar-permutation": PERMS, "scar-kernel": KERNEL, "shap-permutation": PERMS, "captum-svs": PERMS,
+    "shapiq-kernel": KERNEL, "shapiq-permutation": [26, 52, 104, 208, 416, 832, 1664],
+    "shap-partition": [125, 250, 500, 1000],
+}
+TINY_WORKLOAD = B.Workload("tiny", 16, 10, 5, 4)
+TINY_BUDGETS = {
+    "scar-permutation": [2, 8], "scar-kernel": [10, 30], "shap-permutation": [2, 8], "captum-svs": [2, 8],
+    "shapiq-kernel": [10, 30], "shapiq-permutation": [12, 48], "shap-partition": [40],
+}
+
+
+def test_accuracy(benchmark, bench_full, tmp_path):
+    workload, budgets = (FULL_WORKLOAD, FULL_BUDGETS) if bench_full else (TINY_WORKLOAD, TINY_BUDGETS)
+    inst = B.make_instance(workload)
+    seeds = range(5) if bench_full else range(2)
+    with B.torch_threads():
+        exact = B.exact_shapley(inst)
+        rows = benchmark.pedantic(B.accuracy_study, args=(inst,), kwargs={"budgets": budgets, "seeds": seeds,
+                                                                           "exact": exact}, rounds=1, iterations=1)
+    summary = B.summarize_accuracy(rows)
+    path = PLOT if bench_full else str(tmp_path / "accuracy.png")
+    B.plot_accuracy(summary, path)
+    benchmark.extra_info["workload"] = workload.name
+    benchmark.extra_info["summary"] = summary
+    benchmark.extra_info["table"] = B.format_accuracy_table(summary)
+    assert os.path.getsize(path) > 0
+    assert {r["method"] for r in summary} == set(budgets)
+    for method, method_budgets in budgets.items():
+        curve = sorted((r for r in summary if r["method"] == method), key=lambda r: r["budget"])
+        assert [r["budget"] for r in curve] == sorted(method_budgets)
+        assert all(r["rel_l2_error"] >= 0 for r in curve)
+        assert curve[-1]["coalitions"] >= curve[0]["coalitions"]
+    # More permutations never cost fewer trie tokens; at 4x the budget the error must drop.
+    perm = sorted((r for r in summary if r["method"] == B.DEFAULT_ESTIMATOR), key=lambda r: r["budget"])
+    assert perm[-1]["tokens"] > perm[0]["tokens"]
+    assert perm[-1]["rel_l2_error"] < perm[0]["rel_l2_error"]

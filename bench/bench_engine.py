@@ -1,0 +1,33 @@
+"""This project's engines on the engine workloads: ``loop``, ``batched``, ``trie`` and ``trie`` with the
+compiled/kernel ops (C++ pack builder + the ``scar_tree`` attention op via ``packed_forward``).
+
+Every row runs the default estimator (antithetic permutation sampling, the workload's permutations) and
+the coalition scorer together, on every workload of ``scar.benchmarking.GRID``. Regenerate one row with
+e.g. ``pytest bench/bench_engine.py --benchmark-only -k "scar-trie and small_p256_r64_n16_k32"``.
+The authors'-path speedup column is filled when ``bench_peers.py``'s ``shap-partition`` row of the same
+workload ran earlier in the session (``pytest bench/bench_peers.py bench/bench_engine.py``).
+With benchmarks disabled (CI) only the first workload's rows run, at the tiny size, for correctness.
+"""
+import numpy as np
+import pytest
+
+from scar import benchmarking as B
+
+
+@pytest.mark.parametrize("workload", B.GRID, ids=lambda w: w.name)
+@pytest.mark.parametrize("method", B.SCAR_METHODS)
+def test_engine(benchmark, bench_full, workload, method):
+    if not bench_full and workload != B.GRID[0]:
+        pytest.skip("correctness-only run: the tiny workload runs once, under the first workload's id")
+    row = B.bench_row(benchmark, bench_full, workload, method)
+    inst = B.make_instance(workload if bench_full else B.QUICK_WORKLOAD)
+    full, empty = B.full_and_empty_values(inst)
+    assert np.sum(row["values"]) == pytest.approx(full - empty, rel=1e-3, abs=1e-5)
+    if not bench_full:
+        # All four engines run the same seeded plan, so they agree with the loop reference.
+        expected = B.run_method(inst, "scar-loop").values
+        np.testing.assert_allclose(row["values"], expected, rtol=1e-3, atol=1e-5)
+    assert row["tokens"] >= row["trie_lower_bound"]
+    if method in ("scar-trie", "scar-trie-kernel") and row["trie_lower_bound"] <= 8192:
+        # One pass holds the whole trie: exactly the lower bound.
+        assert row["tokens"] == row["trie_lower_bound"]
