@@ -153,30 +153,40 @@ def length_reward(prompts, completions, completion_ids, **kwargs):
 # ---------------------------------------------------------------- reference formula, written plainly
 
 
-def reference_advantages(token_rewards, num_generations, scale_rewards, std_of="sequence"):
-    """Loop version of the documented formula: returns-to-go minus the group mean of the sequence returns."""
+def reference_advantages(token_rewards, num_generations, scale_rewards, std_of="token", baseline="position"):
+    """Loop version of the documented formula: returns-to-go minus the group's baseline, over a std."""
     returns = [[sum(r[t:]) for t in range(len(r))] for r in token_rewards]
     seq = [g[0] for g in returns]
     n = len(token_rewards)
+    length = max(len(r) for r in token_rewards)
+
+    def held(j, t):
+        """Row j's return-to-go at position t; past its end, that of its last token (position baseline)."""
+        if baseline == "group":
+            return seq[j]
+        return returns[j][min(t, len(returns[j]) - 1)]
+
+    def centre(rows, t):
+        return sum(held(j, t) for j in rows) / len(rows)
 
     def std(rows):
         m = sum(seq[j] for j in rows) / len(rows)
         if std_of == "sequence":
             sq = [(seq[j] - m) ** 2 for j in rows]
         else:
-            sq = [sum((x - m) ** 2 for x in returns[j]) / len(returns[j]) for j in rows]
+            sq = [sum((x - centre(rows, t)) ** 2 for t, x in enumerate(returns[j])) / len(returns[j]) for j in rows]
         return math.sqrt(sum(sq) / (len(rows) - 1))
 
     out = []
     for start in range(0, n, num_generations):
         group = list(range(start, start + num_generations))
-        mean = sum(seq[j] for j in group) / num_generations
+        b = [centre(group, t) for t in range(length)]
         for i in group:
             if scale_rewards == "none":
-                out.append([g - mean for g in returns[i]])
+                out.append([g - b[t] for t, g in enumerate(returns[i])])
                 continue
             s = std(group) if scale_rewards == "group" else std(list(range(n)))
-            out.append([0.0] * len(returns[i]) if s <= 1e-8 else [(g - mean) / (s + 1e-4) for g in returns[i]])
+            out.append([0.0] * len(returns[i]) if s <= 1e-8 else [(g - b[t]) / (s + 1e-4) for t, g in enumerate(returns[i])])
     return out
 
 
@@ -190,14 +200,15 @@ def padded(rows, length):
 # ---------------------------------------------------------------- dense_group_advantages (no trainer)
 
 
+@pytest.mark.parametrize("baseline", ["position", "group"])
 @pytest.mark.parametrize("std_of", ["sequence", "token"])
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
-def test_dense_group_advantages_matches_reference(scale_rewards, std_of):
+def test_dense_group_advantages_matches_reference(scale_rewards, std_of, baseline):
     g = torch.Generator().manual_seed(0)
     lengths = [3, 5, 1, 4, 2, 5, 5, 3]
     rows = [torch.randn(n, generator=g, dtype=torch.float64).tolist() for n in lengths]
-    got = dense_group_advantages(padded(rows, 6), torch.tensor(lengths), 4, scale_rewards, std_of)
-    want = padded(reference_advantages(rows, 4, scale_rewards, std_of), 6)
+    got = dense_group_advantages(padded(rows, 6), torch.tensor(lengths), 4, scale_rewards, std_of, baseline)
+    want = padded(reference_advantages(rows, 4, scale_rewards, std_of, baseline), 6)
     assert got.dtype == torch.float32 and got.shape == (8, 6)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     # padding is exactly zero
@@ -205,15 +216,17 @@ def test_dense_group_advantages_matches_reference(scale_rewards, std_of):
         assert bool((got[i, n:] == 0).all())
 
 
+@pytest.mark.parametrize("baseline", ["position", "group"])
 @pytest.mark.parametrize("std_of", ["sequence", "token"])
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
-def test_dense_group_advantages_sparse_is_grpo(scale_rewards, std_of):
-    """Sparse credit (r on the last token) gives GRPO's advantage on every token of the completion."""
+def test_dense_group_advantages_sparse_is_grpo(scale_rewards, std_of, baseline):
+    """Sparse credit (r on the last token) gives GRPO's advantage on every token of the completion, for
+    unequal lengths too (the position baseline holds a finished completion's last return-to-go, its r)."""
     r = torch.tensor([1.0, -0.5, 2.0, 0.25, 3.0, 3.5, -1.0, 0.0, 0.5, 0.5, 0.5, 0.5], dtype=torch.float64)
     lengths = torch.tensor([2, 4, 1, 3, 4, 4, 2, 3, 1, 2, 3, 4])
     rewards = torch.zeros(12, 4, dtype=torch.float64)
     rewards[torch.arange(12), lengths - 1] = r
-    got = dense_group_advantages(rewards, lengths, 4, scale_rewards, std_of)
+    got = dense_group_advantages(rewards, lengths, 4, scale_rewards, std_of, baseline)
     # GRPO's formula, as in trl's GRPOTrainer (sum_then_normalize); the last group has zero spread
     grouped = r.view(3, 4)
     grpo = (grouped - grouped.mean(1, keepdim=True)).view(-1)
@@ -227,6 +240,54 @@ def test_dense_group_advantages_sparse_is_grpo(scale_rewards, std_of):
     assert bool((got[8:] == 0).all())
 
 
+def simulate_advantages(baseline, std_of, n_groups, varied_lengths=False, seed=0):
+    """:func:`dense_group_advantages` on simulated groups, against the true per-token credit.
+
+    Each group has 8 completions of 10 tokens (5..15 with ``varied_lengths``) whose per-token rewards are
+    ``R_t = 0.3 + e_t`` with ``e_t ~ N(0, 0.5 / sqrt(10))`` (so ``r ~ N(3, 0.5)`` at 10 tokens); ``e_t`` is
+    the true centred credit of token ``t``. Returns the correlation of ``A_t`` with ``e_t`` over all
+    tokens, the mean advantage of the last token and the mean advantage over all tokens.
+    """
+    g = torch.Generator().manual_seed(seed)
+    n = 8 * n_groups
+    lengths = torch.randint(5, 16, (n,), generator=g) if varied_lengths else torch.full((n,), 10)
+    valid = torch.arange(int(lengths.max())).unsqueeze(0) < lengths.unsqueeze(1)
+    credit = torch.randn(valid.shape, generator=g, dtype=torch.float64) * 0.5 / math.sqrt(10)
+    advantages = dense_group_advantages((0.3 + credit) * valid, lengths, 8, "group", std_of, baseline).double()
+    corr = float(torch.corrcoef(torch.stack([advantages[valid], credit[valid]]))[0, 1])
+    last = float(advantages[torch.arange(n), lengths - 1].mean())
+    return corr, last, float(advantages[valid].mean())
+
+
+@pytest.mark.parametrize("std_of", ["token", "sequence"])
+@pytest.mark.parametrize("varied_lengths", [False, True])
+def test_position_baseline_tracks_token_credit_better(std_of, varied_lengths):
+    """The measurement behind the default: the per-position baseline has no late-token drift and follows
+    the per-token credit more closely than the single group baseline."""
+    corr_p, last_p, mean_p = simulate_advantages("position", std_of, 300, varied_lengths)
+    corr_g, last_g, mean_g = simulate_advantages("group", std_of, 300, varied_lengths)
+    assert corr_p > corr_g + 0.02
+    assert mean_g < -0.5 and abs(mean_p) < 0.2  # the group baseline drifts later tokens down
+    assert last_g < -1.0
+    if not varied_lengths:
+        # (with varied lengths a last token is rightly compared with the longer completions' reward to come)
+        assert abs(last_p) < 0.1
+
+
+def test_token_std_keeps_nearly_equal_totals_bounded():
+    """Nearly equal group totals with uneven credit: GRPO's sequence std divides the credit by ~1e-6, the
+    default token std keeps every advantage within sqrt((n - 1) * T), the bound its unit mean square implies."""
+    rows = [[3.0, -1.0, 0.0], [0.0, 1.0, 1.0 + 1e-6], [-2.0, 4.0, 0.0], [1.0, 1.0, -1e-6]]
+    rewards, lengths = padded(rows, 3), torch.full((4,), 3)
+    blown = dense_group_advantages(rewards, lengths, 4, "group", "sequence")
+    assert float(blown.abs().max()) > 1e4
+    default = dense_group_advantages(rewards, lengths, 4)
+    assert float(default.abs().max()) <= math.sqrt(3 * 3)
+    mean_square = sum(float((default[i] ** 2).mean()) for i in range(4))
+    assert mean_square == pytest.approx(3.0, rel=1e-3)
+    torch.testing.assert_close(default, dense_group_advantages(rewards, lengths, 4, "group", "token", "position"))
+
+
 def test_dense_group_advantages_flat_group():
     # all four completions return 2.0 in total, with the credit split differently over their tokens
     rows = [[1.0, 1.0], [0.5, 1.5], [2.0], [-2.0, 4.0]]
@@ -234,9 +295,13 @@ def test_dense_group_advantages_flat_group():
     rewards = padded(rows, 2)
     # the sequence std is 0: no scale, advantages 0 (as GRPO) instead of credit / 1e-4
     assert bool((dense_group_advantages(rewards, lengths, 4, "group", "sequence") == 0).all())
-    # unscaled: the return-to-go minus the common total, i.e. minus the credit earned before each token
-    none = dense_group_advantages(rewards, lengths, 4, "none")
+    # unscaled, group baseline: the return-to-go minus the common total, i.e. minus the credit earned before
+    # each token
+    none = dense_group_advantages(rewards, lengths, 4, "none", baseline="group")
     torch.testing.assert_close(none, torch.tensor([[0.0, -1.0], [0.0, -0.5], [0.0, 0.0], [0.0, 2.0]]))
+    # position baseline: at t=2 the mean of the returns-to-go 1, 1.5, 4 and the ended row's last one, 2
+    none = dense_group_advantages(rewards, lengths, 4, "none", baseline="position")
+    torch.testing.assert_close(none, torch.tensor([[0.0, -1.125], [0.0, -0.625], [0.0, 0.0], [0.0, 1.875]]))
     # the token std sees the spread of the credit and keeps the advantages at unit scale
     token = dense_group_advantages(rewards, lengths, 4, "group", "token")
     want = padded(reference_advantages(rows, 4, "group", "token"), 2)
@@ -267,6 +332,8 @@ def test_dense_group_advantages_bad_input():
         dense_group_advantages(torch.zeros(4, 3), torch.full((4,), 5), 4)
     with pytest.raises(ValueError, match="std_of"):
         dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, "group", "tokens")
+    with pytest.raises(ValueError, match="baseline"):
+        dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, baseline="prompt")
     with pytest.raises(ValueError, match=r"\[N, T\]"):
         dense_group_advantages(torch.zeros(4), torch.ones(4, dtype=torch.long), 4)
 
@@ -487,12 +554,13 @@ def test_dense_grpo_trainer_sparse_credit_equals_grpo(tmp_path, std_of):
 
 def test_dense_grpo_trainer_shapley_first_token_keeps_grpo_advantage(tmp_path):
     """With SCAR's shaping (alpha=0.5) of exact Shapley values and v(∅) fixed per prompt, the sequence return
-    is r - alpha*v(∅): the first token's advantage is GRPO's advantage of r, later tokens drop earlier credit."""
+    is r - alpha*v(∅): with GRPO's std the first token's advantage is GRPO's advantage of r, and with the
+    group baseline later tokens drop earlier credit."""
     tokenizer = make_tokenizer()
     model = make_policy(len(tokenizer), tmp_path / "policy", seed=2)
     trainer = RecordingDenseGRPOTrainer(
         model=model, reward_funcs=[DenseRewardFunction(additive_shapley_credit)], args=grpo_args(tmp_path, max_steps=1),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        train_dataset=make_dataset(), processing_class=tokenizer, std_of="sequence", baseline="group",
     )
     trainer.train()
     (gen,) = trainer.generated
@@ -523,7 +591,7 @@ def test_dense_grpo_trainer_with_scar_provider(tmp_path):
     args = grpo_args(tmp_path, max_steps=1, generation_kwargs={"min_new_tokens": 2})
     trainer = RecordingDenseGRPOTrainer(
         model=model, reward_funcs=[DenseRewardFunction(credit)], args=args,
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        train_dataset=make_dataset(), processing_class=tokenizer, std_of="sequence",
     )
     assert trainer.reward_func_names == ["SCAR"]
     trainer.train()
