@@ -4,40 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     DistilBertConfig,
     DistilBertForSequenceClassification,
     GPT2Config,
     GPT2ForSequenceClassification,
-    PreTrainedTokenizerFast,
 )
 
+from helpers_tokenizers import build_tokenizer
 from scar.baselines import attention_credit, sparse_credit
 
-TEXTS = [
-    "The movie was great, and the actors were wonderful.",
-    "I did not like the ending; it was slow.",
-    "What a terrible, boring film! Never again.",
-    "The music is lovely. The plot is thin.",
-]
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Q: opinion?"]
 RESPONSES = [" It was great, and lovely!", " Boring.", " I did not like the ending; the plot is thin, the music too."]
-
-
-def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on a few sentences (no downloads)."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "<eos>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(TEXTS, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
 @pytest.fixture(scope="module")

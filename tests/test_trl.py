@@ -617,6 +617,11 @@ def test_dense_grpo_trainer_needs_dense_reward(tmp_path):
             model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
             args=grpo_args(tmp_path), train_dataset=make_dataset(), processing_class=tokenizer, std_of="tokens",
         )
+    with pytest.raises(ValueError, match="baseline"):
+        DenseGRPOTrainer(
+            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
+            args=grpo_args(tmp_path), train_dataset=make_dataset(), processing_class=tokenizer, baseline="prompt",
+        )
     with pytest.raises(ValueError, match="sum_then_normalize"):
         DenseGRPOTrainer(
             model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
