@@ -35,12 +35,12 @@ inline size_t table_capacity(int64_t n_items) {
 }
 
 void check_1d_int64(const at::Tensor& t, const char* name, int64_t expected_len) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, "build_pack: ", name, " must be int64, got ", t.scalar_type());
-  TORCH_CHECK(t.device().is_cpu(), "build_pack: ", name, " must be a CPU tensor");
-  TORCH_CHECK(t.dim() == 1, "build_pack: ", name, " must be 1-D, got shape ", t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "build_pack: ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kLong, "build_pack: ", name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "build_pack: ", name, " must be a CPU tensor");
+  TORCH_CHECK_VALUE(t.dim() == 1, "build_pack: ", name, " must be 1-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.is_contiguous(), "build_pack: ", name, " must be contiguous");
   if (expected_len >= 0) {
-    TORCH_CHECK(t.size(0) == expected_len, "build_pack: ", name, " must have length ", expected_len,
+    TORCH_CHECK_VALUE(t.size(0) == expected_len, "build_pack: ", name, " must have length ", expected_len,
                 ", got ", t.size(0));
   }
 }
@@ -97,16 +97,16 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
                      const at::Tensor& seg_player, const at::Tensor& seg_len, const at::Tensor& prompt_len,
                      const at::Tensor& suffix_len, const at::Tensor& cached_len) {
   // ---- 1. validation: shapes and dtypes first, then values, so every later index is in range ----
-  TORCH_CHECK(coalitions.scalar_type() == at::kBool, "build_pack: coalitions must be bool, got ",
+  TORCH_CHECK_VALUE(coalitions.scalar_type() == at::kBool, "build_pack: coalitions must be bool, got ",
               coalitions.scalar_type());
-  TORCH_CHECK(coalitions.device().is_cpu(), "build_pack: coalitions must be a CPU tensor");
-  TORCH_CHECK(coalitions.dim() == 2, "build_pack: coalitions must be 2-D [C, n_max], got shape ",
+  TORCH_CHECK_VALUE(coalitions.device().is_cpu(), "build_pack: coalitions must be a CPU tensor");
+  TORCH_CHECK_VALUE(coalitions.dim() == 2, "build_pack: coalitions must be 2-D [C, n_max], got shape ",
               coalitions.sizes());
-  TORCH_CHECK(coalitions.is_contiguous(), "build_pack: coalitions must be contiguous");
+  TORCH_CHECK_VALUE(coalitions.is_contiguous(), "build_pack: coalitions must be contiguous");
   const int64_t C = coalitions.size(0);
   const int64_t n_max = coalitions.size(1);
   check_1d_int64(seg_offsets, "seg_offsets", -1);
-  TORCH_CHECK(seg_offsets.size(0) >= 1, "build_pack: seg_offsets must have length R+1 >= 1");
+  TORCH_CHECK_VALUE(seg_offsets.size(0) >= 1, "build_pack: seg_offsets must have length R+1 >= 1");
   const int64_t R = seg_offsets.size(0) - 1;
   check_1d_int64(owner, "owner", C);
   check_1d_int64(seg_player, "seg_player", -1);
@@ -127,48 +127,48 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
 
   // Lengths are bounded so that every sum below stays far from int64 overflow.
   constexpr int64_t kMaxLen = int64_t(1) << 40;
-  TORCH_CHECK(off[0] == 0, "build_pack: seg_offsets[0] must be 0, got ", off[0]);
-  TORCH_CHECK(off[R] == S, "build_pack: seg_offsets[R] must equal len(seg_player) = ", S, ", got ", off[R]);
+  TORCH_CHECK_VALUE(off[0] == 0, "build_pack: seg_offsets[0] must be 0, got ", off[0]);
+  TORCH_CHECK_VALUE(off[R] == S, "build_pack: seg_offsets[R] must equal len(seg_player) = ", S, ", got ", off[R]);
   for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK(off[r] <= off[r + 1], "build_pack: seg_offsets must be non-decreasing (index ", r, ")");
+    TORCH_CHECK_VALUE(off[r] <= off[r + 1], "build_pack: seg_offsets must be non-decreasing (index ", r, ")");
   }
   std::vector<int64_t> n_players(R, 0), src_base(R + 1, 0), seg_src(S, 0);
   for (int64_t r = 0; r < R; ++r) {
-    TORCH_CHECK(plen[r] >= 1 && plen[r] <= kMaxLen, "build_pack: prompt_len[", r, "] must be >= 1, got ",
+    TORCH_CHECK_VALUE(plen[r] >= 1 && plen[r] <= kMaxLen, "build_pack: prompt_len[", r, "] must be >= 1, got ",
                 plen[r]);
-    TORCH_CHECK(cached[r] >= 0 && cached[r] < plen[r], "build_pack: cached_len[", r,
+    TORCH_CHECK_VALUE(cached[r] >= 0 && cached[r] < plen[r], "build_pack: cached_len[", r,
                 "] must satisfy 0 <= cached_len < prompt_len = ", plen[r], ", got ", cached[r]);
-    TORCH_CHECK(sfx[r] >= 0 && sfx[r] <= kMaxLen, "build_pack: suffix_len[", r, "] must be >= 0, got ",
+    TORCH_CHECK_VALUE(sfx[r] >= 0 && sfx[r] <= kMaxLen, "build_pack: suffix_len[", r, "] must be >= 0, got ",
                 sfx[r]);
     int64_t pos = plen[r];  // offset inside response r's source buffer
     for (int64_t s = off[r]; s < off[r + 1]; ++s) {
-      TORCH_CHECK(slen[s] >= 1 && slen[s] <= kMaxLen, "build_pack: seg_len[", s, "] must be >= 1, got ",
+      TORCH_CHECK_VALUE(slen[s] >= 1 && slen[s] <= kMaxLen, "build_pack: seg_len[", s, "] must be >= 1, got ",
                   slen[s]);
       if (splayer[s] != -1) {
-        TORCH_CHECK(splayer[s] == n_players[r], "build_pack: seg_player[", s, "] of response ", r,
+        TORCH_CHECK_VALUE(splayer[s] == n_players[r], "build_pack: seg_player[", s, "] of response ", r,
                     " must be -1 (gap) or the next player index ", n_players[r], ", got ", splayer[s]);
         ++n_players[r];
       }
       seg_src[s] = pos;
       pos += slen[s];
-      TORCH_CHECK(pos <= kMaxLen, "build_pack: response ", r, " is too long");
+      TORCH_CHECK_VALUE(pos <= kMaxLen, "build_pack: response ", r, " is too long");
     }
     src_base[r + 1] = src_base[r] + pos + sfx[r];
-    TORCH_CHECK(src_base[r + 1] <= kMaxLen, "build_pack: total source length is too large");
+    TORCH_CHECK_VALUE(src_base[r + 1] <= kMaxLen, "build_pack: total source length is too large");
   }
   for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK(own[c] >= 0 && own[c] < R, "build_pack: owner[", c, "] = ", own[c], " is out of range [0, ",
+    TORCH_CHECK_VALUE(own[c] >= 0 && own[c] < R, "build_pack: owner[", c, "] = ", own[c], " is out of range [0, ",
                 R, ")");
     const int64_t np = n_players[own[c]];
     for (int64_t j = np; j < n_max; ++j) {
-      TORCH_CHECK(!bits[c * n_max + j], "build_pack: coalitions[", c, ", ", j, "] is True but response ",
+      TORCH_CHECK_VALUE(!bits[c * n_max + j], "build_pack: coalitions[", c, ", ", j, "] is True but response ",
                   own[c], " has only ", np, " players");
     }
   }
   // Responses with more players than coalition columns are fine as long as they own no coalition;
   // otherwise their players past n_max would be read out of bounds.
   for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK(n_players[own[c]] <= n_max, "build_pack: response ", own[c], " has ", n_players[own[c]],
+    TORCH_CHECK_VALUE(n_players[own[c]] <= n_max, "build_pack: response ", own[c], " has ", n_players[own[c]],
                 " players but coalitions has only ", n_max, " columns");
   }
 
@@ -287,7 +287,7 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
   for (int64_t u = M - 1; u >= R; --u) subtree[parent[u]] += subtree[u];
   int64_t N = 0;
   for (int64_t r = 0; r < R; ++r) N += subtree[r];
-  TORCH_CHECK(N < std::numeric_limits<int32_t>::max(), "build_pack: the pack has ", N,
+  TORCH_CHECK_VALUE(N < std::numeric_limits<int32_t>::max(), "build_pack: the pack has ", N,
               " tokens; horizon is int32, so at most 2^31-1 are supported");
 
   // Preorder: explicit stack, children pushed in reverse so they pop in order.

@@ -26,7 +26,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // exp(x) for x <= 0 (scores minus their running maximum), exact to a couple of ulp; 0 for x < -87
 // (including -inf, i.e. masked keys). Written without branches or calls so the loops using it vectorise.
-inline float exp_nonpositive(float x) {
+__attribute__((always_inline)) inline float exp_nonpositive(float x) {
   const float xc = x < -87.0f ? -87.0f : x;
   const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
   float r = xc - fx * 0.693359375f;                                  // Cody-Waite range reduction
@@ -39,88 +39,159 @@ inline float exp_nonpositive(float x) {
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;  // 2^fx, fx in [-126, 0]
-  float pow2;
-  std::memcpy(&pow2, &bits, sizeof(pow2));
-  return x < -87.0f ? 0.0f : y * pow2;
+  return x < -87.0f ? 0.0f : y * __builtin_bit_cast(float, bits);
 }
 
-// One flash-attention step: a query block against one key block, updating the running max `m`, sum `l`
-// and unnormalised output `acc` of each query row. `kt` is the key block transposed ([D][ldk], so the
-// score loop runs over keys with unit stride), `v` the value rows ([bk][D]), `s` scratch of >= bk floats.
+// Helpers are always_inline so that they are compiled into each ISA clone of attend_block (GCC does not
+// otherwise inline baseline-target functions into a clone built for another -march).
+// 8-float vectors (GCC vector extension): AVX registers in the AVX2/AVX-512 clones below, pairs of SSE
+// registers in the baseline clone. Loads and stores go through memcpy (no alignment assumption).
+typedef float vf8 __attribute__((vector_size(32)));
+__attribute__((always_inline)) inline vf8 load8(const float* p) {
+  vf8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+__attribute__((always_inline)) inline void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof(v)); }
+
+constexpr int64_t kKeyTile = 32;  // keys per score micro-tile; key blocks are padded to a multiple of it
+
+// Scores of RB query rows against a 32-key tile: s[r][j0 + j] = q[r] . k[j0 + j], accumulated in registers.
+template <int RB>
+__attribute__((always_inline)) inline void score_tile(const float* q, int64_t D, const float* kt, int64_t ldk, int64_t j0, float* s,
+                       int64_t lds) {
+  vf8 acc[RB][4] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const float* kd = kt + d * ldk + j0;
+    const vf8 k0 = load8(kd), k1 = load8(kd + 8), k2 = load8(kd + 16), k3 = load8(kd + 24);
+    for (int r = 0; r < RB; ++r) {
+      const float qv = q[r * D + d];
+      acc[r][0] += qv * k0;
+      acc[r][1] += qv * k1;
+      acc[r][2] += qv * k2;
+      acc[r][3] += qv * k3;
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    for (int t = 0; t < 4; ++t) store8(s + r * lds + j0 + 8 * t, acc[r][t]);
+  }
+}
+
+// acc[r][d0:d0+16] += sum_j p[r][j] * v[j][d0:d0+16] for RB rows, accumulated in registers.
+template <int RB>
+__attribute__((always_inline)) inline void value_tile(const float* p, int64_t lds, const float* v, int64_t D, int64_t bk, int64_t d0,
+                       float* acc) {
+  vf8 a[RB][2];
+  for (int r = 0; r < RB; ++r) {
+    a[r][0] = load8(acc + r * D + d0);
+    a[r][1] = load8(acc + r * D + d0 + 8);
+  }
+  for (int64_t j = 0; j < bk; ++j) {
+    const vf8 v0 = load8(v + j * D + d0), v1 = load8(v + j * D + d0 + 8);
+    for (int r = 0; r < RB; ++r) {
+      const float pr = p[r * lds + j];
+      a[r][0] += pr * v0;
+      a[r][1] += pr * v1;
+    }
+  }
+  for (int r = 0; r < RB; ++r) {
+    store8(acc + r * D + d0, a[r][0]);
+    store8(acc + r * D + d0 + 8, a[r][1]);
+  }
+}
+
+// One flash-attention step: a query block (bq rows of q) against one key block of bk keys, updating the
+// running max `m`, sum `l` and unnormalised output `acc` ([bq][D]) of every query row.
+// `kt` is the key block transposed and zero padded ([D][ldk], ldk a multiple of kKeyTile, so scores are
+// unit-stride vector multiply-adds), `v` the value rows ([bk][D]), `s` scratch of bq * ldk floats.
 // `hor` (horizon of the block's keys) is null when every query of the block sees every key.
-// The inner loops are unit-stride multiply-adds that the compiler vectorises; the function is compiled
-// for several ISAs with runtime dispatch because setup.py builds for baseline x86-64.
-__attribute__((target_clones("arch=skylake-avx512", "arch=haswell", "default")))
+// Compiled for several ISAs with runtime dispatch because setup.py builds for baseline x86-64. The clones
+// name ISA levels, not CPU models: "arch=<cpu model>" clones dispatch on the CPU model and are never
+// picked on, e.g., AMD processors.
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 void attend_block(const float* q, int64_t bq, int64_t D, const float* kt, int64_t ldk, const float* v, int64_t bk,
                   const int32_t* hor, int64_t q0, int64_t k0, float scale, float* m, float* l, float* acc,
                   float* s) {
+  // 1. raw scores, two query rows per micro-tile (the register budget of AVX2).
+  for (int64_t j0 = 0; j0 < ldk; j0 += kKeyTile) {
+    int64_t i = 0;
+    for (; i + 2 <= bq; i += 2) score_tile<2>(q + i * D, D, kt, ldk, j0, s + i * ldk, ldk);
+    if (i < bq) score_tile<1>(q + i * D, D, kt, ldk, j0, s + i * ldk, ldk);
+  }
+  // 2. mask, online softmax; rescale each row's accumulator by exp(old max - new max).
   for (int64_t i = 0; i < bq; ++i) {
-    const float* qi = q + i * D;
-    std::fill(s, s + bk, 0.0f);
-    for (int64_t d = 0; d < D; ++d) {
-      const float qd = qi[d];
-      const float* kd = kt + d * ldk;
-#pragma omp simd
-      for (int64_t j = 0; j < bk; ++j) s[j] += qd * kd[j];
-    }
+    float* row = s + i * ldk;
     const int64_t qpos = q0 + i;
     float mx = kNegInf;
     if (hor != nullptr) {
 #pragma omp simd reduction(max : mx)
       for (int64_t j = 0; j < bk; ++j) {
         const bool visible = (k0 + j <= qpos) & (qpos < hor[j]);
-        const float val = visible ? s[j] * scale : kNegInf;
-        s[j] = val;
+        const float val = visible ? row[j] * scale : kNegInf;
+        row[j] = val;
         mx = std::max(mx, val);
       }
     } else {
 #pragma omp simd reduction(max : mx)
       for (int64_t j = 0; j < bk; ++j) {
-        const float val = s[j] * scale;
-        s[j] = val;
+        const float val = row[j] * scale;
+        row[j] = val;
         mx = std::max(mx, val);
       }
     }
-    if (mx == kNegInf) continue;  // this query sees no key of the block
+    if (mx == kNegInf) {  // this query sees no key of the block: it adds nothing
+      std::fill(row, row + bk, 0.0f);
+      continue;
+    }
     const float m_new = std::max(m[i], mx);
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int64_t j = 0; j < bk; ++j) {
-      const float p = exp_nonpositive(s[j] - m_new);
-      s[j] = p;
+      const float p = exp_nonpositive(row[j] - m_new);
+      row[j] = p;
       sum += p;
     }
-    float* a = acc + i * D;
     const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
     if (alpha != 1.0f) {
+      float* a = acc + i * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d) a[d] *= alpha;
     }
     l[i] = l[i] * alpha + sum;
     m[i] = m_new;
-    for (int64_t j = 0; j < bk; ++j) {
-      const float p = s[j];
-      if (p == 0.0f) continue;  // masked key (or an underflowed weight): nothing to add
-      const float* vj = v + j * D;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) a[d] += p * vj[d];
+  }
+  // 3. acc += p v: four query rows x 16 value dims per micro-tile, then the odd value dims.
+  const int64_t d_vec = D - D % 16;
+  for (int64_t d0 = 0; d0 < d_vec; d0 += 16) {
+    int64_t i = 0;
+    for (; i + 4 <= bq; i += 4) value_tile<4>(s + i * ldk, ldk, v, D, bk, d0, acc + i * D);
+    for (; i < bq; ++i) value_tile<1>(s + i * ldk, ldk, v, D, bk, d0, acc + i * D);
+  }
+  if (d_vec < D) {
+    for (int64_t i = 0; i < bq; ++i) {
+      const float* p = s + i * ldk;
+      float* a = acc + i * D;
+      for (int64_t j = 0; j < bk; ++j) {
+        for (int64_t d = d_vec; d < D; ++d) a[d] += p[j] * v[j * D + d];
+      }
     }
   }
 }
 
-// Keys of [n_heads, n, D] transposed block-wise to [n_heads][n_blocks][D][block] (zero padded) so that
-// attend_block reads each key dimension with unit stride.
-std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t n, int64_t D, int64_t block) {
+// Keys of [n_heads, n, D] transposed block-wise to [n_heads][n_blocks][D][ld] (ld = block rounded up to
+// kKeyTile, zero padded) so that attend_block reads each key dimension with unit stride.
+std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t n, int64_t D, int64_t block,
+                                        int64_t ld) {
   const int64_t n_blocks = (n + block - 1) / block;
-  std::vector<float> kt(static_cast<size_t>(n_heads * n_blocks * D * block), 0.0f);
+  std::vector<float> kt(static_cast<size_t>(n_heads * n_blocks * D * ld), 0.0f);
   at::parallel_for(0, n_heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t hb = begin; hb < end; ++hb) {
       const int64_t h = hb / n_blocks, b = hb % n_blocks;
       const int64_t k0 = b * block, k1 = std::min(n, k0 + block);
-      float* dst = kt.data() + hb * D * block;
+      float* dst = kt.data() + hb * D * ld;
       for (int64_t j = k0; j < k1; ++j) {
         const float* src = k + (h * n + j) * D;
-        for (int64_t d = 0; d < D; ++d) dst[d * block + (j - k0)] = src[d];
+        for (int64_t d = 0; d < D; ++d) dst[d * ld + (j - k0)] = src[d];
       }
     }
   });
@@ -128,13 +199,13 @@ std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t
 }
 
 void check_qkv(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu(), "tree_attention: ", name, " must be a CPU tensor");
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "tree_attention: ", name, " must be a CPU tensor");
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
                   t.scalar_type() == at::kBFloat16,
               "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() == 3, "tree_attention: ", name, " must be 3-D [heads, tokens, head_dim], got shape ",
+  TORCH_CHECK_VALUE(t.dim() == 3, "tree_attention: ", name, " must be 3-D [heads, tokens, head_dim], got shape ",
               t.sizes());
-  TORCH_CHECK(t.is_contiguous(), "tree_attention: ", name, " must be contiguous");
+  TORCH_CHECK_VALUE(t.is_contiguous(), "tree_attention: ", name, " must be contiguous");
 }
 
 }  // namespace
@@ -147,43 +218,43 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   check_qkv(k_in, "k");
   check_qkv(v_in, "v");
   const auto dtype = q_in.scalar_type();
-  TORCH_CHECK(k_in.scalar_type() == dtype && v_in.scalar_type() == dtype,
+  TORCH_CHECK_VALUE(k_in.scalar_type() == dtype && v_in.scalar_type() == dtype,
               "tree_attention: q, k and v must have the same dtype, got ", dtype, ", ", k_in.scalar_type(),
               ", ", v_in.scalar_type());
   const int64_t H = q_in.size(0), N = q_in.size(1), D = q_in.size(2);
   const int64_t Hkv = k_in.size(0);
-  TORCH_CHECK(k_in.sizes() == v_in.sizes(), "tree_attention: k and v must have the same shape, got ",
+  TORCH_CHECK_VALUE(k_in.sizes() == v_in.sizes(), "tree_attention: k and v must have the same shape, got ",
               k_in.sizes(), " and ", v_in.sizes());
-  TORCH_CHECK(k_in.size(1) == N && k_in.size(2) == D, "tree_attention: k must be [Hkv, ", N, ", ", D,
+  TORCH_CHECK_VALUE(k_in.size(1) == N && k_in.size(2) == D, "tree_attention: k must be [Hkv, ", N, ", ", D,
               "] to match q ", q_in.sizes(), ", got ", k_in.sizes());
-  TORCH_CHECK(Hkv >= 1 && H % Hkv == 0, "tree_attention: the number of query heads (", H,
+  TORCH_CHECK_VALUE(Hkv >= 1 && H % Hkv == 0, "tree_attention: the number of query heads (", H,
               ") must be a multiple of the number of key/value heads (", Hkv, ")");
-  TORCH_CHECK(D >= 1, "tree_attention: head_dim must be >= 1");
-  TORCH_CHECK(std::isfinite(scale_d), "tree_attention: scale must be finite, got ", scale_d);
-  TORCH_CHECK(block_q >= 1 && block_k >= 1, "tree_attention: block sizes must be >= 1");
-  TORCH_CHECK(horizon.device().is_cpu() && horizon.scalar_type() == at::kInt,
+  TORCH_CHECK_VALUE(D >= 1, "tree_attention: head_dim must be >= 1");
+  TORCH_CHECK_VALUE(std::isfinite(scale_d), "tree_attention: scale must be finite, got ", scale_d);
+  TORCH_CHECK_VALUE(block_q >= 1 && block_k >= 1, "tree_attention: block sizes must be >= 1");
+  TORCH_CHECK_VALUE(horizon.device().is_cpu() && horizon.scalar_type() == at::kInt,
               "tree_attention: horizon must be a CPU int32 tensor, got ", horizon.scalar_type());
-  TORCH_CHECK(horizon.dim() == 1 && horizon.size(0) == N, "tree_attention: horizon must have shape [", N,
+  TORCH_CHECK_VALUE(horizon.dim() == 1 && horizon.size(0) == N, "tree_attention: horizon must have shape [", N,
               "], got ", horizon.sizes());
-  TORCH_CHECK(horizon.is_contiguous(), "tree_attention: horizon must be contiguous");
-  TORCH_CHECK(N < std::numeric_limits<int32_t>::max(), "tree_attention: too many tokens for int32 horizon");
+  TORCH_CHECK_VALUE(horizon.is_contiguous(), "tree_attention: horizon must be contiguous");
+  TORCH_CHECK_VALUE(N < std::numeric_limits<int32_t>::max(), "tree_attention: too many tokens for int32 horizon");
   const int32_t* hz = horizon.data_ptr<int32_t>();
   for (int64_t t = 0; t < N; ++t) {
-    TORCH_CHECK(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t],
+    TORCH_CHECK_VALUE(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t],
                 " must satisfy ", t, " < horizon <= ", N);
   }
-  TORCH_CHECK(prefix_k_in.has_value() == prefix_v_in.has_value(),
+  TORCH_CHECK_VALUE(prefix_k_in.has_value() == prefix_v_in.has_value(),
               "tree_attention: give both prefix_k and prefix_v or neither");
   int64_t P = 0;
   if (prefix_k_in.has_value()) {
     check_qkv(*prefix_k_in, "prefix_k");
     check_qkv(*prefix_v_in, "prefix_v");
-    TORCH_CHECK(prefix_k_in->scalar_type() == dtype && prefix_v_in->scalar_type() == dtype,
+    TORCH_CHECK_VALUE(prefix_k_in->scalar_type() == dtype && prefix_v_in->scalar_type() == dtype,
                 "tree_attention: prefix_k and prefix_v must have the dtype of q (", dtype, ")");
-    TORCH_CHECK(prefix_k_in->sizes() == prefix_v_in->sizes(),
+    TORCH_CHECK_VALUE(prefix_k_in->sizes() == prefix_v_in->sizes(),
                 "tree_attention: prefix_k and prefix_v must have the same shape, got ", prefix_k_in->sizes(),
                 " and ", prefix_v_in->sizes());
-    TORCH_CHECK(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D,
+    TORCH_CHECK_VALUE(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D,
                 "tree_attention: prefix_k must be [", Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
     P = prefix_k_in->size(1);
   }
@@ -218,14 +289,16 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   const int64_t group = H / Hkv;
   const int64_t PB = std::min(std::max<int64_t>(P, 1), BK);  // prefix key block size
 
-  const std::vector<float> kt = transpose_key_blocks(kp, Hkv, N, D, BK);
-  const std::vector<float> pkt = P > 0 ? transpose_key_blocks(pkp, Hkv, P, D, PB) : std::vector<float>();
+  auto padded = [](int64_t b) { return (b + kKeyTile - 1) / kKeyTile * kKeyTile; };
+  const int64_t ldk = padded(BK), ldp = padded(PB);
+  const std::vector<float> kt = transpose_key_blocks(kp, Hkv, N, D, BK, ldk);
+  const std::vector<float> pkt = P > 0 ? transpose_key_blocks(pkp, Hkv, P, D, PB, ldp) : std::vector<float>();
   const int64_t n_pb = P > 0 ? (P + PB - 1) / PB : 0;
 
   const int n_threads = std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<float> s(std::max(BK, PB)), m(BQ), l(BQ), acc(BQ * D);
+    std::vector<float> s(BQ * std::max(ldk, ldp)), m(BQ), l(BQ), acc(BQ * D);
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t qb = 0; qb < n_qb; ++qb) {
@@ -237,7 +310,7 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
         std::fill(acc.begin(), acc.begin() + bq * D, 0.0f);
         for (int64_t pb = 0; pb < n_pb; ++pb) {  // cached prefix: visible to every query
           const int64_t p0 = pb * PB, bk = std::min(P, p0 + PB) - p0;
-          attend_block(qblk, bq, D, pkt.data() + (hk * n_pb + pb) * D * PB, PB, pvp + (hk * P + p0) * D, bk,
+          attend_block(qblk, bq, D, pkt.data() + (hk * n_pb + pb) * D * ldp, ldp, pvp + (hk * P + p0) * D, bk,
                        nullptr, q0, 0, scale, m.data(), l.data(), acc.data(), s.data());
         }
         const int64_t last_kb = (q1 - 1) / BK;  // key blocks past the last query are never visible
@@ -245,7 +318,7 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
           if (hmax[kb] <= q0) continue;  // every key's subtree ends before this query block
           const int64_t k0 = kb * BK, k1 = std::min(N, k0 + BK);
           const bool full = (k1 - 1 <= q0) && (hmin[kb] >= q1);
-          attend_block(qblk, bq, D, kt.data() + (hk * n_kb + kb) * D * BK, BK, vp + (hk * N + k0) * D, k1 - k0,
+          attend_block(qblk, bq, D, kt.data() + (hk * n_kb + kb) * D * ldk, ldk, vp + (hk * N + k0) * D, k1 - k0,
                        full ? nullptr : hz + k0, q0, k0, scale, m.data(), l.data(), acc.data(), s.data());
         }
         float* oblk = op + (h * N + q0) * D;

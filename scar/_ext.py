@@ -54,7 +54,9 @@ def has_extension() -> bool:
 def _require() -> ModuleType:
     module = load()
     if module is None:
-        raise RuntimeError(f"the C++ extension scar._C is not built; it is needed for {SLOWER_WITHOUT_EXTENSION}")
+        raise RuntimeError(
+            f"the C++ extension scar._C is not built; it is needed for {SLOWER_WITHOUT_EXTENSION}"
+        )
     return module
 
 
@@ -115,7 +117,7 @@ def tree_attention(
     block_q: int = 64,
     block_k: int = 64,
 ) -> torch.Tensor:
-    """CPU tree attention: ``softmax(q k^T * scale + mask) v``, query ``i`` seeing key ``j`` iff ``j <= i < horizon[j]``.
+    """CPU tree attention: ``softmax(q k^T * scale + mask) v``; query i sees key j iff ``j <= i < horizon[j]``.
 
     Args:
         q: [H, N, D] float32/float16/bfloat16 (half types are computed in fp32, returned in their dtype).
@@ -141,9 +143,13 @@ def tree_attention(
         _check_tensor("prefix_k", prefix_k, floats, 3)
         _check_tensor("prefix_v", prefix_v, floats, 3)
     if k.shape != v.shape or k.shape[1:] != q.shape[1:]:
-        raise ValueError(f"k and v must be [Hkv, N, D] matching q {tuple(q.shape)}, got {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"k and v must be [Hkv, N, D] matching q {tuple(q.shape)}, got {tuple(k.shape)} and {tuple(v.shape)}"
+        )
     if horizon.numel() != q.shape[1]:
         raise ValueError(f"horizon must have {q.shape[1]} entries (one per token), got {horizon.numel()}")
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    return _require().tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, block_q=block_q, block_k=block_k)
+    return _require().tree_attention(
+        q, k, v, horizon, float(scale), prefix_k, prefix_v, block_q=block_q, block_k=block_k
+    )
