@@ -57,6 +57,7 @@ __all__ = [
     "bench_row",
     "full_and_empty_values",
     "timed",
+    "Timing",
     "build_tokenizer",
     "build_reward_model",
     "span_players",
@@ -691,7 +692,7 @@ class PeakMemory:
     working set.
     """
 
-    def __init__(self, interval: float = 0.002) -> None:
+    def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
         self.peak_bytes = 0
         self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -721,15 +722,16 @@ class PeakMemory:
         self.peak_bytes = max(self.peak_bytes, self._rss() - self._start)
 
 
-_PLAIN_CACHE: dict[tuple, float] = {}
+_PLAIN_CACHE: dict[tuple, tuple[float, float]] = {}
 
 
-def plain_forward_seconds(model: torch.nn.Module, n_tokens: int, *, chunk: int = 4096, rounds: int = 3) -> float:
-    """Wall time of one plain causal forward of the reward model's base over ``n_tokens`` tokens.
+def plain_forward_seconds(model: torch.nn.Module, n_tokens: int, *, chunk: int = 4096, rounds: int = 3
+                          ) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds of one plain causal forward of the reward model's base over ``n_tokens`` tokens.
 
     Up to ``chunk`` tokens this is one sequence of ``n_tokens``; beyond, the per-token time of one
     ``chunk``-token sequence times ``n_tokens`` (a single sequence that long would exceed the model's
-    positions). Median of ``rounds``; cached per (model, n_tokens).
+    positions). Medians of ``rounds``; cached per (model, n_tokens).
     """
     key = (id(model), n_tokens, chunk)
     if key not in _PLAIN_CACHE:
@@ -738,13 +740,15 @@ def plain_forward_seconds(model: torch.nn.Module, n_tokens: int, *, chunk: int =
         base = inspect_model(model).base
         length = min(n_tokens, chunk, model.config.n_positions)
         ids = torch.randint(N_SPECIAL, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
-        times = []
+        walls, cpus = [], []
         with torch.inference_mode():
             for _ in range(rounds):
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 base(input_ids=ids, use_cache=False)
-                times.append(time.perf_counter() - t0)
-        _PLAIN_CACHE[key] = statistics.median(times) * n_tokens / length
+                walls.append(time.perf_counter() - t0)
+                cpus.append(time.process_time() - c0)
+        scale = n_tokens / length
+        _PLAIN_CACHE[key] = (statistics.median(walls) * scale, statistics.median(cpus) * scale)
     return _PLAIN_CACHE[key]
 
 
@@ -752,50 +756,73 @@ def _rel_l2(est: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(est - ref) / np.linalg.norm(ref))
 
 
-def engine_row(inst: Instance, method: str, seconds: float, result: RunResult, peak_bytes: int,
-               *, reference: np.ndarray | None = None, authors_seconds: float | None = None) -> dict:
-    """The figures of one engine-table row (everything JSON-serialisable, for ``benchmark.extra_info``).
+def engine_row(inst: Instance, method: str, timing: Timing, *, reference: np.ndarray | None = None,
+               authors: Timing | None = None) -> dict:
+    """The figures of one engine-table row (JSON-serialisable, for ``benchmark.extra_info``).
 
     Args:
-        seconds: median wall time of one run (one response).
-        reference: exact (or reference) span-player values for the error column.
-        authors_seconds: median wall time of ``shap-partition`` on the same workload.
+        timing: the method's :class:`Timing` on this instance (one response).
+        reference: exact span-player values for the error column.
+        authors: the ``shap-partition`` timing on the same workload, for the speedup columns.
     """
+    result = timing.result
     lower = result.lower_bound
     if lower is None and result.feature_coalitions is not None and len(result.feature_coalitions):
         lower = trie_lower_bound(inst, result.feature_coalitions, token_level=result.token_level)
-    row = {
+    plain_wall, plain_cpu = plain_forward_seconds(inst.model, result.tokens)
+    nan = float("nan")
+    return {
         "workload": inst.workload.name,
         "method": method,
-        "seconds": seconds,
+        "seconds": timing.wall,
+        "cpu_seconds": timing.cpu,
         "coalitions": result.coalitions,
-        "coalitions_per_s": result.coalitions / seconds if seconds > 0 else float("nan"),
+        "coalitions_per_s": result.coalitions / timing.wall if timing.wall > 0 else nan,
         "tokens": result.tokens,
         "trie_lower_bound": lower,
-        "tokens_over_lb": result.tokens / lower if lower else float("nan"),
-        "over_plain_forward": seconds / plain_forward_seconds(inst.model, result.tokens),
-        "peak_mib": peak_bytes / 2**20,
+        "tokens_over_lb": result.tokens / lower if lower else nan,
+        "over_plain_forward": timing.wall / plain_wall,
+        "cpu_over_plain_forward": timing.cpu / plain_cpu if plain_cpu > 0 else nan,
+        "peak_mib": timing.peak_bytes / 2**20,
         "calls": result.calls,
-        "speedup_vs_authors": authors_seconds / seconds if authors_seconds else float("nan"),
-        "rel_l2_error": _rel_l2(result.values, reference) if reference is not None else float("nan"),
+        "speedup_vs_authors": authors.wall / timing.wall if authors and timing.wall > 0 else nan,
+        "cpu_speedup_vs_authors": authors.cpu / timing.cpu if authors and timing.cpu > 0 else nan,
+        "rel_l2_error": _rel_l2(result.values, reference) if reference is not None else nan,
         "values": result.values.tolist(),
     }
-    return row
 
 
-def timed(fn: Callable[[], RunResult], rounds: int, *, warmup: bool = True) -> tuple[float, RunResult, int]:
-    """Median wall time of ``rounds`` runs of ``fn`` (after one untimed warm-up run when ``warmup``), its
-    last result and the peak memory growth over the timed runs."""
+@dataclass
+class Timing:
+    """Medians over the timed rounds of one method on one instance.
+
+    Attributes:
+        wall: wall-clock seconds per response.
+        cpu: CPU seconds of this process per response (``time.process_time``). With one torch thread
+            this is the compute itself, unaffected by other processes sharing the cores.
+        peak_bytes: peak resident-set growth (:class:`PeakMemory`).
+        result: the last run's :class:`RunResult`.
+    """
+
+    wall: float
+    cpu: float
+    peak_bytes: int
+    result: RunResult
+
+
+def timed(fn: Callable[[], RunResult], rounds: int, *, warmup: bool = True) -> Timing:
+    """Time ``rounds`` runs of ``fn`` (after one untimed warm-up run when ``warmup``)."""
     if warmup:
         fn()
-    times, peak, result = [], 0, None
+    walls, cpus, peak, result = [], [], 0, None
     for _ in range(rounds):
         with PeakMemory() as mem:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             result = fn()
-            times.append(time.perf_counter() - t0)
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
         peak = max(peak, mem.peak_bytes)
-    return statistics.median(times), result, peak
+    return Timing(statistics.median(walls), statistics.median(cpus), peak, result)
 
 
 # ---------------------------------------------------------------------------------------------- accuracy
@@ -930,15 +957,17 @@ def machine_description() -> str:
 
 
 def format_engine_table(rows: Sequence[dict]) -> str:
-    """Markdown table of engine rows."""
-    head = ("| workload | method | wall s/resp | coal/s | coalitions | tokens | tokens/LB | wall/plain fwd "
-            "| peak MiB | speedup vs authors | rel L2 err |")
-    lines = [head, "|" + "---|" * 11]
+    """Markdown table of engine rows (wall and CPU seconds per response; ratios to one plain forward over
+    the same tokens and speedups over the authors' path, each by wall / by CPU time)."""
+    head = ("| workload | method | wall s | CPU s | coal/s (wall) | coalitions | tokens | tokens/LB "
+            "| wall/plain fwd | CPU/plain fwd | peak MiB | speedup vs authors (wall) | (CPU) | rel L2 err |")
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(
-            f"| {r['workload']} | {r['method']} | {r['seconds']:.3f} | {r['coalitions_per_s']:.0f} | "
-            f"{r['coalitions']} | {r['tokens']} | {r['tokens_over_lb']:.2f} | {r['over_plain_forward']:.2f} | "
-            f"{r['peak_mib']:.0f} | {r['speedup_vs_authors']:.1f}x | {r['rel_l2_error']:.3f} |")
+            f"| {r['workload']} | {r['method']} | {r['seconds']:.3f} | {r['cpu_seconds']:.3f} | "
+            f"{r['coalitions_per_s']:.0f} | {r['coalitions']} | {r['tokens']} | {r['tokens_over_lb']:.2f} | "
+            f"{r['over_plain_forward']:.2f} | {r['cpu_over_plain_forward']:.2f} | {r['peak_mib']:.0f} | "
+            f"{r['speedup_vs_authors']:.1f}x | {r['cpu_speedup_vs_authors']:.1f}x | {r['rel_l2_error']:.3f} |")
     return "\n".join(lines)
 
 
@@ -1022,8 +1051,9 @@ path takes minutes on the shared 2-core machine)."""
 
 
 def engine_rows(inst: Instance, methods: Sequence[str] = ENGINE_METHODS, *, rounds: int = 3, slow_rounds: int = 1,
-                reference: np.ndarray | None = None, authors_seconds: float | None = None) -> list[dict]:
-    """Time every method on one instance and build its row.
+                reference: np.ndarray | None = None, authors: Timing | None = None,
+                on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Time every method on one instance and build its row (``on_row`` sees each row as it is made).
 
     :data:`FAST_METHODS` run one warm-up and ``rounds`` timed runs, the others ``slow_rounds`` timed
     runs without warm-up (call once on a tiny workload first to pay for imports). ``shap-partition``
@@ -1036,17 +1066,18 @@ def engine_rows(inst: Instance, methods: Sequence[str] = ENGINE_METHODS, *, roun
     rows = []
     for m in methods:
         fast = m in FAST_METHODS
-        seconds, result, peak = timed(lambda m=m: run_method(inst, m), rounds if fast else slow_rounds,
-                                      warmup=fast)
+        timing = timed(lambda m=m: run_method(inst, m), rounds if fast else slow_rounds, warmup=fast)
         if m == AUTHORS_METHOD:
-            authors_seconds = seconds
-        rows.append(engine_row(inst, m, seconds, result, peak, reference=reference, authors_seconds=authors_seconds))
+            authors = timing
+        rows.append(engine_row(inst, m, timing, reference=reference, authors=authors))
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
-AUTHORS_SECONDS: dict[str, float] = {}
-"""Median wall time of the authors' path per workload name, filled by :func:`bench_row` (so rows that run
-after it in the same pytest session carry their speedup)."""
+AUTHORS_TIMINGS: dict[str, Timing] = {}
+"""Timing of the authors' path per workload name, filled by :func:`bench_row` (so rows that run after it
+in the same pytest session carry their speedup)."""
 
 
 def bench_row(benchmark, bench_full: bool, workload: Workload, method: str) -> dict:
@@ -1054,21 +1085,30 @@ def bench_row(benchmark, bench_full: bool, workload: Workload, method: str) -> d
 
     With ``bench_full`` the workload runs at full size (``benchmark.pedantic``: 1 warm-up and 5 rounds
     for :data:`FAST_METHODS`, 1 round otherwise); without, :data:`QUICK_WORKLOAD` runs once for
-    correctness. The row's figures go to ``benchmark.extra_info``; the row is returned.
+    correctness. pytest-benchmark times the wall clock; the CPU time per round is taken alongside.
+    The row's figures go to ``benchmark.extra_info``; the row is returned.
     """
     inst = make_instance(workload if bench_full else QUICK_WORKLOAD)
     fast = method in FAST_METHODS
     box: list[RunResult] = []
+    cpus: list[float] = []
+
+    def run() -> None:
+        c0 = time.process_time()
+        box.append(run_method(inst, method))
+        cpus.append(time.process_time() - c0)
+
+    rounds, warmup = (5, 1) if fast and bench_full else (1, 0)
     with torch_threads(), PeakMemory() as mem:
-        benchmark.pedantic(lambda: box.append(run_method(inst, method)), rounds=5 if fast and bench_full else 1,
-                           iterations=1, warmup_rounds=1 if fast and bench_full else 0)
+        benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
     stats = getattr(benchmark, "stats", None)
-    seconds = stats.stats.median if stats is not None else float("nan")
-    if method == AUTHORS_METHOD and seconds == seconds:
-        AUTHORS_SECONDS[inst.workload.name] = seconds
+    wall = stats.stats.median if stats is not None else float("nan")
+    timing = Timing(wall, statistics.median(cpus[warmup:]), mem.peak_bytes, box[-1])
+    if method == AUTHORS_METHOD:
+        AUTHORS_TIMINGS[inst.workload.name] = timing
     with torch_threads():
-        row = engine_row(inst, method, seconds, box[-1], mem.peak_bytes, reference=reference_values(inst),
-                         authors_seconds=AUTHORS_SECONDS.get(inst.workload.name))
+        row = engine_row(inst, method, timing, reference=reference_values(inst),
+                         authors=AUTHORS_TIMINGS.get(inst.workload.name))
     benchmark.extra_info.update(row)
     return row
 
