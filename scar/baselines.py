@@ -11,6 +11,12 @@ tokens ⊕ response without ⊕ ``suffix_ids``) and read the score at the same t
 uses, so their ``r`` equals SCAR's ``v(N)``: for causal decoders the last token, or when the config has a
 pad id, the rightmost token that is not the pad id (as transformers pools; it matters when EOS doubles as
 pad and ends the sequence); for BERT-style encoders the first token.
+
+The ``1[t == T]`` part (ABC's ``(1 - beta) * r``, the sparse ``r``) sits on the last *completion* token
+of the policy: the EOS when the policy's ``completion_ids`` end in one (:func:`scar.rewarder.to_policy_tokens`).
+An empty response given with ``completion_ids`` (a completion that is only EOS decodes to ``""``) is
+scored as ``prompt ⊕ suffix``; it has no players, and all of its reward ``r`` sits on its last completion
+token. An empty response without ``completion_ids`` is a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -24,9 +30,9 @@ import torch
 from scar.models import RewardModelInfo, evaluation_mode, inspect_model, model_device
 from scar.players import Player, segment
 from scar.rewarder import Encoded, check_finite, check_length, encode_pair, to_policy_tokens
-from scar.rewards import DenseRewards, check_unit_interval, sparse_rewards
+from scar.rewards import DenseRewards, check_unit_interval
 
-__all__ = ["attention_credit", "sparse_credit", "readout_index"]
+__all__ = ["attention_credit", "sparse_credit", "readout_index", "sequence_scores"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -109,6 +115,21 @@ def _forward(
     return torch.cat(scores), (rows if attention else None)
 
 
+def sequence_scores(
+    model: Any,
+    encs: Sequence[Encoded],
+    *,
+    score_fn: ScoreFn | None = None,
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """The reward model's score of each encoded sequence (``enc.ids``, no token removed), ``[B]``.
+
+    Read out like :class:`scar.scorer.CoalitionScorer` (see the module docstring), in right-padded
+    batches of ``batch_size``; the response may be empty (then ``prompt ⊕ suffix`` is scored, i.e. ``v(∅)``).
+    """
+    return _forward(model, inspect_model(model), encs, attention=False, score_fn=score_fn, batch_size=batch_size)[0]
+
+
 def _encode_all(
     info: RewardModelInfo,
     tokenizer: Any,
@@ -121,7 +142,10 @@ def _encode_all(
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     if completion_ids is not None and len(completion_ids) != len(responses):
         raise ValueError(f"got {len(completion_ids)} completion_ids but {len(responses)} responses")
-    encs = [encode_pair(tokenizer, p, r, suffix_ids=suffix_ids) for p, r in zip(prompts, responses)]
+    # an empty completion is legitimate only when it comes with the policy's ids (see the module docstring)
+    allow_empty = completion_ids is not None
+    encs = [encode_pair(tokenizer, p, r, suffix_ids=suffix_ids, allow_empty=allow_empty)
+            for p, r in zip(prompts, responses)]
     for i, e in enumerate(encs):
         check_length(info.max_positions, e, i)
     return encs
@@ -158,7 +182,9 @@ def attention_credit(
     Returns:
         ``DenseRewards`` with ``method="abc"``: one player per reward-model response token (tokens without
         text join the next one, as :func:`scar.players.segment` does), ``values = beta * r * a`` summed over
-        each player's tokens, ``base_values`` NaN, no stderr.
+        each player's tokens, ``base_values`` NaN, no stderr. The ``(1 - beta) * r`` part is on the last
+        completion token (the EOS of ``completion_ids`` that end in one); an empty response (allowed with
+        ``completion_ids`` only) has no players and ``r`` on that token.
     """
     beta = check_unit_interval(beta, "beta")
     if completion_ids is not None and policy_tokenizer is None:
@@ -169,17 +195,21 @@ def attention_credit(
     token_rewards, values, players = [], [], []
     for i, (e, row) in enumerate(zip(encs, rows)):
         r = check_finite(scores[i], f"response {i}")
+        ids = None if completion_ids is None else completion_ids[i]
+        if not e.response_ids:  # nothing to attend to: all of r on the completion's last token
+            values.append(torch.zeros(0, dtype=torch.float64))
+            players.append([])
+            token_rewards.append(to_policy_tokens(torch.zeros(0, dtype=torch.float64), e, policy_tokenizer, ids,
+                                                  final_reward=r))
+            continue
         total = float(row.sum())
         if not total > 0.0:
             raise ValueError(f"response {i}: the read-out token puts no attention on the response tokens ({total})")
         a = row / total
-        rm_rewards = beta * r * a
-        rm_rewards[-1] += (1.0 - beta) * r
         ps = segment(e.text, e.offsets, "token")
         values.append(torch.stack([beta * r * a[p.start : p.end].sum() for p in ps]))
         players.append(ps)
-        ids = None if completion_ids is None else completion_ids[i]
-        token_rewards.append(to_policy_tokens(rm_rewards, e, policy_tokenizer, ids))
+        token_rewards.append(to_policy_tokens(beta * r * a, e, policy_tokenizer, ids, final_reward=(1.0 - beta) * r))
     n = len(encs)
     return DenseRewards(token_rewards, scores, torch.full((n,), float("nan")), values, [None] * n, players, "abc")
 
@@ -198,8 +228,9 @@ def sparse_credit(
 ) -> DenseRewards:
     """The ordinary sparse reward as ``DenseRewards`` (``method="sparse"``): ``r`` on the last token.
 
-    One player (the whole response) whose value is ``r``; ``base_values`` NaN. Arguments as for
-    :func:`attention_credit`.
+    The last token is the last completion token (the EOS of ``completion_ids`` that end in one). One
+    player (the whole response) whose value is ``r`` (none for an empty response); ``base_values`` NaN.
+    Arguments as for :func:`attention_credit`.
     """
     if completion_ids is not None and policy_tokenizer is None:
         policy_tokenizer = tokenizer
@@ -210,12 +241,17 @@ def sparse_credit(
     for i, e in enumerate(encs):
         r = check_finite(scores[i], f"response {i}")
         t = len(e.response_ids)
-        # the player's characters, as scar.players reports them: first token with text to the last end
-        start = min((c for c, d in e.offsets if d > c), default=0)
-        end = max(d for _, d in e.offsets)
-        players.append([Player(0, t, start, end, e.text[start:end])])
-        values.append(torch.tensor([r], dtype=torch.float64))
+        if t:
+            # the player's characters, as scar.players reports them: first token with text to the last end
+            start = min((c for c, d in e.offsets if d > c), default=0)
+            end = max(d for _, d in e.offsets)
+            players.append([Player(0, t, start, end, e.text[start:end])])
+            values.append(torch.tensor([r], dtype=torch.float64))
+        else:
+            players.append([])
+            values.append(torch.zeros(0, dtype=torch.float64))
         ids = None if completion_ids is None else completion_ids[i]
-        token_rewards.append(to_policy_tokens(sparse_rewards(r, t), e, policy_tokenizer, ids))
+        token_rewards.append(to_policy_tokens(torch.zeros(t, dtype=torch.float64), e, policy_tokenizer, ids,
+                                              final_reward=r))
     n = len(encs)
     return DenseRewards(token_rewards, scores, torch.full((n,), float("nan")), values, [None] * n, players, "sparse")

@@ -19,6 +19,19 @@ model scores ``prompt_ids ⊕ response_ids ⊕ suffix_ids`` where
 
 Prompt and response are tokenized separately, so the token boundary between them is where the strings
 meet (give the response its leading space if the reward model expects one).
+
+Where the sequence reward goes: DESIGN.md's ``R_t = alpha * phi_t + (1 - alpha) * 1[t == T] * r`` with
+``T`` the policy's *last completion token*. A trainer's completion ends in EOS when the policy stopped
+(TRL's completion mask ends on it); EOS maps to no text, so the credit ``alpha * phi_t`` lands on the text
+tokens and the ``(1 - alpha) * r`` part on the EOS -- the token whose choice ended the response the reward
+model scored, and the one GRPO's sequence reward sits on (so ``alpha=0`` is exactly the sparse reward).
+Without ``completion_ids`` ``T`` is the last token of the response.
+
+Empty completions: a completion that is only EOS decodes to ``""``. Given with its ``completion_ids`` (as
+a trainer calls a credit provider), it is scored: ``r = v(∅)`` = the score of ``prompt ⊕ suffix``, there
+are no players, and the dense reward is ``(1 - alpha) * r`` on its last completion token (``r`` for the
+sparse and ABC credit). A direct call with an empty response and no ``completion_ids`` raises
+``ValueError``: there is no token to put its reward on.
 """
 
 from __future__ import annotations
@@ -34,8 +47,8 @@ from tqdm.auto import tqdm
 from scar.attribution import shapley_values
 from scar.estimators import METHODS
 from scar.players import KINDS, hierarchy, segment
-from scar.rewards import PLACEMENTS, DenseRewards, check_unit_interval, map_to_tokens, shape_rewards
-from scar.scorer import CoalitionScorer
+from scar.rewards import PLACEMENTS, DenseRewards, check_unit_interval, map_to_tokens, place_credit
+from scar.scorer import CoalitionScorer, ScorerStats
 
 __all__ = [
     "SCAR", "CREDITS", "Encoded", "encode_pair", "token_offsets", "check_length", "check_finite", "to_policy_tokens",
@@ -118,12 +131,20 @@ def encode_pair(
     response: str | Sequence[int],
     *,
     suffix_ids: Sequence[int] | None = None,
+    allow_empty: bool = False,
 ) -> Encoded:
     """Tokenize one (prompt, response) pair by the module's convention (see the module docstring).
 
+    Args:
+        allow_empty: accept an empty response (``""`` or no ids): it encodes to no response tokens, and
+            the reward model scores ``prompt ⊕ suffix``. The credit methods allow it only for a
+            completion given with the policy's ``completion_ids`` (a trainer's completion that is only
+            EOS decodes to ``""``).
+
     Raises:
         TypeError: the tokenizer is not a fast tokenizer (no offsets), or an input has the wrong type.
-        ValueError: the prompt or the response is empty (as text, or tokenizes to no tokens).
+        ValueError: the prompt is empty, or the response is empty (as text, or tokenizes to no tokens)
+            and ``allow_empty`` is False.
     """
     _require_fast(tokenizer, "reward-model")
     prompt_ids = _as_ids(prompt, "prompt")
@@ -134,9 +155,15 @@ def encode_pair(
     if not prompt_ids:
         raise ValueError("prompt is empty (no tokens)")
     response_ids = _as_ids(response, "response")
+    suffix = [] if suffix_ids is None else _as_ids(list(suffix_ids), "suffix_ids")
+    if allow_empty and (response == "" if response_ids is None else not response_ids):
+        return Encoded(prompt_ids, [], suffix, "", [])
     if response_ids is None:
         if not response:
-            raise ValueError("response is empty")
+            raise ValueError(
+                "response is empty (an empty completion can be scored only with the policy's completion_ids, "
+                "as a trainer passes them)"
+            )
         enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
         response_ids = list(enc["input_ids"])
         offsets = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
@@ -144,8 +171,9 @@ def encode_pair(
     else:
         text, offsets = token_offsets(tokenizer, response_ids)
     if not response_ids:
+        if allow_empty:
+            return Encoded(prompt_ids, [], suffix, "", [])
         raise ValueError(f"response is empty (no tokens): {response!r}")
-    suffix = [] if suffix_ids is None else _as_ids(list(suffix_ids), "suffix_ids")
     return Encoded(prompt_ids, response_ids, suffix, text, offsets)
 
 
@@ -172,8 +200,14 @@ def to_policy_tokens(
     enc: Encoded,
     policy_tokenizer: Any | None,
     completion_ids: Sequence[int] | None,
+    *,
+    final_reward: float = 0.0,
 ) -> torch.Tensor:
     """Move rewards on the reward model's response tokens onto the policy's completion tokens.
+
+    ``final_reward`` is then added to the *last* policy token -- the sequence part ``1[t == T] * ...`` of
+    the shaping, with ``T`` the last completion token: the EOS when ``completion_ids`` end in one (TRL's
+    completion mask ends there), the last text token otherwise.
 
     * ``completion_ids`` given: they are the policy's tokens; their text is decoded with
       ``policy_tokenizer`` skipping special tokens (as TRL decodes completions, so EOS gets a zero-width
@@ -185,11 +219,25 @@ def to_policy_tokens(
     (:func:`scar.rewards.map_to_tokens`), so the total is preserved.
 
     Raises:
-        ValueError: ``completion_ids`` without ``policy_tokenizer``, or ids whose text is not the response.
+        ValueError: ``completion_ids`` without ``policy_tokenizer``, ids whose text is not the response,
+            or a nonzero ``final_reward`` and no completion token to carry it.
         TypeError: ``policy_tokenizer`` cannot return offsets (only needed without ``completion_ids``).
     """
     if completion_ids is None and policy_tokenizer is None:
-        return token_rewards
+        out = token_rewards.clone()
+    else:
+        out = map_to_tokens(token_rewards, enc.offsets, _policy_offsets(enc, policy_tokenizer, completion_ids))
+    if final_reward:
+        if not out.numel():
+            raise ValueError(f"the completion has no tokens to carry its sequence reward {final_reward}")
+        out[-1] += final_reward
+    return out
+
+
+def _policy_offsets(
+    enc: Encoded, policy_tokenizer: Any | None, completion_ids: Sequence[int] | None
+) -> list[tuple[int, int]]:
+    """Character ranges of the policy's tokens in ``enc.text`` (see :func:`to_policy_tokens`)."""
     if completion_ids is not None:
         if policy_tokenizer is None:
             raise ValueError("completion_ids need the policy tokenizer (policy_tokenizer=...) to locate their text")
@@ -204,7 +252,7 @@ def to_policy_tokens(
         _require_fast(policy_tokenizer, "policy")
         enc_p = policy_tokenizer(enc.text, add_special_tokens=False, return_offsets_mapping=True)
         dst = [(int(a), int(b)) for a, b in enc_p["offset_mapping"]]
-    return map_to_tokens(token_rewards, enc.offsets, dst)
+    return dst
 
 
 CREDITS = ("scar", "abc", "sparse")
@@ -300,7 +348,8 @@ class SCAR:
                 reward_model, backend=backend, removal=removal, score_fn=score_fn,
                 max_tokens_per_pass=max_tokens_per_pass,
             )
-        # Per response of the last call: the scorer's stats (credit="scar" only), for cost reporting.
+        # Per response of the last call: the scorer's stats (credit="scar" only), for cost reporting; an
+        # empty response's single forward of prompt + suffix is reported with backend "plain".
         self.last_stats: list[Any] = []
 
     def __call__(
@@ -317,7 +366,9 @@ class SCAR:
                 by them (decoded with ``policy_tokenizer``, or the reward model's tokenizer when None).
 
         Returns:
-            :class:`scar.rewards.DenseRewards` with ``method`` = the credit method.
+            :class:`scar.rewards.DenseRewards` with ``method`` = the credit method. An empty response
+            (allowed only with ``completion_ids``; see the module docstring) has no players, no values,
+            ``stderr`` None and ``rewards == base_values == v(∅)``.
         """
         for name, seq in (("prompts", prompts), ("responses", responses)):
             if isinstance(seq, (str, torch.Tensor)) or not isinstance(seq, Sequence):
@@ -350,8 +401,21 @@ class SCAR:
         self.last_stats = []
         bar = tqdm(range(len(responses)), desc="SCAR credit", unit="response", disable=not self.progress)
         for i in bar:
-            enc = encode_pair(self.tokenizer, prompts[i], responses[i], suffix_ids=self.suffix_ids)
+            ids = None if completion_ids is None else completion_ids[i]
+            # a trainer's completion that is only EOS decodes to "": legitimate with its ids, an error without
+            enc = encode_pair(self.tokenizer, prompts[i], responses[i], suffix_ids=self.suffix_ids,
+                              allow_empty=ids is not None)
             check_length(self.scorer.info.max_positions, enc, i)
+            if not enc.response_ids:
+                v0 = self._empty_value(enc, i)
+                token_rewards.append(to_policy_tokens(torch.zeros(0, dtype=torch.float64), enc, policy_tokenizer, ids,
+                                                      final_reward=(1.0 - self.alpha) * v0))
+                rewards.append(v0)
+                base_values.append(v0)
+                values.append(torch.zeros(0, dtype=torch.float64))
+                stderr.append(None)
+                all_players.append([])
+                continue
             players = self._segment(enc)
             tree = self._hierarchy(enc, players) if self.method == "owen" else None
             seed = None if self._rng is None else int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng))
@@ -365,10 +429,12 @@ class SCAR:
             self.last_stats.append(self.scorer.stats)
             r = check_finite(res.full_value, f"response {i} (full response, v(N))")
             v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
-            rm_rewards = shape_rewards(res.values, players, r, alpha=self.alpha, placement=self.placement,
-                                       n_tokens=len(enc.response_ids))
-            ids = None if completion_ids is None else completion_ids[i]
-            token_rewards.append(to_policy_tokens(rm_rewards, enc, policy_tokenizer, ids))
+            # shape_rewards' R_t with the 1[t == T] part on the policy's last completion token (the EOS
+            # when the completion ends in one), not on the last reward-model token
+            credit = self.alpha * place_credit(res.values, players, placement=self.placement,
+                                               n_tokens=len(enc.response_ids))
+            token_rewards.append(to_policy_tokens(credit, enc, policy_tokenizer, ids,
+                                                  final_reward=(1.0 - self.alpha) * r))
             rewards.append(r)
             base_values.append(v0)
             values.append(res.values)
@@ -376,6 +442,16 @@ class SCAR:
             all_players.append(players)
         return DenseRewards(token_rewards, torch.tensor(rewards, dtype=torch.float64),
                             torch.tensor(base_values, dtype=torch.float64), values, stderr, all_players, "scar")
+
+    def _empty_value(self, enc: Encoded, index: int) -> float:
+        """``r = v(∅)`` of an empty response: one plain forward of ``prompt ⊕ suffix``."""
+        from scar.baselines import sequence_scores  # noqa: PLC0415 - baselines import this module
+
+        score = sequence_scores(self.reward_model, [enc], score_fn=self.score_fn)[0]
+        n = len(enc.ids)
+        self.last_stats.append(ScorerStats(backend="plain", coalitions=1, distinct_coalitions=1, tokens_computed=n,
+                                           passes=1, trie_tokens=n, peak_pack_tokens=n, plain_tokens=n))
+        return check_finite(score, f"response {index} (empty response, v(empty))")
 
     def _segment(self, enc: Encoded) -> list[Any]:
         if self.players == "span":

@@ -10,7 +10,10 @@ the reward is added by the trainer, not here. For exact Shapley values ``sum(phi
 ``sum_t R_t == alpha * (r - v(∅)) + (1 - alpha) * r``.
 
 Rewards are computed on the reward model's tokenization; :func:`map_to_tokens` moves them onto the
-policy's tokenization through character offsets into the response text.
+policy's tokenization through character offsets into the response text. ``T`` is the *last completion
+token of the policy*: when the policy's completion ends in EOS (as TRL's completions do when the policy
+stopped), EOS holds no text, so :mod:`scar.rewarder` maps the credit ``alpha * phi_t`` (:func:`place_credit`)
+through the offsets and adds the sequence part ``(1 - alpha) * r`` to that final token, the EOS.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 if TYPE_CHECKING:  # scar.players is only needed for the annotation
     from scar.players import Player
 
-__all__ = ["DenseRewards", "shape_rewards", "map_to_tokens", "sparse_rewards", "PLACEMENTS"]
+__all__ = ["DenseRewards", "shape_rewards", "place_credit", "map_to_tokens", "sparse_rewards", "PLACEMENTS"]
 
 PLACEMENTS = ("last", "spread")
 
@@ -161,6 +164,26 @@ def shape_rewards(
     """
     alpha = check_unit_interval(alpha)
     r = _check_reward(r)
+    out = alpha * place_credit(values, players, placement=placement, n_tokens=n_tokens)
+    out[-1] += (1.0 - alpha) * r
+    return out
+
+
+def place_credit(
+    values: torch.Tensor | Sequence[float],
+    players: Sequence[Player],
+    *,
+    placement: str = "last",
+    n_tokens: int,
+) -> torch.Tensor:
+    """The per-token credit ``phi_t`` of :func:`shape_rewards`: each player's credit on its tokens.
+
+    Args:
+        values, players, placement, n_tokens: as :func:`shape_rewards`.
+
+    Returns:
+        float64 ``[T]``; its sum is ``sum(values)``.
+    """
     n_tokens = _check_n_tokens(n_tokens)
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
@@ -178,9 +201,7 @@ def shape_rewards(
             credit[end - 1] += phi[k]
         else:
             credit[start:end] += phi[k] / (end - start)
-    out = alpha * credit
-    out[-1] += (1.0 - alpha) * r
-    return out
+    return credit
 
 
 def _offsets_tensor(offsets: Any, name: str) -> torch.Tensor:

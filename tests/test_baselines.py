@@ -12,7 +12,8 @@ from transformers import (
 )
 
 from helpers_tokenizers import build_tokenizer
-from scar.baselines import attention_credit, sparse_credit
+from scar.baselines import attention_credit, sequence_scores, sparse_credit
+from scar.rewarder import encode_pair
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Q: opinion?"]
 RESPONSES = [" It was great, and lovely!", " Boring.", " I did not like the ending; the plot is thin, the music too."]
@@ -220,3 +221,29 @@ def test_slow_tokenizer_is_refused(rm):
 
     with pytest.raises(TypeError, match="fast"):
         attention_credit(rm, Slow(), PROMPTS[:1], RESPONSES[:1])
+
+
+def test_sequence_scores_match_plain_forward_including_empty_response(rm, tokenizer):
+    encs = [encode_pair(tokenizer, PROMPTS[0], RESPONSES[0]),
+            encode_pair(tokenizer, PROMPTS[1], "", allow_empty=True, suffix_ids=[1])]
+    assert encs[1].response_ids == [] and encs[1].ids == tokenizer(PROMPTS[1])["input_ids"] + [1]
+    got = sequence_scores(rm, encs, batch_size=2)
+    with torch.no_grad():
+        want = [rm.eval()(input_ids=torch.tensor([e.ids])).logits[0, 0].item() for e in encs]
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+
+
+def test_sequence_part_on_eos_of_policy_completion(rm, tokenizer, policy_tokenizer):
+    # the (1 - beta) * r part of ABC and the sparse r sit on the EOS that ends the policy's completion
+    eos = policy_tokenizer.eos_token_id
+    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in RESPONSES]
+    texts = policy_tokenizer.batch_decode(comp, skip_special_tokens=True)
+    kw = dict(policy_tokenizer=policy_tokenizer, completion_ids=comp)
+    abc = attention_credit(rm, tokenizer, PROMPTS, texts, beta=0.4, **kw)
+    sparse = sparse_credit(rm, tokenizer, PROMPTS, texts, **kw)
+    for i in range(3):
+        r = abc.rewards[i].item()
+        assert abc.token_rewards[i][-1].item() == pytest.approx(0.6 * r, abs=1e-6)
+        assert abc.token_rewards[i].sum().item() == pytest.approx(r, abs=1e-5)
+        assert sparse.token_rewards[i].tolist()[:-1] == [0.0] * (len(comp[i]) - 1)
+        assert sparse.token_rewards[i][-1].item() == pytest.approx(r, abs=1e-6)

@@ -234,8 +234,94 @@ def test_plugs_into_trl_reward_function(rm, tokenizer, policy_tokenizer, credit)
     texts = policy_tokenizer.batch_decode(comp, skip_special_tokens=True)
     fn = DenseRewardFunction(SCAR(rm, tokenizer, credit=credit, method="exact", policy_tokenizer=policy_tokenizer,
                                   progress=False))
+    assert fn.__name__ == "SCAR"  # TRL logs the reward under the provider's class name
     rewards = fn(prompts=PROMPTS, completions=texts, completion_ids=comp)
     dense = fn.take(comp)
     assert rewards == pytest.approx([plain_score(rm, tokenizer, p, r) for p, r in zip(PROMPTS, RESPONSES)], abs=1e-5)
     assert [t.numel() for t in dense.token_rewards] == [len(c) for c in comp]
     assert dense.to_tensor().shape == (3, max(len(c) for c in comp))
+
+
+def with_eos(policy_tokenizer, responses):
+    """The policy's completion ids ending in EOS and their text, as TRL passes them to a reward function."""
+    eos = policy_tokenizer.eos_token_id
+    comp = [policy_tokenizer(r, add_special_tokens=False)["input_ids"] + [eos] for r in responses]
+    return comp, policy_tokenizer.batch_decode(comp, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("suffix", [None, [1]])
+def test_empty_completion_with_ids_is_scored_as_prompt_only(rm, tokenizer, policy_tokenizer, suffix):
+    """A completion that is only EOS decodes to "": r = v(∅) = score(prompt ⊕ suffix), no players, and the
+    dense reward (1 - alpha) * r on the EOS."""
+    eos = policy_tokenizer.eos_token_id
+    comp, texts = with_eos(policy_tokenizer, RESPONSES[:1])
+    comp, texts = comp + [[eos]], texts + [""]
+    scar = SCAR(rm, tokenizer, method="exact", alpha=0.6, policy_tokenizer=policy_tokenizer, suffix_ids=suffix,
+                progress=False)
+    d = scar(PROMPTS[:2], texts, comp)
+    prompt_only = tokenizer(PROMPTS[1])["input_ids"] + (suffix or [])
+    with torch.no_grad():
+        v0 = rm(input_ids=torch.tensor([prompt_only])).logits[0, 0].item()
+    assert d.rewards[1].item() == pytest.approx(v0, abs=1e-5)
+    assert d.base_values[1].item() == d.rewards[1].item()
+    assert d.players[1] == [] and d.values[1].numel() == 0 and d.stderr[1] is None
+    torch.testing.assert_close(d.token_rewards[1], torch.tensor([0.4 * d.rewards[1].item()]))
+    assert scar.last_stats[1].backend == "plain" and scar.last_stats[1].tokens_computed == len(prompt_only)
+    assert scar.last_stats[0].backend != "plain"
+    # the non-empty response of the same batch is unaffected
+    alone = scar(PROMPTS[:1], texts[:1], comp[:1])
+    torch.testing.assert_close(d.token_rewards[0], alone.token_rewards[0])
+
+
+@pytest.mark.parametrize("credit", ["sparse", "abc"])
+def test_empty_completion_baselines_put_r_on_eos(rm, tokenizer, credit):
+    eos = tokenizer.eos_token_id
+    d = SCAR(rm, tokenizer, credit=credit, beta=0.3, progress=False)(PROMPTS[:1], [""], [[eos]])
+    with torch.no_grad():
+        v0 = rm(input_ids=torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])).logits[0, 0].item()
+    assert d.rewards[0].item() == pytest.approx(v0, abs=1e-5)
+    torch.testing.assert_close(d.token_rewards[0], torch.tensor([d.rewards[0].item()], dtype=torch.float32))
+    assert d.players[0] == [] and d.values[0].numel() == 0
+
+
+@pytest.mark.parametrize("credit", ["scar", "sparse", "abc"])
+def test_empty_response_without_completion_ids_is_an_error(rm, tokenizer, credit):
+    scar = SCAR(rm, tokenizer, credit=credit, method="exact", progress=False)
+    with pytest.raises(ValueError, match="response is empty.*completion_ids"):
+        scar(PROMPTS[:1], [""])
+    with pytest.raises(ValueError, match="response is empty"):
+        scar(PROMPTS[:1], [[]])
+    # with ids, the text must still be what they decode to
+    ids = tokenizer(RESPONSES[1], add_special_tokens=False)["input_ids"]
+    with pytest.raises(ValueError, match="decode to"):
+        scar(PROMPTS[:1], [""], [ids])
+
+
+def test_sequence_reward_sits_on_the_eos(rm, tokenizer, policy_tokenizer):
+    """DESIGN's 1[t == T] with T the last completion token: the EOS, when the completion ends in one."""
+    comp, texts = with_eos(policy_tokenizer, RESPONSES)
+    kw = dict(method="exact", policy_tokenizer=policy_tokenizer, progress=False)
+    d = SCAR(rm, tokenizer, alpha=0.6, **kw)(PROMPTS, texts, comp)
+    no_eos = SCAR(rm, tokenizer, alpha=0.6, **kw)(PROMPTS, texts, [c[:-1] for c in comp])
+    for i in range(3):
+        r, v0 = d.rewards[i].item(), d.base_values[i].item()
+        assert d.token_rewards[i][-1].item() == pytest.approx(0.4 * r, abs=1e-6)
+        # the text tokens carry the credit alpha * phi only
+        assert d.token_rewards[i][:-1].sum().item() == pytest.approx(0.6 * (r - v0), abs=1e-5)
+        # without EOS the last text token carries both its credit and (1 - alpha) * r
+        expected = d.token_rewards[i][:-1].clone()
+        expected[-1] += d.token_rewards[i][-1]
+        torch.testing.assert_close(no_eos.token_rewards[i], expected)
+    # alpha = 0 is exactly the sparse reward, r on the EOS
+    zero = SCAR(rm, tokenizer, alpha=0.0, **kw)(PROMPTS, texts, comp)
+    sparse = SCAR(rm, tokenizer, credit="sparse", **kw)(PROMPTS, texts, comp)
+    for i in range(3):
+        torch.testing.assert_close(zero.token_rewards[i], sparse.token_rewards[i], atol=1e-5, rtol=1e-5)
+        assert sparse.token_rewards[i][-1].item() == pytest.approx(sparse.rewards[i].item(), abs=1e-6)
+        assert sparse.token_rewards[i][:-1].abs().sum().item() == 0.0
+    # ABC: the (1 - beta) * r part on the EOS, the attention-weighted part on the text
+    abc = SCAR(rm, tokenizer, credit="abc", beta=0.25, **kw)(PROMPTS, texts, comp)
+    for i in range(3):
+        r = abc.rewards[i].item()
+        assert abc.token_rewards[i][-1].item() == pytest.approx(0.75 * r, abs=1e-6)
+        assert abc.token_rewards[i][:-1].sum().item() == pytest.approx(0.25 * r, abs=1e-5)

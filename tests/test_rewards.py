@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scar.players import Player
-from scar.rewards import DenseRewards, map_to_tokens, shape_rewards, sparse_rewards
+from scar.rewards import DenseRewards, map_to_tokens, place_credit, shape_rewards, sparse_rewards
 
 
 def P(start: int, end: int) -> Player:
@@ -35,6 +35,20 @@ def test_shape_rewards_last_matches_formula_by_hand():
     out = shape_rewards(phi, players, r, alpha=alpha, placement="last", n_tokens=6)
     expected = [0.0, 0.75 * 0.5, 0.75 * -0.25, 0.0, 0.0, 0.75 * 1.0 + 0.25 * 2.0]
     torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("placement", ["last", "spread"])
+def test_place_credit_is_the_credit_part_of_shape_rewards(placement):
+    players = [P(0, 2), P(2, 3), P(3, 6)]
+    phi = torch.tensor([0.5, -0.25, 1.0], dtype=torch.float64)
+    credit = place_credit(phi, players, placement=placement, n_tokens=7)
+    assert credit.sum().item() == pytest.approx(1.25, abs=1e-12) and credit[6].item() == 0.0
+    shaped = shape_rewards(phi, players, 2.0, alpha=0.75, placement=placement, n_tokens=7)
+    expected = 0.75 * credit
+    expected[-1] += 0.25 * 2.0
+    torch.testing.assert_close(shaped, expected)
+    with pytest.raises(ValueError, match="placement"):
+        place_credit(phi, players, placement="first", n_tokens=7)
 
 
 def test_shape_rewards_spread_splits_evenly():

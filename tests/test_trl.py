@@ -577,7 +577,10 @@ def test_dense_grpo_trainer_shapley_first_token_keeps_grpo_advantage(tmp_path):
 
 
 def test_dense_grpo_trainer_with_scar_provider(tmp_path):
-    """The real credit provider: scar.SCAR on a random GPT-2 reward model sharing the policy's tokenizer."""
+    """The real credit provider: scar.SCAR on a random GPT-2 reward model sharing the policy's tokenizer.
+
+    The policy stops at once in about a fifth of its completions: those are only EOS, decode to "", and
+    are scored as v(∅) with their reward on the EOS."""
     tokenizer = make_tokenizer()
     model = make_policy(len(tokenizer), tmp_path / "policy", seed=3)
     before = snapshot(model)
@@ -587,13 +590,16 @@ def test_dense_grpo_trainer_with_scar_provider(tmp_path):
                    pad_token_id=PAD, eos_token_id=EOS)
     ).eval()
     credit = SCAR(reward_model, tokenizer, players="span", method="exact", alpha=0.5, progress=False, seed=0)
-    # min_new_tokens: SCAR refuses an empty response (a completion that is only EOS decodes to "")
-    args = grpo_args(tmp_path, max_steps=1, generation_kwargs={"min_new_tokens": 2})
+    calls = []
+
+    def spy(prompts, completions, completion_ids):
+        calls.append((completions, completion_ids, credit(prompts, completions, completion_ids)))
+        return calls[-1][2]
+
     trainer = RecordingDenseGRPOTrainer(
-        model=model, reward_funcs=[DenseRewardFunction(credit)], args=args,
+        model=model, reward_funcs=[DenseRewardFunction(spy, name="SCAR")], args=grpo_args(tmp_path, max_steps=1),
         train_dataset=make_dataset(), processing_class=tokenizer, std_of="sequence",
     )
-    assert trainer.reward_func_names == ["SCAR"]
     trainer.train()
     assert moved(model, before)
     (gen,) = trainer.generated
@@ -603,6 +609,16 @@ def test_dense_grpo_trainer_with_scar_provider(tmp_path):
     torch.testing.assert_close(dense[:, 0], grpo, rtol=1e-4, atol=1e-4)
     assert any(len(set(dense[i, : len(s)].tolist())) > 1 for i, s in enumerate(gen["scored_ids"]))
     check_alignment(trainer)
+
+    ((texts, ids, rewards),) = calls
+    empty = [i for i, t in enumerate(texts) if t == ""]
+    assert empty and all(ids[i] == [EOS] for i in empty)
+    for i, row in enumerate(ids):
+        r = rewards.rewards[i].item()
+        if row[-1] == EOS:  # the sequence part (1 - alpha) * r sits on the EOS, the last completion token
+            assert rewards.token_rewards[i][-1].item() == pytest.approx(0.5 * r, abs=1e-6)
+        if i in empty:  # r = v(∅), no players
+            assert rewards.base_values[i].item() == r and rewards.players[i] == []
 
 
 def test_dense_grpo_trainer_needs_dense_reward(tmp_path):
