@@ -24,7 +24,9 @@ Methods (see :func:`shapley`):
     afford are enumerated with exact kernel weights (as shap's KernelExplainer does); the rest of
     the budget samples the other sizes. Standard error: the cluster-robust sandwich
     (delta-method) variance of the constrained least-squares estimate, with complementary pairs
-    as the independent units and leave-pair-out residuals (CR3). When the budget covers every
+    as the independent units and leave-pair-out residuals (CR3). Like any KernelSHAP with a
+    sampled design matrix it is consistent but slightly biased at small budgets (the bias falls
+    faster than the standard error, which covers the variance only). When the budget covers every
     coalition the exact Shapley values are returned.
 ``owen``
     Owen values for a nested partition of the players. Exact by enumeration for small trees,
