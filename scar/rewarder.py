@@ -136,7 +136,8 @@ def encode_pair(
     """Tokenize one (prompt, response) pair by the module's convention (see the module docstring).
 
     Args:
-        allow_empty: accept an empty response (``""`` or no ids): it encodes to no response tokens, and
+        allow_empty: accept an empty response (``""``, no ids, or text the tokenizer encodes to no
+            tokens, e.g. whitespace a word-level tokenizer drops): it encodes to no response tokens, and
             the reward model scores ``prompt ⊕ suffix``. The credit methods allow it only for a
             completion given with the policy's ``completion_ids`` (a trainer's completion that is only
             EOS decodes to ``""``).
@@ -171,8 +172,8 @@ def encode_pair(
     else:
         text, offsets = token_offsets(tokenizer, response_ids)
     if not response_ids:
-        if allow_empty:
-            return Encoded(prompt_ids, [], suffix, "", [])
+        if allow_empty:  # text the reward model's tokenizer drops entirely (e.g. only whitespace)
+            return Encoded(prompt_ids, [], suffix, text, [])
         raise ValueError(f"response is empty (no tokens): {response!r}")
     return Encoded(prompt_ids, response_ids, suffix, text, offsets)
 

@@ -31,3 +31,17 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(TEXTS, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+
+
+def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """A whitespace-split word-level tokenizer: ``<pad>`` 0, ``<eos>`` 1, ``<unk>`` 2, then ``words``.
+
+    One token per word makes token ids easy to reason about (the TRL tests' policy vocabulary); text
+    made of whitespace only encodes to no tokens at all.
+    """
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from helpers_tokenizers import build_tokenizer
+from helpers_tokenizers import build_tokenizer, word_level_tokenizer
 from scar.rewarder import SCAR, encode_pair, token_offsets
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Q: opinion?"]
@@ -325,3 +325,18 @@ def test_sequence_reward_sits_on_the_eos(rm, tokenizer, policy_tokenizer):
         r = abc.rewards[i].item()
         assert abc.token_rewards[i][-1].item() == pytest.approx(0.75 * r, abs=1e-6)
         assert abc.token_rewards[i][:-1].sum().item() == pytest.approx(0.25 * r, abs=1e-5)
+
+
+def test_encode_pair_empty_response_only_when_allowed(tokenizer):
+    enc = encode_pair(tokenizer, PROMPTS[0], "", allow_empty=True, suffix_ids=[1])
+    assert (enc.response_ids, enc.text, enc.offsets) == ([], "", [])
+    assert enc.ids == tokenizer(PROMPTS[0])["input_ids"] + [1]
+    assert encode_pair(tokenizer, PROMPTS[0], [], allow_empty=True).response_ids == []
+    # text that a word-level tokenizer drops entirely keeps its text (to be checked against the policy's ids)
+    words = word_level_tokenizer(["review", "good"])
+    blank = encode_pair(words, "review", "  ", allow_empty=True)
+    assert blank.response_ids == [] and blank.text == "  "
+    with pytest.raises(ValueError, match="no tokens"):
+        encode_pair(words, "review", "  ")
+    with pytest.raises(ValueError, match="response is empty"):
+        encode_pair(tokenizer, PROMPTS[0], "")

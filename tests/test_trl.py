@@ -15,13 +15,11 @@ import pytest
 import torch
 
 from datasets import Dataset
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import Whitespace
 from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
+from helpers_tokenizers import word_level_tokenizer
 from scar.integrations.trl import (
     DenseGRPOTrainer,
     DenseRewardFunction,
@@ -32,7 +30,7 @@ from scar.rewarder import SCAR
 from scar.rewards import DenseRewards, shape_rewards
 
 WORDS = "the a cat dog sat ran on under mat log red blue big small happy sad and then it was".split()
-PAD, EOS = 0, 1
+PAD, EOS = 0, 1  # word_level_tokenizer's special ids
 NUM_GENERATIONS = 4
 MAX_COMPLETION = 10
 
@@ -52,12 +50,7 @@ def _quiet():
 
 
 def make_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": PAD, "<eos>": EOS, "<unk>": 2}
-    for w in WORDS:
-        vocab[w] = len(vocab)
-    tok = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return word_level_tokenizer(WORDS)
 
 
 def make_policy(vocab_size: int, directory, seed: int = 0) -> GPT2LMHeadModel:
@@ -186,7 +179,8 @@ def reference_advantages(token_rewards, num_generations, scale_rewards, std_of="
                 out.append([g - b[t] for t, g in enumerate(returns[i])])
                 continue
             s = std(group) if scale_rewards == "group" else std(list(range(n)))
-            out.append([0.0] * len(returns[i]) if s <= 1e-8 else [(g - b[t]) / (s + 1e-4) for t, g in enumerate(returns[i])])
+            scaled = [(g - b[t]) / (s + 1e-4) for t, g in enumerate(returns[i])]
+            out.append([0.0] * len(returns[i]) if s <= 1e-8 else scaled)
     return out
 
 

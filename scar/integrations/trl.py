@@ -44,11 +44,11 @@ sequence returns ``G_{j,1}`` over the pool. Where ``s`` is zero the advantages a
 Why ``std_of="token"`` is the default: the sequence std measures only how the *totals* differ within
 the group, while the credit in ``G_{i,t} - b_{g,t}`` is as large as the credit itself. When the group's
 totals are nearly equal but the credit is not (e.g. ``v(∅)`` far from ``r``), ``std_of="sequence"``
-divides the credit by a tiny number and the advantages grow without bound (a test group with totals
-equal to 1e-6 gives advantages above 1e4; a group with exactly equal totals is set to 0, like GRPO,
+divides the credit by a tiny number and the advantages grow without bound (a test group whose totals
+agree within 1e-6 gets advantages above 1e4; a group with exactly equal totals is set to 0, like GRPO,
 rather than divided by ``1e-4``). The token std measures the spread of what is actually used as
-advantage: the squared advantages, averaged over each completion's tokens and summed over the pool's
-completions, equal ``n - 1`` (Bessel), so no advantage exceeds ``sqrt((n - 1) * T_max)``.
+advantage: with ``scale_rewards="group"`` the squared advantages, averaged over each completion's tokens
+and summed over the group, equal ``n - 1`` (Bessel), so no advantage exceeds ``sqrt((n - 1) * T_max)``.
 
 Why it reduces to GRPO for sparse credit: if all reward is on the last token, ``R_{i,t} = r_i 1[t==T_i]``,
 then ``G_{i,t} = r_i`` for every ``t <= T_i``; both baselines become the group mean of ``r`` and both
