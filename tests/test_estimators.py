@@ -442,6 +442,15 @@ def test_single_antithetic_pair_has_undefined_stderr() -> None:
     assert torch.isnan(res.stderr).all()
 
 
+def test_kernel_too_small_to_identify_reports_infinite_stderr() -> None:
+    """Two pairs cannot separate 10 players: the values are a (still efficient) least-norm split,
+    and the standard error says they are not determined."""
+    game = TableGame.random(10, seed=0)
+    res = shapley(game, 10, method="kernel", budget=4, seed=0)
+    assert torch.isinf(res.stderr).all()
+    assert abs(res.efficiency_gap) < 1e-9
+
+
 @pytest.mark.parametrize("method,kw", [
     ("permutation", {"budget": 10}),
     ("kernel", {"budget": 40}),
