@@ -8,12 +8,12 @@ budget) satisfy all four to rounding (1e-10). Sampled methods:
 * linearity holds exactly for a fixed seed, because the plan depends on the seed and ``n`` only and
   each estimate is a linear function of the plan's values;
 * a dummy player gets exactly 0 from permutation-based methods (all its marginals are 0) and is
-  within a few standard errors of 0 for sampled KernelSHAP;
-* symmetric players agree within a few standard errors.
+  within 5 standard errors of 0 for sampled KernelSHAP;
+* symmetric players agree within ``|phi_i - phi_j| <= 5 (se_i + se_j)`` (the standard deviation
+  of a difference is at most the sum of the two).
 
 The two statistical checks use 8 or 9 players, so that the sampled kernel's budget (120) is below
-``2**n - 2`` and large enough (over 6 n) for its asymptotic standard error to hold. (``|phi_i - phi_j| <= 5 (se_i + se_j)``;
-  the standard deviation of a difference is at most the sum of the two).
+``2**n - 2`` and large enough (over 6 n) for its asymptotic standard error to hold.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from games import LinearCombination, TableGame, WithDummy
-from scar.estimators import shapley
+from scar.estimators import ShapleyResult, shapley
 
-# Each (test, method) pair runs 25 examples; derandomize: the examples are a fixed function of the test, so CI runs are reproducible; the
-# statistical checks below (symmetry, kernel dummy) then cannot flake.
+# Each (test, method) pair runs 25 examples. derandomize: the examples are a fixed function of the
+# test, so CI runs are reproducible and the statistical checks (symmetry, kernel dummy) cannot flake.
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 # (method, kwargs, exact?) — the Owen entries get their hierarchy from the test.
@@ -46,7 +46,8 @@ EVERY_CONFIG = pytest.mark.parametrize(
 
 @st.composite
 def hierarchies(draw, players: list[int]):
-    """A random nested partition of ``players`` (groups of groups, up to three levels)."""
+    """A random nested partition of ``players``: a flat group, or up to four contiguous parts of a
+    shuffled order, each partitioned recursively (a part of one player may be a bare int)."""
     players = draw(st.permutations(players))
     if len(players) == 1 or draw(st.booleans()):
         return players[0] if len(players) == 1 and draw(st.booleans()) else list(players)
@@ -59,7 +60,7 @@ def _as_list(h):
     return h if isinstance(h, list) else [h]
 
 
-def _run(game, n: int, config: int, seed: int, hierarchy) -> "ShapleyResult":  # noqa: F821
+def _run(game, n: int, config: int, seed: int, hierarchy) -> ShapleyResult:
     method, kwargs, _ = CONFIGS[config]
     if method == "kernel_full":
         return shapley(game, n, method="kernel", budget=max(2, 2**n - 2), seed=seed)
