@@ -41,7 +41,7 @@ void check_1d_int64(const at::Tensor& t, const char* name, int64_t expected_len)
   TORCH_CHECK_VALUE(t.is_contiguous(), "build_pack: ", name, " must be contiguous");
   if (expected_len >= 0) {
     TORCH_CHECK_VALUE(t.size(0) == expected_len, "build_pack: ", name, " must have length ", expected_len,
-                ", got ", t.size(0));
+                      ", got ", t.size(0));
   }
 }
 
@@ -98,10 +98,10 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
                      const at::Tensor& suffix_len, const at::Tensor& cached_len) {
   // ---- 1. validation: shapes and dtypes first, then values, so every later index is in range ----
   TORCH_CHECK_VALUE(coalitions.scalar_type() == at::kBool, "build_pack: coalitions must be bool, got ",
-              coalitions.scalar_type());
+                    coalitions.scalar_type());
   TORCH_CHECK_VALUE(coalitions.device().is_cpu(), "build_pack: coalitions must be a CPU tensor");
   TORCH_CHECK_VALUE(coalitions.dim() == 2, "build_pack: coalitions must be 2-D [C, n_max], got shape ",
-              coalitions.sizes());
+                    coalitions.sizes());
   TORCH_CHECK_VALUE(coalitions.is_contiguous(), "build_pack: coalitions must be contiguous");
   const int64_t C = coalitions.size(0);
   const int64_t n_max = coalitions.size(1);
@@ -135,18 +135,18 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
   std::vector<int64_t> n_players(R, 0), src_base(R + 1, 0), seg_src(S, 0);
   for (int64_t r = 0; r < R; ++r) {
     TORCH_CHECK_VALUE(plen[r] >= 1 && plen[r] <= kMaxLen, "build_pack: prompt_len[", r, "] must be >= 1, got ",
-                plen[r]);
+                      plen[r]);
     TORCH_CHECK_VALUE(cached[r] >= 0 && cached[r] < plen[r], "build_pack: cached_len[", r,
-                "] must satisfy 0 <= cached_len < prompt_len = ", plen[r], ", got ", cached[r]);
+                      "] must satisfy 0 <= cached_len < prompt_len = ", plen[r], ", got ", cached[r]);
     TORCH_CHECK_VALUE(sfx[r] >= 0 && sfx[r] <= kMaxLen, "build_pack: suffix_len[", r, "] must be >= 0, got ",
-                sfx[r]);
+                      sfx[r]);
     int64_t pos = plen[r];  // offset inside response r's source buffer
     for (int64_t s = off[r]; s < off[r + 1]; ++s) {
       TORCH_CHECK_VALUE(slen[s] >= 1 && slen[s] <= kMaxLen, "build_pack: seg_len[", s, "] must be >= 1, got ",
-                  slen[s]);
+                        slen[s]);
       if (splayer[s] != -1) {
         TORCH_CHECK_VALUE(splayer[s] == n_players[r], "build_pack: seg_player[", s, "] of response ", r,
-                    " must be -1 (gap) or the next player index ", n_players[r], ", got ", splayer[s]);
+                          " must be -1 (gap) or the next player index ", n_players[r], ", got ", splayer[s]);
         ++n_players[r];
       }
       seg_src[s] = pos;
@@ -157,19 +157,16 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
     TORCH_CHECK_VALUE(src_base[r + 1] <= kMaxLen, "build_pack: total source length is too large");
   }
   for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK_VALUE(own[c] >= 0 && own[c] < R, "build_pack: owner[", c, "] = ", own[c], " is out of range [0, ",
-                R, ")");
+    TORCH_CHECK_VALUE(own[c] >= 0 && own[c] < R, "build_pack: owner[", c, "] = ", own[c],
+                      " is out of range [0, ", R, ")");
     const int64_t np = n_players[own[c]];
+    // A response with more players than coalition columns may exist, but must not own a coalition.
+    TORCH_CHECK_VALUE(np <= n_max, "build_pack: response ", own[c], " has ", np,
+                      " players but coalitions has only ", n_max, " columns");
     for (int64_t j = np; j < n_max; ++j) {
       TORCH_CHECK_VALUE(!bits[c * n_max + j], "build_pack: coalitions[", c, ", ", j, "] is True but response ",
-                  own[c], " has only ", np, " players");
+                        own[c], " has only ", np, " players");
     }
-  }
-  // Responses with more players than coalition columns are fine as long as they own no coalition;
-  // otherwise their players past n_max would be read out of bounds.
-  for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK_VALUE(n_players[own[c]] <= n_max, "build_pack: response ", own[c], " has ", n_players[own[c]],
-                " players but coalitions has only ", n_max, " columns");
   }
 
   // ---- 2. dedupe coalitions per owner: pack rows into 64-bit words and hash them ----
@@ -288,7 +285,7 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
   int64_t N = 0;
   for (int64_t r = 0; r < R; ++r) N += subtree[r];
   TORCH_CHECK_VALUE(N < std::numeric_limits<int32_t>::max(), "build_pack: the pack has ", N,
-              " tokens; horizon is int32, so at most 2^31-1 are supported");
+                    " tokens; horizon is int32, so at most 2^31-1 are supported");
 
   // Preorder: explicit stack, children pushed in reverse so they pop in order.
   std::vector<int64_t> order;  // preorder position -> creation id

@@ -3,11 +3,13 @@
 //   out = softmax(q k^T * scale + mask) v,   query q may attend key k  <=>  k <= q < horizon[k]
 //   (plus every key of an optional cached prefix, visible to all queries).
 //
-// Flash-style: for each (head, query block) an online softmax runs over key blocks, so memory is
-// O(threads * block * D) and no N x N mask is ever built. A key block [k0, k1) is skipped for the query
+// Flash-style: for each (head, query block) an online softmax runs over key blocks, so the extra memory is
+// a block-transposed copy of the keys (O(N * D) per kv head) plus O(threads * block * (block + D)) scratch;
+// no N x N mask or score matrix is ever built. A key block [k0, k1) is skipped for the query
 // block [q0, q1) unless k0 <= q1 - 1 and max(horizon[k0:k1]) > q0; it needs no per-element mask when
-// k1 - 1 <= q0 and min(horizon[k0:k1]) >= q1. The inner loops are written to vectorise (keys are
-// transposed block-wise once so scores are unit-stride multiply-adds; exp is a branch-free polynomial).
+// k1 - 1 <= q0 and min(horizon[k0:k1]) >= q1. Scores and the weighted sum of values are register-tiled
+// micro-kernels on 8-float vectors (at::native::cpublas::gemm would be the alternative, but libtorch does
+// not export it to extensions); exp is a branch-free polynomial so the softmax loop vectorises too.
 #include "scar_ext.h"
 
 #include <ATen/Parallel.h>
@@ -58,8 +60,8 @@ constexpr int64_t kKeyTile = 32;  // keys per score micro-tile; key blocks are p
 
 // Scores of RB query rows against a 32-key tile: s[r][j0 + j] = q[r] . k[j0 + j], accumulated in registers.
 template <int RB>
-__attribute__((always_inline)) inline void score_tile(const float* q, int64_t D, const float* kt, int64_t ldk, int64_t j0, float* s,
-                       int64_t lds) {
+__attribute__((always_inline)) inline void score_tile(const float* q, int64_t D, const float* kt, int64_t ldk,
+                                                     int64_t j0, float* s, int64_t lds) {
   vf8 acc[RB][4] = {};
   for (int64_t d = 0; d < D; ++d) {
     const float* kd = kt + d * ldk + j0;
@@ -79,8 +81,8 @@ __attribute__((always_inline)) inline void score_tile(const float* q, int64_t D,
 
 // acc[r][d0:d0+16] += sum_j p[r][j] * v[j][d0:d0+16] for RB rows, accumulated in registers.
 template <int RB>
-__attribute__((always_inline)) inline void value_tile(const float* p, int64_t lds, const float* v, int64_t D, int64_t bk, int64_t d0,
-                       float* acc) {
+__attribute__((always_inline)) inline void value_tile(const float* p, int64_t lds, const float* v, int64_t D,
+                                                     int64_t bk, int64_t d0, float* acc) {
   vf8 a[RB][2];
   for (int r = 0; r < RB; ++r) {
     a[r][0] = load8(acc + r * D + d0);
@@ -201,10 +203,10 @@ std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t
 void check_qkv(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), "tree_attention: ", name, " must be a CPU tensor");
   TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
-                  t.scalar_type() == at::kBFloat16,
-              "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+                    t.scalar_type() == at::kBFloat16,
+                    "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 3, "tree_attention: ", name, " must be 3-D [heads, tokens, head_dim], got shape ",
-              t.sizes());
+                    t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), "tree_attention: ", name, " must be contiguous");
 }
 
@@ -219,43 +221,43 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   check_qkv(v_in, "v");
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK_VALUE(k_in.scalar_type() == dtype && v_in.scalar_type() == dtype,
-              "tree_attention: q, k and v must have the same dtype, got ", dtype, ", ", k_in.scalar_type(),
-              ", ", v_in.scalar_type());
+                    "tree_attention: q, k and v must have the same dtype, got ", dtype, ", ", k_in.scalar_type(),
+                    ", ", v_in.scalar_type());
   const int64_t H = q_in.size(0), N = q_in.size(1), D = q_in.size(2);
   const int64_t Hkv = k_in.size(0);
   TORCH_CHECK_VALUE(k_in.sizes() == v_in.sizes(), "tree_attention: k and v must have the same shape, got ",
-              k_in.sizes(), " and ", v_in.sizes());
+                    k_in.sizes(), " and ", v_in.sizes());
   TORCH_CHECK_VALUE(k_in.size(1) == N && k_in.size(2) == D, "tree_attention: k must be [Hkv, ", N, ", ", D,
-              "] to match q ", q_in.sizes(), ", got ", k_in.sizes());
+                    "] to match q ", q_in.sizes(), ", got ", k_in.sizes());
   TORCH_CHECK_VALUE(Hkv >= 1 && H % Hkv == 0, "tree_attention: the number of query heads (", H,
-              ") must be a multiple of the number of key/value heads (", Hkv, ")");
+                    ") must be a multiple of the number of key/value heads (", Hkv, ")");
   TORCH_CHECK_VALUE(D >= 1, "tree_attention: head_dim must be >= 1");
   TORCH_CHECK_VALUE(std::isfinite(scale_d), "tree_attention: scale must be finite, got ", scale_d);
   TORCH_CHECK_VALUE(block_q >= 1 && block_k >= 1, "tree_attention: block sizes must be >= 1");
   TORCH_CHECK_VALUE(horizon.device().is_cpu() && horizon.scalar_type() == at::kInt,
-              "tree_attention: horizon must be a CPU int32 tensor, got ", horizon.scalar_type());
+                    "tree_attention: horizon must be a CPU int32 tensor, got ", horizon.scalar_type());
   TORCH_CHECK_VALUE(horizon.dim() == 1 && horizon.size(0) == N, "tree_attention: horizon must have shape [", N,
-              "], got ", horizon.sizes());
+                    "], got ", horizon.sizes());
   TORCH_CHECK_VALUE(horizon.is_contiguous(), "tree_attention: horizon must be contiguous");
   TORCH_CHECK_VALUE(N < std::numeric_limits<int32_t>::max(), "tree_attention: too many tokens for int32 horizon");
   const int32_t* hz = horizon.data_ptr<int32_t>();
   for (int64_t t = 0; t < N; ++t) {
     TORCH_CHECK_VALUE(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t],
-                " must satisfy ", t, " < horizon <= ", N);
+                      " must satisfy ", t, " < horizon <= ", N);
   }
   TORCH_CHECK_VALUE(prefix_k_in.has_value() == prefix_v_in.has_value(),
-              "tree_attention: give both prefix_k and prefix_v or neither");
+                    "tree_attention: give both prefix_k and prefix_v or neither");
   int64_t P = 0;
   if (prefix_k_in.has_value()) {
     check_qkv(*prefix_k_in, "prefix_k");
     check_qkv(*prefix_v_in, "prefix_v");
     TORCH_CHECK_VALUE(prefix_k_in->scalar_type() == dtype && prefix_v_in->scalar_type() == dtype,
-                "tree_attention: prefix_k and prefix_v must have the dtype of q (", dtype, ")");
+                      "tree_attention: prefix_k and prefix_v must have the dtype of q (", dtype, ")");
     TORCH_CHECK_VALUE(prefix_k_in->sizes() == prefix_v_in->sizes(),
-                "tree_attention: prefix_k and prefix_v must have the same shape, got ", prefix_k_in->sizes(),
-                " and ", prefix_v_in->sizes());
+                      "tree_attention: prefix_k and prefix_v must have the same shape, got ", prefix_k_in->sizes(),
+                      " and ", prefix_v_in->sizes());
     TORCH_CHECK_VALUE(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D,
-                "tree_attention: prefix_k must be [", Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
+                      "tree_attention: prefix_k must be [", Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
     P = prefix_k_in->size(1);
   }
 

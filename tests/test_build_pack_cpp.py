@@ -165,6 +165,7 @@ BAD_INPUTS = {
     "cached_len == prompt_len": with_arg(7, torch.tensor([0, 4])),
     "cached_len negative": with_arg(7, torch.tensor([-1, 0])),
     "True column past the response's players": with_arg(0, torch.tensor([[True, False], [True, True], [True, True]])),
+    "fewer columns than an owner's players": with_arg(0, torch.tensor([[True], [True], [False]])),
     "non-contiguous owner": with_arg(1, torch.tensor([0, 9, 0, 9, 1, 9])[::2]),
 }
 
