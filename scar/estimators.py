@@ -2,13 +2,18 @@
 
 A *value function* takes a bool tensor ``[C, n]`` (row ``c`` is coalition ``S_c``; column ``i`` says
 whether player ``i`` is in it) and returns ``C`` values. In SCAR one call becomes one packed
-reward-model pass, so every estimator here works in three steps:
+reward-model pass, so every estimator here works in two phases:
 
-1. build the whole *plan* (every coalition the method needs) with vectorised torch code;
-2. dedupe it, so each distinct coalition, including the empty coalition and the grand coalition,
-   is evaluated exactly once, and call ``value_fn`` on all of it at once (or in chunks of
-   ``batch_size`` rows);
-3. turn the values into Shapley (or Owen) values in float64.
+1. :func:`plan` builds the whole *plan* (every coalition the method needs) with vectorised torch
+   code and dedupes it: :attr:`ShapleyPlan.coalitions` holds each distinct coalition, including the
+   empty coalition and the grand coalition, exactly once;
+2. the caller evaluates those coalitions, in one call or many, and :meth:`ShapleyPlan.finish` turns
+   the values into Shapley (or Owen) values in float64.
+
+:func:`shapley` is the two phases with a value function in between (all distinct coalitions in one
+``value_fn`` call, or in chunks of ``batch_size`` rows). Splitting them lets a caller evaluate the
+plans of many games together: :func:`scar.attribution.shapley_values_many` scores the plans of a
+whole batch of responses in one packed reward-model forest.
 
 Methods (see :func:`shapley`):
 
@@ -52,8 +57,10 @@ __all__ = [
     "DEFAULT_PERMUTATIONS",
     "KERNEL_DEFAULT_EXTRA",
     "METHODS",
+    "ShapleyPlan",
     "ShapleyResult",
     "ValueFn",
+    "plan",
     "shapley",
 ]
 
@@ -125,6 +132,62 @@ class ShapleyResult:
         )
 
 
+Solver = Callable[[torch.Tensor, int], ShapleyResult]
+"""``solve(values of the planned rows [M] float64, n_evals) -> ShapleyResult`` of one method."""
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ShapleyPlan:
+    """The coalitions one game needs, and the way from their values to a :class:`ShapleyResult`.
+
+    Built by :func:`plan`. Evaluate :attr:`coalitions` by any means (for instance together with the
+    plans of other games in one packed reward-model pass) and hand the values to :meth:`finish`.
+
+    Attributes:
+        coalitions: bool ``[U, n]``, the distinct coalitions to evaluate, each once, ∅ and the
+            grand coalition N included (rows in the order of their packed bit pattern).
+        method: the method planned.
+        budget: the budget the plan uses, as :attr:`ShapleyResult.budget`.
+    """
+
+    coalitions: torch.Tensor
+    method: str
+    budget: int | None
+    _inverse: torch.Tensor  # int64 [M]: the row of `coalitions` of each planned row
+    _solve: Solver
+
+    @property
+    def n_players(self) -> int:
+        """Number of players."""
+        return int(self.coalitions.shape[1])
+
+    @property
+    def n_evals(self) -> int:
+        """Number of distinct coalitions to evaluate (rows of :attr:`coalitions`)."""
+        return int(self.coalitions.shape[0])
+
+    def finish(self, values: Any) -> ShapleyResult:
+        """The Shapley (or Owen) values from the values of :attr:`coalitions`.
+
+        Args:
+            values: ``U`` finite numbers (torch tensor on any device, numpy array or sequence);
+                ``values[u]`` is the value of ``coalitions[u]``.
+
+        Raises:
+            ValueError: values of the wrong shape, non-numeric, NaN or infinite (the message names
+                the coalition).
+        """
+        return self._finish(_to_float64(values, self.coalitions, from_value_fn=False))
+
+    def _finish(self, values: torch.Tensor) -> ShapleyResult:
+        """:meth:`finish` for float64 ``[U]`` values that are already validated."""
+        return self._solve(values[self._inverse], self.n_evals)
+
+    def __repr__(self) -> str:
+        return (f"ShapleyPlan(method={self.method!r}, n_players={self.n_players}, "
+                f"budget={self.budget}, n_evals={self.n_evals})")
+
+
 # --------------------------------------------------------------------------- argument checks
 
 
@@ -190,54 +253,51 @@ def _players(row: torch.Tensor) -> list[int]:
     return torch.nonzero(row).flatten().tolist()
 
 
-def _to_float64(raw: Any, batch: torch.Tensor) -> torch.Tensor:
-    """Validate one ``value_fn`` answer for ``batch`` and return it as float64 ``[C]`` on the CPU."""
+def _to_float64(raw: Any, batch: torch.Tensor, *, from_value_fn: bool = True) -> torch.Tensor:
+    """Validate the values of the coalitions ``batch`` and return them as float64 ``[C]`` on the CPU.
+
+    ``from_value_fn``: the values are one ``value_fn`` answer (inside :func:`shapley`), else the
+    values handed to :meth:`ShapleyPlan.finish` for the whole plan; only the messages differ.
+    """
     c = batch.shape[0]
-    where = f"the batch of {c} coalitions starting with coalition {_players(batch[0])}"
+    if from_value_fn:
+        got, needs = "value_fn returned", "value_fn must return"
+        where = f"the batch of {c} coalitions starting with coalition {_players(batch[0])}"
+    else:
+        got, needs = "ShapleyPlan.finish got", "ShapleyPlan.finish needs"
+        where = f"the plan's {c} coalitions (ShapleyPlan.coalitions)"
     if isinstance(raw, torch.Tensor):
         if raw.is_complex():
-            raise ValueError(f"value_fn returned non-numeric values (dtype {raw.dtype}) for {where}")
+            raise ValueError(f"{got} non-numeric values (dtype {raw.dtype}) for {where}")
         out = raw.detach().to(device="cpu", dtype=torch.float64)
     else:
         try:
             arr = np.asarray(raw)
         except Exception as exc:  # ragged lists and the like
-            raise ValueError(f"value_fn returned something that is not an array of numbers "
+            raise ValueError(f"{got} something that is not an array of numbers "
                              f"({type(raw).__name__}) for {where}: {exc}") from None
         if arr.dtype.kind not in "biuf":
-            raise ValueError(f"value_fn returned non-numeric values (dtype {arr.dtype}) for {where}")
+            raise ValueError(f"{got} non-numeric values (dtype {arr.dtype}) for {where}")
         out = torch.from_numpy(arr.astype(np.float64, copy=False).copy())
     if out.shape != (c,):
-        raise ValueError(f"value_fn must return one value per coalition, shape ({c},), but returned "
-                         f"shape {tuple(out.shape)} for {where}")
+        raise ValueError(f"{needs} one value per coalition, shape ({c},), but "
+                         f"{'returned' if from_value_fn else 'got'} shape {tuple(out.shape)} "
+                         f"for {where}")
     bad = ~torch.isfinite(out)
     if bool(bad.any()):
         k = int(torch.nonzero(bad)[0])
-        raise ValueError(f"value_fn returned {float(out[k])} (not finite) for coalition "
-                         f"{_players(batch[k])} (players in the coalition, of {batch.shape[1]})")
+        row = "" if from_value_fn else f"row {k} of the plan, "
+        raise ValueError(f"{got} {float(out[k])} (not finite) for coalition "
+                         f"{_players(batch[k])} ({row}players in the coalition, of "
+                         f"{batch.shape[1]})")
     return out
 
 
-def _evaluate(value_fn: ValueFn, plan: torch.Tensor,
-              batch_size: int | None) -> tuple[torch.Tensor, int]:
-    """Values of every row of ``plan``, evaluating each distinct coalition exactly once.
-
-    Returns ``(values [M] float64, number of distinct coalitions)``.
-    """
-    uniq, inverse = _unique_rows(plan)
-    step = uniq.shape[0] if batch_size is None else batch_size
-    chunks = []
-    for start in range(0, uniq.shape[0], step):
-        batch = uniq[start:start + step]
-        chunks.append(_to_float64(value_fn(batch), batch))
-    return torch.cat(chunks)[inverse], int(uniq.shape[0])
-
-
-def _with_ends(plan: torch.Tensor) -> torch.Tensor:
-    """``plan`` with ∅ and N appended as its last two rows (dedupe keeps each once)."""
-    n = plan.shape[1]
+def _with_ends(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with ∅ and N appended as its last two rows (dedupe keeps each once)."""
+    n = rows.shape[1]
     ends = torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
-    return torch.cat([plan, ends])
+    return torch.cat([rows, ends])
 
 
 # --------------------------------------------------------------------------- exact
@@ -253,25 +313,29 @@ def _shapley_weights(n: int) -> torch.Tensor:
     return torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=torch.float64)
 
 
-def _exact(value_fn: ValueFn, n: int, batch_size: int | None) -> ShapleyResult:
+def _exact(n: int) -> tuple[torch.Tensor, int | None, Solver]:
+    """Plan rows (all ``2**n`` coalitions, row ``k`` = integer mask ``k``), budget and solver."""
     if n > EXACT_MAX_PLAYERS:
         raise ValueError(
             f"method='exact' enumerates all 2**n coalitions and is limited to n_players <= "
             f"EXACT_MAX_PLAYERS = {EXACT_MAX_PLAYERS} (got n_players={n}); use a sampled method: "
             f"'permutation', 'kernel' or 'owen' (with a budget)")
     members = _bits(torch.arange(2**n, dtype=torch.int64), n)
-    v, n_evals = _evaluate(value_fn, members, batch_size)
-    sizes = members.sum(1)
-    w = _shapley_weights(n)
-    # phi_i = sum over S without i of w(|S|) (v(S + i) - v(S)); the 2**(n-1) masks without bit i
-    # are the integers k < 2**(n-1) with a zero bit inserted at position i.
-    k = torch.arange(2 ** (n - 1), dtype=torch.int64)
-    values = torch.empty(n, dtype=torch.float64)
-    for i in range(n):
-        low = k & ((1 << i) - 1)
-        without = ((k >> i) << (i + 1)) | low
-        values[i] = (w[sizes[without]] * (v[without | (1 << i)] - v[without])).sum()
-    return ShapleyResult(values, None, n_evals, float(v[0]), float(v[-1]), "exact", None)
+
+    def solve(v: torch.Tensor, n_evals: int) -> ShapleyResult:
+        sizes = members.sum(1)
+        w = _shapley_weights(n)
+        # phi_i = sum over S without i of w(|S|) (v(S + i) - v(S)); the 2**(n-1) masks without
+        # bit i are the integers k < 2**(n-1) with a zero bit inserted at position i.
+        k = torch.arange(2 ** (n - 1), dtype=torch.int64)
+        values = torch.empty(n, dtype=torch.float64)
+        for i in range(n):
+            low = k & ((1 << i) - 1)
+            without = ((k >> i) << (i + 1)) | low
+            values[i] = (w[sizes[without]] * (v[without | (1 << i)] - v[without])).sum()
+        return ShapleyResult(values, None, n_evals, float(v[0]), float(v[-1]), "exact", None)
+
+    return members, None, solve
 
 
 # --------------------------------------------------------------------------- permutation sampling
@@ -287,27 +351,31 @@ def _prefix_plan(perms: torch.Tensor) -> torch.Tensor:
     return plan.reshape(m * (n + 1), n)
 
 
-def _from_antithetic_perms(value_fn: ValueFn, perms: torch.Tensor, batch_size: int | None,
-                           method: str) -> ShapleyResult:
-    """Estimate from permutations ``perms[:P]`` and their reverses ``perms[P:]``.
+def _from_antithetic_perms(perms: torch.Tensor,
+                           method: str) -> tuple[torch.Tensor, int | None, Solver]:
+    """Plan rows, budget and solver of the estimate from permutations ``perms[:P]`` and their
+    reverses ``perms[P:]``.
 
     Each permutation gives one unbiased sample (its marginal contributions); the mean of a
     permutation and its reverse is one independent sample for the standard error.
     """
     m, n = perms.shape
     pairs = m // 2
-    v, n_evals = _evaluate(value_fn, _with_ends(_prefix_plan(perms)), batch_size)
-    base, full = float(v[-2]), float(v[-1])
-    chain = v[:-2].view(m, n + 1)
-    samples = torch.zeros(m, n, dtype=torch.float64)
-    samples.scatter_(1, perms, chain[:, 1:] - chain[:, :-1])
-    pair_means = 0.5 * (samples[:pairs] + samples[pairs:])
-    values = pair_means.mean(0)
-    if pairs > 1:
-        stderr = pair_means.std(0, correction=1) / math.sqrt(pairs)
-    else:
-        stderr = torch.full((n,), float("nan"), dtype=torch.float64)
-    return ShapleyResult(values, stderr, n_evals, base, full, method, m)
+
+    def solve(v: torch.Tensor, n_evals: int) -> ShapleyResult:
+        base, full = float(v[-2]), float(v[-1])
+        chain = v[:-2].view(m, n + 1)
+        samples = torch.zeros(m, n, dtype=torch.float64)
+        samples.scatter_(1, perms, chain[:, 1:] - chain[:, :-1])
+        pair_means = 0.5 * (samples[:pairs] + samples[pairs:])
+        values = pair_means.mean(0)
+        if pairs > 1:
+            stderr = pair_means.std(0, correction=1) / math.sqrt(pairs)
+        else:
+            stderr = torch.full((n,), float("nan"), dtype=torch.float64)
+        return ShapleyResult(values, stderr, n_evals, base, full, method, m)
+
+    return _with_ends(_prefix_plan(perms)), m, solve
 
 
 def _check_perm_budget(budget: int, method: str) -> None:
@@ -319,13 +387,13 @@ def _check_perm_budget(budget: int, method: str) -> None:
                          f"(number of permutations) must be even; got budget={budget}")
 
 
-def _permutation(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
-                 batch_size: int | None) -> ShapleyResult:
+def _permutation(n: int, budget: int | None,
+                 gen: torch.Generator) -> tuple[torch.Tensor, int | None, Solver]:
     budget = DEFAULT_PERMUTATIONS if budget is None else budget
     _check_perm_budget(budget, "permutation")
     half = _random_orders(budget // 2, n, gen)
     perms = torch.cat([half, half.flip(1)])
-    return _from_antithetic_perms(value_fn, perms, batch_size, "permutation")
+    return _from_antithetic_perms(perms, "permutation")
 
 
 # --------------------------------------------------------------------------- KernelSHAP
@@ -442,8 +510,8 @@ def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor, pairs
     return torch.sqrt(torch.clamp(torch.diagonal(m @ cov @ m.T), min=0.0))
 
 
-def _kernel(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
-            batch_size: int | None) -> ShapleyResult:
+def _kernel(n: int, budget: int | None,
+            gen: torch.Generator) -> tuple[torch.Tensor, int | None, Solver]:
     if budget is None:
         budget = min(2 * n + KERNEL_DEFAULT_EXTRA, 2**n - 2)  # 0 when n == 1: nothing to sample
     else:
@@ -456,21 +524,24 @@ def _kernel(value_fn: ValueFn, n: int, budget: int | None, gen: torch.Generator,
                              f"budget={budget}")
         budget = min(budget, 2**n - 2)
     z, w, pairs, sampled_mass = _kernel_plan(n, budget, gen)
-    v, n_evals = _evaluate(value_fn, _with_ends(z), batch_size)
-    base, full = float(v[-2]), float(v[-1])
-    y = v[:-2] - base
-    zf = z.double()
-    values, m, identified = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * y), full - base)
-    # The solve meets sum(phi) = v(N) - v(∅) up to cond(KKT) * eps; spread that residue evenly so
-    # efficiency holds to rounding for any conditioning.
-    values += ((full - base) - values.sum()) / n
-    if not identified:  # some players never separated in the sample: their split is arbitrary
-        stderr = torch.full((n,), float("inf"), dtype=torch.float64)
-    elif pairs == 0:  # every coalition enumerated: the exact Shapley values
-        stderr = torch.zeros(n, dtype=torch.float64)
-    else:
-        stderr = _kernel_stderr(zf, y - zf @ values, m, pairs, sampled_mass)
-    return ShapleyResult(values, stderr, n_evals, base, full, "kernel", budget)
+
+    def solve(v: torch.Tensor, n_evals: int) -> ShapleyResult:
+        base, full = float(v[-2]), float(v[-1])
+        y = v[:-2] - base
+        zf = z.double()
+        values, m, identified = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * y), full - base)
+        # The solve meets sum(phi) = v(N) - v(∅) up to cond(KKT) * eps; spread that residue
+        # evenly so efficiency holds to rounding for any conditioning.
+        values += ((full - base) - values.sum()) / n
+        if not identified:  # some players never separated in the sample: their split is arbitrary
+            stderr = torch.full((n,), float("inf"), dtype=torch.float64)
+        elif pairs == 0:  # every coalition enumerated: the exact Shapley values
+            stderr = torch.zeros(n, dtype=torch.float64)
+        else:
+            stderr = _kernel_stderr(zf, y - zf @ values, m, pairs, sampled_mass)
+        return ShapleyResult(values, stderr, n_evals, base, full, "kernel", budget)
+
+    return _with_ends(z), budget, solve
 
 
 # --------------------------------------------------------------------------- Owen values
@@ -549,10 +620,13 @@ def _owen_terms(tree: list) -> int:
     return walk(tree, 1)
 
 
-def _owen_exact(value_fn: ValueFn, n: int, paths: list, batch_size: int | None) -> ShapleyResult:
-    """Owen value of player i: sum over one sibling subset R_l per level (the groups that come
-    before i's group in a random consistent order) of prod_l |R_l|! (m_l-1-|R_l|)! / m_l! times
-    i's marginal contribution to the union of the R_l."""
+def _owen_exact(n: int, paths: list) -> tuple[torch.Tensor, int | None, Solver]:
+    """Plan rows, budget and solver of the exact Owen values.
+
+    Owen value of player i: sum over one sibling subset R_l per level (the groups that come before
+    i's group in a random consistent order) of prod_l |R_l|! (m_l-1-|R_l|)! / m_l! times i's
+    marginal contribution to the union of the R_l.
+    """
     befores, weights = [], []
     for path in paths:
         coal = torch.zeros(1, n, dtype=torch.bool)
@@ -571,15 +645,20 @@ def _owen_exact(value_fn: ValueFn, n: int, paths: list, batch_size: int | None) 
         after[:, i] = True
         withs.append(after)
     sizes = [b.shape[0] for b in befores]
-    v, n_evals = _evaluate(value_fn, _with_ends(torch.cat(befores + withs)), batch_size)
-    v_before, v_with = v[: sum(sizes)].split(sizes), v[sum(sizes): 2 * sum(sizes)].split(sizes)
-    values = torch.stack([(w * (hi - lo)).sum() for w, hi, lo in zip(weights, v_with, v_before)])
-    return ShapleyResult(values, None, n_evals, float(v[-2]), float(v[-1]), "owen", None)
+
+    def solve(v: torch.Tensor, n_evals: int) -> ShapleyResult:
+        v_before = v[: sum(sizes)].split(sizes)
+        v_with = v[sum(sizes): 2 * sum(sizes)].split(sizes)
+        values = torch.stack([(w * (hi - lo)).sum()
+                              for w, hi, lo in zip(weights, v_with, v_before)])
+        return ShapleyResult(values, None, n_evals, float(v[-2]), float(v[-1]), "owen", None)
+
+    return _with_ends(torch.cat(befores + withs)), None, solve
 
 
-def _owen_sampled(value_fn: ValueFn, tree: list, n: int, budget: int, gen: torch.Generator,
-                  batch_size: int | None) -> ShapleyResult:
-    """Antithetic sampling of hierarchy-consistent permutations.
+def _owen_sampled(tree: list, n: int, budget: int,
+                  gen: torch.Generator) -> tuple[torch.Tensor, int | None, Solver]:
+    """Plan rows, budget and solver of antithetic sampling of hierarchy-consistent permutations.
 
     Every tree node below the root gets a uniform random key per sample; ordering players by the
     keys of their ancestors (root's child first, lexicographically) orders the children of every
@@ -614,22 +693,74 @@ def _owen_sampled(value_fn: ValueFn, tree: list, n: int, budget: int, gen: torch
         by_key = np.argsort(level_keys.numpy(), axis=1, kind="stable")
         order = order.gather(1, torch.from_numpy(by_key))
     perms = torch.cat([order, order.flip(1)])
-    return _from_antithetic_perms(value_fn, perms, batch_size, "owen")
+    return _from_antithetic_perms(perms, "owen")
 
 
-def _owen(value_fn: ValueFn, n: int, hierarchy: Any, budget: int | None, gen: torch.Generator,
-          batch_size: int | None) -> ShapleyResult:
+def _owen(n: int, hierarchy: Any, budget: int | None,
+          gen: torch.Generator) -> tuple[torch.Tensor, int | None, Solver]:
     if hierarchy is None:
         raise ValueError("method='owen' needs a hierarchy: nested lists of player indices that "
                          "partition range(n_players), e.g. [[0, 1], [2, [3, 4]]]")
     tree = _parse_hierarchy(hierarchy, n)
     if budget is None and _owen_terms(tree) <= OWEN_EXACT_MAX_TERMS:
-        return _owen_exact(value_fn, n, _owen_paths(tree, n), batch_size)
+        return _owen_exact(n, _owen_paths(tree, n))
     budget = DEFAULT_PERMUTATIONS if budget is None else budget
-    return _owen_sampled(value_fn, tree, n, budget, gen, batch_size)
+    return _owen_sampled(tree, n, budget, gen)
 
 
-# --------------------------------------------------------------------------- entry point
+# --------------------------------------------------------------------------- entry points
+
+
+def plan(
+    n_players: int,
+    *,
+    method: str = "permutation",
+    budget: int | None = None,
+    seed: int | None = None,
+    hierarchy: Sequence[Any] | None = None,
+) -> ShapleyPlan:
+    """Phase one of :func:`shapley`: the distinct coalitions a method needs, and how to finish.
+
+    Evaluate ``plan(...).coalitions`` (bool ``[U, n_players]``) and pass the ``U`` values to
+    :meth:`ShapleyPlan.finish`; the result is exactly what :func:`shapley` returns for the same
+    arguments and a value function giving the same values.
+
+    Args:
+        n_players, method, budget, seed, hierarchy: as :func:`shapley`.
+
+    Returns:
+        A :class:`ShapleyPlan`.
+
+    Raises:
+        TypeError: ``n_players``, ``budget`` or ``seed`` not an int; malformed hierarchy entries.
+        ValueError: ``n_players < 1``; unknown method; budget invalid for the method; budget given
+            to ``exact``; hierarchy given to a method other than ``owen`` or not a partition;
+            ``exact`` with more than ``EXACT_MAX_PLAYERS`` players.
+    """
+    n = _as_int(n_players, "n_players")
+    if n < 1:
+        raise ValueError(f"n_players must be >= 1, got {n}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if budget is not None:
+        budget = _as_int(budget, "budget")
+    if hierarchy is not None and method != "owen":
+        raise ValueError(f"hierarchy is only used by method='owen', got method={method!r}")
+    gen = _make_generator(seed)
+
+    if method == "exact":
+        if budget is not None:
+            raise ValueError(f"method='exact' evaluates all 2**n coalitions and takes no budget "
+                             f"(got budget={budget}); use 'permutation' or 'kernel' to sample")
+        rows, used, solve = _exact(n)
+    elif method == "permutation":
+        rows, used, solve = _permutation(n, budget, gen)
+    elif method == "kernel":
+        rows, used, solve = _kernel(n, budget, gen)
+    else:
+        rows, used, solve = _owen(n, hierarchy, budget, gen)
+    uniq, inverse = _unique_rows(rows)
+    return ShapleyPlan(uniq, method, used, inverse, solve)
 
 
 def shapley(
@@ -644,6 +775,8 @@ def shapley(
 ) -> ShapleyResult:
     """Shapley (or Owen) values of the game ``value_fn`` on ``n_players`` players.
 
+    The two phases of :func:`plan` and :meth:`ShapleyPlan.finish` with ``value_fn`` in between.
+
     Args:
         value_fn: maps a bool tensor ``[C, n_players]`` of coalitions to ``C`` finite numbers
             (torch tensor, numpy array or sequence). Each distinct coalition the method needs,
@@ -655,9 +788,10 @@ def shapley(
             ``DEFAULT_PERMUTATIONS`` = 32). ``kernel``: number of coalitions planned besides ∅ and
             N (enumerated size classes plus sampled pairs; duplicates among the sampled ones are
             evaluated once, so ``n_evals <= budget + 2``), even and >= 2 (default
-            ``min(2n + 2048, 2**n - 2)``; a budget >= ``2**n - 2`` gives the exact answer). ``owen``: number of hierarchy-consistent permutations, even
-            and >= 2; when omitted the Owen values are exact if the tree is small
-            (``OWEN_EXACT_MAX_TERMS``), else 32 permutations are sampled. ``exact`` takes none.
+            ``min(2n + 2048, 2**n - 2)``; a budget >= ``2**n - 2`` gives the exact answer).
+            ``owen``: number of hierarchy-consistent permutations, even and >= 2; when omitted
+            the Owen values are exact if the tree is small (``OWEN_EXACT_MAX_TERMS``), else 32
+            permutations are sampled. ``exact`` takes none.
         seed: seed of the private generator of sampled methods (same seed, same result); ``None``
             draws fresh entropy.
         hierarchy: ``owen`` only: nested lists of player indices partitioning ``range(n)``, e.g.
@@ -678,28 +812,12 @@ def shapley(
     if not callable(value_fn):
         raise TypeError(f"value_fn must be callable (bool Tensor[C, n] -> [C] values), got "
                         f"{type(value_fn).__name__}")
-    n = _as_int(n_players, "n_players")
-    if n < 1:
-        raise ValueError(f"n_players must be >= 1, got {n}")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
-    if budget is not None:
-        budget = _as_int(budget, "budget")
     if batch_size is not None:
         batch_size = _as_int(batch_size, "batch_size")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if hierarchy is not None and method != "owen":
-        raise ValueError(f"hierarchy is only used by method='owen', got method={method!r}")
-    gen = _make_generator(seed)
-
-    if method == "exact":
-        if budget is not None:
-            raise ValueError(f"method='exact' evaluates all 2**n coalitions and takes no budget "
-                             f"(got budget={budget}); use 'permutation' or 'kernel' to sample")
-        return _exact(value_fn, n, batch_size)
-    if method == "permutation":
-        return _permutation(value_fn, n, budget, gen, batch_size)
-    if method == "kernel":
-        return _kernel(value_fn, n, budget, gen, batch_size)
-    return _owen(value_fn, n, hierarchy, budget, gen, batch_size)
+    game = plan(n_players, method=method, budget=budget, seed=seed, hierarchy=hierarchy)
+    coalitions = game.coalitions
+    step = coalitions.shape[0] if batch_size is None else batch_size
+    chunks = [_to_float64(value_fn(batch), batch) for batch in coalitions.split(step)]
+    return game._finish(torch.cat(chunks))

@@ -6,9 +6,11 @@ it was rebuilt on plans, so the rebuild is checked to give the same values for t
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 
-from scar.estimators import shapley
+from scar.estimators import ShapleyPlan, plan, shapley
 
 _W = torch.tensor([0.7, -1.1, 0.4, 1.3, -0.2, 0.9, 0.5, -0.6, 1.7], dtype=torch.float64)
 
@@ -117,3 +119,98 @@ def test_shapley_reproduces_pinned_results() -> None:
         _assert_pinned(name, shapley(pinned_game, n, **kw))
         # chunked evaluation changes nothing
         _assert_pinned(name, shapley(pinned_game, n, batch_size=3, **kw))
+
+
+# --------------------------------------------------------------------------- plan -> finish
+
+
+def _assert_same_result(a, b) -> None:
+    """Bit-identical results (same process, same code path for the numbers)."""
+    assert torch.equal(a.values, b.values)
+    assert (a.stderr is None) == (b.stderr is None)
+    if a.stderr is not None:
+        assert torch.equal(a.stderr, b.stderr)
+    assert (a.n_evals, a.base_value, a.full_value, a.method, a.budget) == \
+        (b.n_evals, b.base_value, b.full_value, b.method, b.budget)
+
+
+def test_plan_then_finish_equals_shapley() -> None:
+    for name, (n, kw) in CASES.items():
+        p = plan(n, **kw)
+        assert isinstance(p, ShapleyPlan) and p.method == kw["method"] and p.n_players == n
+        rows = p.coalitions
+        assert rows.dtype == torch.bool and rows.shape == (p.n_evals, n)
+        assert len({tuple(r) for r in rows.tolist()}) == p.n_evals  # distinct
+        assert [False] * n in rows.tolist() and [True] * n in rows.tolist()  # ∅ and N
+        res = p.finish(pinned_game(rows))
+        _assert_same_result(res, shapley(pinned_game, n, **kw))
+        assert res.budget == p.budget and res.n_evals == p.n_evals
+        _assert_pinned(name, res)
+        # a plan is not used up by finishing it
+        _assert_same_result(p.finish(pinned_game(rows)), res)
+    assert repr(plan(9, **CASES["kernel"][1])) == \
+        "ShapleyPlan(method='kernel', n_players=9, budget=40, n_evals=36)"
+
+
+def test_plans_of_several_games_evaluated_in_one_call() -> None:
+    """The use the two phases exist for: all plans' coalitions go through one evaluation, each
+    game's values are split back out, and every result equals its own shapley() call."""
+    games = [(pinned_game, 6, dict(method="permutation", budget=8, seed=1)),
+             (lambda c: pinned_game(c) * 2.0 - 1.0, 5, dict(method="kernel", budget=12, seed=2)),
+             (lambda c: pinned_game(c.flip(1)), 6, dict(method="owen", hierarchy=HIERARCHY))]
+    plans = [plan(n, **kw) for _, n, kw in games]
+    values = [fn(p.coalitions) for (fn, _, _), p in zip(games, plans)]
+    flat = torch.cat(values)  # stands for one packed pass over every plan
+    parts = flat.split([p.n_evals for p in plans])
+    for (fn, n, kw), p, part in zip(games, plans, parts):
+        _assert_same_result(p.finish(part), shapley(fn, n, **kw))
+
+
+def test_finish_accepts_numpy_lists_and_other_dtypes() -> None:
+    p = plan(5, method="permutation", budget=6, seed=3)
+    v = pinned_game(p.coalitions)
+    expected = p.finish(v)
+    assert torch.equal(p.finish(v.numpy()).values, expected.values)
+    assert torch.equal(p.finish(v.tolist()).values, expected.values)
+    for other in (v.float(), v.clone().requires_grad_(True)):
+        assert torch.allclose(p.finish(other).values, expected.values, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (lambda v: v[:-1], r"ShapleyPlan.finish needs one value per coalition, shape \(\d+,\), but got shape"),
+    (lambda v: v[:, None], r"but got shape \(\d+, 1\)"),
+    (lambda v: 1.0, r"but got shape \(\)"),
+    (lambda v: ["a"] * v.shape[0], "ShapleyPlan.finish got non-numeric values"),
+    (lambda v: v.to(torch.complex64), "non-numeric values"),
+])
+def test_finish_rejects_bad_values(bad, match: str) -> None:
+    p = plan(4, method="exact")
+    with pytest.raises(ValueError, match=match):
+        p.finish(bad(pinned_game(p.coalitions)))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_finish_names_the_non_finite_coalition(value: float) -> None:
+    p = plan(4, method="kernel", budget=14, seed=0)  # every proper coalition: {1, 2} is planned
+    v = pinned_game(p.coalitions)
+    row = int(np.flatnonzero([r == [False, True, True, False] for r in p.coalitions.tolist()])[0])
+    v[row] = value
+    with pytest.raises(ValueError, match=rf"not finite\) for coalition \[1, 2\] \(row {row} of the plan"):
+        p.finish(v)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"n_players": 0}, ValueError, "n_players must be >= 1"),
+    ({"n_players": 2.5}, TypeError, "n_players must be an int"),
+    ({"method": "banzhaf"}, ValueError, "unknown method 'banzhaf'"),
+    ({"budget": 5}, ValueError, "must be even; got budget=5"),
+    ({"method": "exact", "budget": 8}, ValueError, "takes no budget"),
+    ({"method": "owen"}, ValueError, "method='owen' needs a hierarchy"),
+    ({"method": "owen", "hierarchy": [[0, 1]]}, ValueError, r"missing players: \[2\]"),
+    ({"hierarchy": [0, 1, 2]}, ValueError, "hierarchy is only used by method='owen'"),
+    ({"seed": "x"}, TypeError, "seed must be an int"),
+])
+def test_plan_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    args = {"n_players": 3, **kwargs}
+    with pytest.raises(error, match=match):
+        plan(args.pop("n_players"), **args)
