@@ -190,6 +190,10 @@ def _structural_refusal(model: nn.Module, info: RewardModelInfo) -> str | None:
         return f"{info.model_type or type(model).__name__} is a bidirectional encoder: coalitions share no prefix"
     if info.head is None:
         return f"{type(model).__name__} has no `score` head to apply at the read-out rows"
+    attn_impl = str(getattr(model.config, "_attn_implementation", None) or "")
+    if "flash" in attn_impl:
+        return (f"attn_implementation={attn_impl!r} takes no arbitrary 4D mask; load the model with "
+                f"attn_implementation='sdpa' or 'eager' for the trie")
     window = getattr(config, "sliding_window", None)
     if window is not None and getattr(config, "use_sliding_window", True):
         return f"sliding-window attention (sliding_window={window}): a pack is longer than the window allows"
@@ -252,11 +256,12 @@ def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str
 def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
     """Can the packed trie score this model exactly (equal to deleting tokens, up to rounding)?
 
-    Refuses bidirectional encoders, decoders without a ``score`` head, sliding-window / local /
-    chunked attention, ALiBi (bloom, mpt, falcon with ``alibi``), sequence-length-dependent RoPE, and
-    models whose forward ignores ``position_ids``. With ``probe=True`` (default) it also runs a
-    6-token check that a packed forward with a gap equals the deleted sequence (this is what caught
-    models that take ``position_ids`` but derive positions elsewhere).
+    Refuses bidirectional encoders, decoders without a ``score`` head, flash-attention implementations
+    (they ignore a 4D mask), sliding-window / local / chunked attention, ALiBi (bloom, mpt, falcon with
+    ``alibi``), sequence-length-dependent RoPE, and models whose forward takes no ``position_ids``.
+    With ``probe=True`` (default) it also runs a 6-token check that a packed forward with a gap equals
+    the deleted sequence, which catches forwards that take ``position_ids`` but derive positions
+    elsewhere, or mishandle a 4D float mask.
 
     Returns:
         ``(ok, reason)``; ``reason`` says why not, or what was checked when ``ok``.

@@ -214,3 +214,10 @@ def test_trie_budget_smaller_than_one_chain(tiny_model) -> None:
     scorer = CoalitionScorer(tiny_model("gpt2"), backend="trie", max_tokens_per_pass=3)
     with pytest.raises(ValueError, match="max_tokens"):
         scorer.score(*ARGS, COALITIONS)
+
+
+def test_flash_attention_is_refused(tiny_model, monkeypatch) -> None:
+    model = tiny_model("llama", seed=6)
+    monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2", raising=False)
+    ok, why = trie_exactness(model, probe=False)
+    assert not ok and "flash_attention_2" in why
