@@ -7,12 +7,8 @@ from scar.cli import main
 
 
 @pytest.fixture(scope="module")
-def world_root(tmp_path_factory):
-    from scar.data.sentiment import build
-
-    root = tmp_path_factory.mktemp("scar-cache")
-    build(root, size="tiny", progress=False)
-    return root
+def world_root(tiny_world):
+    return tiny_world.path.parent
 
 
 def test_demo_prints_heatmap_and_costs(world_root, capsys):
@@ -24,10 +20,8 @@ def test_demo_prints_heatmap_and_costs(world_root, capsys):
     assert "delight!" in out and ("[+" in out or "[-" in out)
 
 
-def test_explain_json_is_efficient(world_root, capsys, tmp_path):
-    from scar.data.sentiment import build
-
-    world = build(world_root, size="tiny", progress=False)
+def test_explain_json_is_efficient(tiny_world, capsys, tmp_path):
+    world = tiny_world
     page = tmp_path / "credit.html"
     code = main(["explain", "--model", str(world.path / "reward_model"), "--tokenizer",
                  str(world.path / "tokenizer"), "--prompt", "My room was", "--response",
