@@ -2,7 +2,8 @@
 
 ``SCAR(reward_model, tokenizer, ...)(prompts, responses)`` tokenizes each pair, splits the response into
 players (:mod:`scar.players`), estimates their Shapley values with the reward model as the game
-(:class:`scar.scorer.CoalitionScorer` + :func:`scar.attribution.shapley_values`), turns them into
+(:class:`scar.scorer.CoalitionScorer` + :func:`scar.attribution.shapley_values_many`: the coalitions of
+``batch_size`` responses at a time are scored in one call, one packed forest), turns them into
 per-token rewards (:func:`scar.rewards.shape_rewards`) and maps those onto the policy's tokens. The
 ``credit`` argument switches the same object to the baselines (``"abc"``, ``"sparse"``) so experiments
 change credit method with one argument.
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from scar.attribution import shapley_values
+from scar.attribution import ResponseError, shapley_values_many
 from scar.estimators import METHODS
 from scar.players import KINDS, hierarchy, segment
 from scar.rewards import PLACEMENTS, DenseRewards, check_unit_interval, map_to_tokens, place_credit
@@ -286,11 +287,19 @@ class SCAR:
         score_fn: maps ``[B, K]`` logits to scores for reward models with more than two labels.
         removal: the scorer's removal mode (``"delete"`` or ``"replace"``).
         max_span_tokens: the span length cap of ``players="span"`` (the segmenter's default when None).
-        batch_size: sequences per forward pass of the baselines.
+        batch_size: ``credit="scar"``: responses whose coalitions are scored in one scorer call (one packed
+            forest, split into passes by ``max_tokens_per_pass``); the baselines: sequences per forward pass.
+
+    Attributes:
+        last_stats: after a ``credit="scar"`` call, one entry per response: the
+            :class:`scar.scorer.ScorerStats` of the scorer call that scored it. The responses of one chunk of
+            ``batch_size`` share that call, so they share one stats object (count distinct objects, never
+            sum over responses); an empty response's single forward of prompt + suffix has its own stats
+            with backend ``"plain"``.
 
     Raises:
         ValueError / TypeError on bad settings (unknown credit, player kind, method or placement; alpha or
-        beta outside ``[0, 1]``; a tokenizer without offsets), naming the problem.
+        beta outside ``[0, 1]``; batch_size not a positive int; a tokenizer without offsets), naming the problem.
     """
 
     def __init__(
@@ -326,6 +335,8 @@ class SCAR:
             raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         _require_fast(tokenizer, "reward-model")
         self.reward_model = reward_model
         self.tokenizer = tokenizer
@@ -349,8 +360,7 @@ class SCAR:
                 reward_model, backend=backend, removal=removal, score_fn=score_fn,
                 max_tokens_per_pass=max_tokens_per_pass,
             )
-        # Per response of the last call: the scorer's stats (credit="scar" only), for cost reporting; an
-        # empty response's single forward of prompt + suffix is reported with backend "plain".
+        # see the class docstring (credit="scar" only; for cost reporting)
         self.last_stats: list[Any] = []
 
     def __call__(
@@ -398,51 +408,68 @@ class SCAR:
         completion_ids: Sequence[Sequence[int]] | None,
         policy_tokenizer: Any | None,
     ) -> DenseRewards:
-        token_rewards, rewards, base_values, values, stderr, all_players = [], [], [], [], [], []
-        self.last_stats = []
-        bar = tqdm(range(len(responses)), desc="SCAR credit", unit="response", disable=not self.progress)
-        for i in bar:
-            ids = None if completion_ids is None else completion_ids[i]
-            # a trainer's completion that is only EOS decodes to "": legitimate with its ids, an error without
-            enc = encode_pair(self.tokenizer, prompts[i], responses[i], suffix_ids=self.suffix_ids,
-                              allow_empty=ids is not None)
-            check_length(self.scorer.info.max_positions, enc, i)
-            if not enc.response_ids:
-                v0 = self._empty_value(enc, i)
-                token_rewards.append(to_policy_tokens(torch.zeros(0, dtype=torch.float64), enc, policy_tokenizer, ids,
-                                                      final_reward=(1.0 - self.alpha) * v0))
-                rewards.append(v0)
-                base_values.append(v0)
-                values.append(torch.zeros(0, dtype=torch.float64))
-                stderr.append(None)
-                all_players.append([])
-                continue
-            players = self._segment(enc)
-            tree = self._hierarchy(enc, players) if self.method == "owen" else None
-            seed = None if self._rng is None else int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng))
-            try:
-                res = shapley_values(
-                    self.scorer, enc.prompt_ids, enc.response_ids, players, method=self.method,
-                    budget=self.budget, seed=seed, hierarchy=tree, suffix_ids=enc.suffix_ids or None,
-                )
-            except ValueError as err:  # e.g. NaN scores from the reward model: say which response
-                raise ValueError(f"Shapley credit of response {i}: {err}") from err
-            self.last_stats.append(self.scorer.stats)
-            r = check_finite(res.full_value, f"response {i} (full response, v(N))")
-            v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
-            # shape_rewards' R_t with the 1[t == T] part on the policy's last completion token (the EOS
-            # when the completion ends in one), not on the last reward-model token
-            credit = self.alpha * place_credit(res.values, players, placement=self.placement,
-                                               n_tokens=len(enc.response_ids))
-            token_rewards.append(to_policy_tokens(credit, enc, policy_tokenizer, ids,
-                                                  final_reward=(1.0 - self.alpha) * r))
-            rewards.append(r)
-            base_values.append(v0)
-            values.append(res.values)
-            stderr.append(res.stderr)
-            all_players.append(players)
+        n = len(responses)
+        # per response: (token rewards, r, v(∅), values, stderr, players)
+        out: list[tuple[Any, ...]] = [()] * n
+        self.last_stats = [None] * n
+        with tqdm(total=n, desc="SCAR credit", unit="response", disable=not self.progress) as bar:
+            for start in range(0, n, self.batch_size):
+                chunk = range(start, min(n, start + self.batch_size))
+                pending = []  # (index, encoding, players, hierarchy, seed) of the chunk's non-empty responses
+                for i in chunk:
+                    ids = None if completion_ids is None else completion_ids[i]
+                    # a trainer's completion that is only EOS decodes to "": legitimate with its ids, an
+                    # error without
+                    enc = encode_pair(self.tokenizer, prompts[i], responses[i], suffix_ids=self.suffix_ids,
+                                      allow_empty=ids is not None)
+                    check_length(self.scorer.info.max_positions, enc, i)
+                    if not enc.response_ids:
+                        v0 = self._empty_value(enc, i)
+                        out[i] = (to_policy_tokens(torch.zeros(0, dtype=torch.float64), enc, policy_tokenizer, ids,
+                                                   final_reward=(1.0 - self.alpha) * v0),
+                                  v0, v0, torch.zeros(0, dtype=torch.float64), None, [])
+                        continue
+                    players = self._segment(enc)
+                    tree = self._hierarchy(enc, players) if self.method == "owen" else None
+                    seed = None if self._rng is None else int(torch.randint(0, 2**31 - 1, (1,), generator=self._rng))
+                    pending.append((i, enc, players, tree, seed))
+                if pending:
+                    results = self._shapley_chunk(pending)
+                    for (i, enc, players, _, _), res in zip(pending, results):
+                        self.last_stats[i] = self.scorer.stats
+                        ids = None if completion_ids is None else completion_ids[i]
+                        out[i] = self._shaped(i, enc, players, res, policy_tokenizer, ids)
+                bar.update(len(chunk))
+        columns = [list(col) for col in zip(*out)] if n else [[] for _ in range(6)]
+        token_rewards, rewards, base_values, values, stderr, all_players = columns
         return DenseRewards(token_rewards, torch.tensor(rewards, dtype=torch.float64),
                             torch.tensor(base_values, dtype=torch.float64), values, stderr, all_players, "scar")
+
+    def _shapley_chunk(self, pending: list[tuple[int, Encoded, list[Any], Any, int | None]]) -> list[Any]:
+        """Shapley values of a chunk's non-empty responses, all scored in ONE scorer call (one forest)."""
+        try:
+            return shapley_values_many(
+                self.scorer, [p[1].prompt_ids for p in pending], [p[1].response_ids for p in pending],
+                [p[2] for p in pending], method=self.method, budget=self.budget, seed=[p[4] for p in pending],
+                hierarchies=[p[3] for p in pending], suffixes_ids=[p[1].suffix_ids or None for p in pending],
+            )
+        except ResponseError as err:  # e.g. NaN scores from the reward model: say which response
+            raise ValueError(f"Shapley credit of response {pending[err.index][0]}: {err.reason}") from err
+        except ValueError as err:
+            raise ValueError(f"Shapley credit of responses {[p[0] for p in pending]}, scored together (a "
+                             f"'response k' below is the k-th of them): {err}") from err
+
+    def _shaped(self, i: int, enc: Encoded, players: list[Any], res: Any, policy_tokenizer: Any | None,
+                ids: Sequence[int] | None) -> tuple[Any, ...]:
+        """Response ``i``'s ``(token rewards, r, v(∅), values, stderr, players)`` from its Shapley result."""
+        r = check_finite(res.full_value, f"response {i} (full response, v(N))")
+        v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
+        # shape_rewards' R_t with the 1[t == T] part on the policy's last completion token (the EOS
+        # when the completion ends in one), not on the last reward-model token
+        credit = self.alpha * place_credit(res.values, players, placement=self.placement,
+                                           n_tokens=len(enc.response_ids))
+        token_rewards = to_policy_tokens(credit, enc, policy_tokenizer, ids, final_reward=(1.0 - self.alpha) * r)
+        return token_rewards, r, v0, res.values, res.stderr, players
 
     def _empty_value(self, enc: Encoded, index: int) -> float:
         """``r = v(∅)`` of an empty response: one plain forward of ``prompt ⊕ suffix``."""
@@ -450,8 +477,8 @@ class SCAR:
 
         score = sequence_scores(self.reward_model, [enc], score_fn=self.score_fn)[0]
         n = len(enc.ids)
-        self.last_stats.append(ScorerStats(backend="plain", coalitions=1, distinct_coalitions=1, tokens_computed=n,
-                                           passes=1, trie_tokens=n, peak_pack_tokens=n, plain_tokens=n))
+        self.last_stats[index] = ScorerStats(backend="plain", coalitions=1, distinct_coalitions=1, tokens_computed=n,
+                                             passes=1, trie_tokens=n, peak_pack_tokens=n, plain_tokens=n)
         return check_finite(score, f"response {index} (empty response, v(empty))")
 
     def _segment(self, enc: Encoded) -> list[Any]:
