@@ -79,6 +79,7 @@ __all__ = [
     "plot_accuracy",
     "machine_description",
     "run_table",
+    "binary_hierarchy",
 ]
 
 PAD_ID, ABSENT_ID, EOS_ID = 0, 1, 2
@@ -559,14 +560,25 @@ class TreeKernelValue:
 _SCORERS: dict[tuple[int, str], object] = {}
 
 
+def binary_hierarchy(players: Sequence[int]) -> list:
+    """A balanced binary tree over contiguous player indices, e.g. ``[[0, 1], [2, 3]]`` for four players:
+    the shape of shap's Partition clustering of a text, at span level (for ``method="owen"``)."""
+    players = list(players)
+    if len(players) <= 2:
+        return players
+    half = (len(players) + 1) // 2
+    return [binary_hierarchy(players[:half]), binary_hierarchy(players[half:])]
+
+
 def _scar(inst: Instance, backend: str, method: str, budget: int | None, seed: int) -> RunResult:
     from scar.attribution import shapley_values
     from scar.estimators import shapley
     from scar.scorer import CoalitionScorer
 
+    hierarchy = binary_hierarchy(range(len(inst.players))) if method == "owen" else None
     if backend == "trie-kernel":
         value = TreeKernelValue(inst.model, inst.prompt_ids, inst.response_ids, inst.players, inst.suffix_ids)
-        res = shapley(value, len(inst.players), method=method, budget=budget, seed=seed)
+        res = shapley(value, len(inst.players), method=method, budget=budget, seed=seed, hierarchy=hierarchy)
         return RunResult(res.values.numpy(), res.n_evals, value.tokens_computed, value.passes,
                          lower_bound=value.trie_tokens)
     key = (id(inst.model), backend)
@@ -575,7 +587,7 @@ def _scar(inst: Instance, backend: str, method: str, budget: int | None, seed: i
         _SCORERS[key] = CoalitionScorer(inst.model, backend=backend)
     scorer = _SCORERS[key]
     res = shapley_values(scorer, inst.prompt_ids, inst.response_ids, inst.players, method=method, budget=budget,
-                         seed=seed, suffix_ids=inst.suffix_ids)
+                         seed=seed, hierarchy=hierarchy, suffix_ids=inst.suffix_ids)
     st = scorer.stats
     return RunResult(res.values.numpy(), res.n_evals, st.tokens_computed, st.passes, lower_bound=st.trie_tokens)
 
@@ -586,11 +598,14 @@ def run_method(inst: Instance, method: str, *, budget: int | None = None, seed: 
     """Run one attribution method on an instance.
 
     Args:
-        method: one of :data:`ENGINE_METHODS`, ``"scar-kernel"`` (this project's KernelSHAP on the trie),
-            or the exact references ``"captum-exact"`` / ``"shapiq-exact"``.
+        method: one of :data:`ENGINE_METHODS`, ``"scar-kernel"`` (this project's KernelSHAP),
+            ``"scar-owen"`` (its Owen values over :func:`binary_hierarchy`: exact without a budget,
+            else that many hierarchy-consistent permutations), both on the ``trie-kernel`` engine, or
+            the exact references ``"captum-exact"`` / ``"shapiq-exact"``.
         budget: ``shap-partition``: max_evals (default 500); ``shap-permutation``, ``captum-svs``,
             ``scar-*``: permutations (default: the workload's ``n_perms``); ``shapiq-*``: coalitions
-            (default: the workload's ``n_perms * (n + 1)``); ``scar-kernel``: sampled coalitions.
+            (default: the workload's ``n_perms * (n + 1)``); ``scar-kernel``: sampled coalitions;
+            ``scar-owen``: permutations (``None``: exact Owen values).
         seed: seed of the method's sampler.
         value_table, token_cost: peers on the span game only: take values from a table instead of the
             model (accuracy study) and charge ``token_cost(coalitions)`` tokens.
@@ -613,11 +628,13 @@ def run_method(inst: Instance, method: str, *, budget: int | None = None, seed: 
     if method.startswith("scar-"):
         backend = method[len("scar-"):]
         if backend == "kernel":
-            return _scar(inst, "trie", "kernel", budget, seed)
+            return _scar(inst, "trie-kernel", "kernel", budget, seed)
+        if backend == "owen":
+            return _scar(inst, "trie-kernel", "owen", budget, seed)
         if backend not in ("loop", "batched", "trie", "trie-kernel"):
             raise ValueError(f"unknown method {method!r}")
         return _scar(inst, backend, "permutation", budget or w.n_perms, seed)
-    raise ValueError(f"unknown method {method!r}; known: {', '.join(ENGINE_METHODS)}, scar-kernel, "
+    raise ValueError(f"unknown method {method!r}; known: {', '.join(ENGINE_METHODS)}, scar-kernel, scar-owen, "
                      "captum-exact, shapiq-exact")
 
 
@@ -828,7 +845,7 @@ def timed(fn: Callable[[], RunResult], rounds: int, *, warmup: bool = True) -> T
 # ---------------------------------------------------------------------------------------------- accuracy
 
 
-ACCURACY_METHODS = ("scar-permutation", "scar-kernel", "shap-partition", "shap-permutation", "captum-svs",
+ACCURACY_METHODS = ("scar-permutation", "scar-kernel", "scar-owen", "shap-partition", "shap-permutation", "captum-svs",
                     "shapiq-kernel", "shapiq-permutation")
 DEFAULT_ESTIMATOR = "scar-permutation"
 """The project's default estimator: antithetic permutation sampling (``scar.estimators.shapley`` default)."""
@@ -863,7 +880,8 @@ def accuracy_study(inst: Instance, *, budgets: dict[str, Sequence[int]], seeds: 
     Args:
         budgets: per method in :data:`ACCURACY_METHODS`, the budgets to try (permutations for
             ``*-permutation``/``captum-svs``, coalitions for ``*-kernel``, max_evals for
-            ``shap-partition``).
+            ``shap-partition``; for ``scar-owen`` permutations, or ``None`` for its exact Owen values
+            over :func:`binary_hierarchy`).
         exact: ``(values, table)`` from :func:`exact_shapley` (computed when omitted).
 
     Returns:
@@ -878,15 +896,19 @@ def accuracy_study(inst: Instance, *, budgets: dict[str, Sequence[int]], seeds: 
         if method not in ACCURACY_METHODS:
             raise ValueError(f"unknown accuracy method {method!r}; known: {', '.join(ACCURACY_METHODS)}")
         for budget in method_budgets:
-            for seed in (seeds if method != "shap-partition" else seeds[:1]):
-                if method in ("scar-permutation", "scar-kernel"):
+            deterministic = method == "shap-partition" or (method == "scar-owen" and budget is None)
+            for seed in (seeds[:1] if deterministic else seeds):
+                if method in ("scar-permutation", "scar-kernel", "scar-owen"):
                     plan: list[np.ndarray] = []
 
                     def value_fn(c: torch.Tensor) -> np.ndarray:
                         plan.append(c.numpy().copy())
                         return game.values(c.numpy())
 
-                    res = shapley(value_fn, len(inst.players), method=method.split("-")[1], budget=budget, seed=seed)
+                    kind = method.split("-")[1]
+                    hierarchy = binary_hierarchy(range(len(inst.players))) if kind == "owen" else None
+                    res = shapley(value_fn, len(inst.players), method=kind, budget=budget, seed=seed,
+                                  hierarchy=hierarchy)
                     coal = np.concatenate(plan)
                     r = RunResult(res.values.numpy(), res.n_evals, trie_lower_bound(inst, coal), 1)
                 elif method == "shap-partition":
