@@ -349,12 +349,15 @@ def dense_mask(
         raise ValueError(f"cached must be >= 0, got {cached}")
     device = horizon.device if device is None else torch.device(device)
     n = horizon.numel()
-    idx = torch.arange(n, device=device)
-    h = horizon.to(device=device, dtype=torch.int64)
-    allowed = (idx[None, :] <= idx[:, None]) & (idx[:, None] < h[None, :])
-    mask = torch.zeros(n, cached + n, dtype=dtype, device=device)
-    mask[:, cached:].masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    idx = torch.arange(n, device=device, dtype=torch.int32)
+    query = idx[:, None]
+    allowed = (query >= idx[None, :]).logical_and_(query < horizon.to(device=device, dtype=torch.int32)[None, :])
+    zero = torch.zeros((), dtype=dtype, device=device)
+    blocked = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=device)
+    body = torch.where(allowed, zero, blocked)
+    if cached:
+        body = torch.cat([torch.zeros(n, cached, dtype=dtype, device=device), body], dim=1)
+    return body[None, None]
 
 
 @dataclass(frozen=True)
