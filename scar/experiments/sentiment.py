@@ -91,7 +91,7 @@ class TrainConfig:
     num_generations: int = 4
     min_tokens: int = 24
     max_tokens: int = 48
-    learning_rate: float = 1e-4
+    learning_rate: float = 5e-4
     kl_beta: float = 0.04
     temperature: float = 1.0
     alpha: float = 1.0
@@ -252,9 +252,11 @@ def _quiet_and_threads(threads: int | None) -> Iterator[None]:
     from transformers.utils import logging as hf_logging
 
     verbosity, before = hf_logging.get_verbosity(), torch.get_num_threads()
+    bars = hf_logging.is_progress_bar_enabled()
     trl_logger = logging.getLogger("trl")
     trl_level = trl_logger.level
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per model load would drown the step lines
     trl_logger.setLevel(logging.ERROR)
     if threads is not None:
         torch.set_num_threads(threads)
@@ -265,6 +267,8 @@ def _quiet_and_threads(threads: int | None) -> Iterator[None]:
     finally:
         torch.set_num_threads(before)
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
         trl_logger.setLevel(trl_level)
 
 
@@ -378,11 +382,13 @@ def _check_run_args(methods: Sequence[str], seeds: Sequence[int], steps: int) ->
 
 def run(methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2), steps: int = 60,
         size: str = "default", out_dir: str | os.PathLike[str] = "runs/sentiment_grpo", progress: bool = True,
-        *, cache_dir: str | os.PathLike[str] | None = None, config: TrainConfig | None = None) -> dict[str, Any]:
+        *, cache_dir: str | os.PathLike[str] | None = None, config: TrainConfig | None = None,
+        world: Any | None = None) -> dict[str, Any]:
     """Train every (method, seed) pair for ``steps`` GRPO steps and compare them.
 
-    Builds (or loads from ``cache_dir``) the sentiment world of ``size``, evaluates the pre-trained
-    policy once, then runs :func:`train_one` for each seed and method (methods interleaved per seed, so a
+    Builds (or loads from ``cache_dir``) the sentiment world of ``size`` -- or uses ``world``, an
+    already loaded :class:`scar.data.sentiment.SentimentWorld` (``size`` and ``cache_dir`` are then
+    ignored) -- evaluates the pre-trained policy once, then runs :func:`train_one` for each seed and method (methods interleaved per seed, so a
     shortened run still compares all methods). ``results.json`` is rewritten in ``out_dir`` after every
     run (a partial result survives an interruption); at the end the summary is added and the curves are
     drawn into ``out_dir/training_reward.png``.
@@ -398,11 +404,13 @@ def run(methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2), step
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    world = build(cache_dir, size=size, progress=progress)
+    if world is None:
+        world = build(cache_dir, size=size, progress=progress)
+    size = world.size
     results: dict[str, Any] = {
         "config": {"methods": list(methods), "seeds": list(seeds), "steps": steps, "size": size,
                    **asdict(config), **_environment()},
-        "world": {"path": str(world.path), "metrics": world.metrics},
+        "world": {"path": str(world.path), "config": world.config, "metrics": world.metrics},
         "initial": None, "runs": [], "summary": None,
     }
     with _quiet_and_threads(config.threads):
