@@ -343,8 +343,11 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 def _build_into(folder: Path, size: str, config: SizeConfig, progress: bool) -> dict[str, Any]:
     timings: dict[str, float] = {}
-    # Small models gain nothing from more than a few threads, and more would fight other processes.
-    with _torch_threads(max(1, min(4, os.cpu_count() or 1))):
+    # The default models gain from a few threads, not more (more would fight other processes). The
+    # tiny ones are all per-op overhead: extra threads only add synchronisation, which on a busy
+    # machine (tests run next to each other) makes them several times slower.
+    threads = 1 if size == "tiny" else max(1, min(4, os.cpu_count() or 1))
+    with _torch_threads(threads):
         t0 = time.perf_counter()
         corpus = _make_text(config)
         tokenizer = _train_tokenizer(corpus, config)
