@@ -123,7 +123,8 @@ def test_labels_are_vader_of_the_response(world):
 
 
 def test_vader_score_signs():
-    good, bad, plain = S.vader_score(["The film was wonderful.", "The film was not good at all.", "It has four chapters."])
+    texts = ["The film was wonderful.", "The film was not good at all.", "It has four chapters."]
+    good, bad, plain = S.vader_score(texts)
     assert good > 0.5
     assert bad < -0.2
     assert plain == 0.0

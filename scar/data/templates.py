@@ -258,7 +258,8 @@ def clause(rng: random.Random, domain: Domain, polarity: int) -> str:
         noun = rng.choice(words.nouns["pos" if polarity > 0 else "neg"])
         modifier = rng.choice(("", "", "total ", "real ", "complete "))
         head = modifier or noun
-        return f"{rng.choice(('it', 'the whole thing', rng.choice(domain.aspects)))} was {_article(head)} {modifier}{noun}"
+        subject = rng.choice(("it", "the whole thing", rng.choice(domain.aspects)))
+        return f"{subject} was {_article(head)} {modifier}{noun}"
     feeling, negate = _polar_word(rng, words.feelings, polarity)
     verb = "did not feel" if negate else "felt"
     return f"{rng.choice(SUBJECTS)} {verb} {_degree(rng, negate)}{feeling}"
