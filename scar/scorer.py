@@ -8,10 +8,13 @@ A coalition of response players is scored as the reward model's scalar on
 - ``batched``: the deleted sequences, deduplicated, length-sorted and right-padded into batches under
   the token budget, with an attention mask. The only fast path for bidirectional encoders.
 - ``trie``: all coalitions of all responses in one preorder prefix-tree pack (``scar.trie``), run in as
-  few passes of the base model as the token budget allows with a 4D float mask from ``horizon`` and
-  compacted ``position_ids``; the score head is applied at the read-out rows only. A response whose
-  tree does not fit one pass has its prompt computed once into a ``DynamicCache`` that every pass of
-  that response attends to.
+  few passes of the base model as the token budget allows with compacted ``position_ids`` and the
+  attention rule of ``horizon``: either the tree-attention kernel registered with transformers
+  (``attention="kernel"``: ``scar.integrations.transformers.packed_forward``, which never builds an
+  N x N mask and skips invisible key blocks) or a 4D float mask from ``horizon`` given to the model's
+  own attention (``attention="mask"``). The score head is applied at the read-out rows only. A
+  response whose tree does not fit one pass has its prompt computed once into a ``DynamicCache`` that
+  every pass of that response attends to.
 
 Scores are returned as float64 (computed in the model's dtype) so that the Shapley engine's sums are
 not limited by float32 accumulation.
@@ -29,14 +32,16 @@ from torch import nn
 
 from scar.models import RewardModelInfo, evaluation_mode, inspect_model, model_device, model_dtype, trie_exactness
 from scar.players import validate_players
+from scar.integrations.transformers import packed_forward
 from scar.trie import PackLayout, build_pack, dense_mask, split_passes
 
-__all__ = ["CoalitionScorer", "ScorerStats", "BACKENDS", "REMOVALS"]
+__all__ = ["CoalitionScorer", "ScorerStats", "BACKENDS", "REMOVALS", "ATTENTIONS"]
 
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "loop", "batched", "trie")
 REMOVALS = ("delete", "replace")
+ATTENTIONS = ("auto", "kernel", "mask")
 
 IdsLike = torch.Tensor | Sequence[int]
 
@@ -149,6 +154,22 @@ def _as_ranges(players: object, n_tokens: int) -> list[tuple[int, int]]:
     return out
 
 
+def _tree_kernel_support(base: nn.Module) -> tuple[bool, str]:
+    """Whether the tree-attention kernel can run ``base``'s attention: (ok, reason when not)."""
+    if not getattr(base, "_supports_attention_backend", False):
+        return False, f"{type(base).__name__} does not support transformers' attention registry"
+    device = model_device(base)
+    if device.type == "cpu":
+        from scar._ext import has_extension
+
+        return (True, "") if has_extension() else (False, "the C++ extension scar._C is not built")
+    if device.type == "cuda":
+        from scar_kernels.tree_attention import triton_available
+
+        return (True, "") if triton_available() else (False, "Triton is not available")
+    return False, f"no tree-attention kernel for device {device.type!r}"
+
+
 def _hf_readout(seq: torch.Tensor, pad_id: int | None) -> int:
     """Read-out index of a decoder classifier on one sequence, as transformers picks it: the last token,
     or when the config has a pad id, the rightmost token that is not the pad id (0 if all are)."""
@@ -172,6 +193,10 @@ class CoalitionScorer:
         max_tokens_per_pass: token budget of one forward (batch x padded length for ``batched``,
             packed length for ``trie``).
         filler_id: the filler token of ``removal="replace"`` (default: the config's pad, else mask id).
+        attention: how the ``trie`` backend applies the packed mask: ``"kernel"`` (the tree-attention op
+            through transformers' attention registry; needs the C++ extension on CPU or Triton on CUDA,
+            and a model that supports attention backends), ``"mask"`` (a dense 4D float mask, memory
+            O(N^2) per pass), or ``"auto"`` (kernel when available, else mask). Both are exact.
 
     After each call, :attr:`stats` holds a :class:`ScorerStats`.
     """
@@ -185,7 +210,10 @@ class CoalitionScorer:
         score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
         max_tokens_per_pass: int = 8192,
         filler_id: int | None = None,
+        attention: str = "auto",
     ) -> None:
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if removal not in REMOVALS:
@@ -211,7 +239,21 @@ class CoalitionScorer:
         else:
             self.filler_id = None
         self.backend = self._resolve_backend(backend)
+        self.attention = self._resolve_attention(attention)
         self.stats = ScorerStats(backend=self.backend)
+
+    def _resolve_attention(self, attention: str) -> str:
+        """The trie's attention path: ``kernel`` or ``mask`` (``none`` for the other backends)."""
+        if self.backend != "trie":
+            return "none"
+        ok, reason = _tree_kernel_support(self.info.base)
+        if attention == "kernel" and not ok:
+            raise ValueError(f"attention='kernel' is not available: {reason}")
+        if attention == "auto":
+            if not ok:
+                logger.info("CoalitionScorer: the trie uses a dense mask: %s", reason)
+            return "kernel" if ok else "mask"
+        return attention
 
     def _resolve_backend(self, backend: str) -> str:
         if backend == "loop":
@@ -530,15 +572,21 @@ class CoalitionScorer:
 
         for p_idx, p in enumerate(passes):
             n = p.n_tokens
-            hidden = base(
-                input_ids=packed_ids[p.tokens][None].to(device),
-                position_ids=layout.position_ids[p.tokens][None].to(device),
-                attention_mask=dense_mask(p.horizon, cached, dtype=dtype, device=device),
-                cache=cache,
-                use_cache=cache is not None,
-            ).last_hidden_state[0]
-            if cache is not None:
-                cache.crop(-n)  # drop this pass's keys/values; the prompt stays for the next pass
+            ids = packed_ids[p.tokens][None].to(device)
+            positions = layout.position_ids[p.tokens][None].to(device)
+            if self.attention == "kernel":
+                # The cache is only read by the tree kernel: nothing to crop.
+                hidden = packed_forward(base, ids, positions, p.horizon, past_key_values=cache)[0]
+            else:
+                hidden = base(
+                    input_ids=ids,
+                    position_ids=positions,
+                    attention_mask=dense_mask(p.horizon, cached, dtype=dtype, device=device),
+                    cache=cache,
+                    use_cache=cache is not None,
+                ).last_hidden_state[0]
+                if cache is not None:
+                    cache.crop(-n)  # drop this pass's keys/values; the prompt stays for the next pass
             members = (distinct_pass == p_idx).nonzero().flatten()
             rows = torch.searchsorted(p.tokens, readout[members]).to(device)
             values[members] = self._logits_to_scores(self.info.head(hidden[rows]))

@@ -69,9 +69,10 @@ def test_decoder_backends_equal_loop(tiny_model, kind: str, case_name: str) -> N
     ref, _ = score(model, "loop", case)
     assert ref.dtype == torch.float64 and ref.shape == (case["coalitions"].shape[0],)
     assert ref.std() > 0  # the coalitions really differ, so equality below means something
-    for backend in ("batched", "trie"):
-        got, _ = score(model, backend, case)
-        torch.testing.assert_close(got, ref, atol=TOL, rtol=0, msg=f"{kind} {backend} {case_name}")
+    for backend, attention in (("batched", "auto"), ("trie", "mask"), ("trie", "kernel")):
+        got, scorer = score(model, backend, case, attention=attention)
+        assert backend == "batched" or scorer.attention == attention
+        torch.testing.assert_close(got, ref, atol=TOL, rtol=0, msg=f"{kind} {backend} {attention} {case_name}")
     # duplicated coalitions score identically
     assert got[-1] == got[2]
 
@@ -134,11 +135,13 @@ def test_split_passes_and_cached_prompt_equal_loop(tiny_model, kind: str, budget
         backends = ["batched"]
     else:
         backends = ["batched", "trie"] if budget >= 37 else ["trie"]
-    for backend in backends:
-        scorer = CoalitionScorer(model, backend=backend, max_tokens_per_pass=budget)
+    runs = [(b, "auto") for b in backends if b == "batched"]
+    runs += [("trie", a) for a in ("mask", "kernel") if "trie" in backends]
+    for backend, attention in runs:
+        scorer = CoalitionScorer(model, backend=backend, max_tokens_per_pass=budget, attention=attention)
         got = scorer.score_many(*args)
         for g, r in zip(got, refs):
-            torch.testing.assert_close(g, r, atol=TOL, rtol=0)
+            torch.testing.assert_close(g, r, atol=TOL, rtol=0, msg=f"{kind} {backend} {attention}")
         assert scorer.stats.peak_pack_tokens <= budget
         assert scorer.stats.passes > 1
     if kind in DECODERS:  # the long prompt (30 tokens) cannot share a pass: its prompt went through the KV cache

@@ -221,3 +221,17 @@ def test_flash_attention_is_refused(tiny_model, monkeypatch) -> None:
     monkeypatch.setattr(model.config, "_attn_implementation", "flash_attention_2", raising=False)
     ok, why = trie_exactness(model, probe=False)
     assert not ok and "flash_attention_2" in why
+
+
+def test_attention_path_selection(tiny_model, monkeypatch) -> None:
+    import scar._ext
+
+    model = tiny_model("gpt2")
+    assert CoalitionScorer(model, backend="trie").attention == ("kernel" if scar._ext.has_extension() else "mask")
+    assert CoalitionScorer(model, backend="batched").attention == "none"
+    with pytest.raises(ValueError, match="attention must be one of"):
+        CoalitionScorer(model, attention="flash")
+    monkeypatch.setattr(scar._ext, "has_extension", lambda: False)
+    assert CoalitionScorer(model, backend="trie").attention == "mask"
+    with pytest.raises(ValueError, match="C\\+\\+ extension"):
+        CoalitionScorer(model, backend="trie", attention="kernel")
