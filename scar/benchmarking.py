@@ -17,10 +17,11 @@ What is compared (issue 6): the same responses scored with the same reward model
   * ``shapiq-kernel`` / ``shapiq-permutation``: shapiq's ``KernelSHAP`` and ``PermutationSamplingSV`` on the
     span-player game (scored in padded batches).
 
-- this project: :class:`scar.scorer.CoalitionScorer` backends ``loop``, ``batched`` and ``trie`` under
-  :func:`scar.attribution.shapley_values`, and ``trie-kernel``: the same trie pack run through
-  :func:`scar.integrations.transformers.packed_forward`, i.e. the C++ pack builder and the registered
-  ``scar_tree`` attention op (``scar::tree_attention``) instead of a dense ``N x N`` additive mask.
+- this project: :class:`scar.scorer.CoalitionScorer` backends ``loop``, ``batched``, ``trie`` with
+  ``attention="mask"`` (a dense ``N x N`` additive mask) and ``trie-kernel`` = ``trie`` with
+  ``attention="kernel"`` (the registered ``scar_tree`` attention op, ``scar::tree_attention``, through
+  :func:`scar.integrations.transformers.packed_forward`), all under :func:`scar.attribution.shapley_values`;
+  the pack is built by the C++ builder in both trie engines.
 
 Workloads are random-weight GPT-2 reward models built from configs (no downloads), a word-level fast
 tokenizer built locally (one token per word, so text-based and id-based paths score identical
@@ -481,83 +482,26 @@ def _shapiq_exact(inst: Instance, rec: _Recorder) -> RunResult:
     return rec.result(np.asarray(iv.get_n_order_values(1), dtype=np.float64).reshape(-1))
 
 
-class TreeKernelValue:
-    """Value function of one response over the trie pack run with the ``scar_tree`` attention op.
+def _pack_layout(inst: Instance, players: Sequence[tuple[int, int]], coalitions: torch.Tensor):
+    """The prefix-trie pack layout (:func:`scar.trie.build_pack`, C++ when built) of one response's
+    coalitions over ``players`` (tokens in no player are always kept)."""
+    from scar.trie import build_pack
 
-    Builds the pack with the C++ builder (:func:`scar.trie.build_pack`), splits it into passes under
-    ``max_tokens`` (:func:`scar.trie.split_passes`) and runs each pass with
-    :func:`scar.integrations.transformers.packed_forward`; the score head is applied at the read-out
-    rows only. Meant for GPT-2-style decoders whose config has a pad id that never occurs in the
-    sequences (the read-out is then the last token of each coalition).
-    """
-
-    def __init__(self, model: torch.nn.Module, prompt_ids: Sequence[int], response_ids: Sequence[int],
-                 players: Sequence[tuple[int, int]], suffix_ids: Sequence[int], *, max_tokens: int = 8192) -> None:
-        from scar.models import inspect_model
-
-        self.model = model
-        self.info = inspect_model(model)
-        self.prompt = torch.as_tensor(list(prompt_ids), dtype=torch.int64)
-        self.suffix = torch.as_tensor(list(suffix_ids), dtype=torch.int64)
-        response = torch.as_tensor(list(response_ids), dtype=torch.int64)
-        seg_player, seg_len, cursor = [], [], 0
-        for j, (s, e) in enumerate(players):
-            if s > cursor:
-                seg_player.append(-1)
-                seg_len.append(s - cursor)
-            seg_player.append(j)
-            seg_len.append(e - s)
-            cursor = e
-        if cursor < response.numel():
+    seg_player, seg_len, cursor = [], [], 0
+    for j, (s, e) in enumerate(players):
+        if s > cursor:
             seg_player.append(-1)
-            seg_len.append(response.numel() - cursor)
-        self.seg_player = torch.tensor(seg_player, dtype=torch.int64)
-        self.seg_len = torch.tensor(seg_len, dtype=torch.int64)
-        self.source = torch.cat([self.prompt, response, self.suffix])
-        self.max_tokens = max_tokens
-        self.tokens_computed = 0
-        self.trie_tokens = 0
-        self.passes = 0
-
-    def layout(self, coalitions: torch.Tensor):
-        """The pack layout of ``coalitions`` (bool ``[C, n]``)."""
-        from scar.trie import build_pack
-
-        c = coalitions.shape[0]
-        return build_pack(coalitions.to(torch.bool), torch.zeros(c, dtype=torch.int64),
-                          torch.tensor([0, self.seg_player.numel()]), self.seg_player, self.seg_len,
-                          torch.tensor([self.prompt.numel()]), torch.tensor([self.suffix.numel()]),
-                          torch.tensor([0]))
-
-    def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
-        from scar.integrations.transformers import packed_forward
-        from scar.trie import split_passes
-
-        layout = self.layout(coalitions)
-        self.trie_tokens += layout.n_tokens
-        packed_ids = self.source[layout.gather]
-        n_distinct = layout.n_distinct
-        last = torch.zeros(n_distinct, dtype=torch.int64).scatter_(0, layout.inverse, layout.readout)
-        last_node = torch.searchsorted(layout.node_start, last, right=True) - 1
-        passes = split_passes(layout, self.max_tokens)
-        node_pass = torch.full((layout.n_nodes,), -1, dtype=torch.int64)
-        for p_idx, p in enumerate(passes):
-            node_pass[p.owned] = p_idx
-        owner = node_pass[last_node]
-        values = torch.empty(n_distinct, dtype=torch.float64)
-        with torch.inference_mode():
-            for p_idx, p in enumerate(passes):
-                hidden = packed_forward(self.info.base, packed_ids[p.tokens], layout.position_ids[p.tokens],
-                                        p.horizon)[0]
-                members = (owner == p_idx).nonzero().flatten()
-                rows = torch.searchsorted(p.tokens, last[members])
-                values[members] = self.info.head(hidden[rows])[:, 0].double()
-                self.tokens_computed += p.n_tokens
-                self.passes += 1
-        return values[layout.inverse]
-
-
-_SCORERS: dict[tuple[int, str], object] = {}
+            seg_len.append(s - cursor)
+        seg_player.append(j)
+        seg_len.append(e - s)
+        cursor = e
+    if cursor < len(inst.response_ids):
+        seg_player.append(-1)
+        seg_len.append(len(inst.response_ids) - cursor)
+    c = coalitions.shape[0]
+    return build_pack(coalitions.to(torch.bool), torch.zeros(c, dtype=torch.int64), torch.tensor([0, len(seg_player)]),
+                      torch.tensor(seg_player, dtype=torch.int64), torch.tensor(seg_len, dtype=torch.int64),
+                      torch.tensor([len(inst.prompt_ids)]), torch.tensor([len(inst.suffix_ids)]), torch.tensor([0]))
 
 
 def binary_hierarchy(players: Sequence[int]) -> list:
@@ -570,21 +514,22 @@ def binary_hierarchy(players: Sequence[int]) -> list:
     return [binary_hierarchy(players[:half]), binary_hierarchy(players[half:])]
 
 
+_SCORERS: dict[tuple[int, str], object] = {}
+
+
 def _scar(inst: Instance, backend: str, method: str, budget: int | None, seed: int) -> RunResult:
     from scar.attribution import shapley_values
-    from scar.estimators import shapley
     from scar.scorer import CoalitionScorer
 
     hierarchy = binary_hierarchy(range(len(inst.players))) if method == "owen" else None
-    if backend == "trie-kernel":
-        value = TreeKernelValue(inst.model, inst.prompt_ids, inst.response_ids, inst.players, inst.suffix_ids)
-        res = shapley(value, len(inst.players), method=method, budget=budget, seed=seed, hierarchy=hierarchy)
-        return RunResult(res.values.numpy(), res.n_evals, value.tokens_computed, value.passes,
-                         lower_bound=value.trie_tokens)
     key = (id(inst.model), backend)
     if key not in _SCORERS:
-        # Built once per model and backend, as a user would: construction probes the model (trie exactness).
-        _SCORERS[key] = CoalitionScorer(inst.model, backend=backend)
+        # Built once per model and engine, as a user would: construction probes the model (trie exactness).
+        if backend == "loop" or backend == "batched":
+            _SCORERS[key] = CoalitionScorer(inst.model, backend=backend)
+        else:  # trie with a dense float mask, or with the tree-attention kernel (C++ op on CPU)
+            _SCORERS[key] = CoalitionScorer(inst.model, backend="trie",
+                                            attention="kernel" if backend == "trie-kernel" else "mask")
     scorer = _SCORERS[key]
     res = shapley_values(scorer, inst.prompt_ids, inst.response_ids, inst.players, method=method, budget=budget,
                          seed=seed, hierarchy=hierarchy, suffix_ids=inst.suffix_ids)
@@ -665,8 +610,7 @@ def trie_lower_bound(inst: Instance, coalitions: np.ndarray, *, token_level: boo
     """Tokens of the prefix trie of ``coalitions`` (over span players, or over response tokens with
     ``token_level``): the fewest token-forwards any engine needs to score them."""
     players = [(i, i + 1) for i in range(len(inst.response_ids))] if token_level else inst.players
-    value = TreeKernelValue(inst.model, inst.prompt_ids, inst.response_ids, players, inst.suffix_ids)
-    return value.layout(torch.as_tensor(np.asarray(coalitions, dtype=bool))).n_tokens
+    return _pack_layout(inst, players, torch.as_tensor(np.asarray(coalitions, dtype=bool))).n_tokens
 
 
 def plain_tokens(inst: Instance, coalitions: np.ndarray) -> int:
