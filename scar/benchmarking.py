@@ -67,6 +67,7 @@ __all__ = [
     "run_method",
     "exact_shapley",
     "trie_lower_bound",
+    "plain_tokens",
     "plain_forward_seconds",
     "PeakMemory",
     "torch_threads",
