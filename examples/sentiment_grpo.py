@@ -17,18 +17,19 @@ import logging
 
 from scar.experiments import sentiment as experiment
 
-FULL = dict(size="default", seeds=(0, 1, 2), steps=40)
+FULL = dict(size="default", seeds=(0, 1, 2), steps=150)
 QUICK = dict(size="tiny", seeds=(0,), steps=3)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny world, one seed, three steps")
-    parser.add_argument("--steps", type=int, help="GRPO steps per run (default: 40, or 3 with --quick)")
+    parser.add_argument("--steps", type=int, help="GRPO steps per run (default: 150, or 3 with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", help="seeds (default: 0 1 2, or 0 with --quick)")
     parser.add_argument("--methods", nargs="+", choices=experiment.METHODS, default=list(experiment.METHODS))
     parser.add_argument("--out", default="runs/sentiment_grpo", help="output folder (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: %(default)s; more threads than free cores stall badly)")
     parser.add_argument("--table-only", action="store_true", help="print the table of the results in --out")
     args = parser.parse_args(argv)
 
