@@ -287,11 +287,9 @@ def build_pack_reference(
 
 def _native_builder():
     """The C++ builder ``scar._C.build_pack`` if the extension is built, else None."""
-    try:
-        from scar import _C  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return getattr(_C, "build_pack", None)
+    from scar._ext import load  # one loader for the extension: it warns once when it is missing
+
+    return getattr(load(), "build_pack", None)
 
 
 def build_pack(
