@@ -277,7 +277,7 @@ class SCAR:
         backend: the coalition scorer's backend (``"auto"``, ``"trie"``, ``"batched"``, ``"loop"``).
         seed: seeds a private generator that draws one estimator seed per response (reproducible
             sequence of calls); None draws fresh entropy.
-        max_tokens_per_pass: the scorer's token budget per forward pass.
+        max_tokens_per_pass: the scorer's token budget per forward pass (None: the scorer's default).
         policy_tokenizer: the policy's tokenizer when it differs from the reward model's; rewards are then
             returned on the policy's tokens (:func:`to_policy_tokens`).
         progress: show a tqdm progress bar over responses.
@@ -314,7 +314,7 @@ class SCAR:
         placement: str = "last",
         backend: str = "auto",
         seed: int | None = None,
-        max_tokens_per_pass: int = 8192,
+        max_tokens_per_pass: int | None = None,
         policy_tokenizer: Any | None = None,
         progress: bool = True,
         credit: str = "scar",

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "loop", "batched", "trie")
 REMOVALS = ("delete", "replace")
 ATTENTIONS = ("auto", "kernel", "mask")
+DEFAULT_PASS_TOKENS = 8192
+DEFAULT_MASK_PASS_TOKENS = 1024  # the dense-mask trie: see CoalitionScorer's max_tokens_per_pass
 
 IdsLike = torch.Tensor | Sequence[int]
 
@@ -191,7 +193,10 @@ class CoalitionScorer:
             replaced by ``filler_id``, positions unchanged).
         score_fn: maps logits ``[B, num_labels]`` to scores ``[B]``; required when num_labels > 2.
         max_tokens_per_pass: token budget of one forward (batch x padded length for ``batched``,
-            packed length for ``trie``).
+            packed length for ``trie``). Default (None): 8192, or 1024 for a trie on the dense-mask
+            path, whose O(N^2) mask makes long passes slower than several short ones (on GPT-2 4x256,
+            2 CPU threads, 5,956 packed tokens: 1.58 s at 8192 vs 0.58 s at 1024; the kernel path
+            takes 0.45 s at 8192).
         filler_id: the filler token of ``removal="replace"`` (default: the config's pad, else mask id).
         attention: how the ``trie`` backend applies the packed mask: ``"kernel"`` (the tree-attention op
             through transformers' attention registry; needs the C++ extension on CPU or Triton on CUDA,
@@ -208,7 +213,7 @@ class CoalitionScorer:
         backend: str = "auto",
         removal: str = "delete",
         score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        max_tokens_per_pass: int = 8192,
+        max_tokens_per_pass: int | None = None,
         filler_id: int | None = None,
         attention: str = "auto",
     ) -> None:
@@ -218,7 +223,9 @@ class CoalitionScorer:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if removal not in REMOVALS:
             raise ValueError(f"removal must be one of {REMOVALS}, got {removal!r}")
-        if isinstance(max_tokens_per_pass, bool) or not isinstance(max_tokens_per_pass, int) or max_tokens_per_pass < 1:
+        if max_tokens_per_pass is not None and (
+                isinstance(max_tokens_per_pass, bool) or not isinstance(max_tokens_per_pass, int)
+                or max_tokens_per_pass < 1):
             raise ValueError(f"max_tokens_per_pass must be a positive int, got {max_tokens_per_pass!r}")
         if score_fn is not None and not callable(score_fn):
             raise TypeError("score_fn must be callable")
@@ -228,7 +235,6 @@ class CoalitionScorer:
             raise ValueError(f"the model has {self.info.num_labels} labels: pass score_fn(logits) -> scores")
         self.score_fn = score_fn
         self.removal = removal
-        self.max_tokens_per_pass = max_tokens_per_pass
         if removal == "replace":
             filler = filler_id if filler_id is not None else (
                 self.info.pad_token_id if self.info.pad_token_id is not None else self.info.mask_token_id)
@@ -240,6 +246,9 @@ class CoalitionScorer:
             self.filler_id = None
         self.backend = self._resolve_backend(backend)
         self.attention = self._resolve_attention(attention)
+        if max_tokens_per_pass is None:
+            max_tokens_per_pass = DEFAULT_MASK_PASS_TOKENS if self.attention == "mask" else DEFAULT_PASS_TOKENS
+        self.max_tokens_per_pass: int = max_tokens_per_pass
         self.stats = ScorerStats(backend=self.backend)
 
     def _resolve_attention(self, attention: str) -> str:

@@ -231,6 +231,9 @@ def test_attention_path_selection(tiny_model, monkeypatch) -> None:
     assert CoalitionScorer(model, backend="batched").attention == "none"
     with pytest.raises(ValueError, match="attention must be one of"):
         CoalitionScorer(model, attention="flash")
+    assert CoalitionScorer(model, backend="batched").max_tokens_per_pass == 8192
+    assert CoalitionScorer(model, backend="trie", attention="mask").max_tokens_per_pass == 1024
+    assert CoalitionScorer(model, backend="trie", attention="mask", max_tokens_per_pass=4096).max_tokens_per_pass == 4096
     monkeypatch.setattr(scar._ext, "has_extension", lambda: False)
     assert CoalitionScorer(model, backend="trie").attention == "mask"
     with pytest.raises(ValueError, match="C\\+\\+ extension"):
