@@ -32,7 +32,6 @@ from torch import nn
 
 from scar.models import RewardModelInfo, evaluation_mode, inspect_model, model_device, model_dtype, trie_exactness
 from scar.players import validate_players
-from scar.integrations.transformers import packed_forward
 from scar.trie import PackLayout, build_pack, dense_mask, split_passes
 
 __all__ = ["CoalitionScorer", "ScorerStats", "BACKENDS", "REMOVALS", "ATTENTIONS"]
@@ -547,6 +546,11 @@ class CoalitionScorer:
                     ) -> list[torch.Tensor]:
         """Run a layout's passes (on top of a prompt KV cache of ``cached`` tokens when > 0)."""
         from transformers import DynamicCache
+
+        if self.attention == "kernel":
+            # Imported here, not at module import: it loads the kernel ops (and Triton) and registers
+            # the attention function, which only the kernel path needs.
+            from scar.integrations.transformers import packed_forward
 
         device, dtype = model_device(self.model), model_dtype(self.model)
         base = self.info.base
