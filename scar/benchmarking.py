@@ -984,7 +984,7 @@ def plot_accuracy(summary: Sequence[dict], path: str) -> None:
 QUICK_WORKLOAD = Workload("tiny", 16, 8, 4, 4)
 """Tiny workload (tiny model) for ``scar bench --quick`` and correctness-only runs of ``bench/``."""
 
-GRID: tuple[Workload, ...] = (
+_FIRST_GRID_ROWS: tuple[Workload, ...] = (
     TARGET_WORKLOAD,
     Workload("small", 256, 64, 16, 8),
     Workload("small", 64, 32, 8, 32),
@@ -994,8 +994,17 @@ GRID: tuple[Workload, ...] = (
     Workload("small", 64, 32, 8, 8),
     Workload("large", 1024, 128, 32, 32),
 )
-"""Engine-table workloads in priority order: the target workload first, then the grid of the issue
-(prompt 64/256/1024, response 32/128, 8/16/32 span players, 8/32 permutations, small/large model)."""
+
+GRID: tuple[Workload, ...] = _FIRST_GRID_ROWS + tuple(sorted(
+    (w for w in (Workload(m, p, r, n, k) for m in ("small", "large") for p in (64, 256, 1024) for r in (32, 128)
+                 for n in (8, 16, 32) for k in (8, 32))
+     if w not in _FIRST_GRID_ROWS),
+    # Small model first, then cheap before expensive: sequence length, then coalitions.
+    key=lambda w: (w.model != "small", w.prompt_tokens + w.response_tokens, w.budget_coalitions)))
+"""Engine-table workloads in priority order: the rows measured first (the target workload, then seven
+others, three of them with response 64), then the rest of the issue's grid of 72 (small/large model x
+prompt 64/256/1024 x response 32/128 x 8/16/32 span players x 8/32 permutations), small model first and
+cheap before expensive: 75 workloads in all."""
 
 REFERENCE_MAX_PLAYERS = 16
 _REFERENCES: dict[tuple, np.ndarray] = {}
