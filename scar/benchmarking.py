@@ -53,6 +53,8 @@ __all__ = [
     "Instance",
     "RunResult",
     "TARGET_WORKLOAD",
+    "TRAINED_TARGET_WORKLOAD",
+    "WEIGHTS",
     "QUICK_WORKLOAD",
     "engine_rows",
     "bench_row",
@@ -98,6 +100,9 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 """GPT-2 reward model shapes: the issue's 4 layers x width 256 and 8 layers x width 512, and a tiny one
 for correctness-only runs."""
 
+WEIGHTS = ("random", "trained")
+"""Reward-model weights of a workload: random from a config, or trained on the lexicon world."""
+
 PEER_METHODS = ("shap-partition", "shap-permutation", "captum-svs", "shapiq-kernel", "shapiq-permutation")
 SCAR_METHODS = ("scar-loop", "scar-batched", "scar-trie", "scar-trie-kernel")
 ENGINE_METHODS = PEER_METHODS + SCAR_METHODS
@@ -122,6 +127,9 @@ class Workload:
         n_perms: antithetic permutations of the sampled estimators (``n_perms * (n_players + 1)``
             coalitions, duplicates included); peers get the same number of model evaluations.
         seed: seed of the model weights' and the token ids' generators.
+        weights: ``"random"`` (a random-weight model of size ``model``, random token ids) or ``"trained"``
+            (the reward model of :func:`scar.data.lexicon.build`, whose credit sits on a few sentiment
+            words; prompt and response drawn by its samplers; ``model`` must be ``"small"``, its shape).
     """
 
     model: str = "small"
@@ -130,10 +138,13 @@ class Workload:
     n_players: int = 16
     n_perms: int = 32
     seed: int = 0
+    weights: str = "random"
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_SIZES:
             raise ValueError(f"model must be one of {sorted(MODEL_SIZES)}, got {self.model!r}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights must be one of {WEIGHTS}, got {self.weights!r}")
         for name in ("prompt_tokens", "response_tokens", "n_players", "n_perms"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -142,12 +153,22 @@ class Workload:
             raise ValueError(f"n_players ({self.n_players}) exceeds response_tokens ({self.response_tokens})")
         if self.n_perms % 2:
             raise ValueError(f"n_perms must be even (antithetic pairs), got {self.n_perms}")
+        if self.weights == "trained":
+            from scar.data.lexicon import N_POSITIONS
+
+            if self.model != "small":
+                raise ValueError(f"weights='trained' needs model 'small' (the trained model's shape), "
+                                 f"got {self.model!r}")
+            if self.prompt_tokens + self.response_tokens + 1 > N_POSITIONS:
+                raise ValueError(f"prompt + response + suffix ({self.prompt_tokens + self.response_tokens + 1} "
+                                 f"tokens) exceeds the trained model's {N_POSITIONS} positions")
 
     @property
     def name(self) -> str:
-        """Row id used by ``pytest bench/ -k``: e.g. ``small_p256_r64_n16_k32``."""
+        """Row id used by ``pytest bench/ -k``: e.g. ``small_p256_r64_n16_k32``, with ``_trained`` appended
+        for trained weights."""
         return (f"{self.model}_p{self.prompt_tokens}_r{self.response_tokens}_n{self.n_players}"
-                f"_k{self.n_perms}")
+                f"_k{self.n_perms}" + ("_trained" if self.weights == "trained" else ""))
 
     @property
     def budget_coalitions(self) -> int:
@@ -157,6 +178,9 @@ class Workload:
 
 TARGET_WORKLOAD = Workload("small", 256, 64, 16, 32)
 """The issue's target workload: prompt 256 / response 64 / 16 span players / 32 permutations, small model."""
+
+TRAINED_TARGET_WORKLOAD = Workload("small", 256, 64, 16, 32, weights="trained")
+"""The target workload on the trained lexicon reward model (:mod:`scar.data.lexicon`)."""
 
 
 @dataclass
@@ -249,18 +273,27 @@ def span_players(n_tokens: int, n_players: int) -> list[tuple[int, int]]:
 
 _MODELS: dict[tuple, torch.nn.Module] = {}
 _TOKENIZERS: dict[int, object] = {}
+_WORLDS: dict[str, object] = {}
 
 
-def make_instance(workload: Workload, *, model: torch.nn.Module | None = None, tokenizer: object = None
-                  ) -> Instance:
-    """The workload's model (cached per size and seed), tokenizer and random token ids.
+def make_instance(workload: Workload, *, model: torch.nn.Module | None = None, tokenizer: object = None,
+                  world: object = None) -> Instance:
+    """The workload's model (cached per size and seed), tokenizer and token ids.
 
+    Random weights: random token ids. Trained weights: the model of ``world`` (default
+    :func:`scar.data.lexicon.build`, loaded once per process), a prompt from its ``sample_prompt`` and a
+    response from its ``sample_response``, both drawn from ``numpy.random.default_rng(seed + 1)``.
     ``model``/``tokenizer`` override the defaults (tests pass a tiny model); the model's vocabulary must
-    cover the tokenizer's.
+    cover the tokenizer's. ``world`` (a :class:`scar.data.lexicon.LexiconWorld`, e.g. a tiny one in tests)
+    applies to trained workloads only.
     """
     if tokenizer is None:
         tokenizer = _TOKENIZERS.setdefault(VOCAB_SIZE, build_tokenizer(VOCAB_SIZE))
     vocab = len(tokenizer)
+    if workload.weights == "trained":
+        return _trained_instance(workload, model, tokenizer, world)
+    if world is not None:
+        raise ValueError(f"world applies to trained workloads only; {workload.name} has random weights")
     if model is None:
         key = (workload.model, workload.seed, vocab)
         if key not in _MODELS:
@@ -274,6 +307,26 @@ def make_instance(workload: Workload, *, model: torch.nn.Module | None = None, t
     ids = torch.randint(N_SPECIAL, vocab, (workload.prompt_tokens + workload.response_tokens,), generator=g)
     return Instance(workload, model, tokenizer, ids[: workload.prompt_tokens].tolist(),
                     ids[workload.prompt_tokens:].tolist(), [EOS_ID],
+                    span_players(workload.response_tokens, workload.n_players))
+
+
+def _trained_instance(workload: Workload, model: torch.nn.Module | None, tokenizer: object,
+                      world: object) -> Instance:
+    if world is None:
+        if "default" not in _WORLDS:
+            from scar.data import lexicon
+
+            _WORLDS["default"] = lexicon.build()
+        world = _WORLDS["default"]
+    model = model if model is not None else world.model
+    limit = model.config.n_positions
+    if workload.prompt_tokens + workload.response_tokens + 1 > limit:
+        raise ValueError(f"prompt + response + suffix ({workload.prompt_tokens + workload.response_tokens + 1} "
+                         f"tokens) exceeds the model's {limit} positions")
+    g = np.random.default_rng(workload.seed + 1)
+    prompt = world.sample_prompt(workload.prompt_tokens, g)
+    response = world.sample_response(workload.response_tokens, g)
+    return Instance(workload, model, tokenizer, prompt, response, [EOS_ID],
                     span_players(workload.response_tokens, workload.n_players))
 
 
