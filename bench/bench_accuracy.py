@@ -1,6 +1,10 @@
 """Accuracy per unit of compute: error against exact Shapley values (12 span players) versus coalitions
 evaluated and tokens computed, for this project's estimators and the peers'.
 
+Two full workloads: the reward model trained on ``scar.data.lexicon`` (credit concentrated on a few spans,
+as with real reward models; id ``trained``) and a random-weight one (an almost length-only game; id
+``random``). Correctness-only runs (CI) generate one id, which runs a tiny random-weight workload.
+
 The exact values and the table of all ``2**12`` coalition values come from the reward model (trie
 backend); sampled estimators draw their values from that table, and each is charged the tokens its
 engine computes (``scar.benchmarking.accuracy_study`` says how). ``shap-partition`` runs the real model
@@ -14,8 +18,9 @@ import pytest
 
 from scar import benchmarking as B
 
-PLOT = os.path.join(os.path.dirname(__file__), "plots", "accuracy.png")
-FULL_WORKLOAD = B.Workload("small", 256, 64, 12, 32)
+PLOTS = os.path.join(os.path.dirname(__file__), "plots")
+FULL_WORKLOADS = {"trained": B.Workload("small", 256, 64, 12, 32, weights="trained"),
+                  "random": B.Workload("small", 256, 64, 12, 32)}
 PERMS = [2, 4, 8, 16, 32, 64, 128]
 KERNEL = [26, 50, 100, 200, 400, 800, 1600]
 FULL_BUDGETS = {
@@ -36,8 +41,14 @@ def _order(budget):
     return (budget is not None, budget or 0)
 
 
-def test_accuracy(benchmark, bench_full, tmp_path):
-    workload, budgets = (FULL_WORKLOAD, FULL_BUDGETS) if bench_full else (TINY_WORKLOAD, TINY_BUDGETS)
+def pytest_generate_tests(metafunc):
+    if "weights" in metafunc.fixturenames:
+        full = not metafunc.config.getoption("benchmark_disable", default=False)
+        metafunc.parametrize("weights", list(FULL_WORKLOADS) if full else ["trained"])
+
+
+def test_accuracy(benchmark, bench_full, tmp_path, weights):
+    workload, budgets = (FULL_WORKLOADS[weights], FULL_BUDGETS) if bench_full else (TINY_WORKLOAD, TINY_BUDGETS)
     inst = B.make_instance(workload)
     seeds = range(5) if bench_full else range(2)
     with B.torch_threads():
@@ -45,8 +56,8 @@ def test_accuracy(benchmark, bench_full, tmp_path):
         rows = benchmark.pedantic(B.accuracy_study, args=(inst,), kwargs={"budgets": budgets, "seeds": seeds,
                                                                            "exact": exact}, rounds=1, iterations=1)
     summary = B.summarize_accuracy(rows)
-    path = PLOT if bench_full else str(tmp_path / "accuracy.png")
-    B.plot_accuracy(summary, path)
+    path = os.path.join(PLOTS, f"accuracy_{weights}.png") if bench_full else str(tmp_path / "accuracy.png")
+    B.plot_accuracy(summary, path, title=workload.name)
     benchmark.extra_info["workload"] = workload.name
     benchmark.extra_info["summary"] = summary
     benchmark.extra_info["table"] = B.format_accuracy_table(summary)

@@ -1007,8 +1007,9 @@ def format_accuracy_table(summary: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot_accuracy(summary: Sequence[dict], path: str) -> None:
-    """Error against tokens computed and against coalitions evaluated (log-log), one line per method."""
+def plot_accuracy(summary: Sequence[dict], path: str, *, title: str = "") -> None:
+    """Error against tokens computed and against coalitions evaluated (log-log), one line per method;
+    ``title`` (e.g. the workload) is appended to the figure's title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1027,7 +1028,7 @@ def plot_accuracy(summary: Sequence[dict], path: str) -> None:
         ax.set_ylabel("relative L2 error vs exact Shapley")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Accuracy per unit of compute (12 span players, median over seeds)")
+    fig.suptitle("Accuracy per unit of compute (median over seeds)" + (f": {title}" if title else ""))
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
