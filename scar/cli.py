@@ -114,6 +114,56 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    grid_only = [name for name, given in (("--methods", args.methods is not None),
+                                          ("--workloads", args.workloads is not None),
+                                          ("--max-minutes", args.max_minutes is not None),
+                                          ("--rounds", args.rounds is not None)) if given]
+    if args.grid and args.markdown:
+        args.parser.error("--grid and --markdown exclude each other (--markdown only reads --out)")
+    if args.quick and (args.grid or args.markdown):
+        args.parser.error("--quick prints the target table; it does not combine with --grid/--markdown")
+    if grid_only and not args.grid:
+        args.parser.error(f"{', '.join(grid_only)} only apply with --grid")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        args.parser.error(f"--max-minutes must be >= 0, got {args.max_minutes}")
+    if args.rounds is not None and args.rounds < 1:
+        args.parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    if args.out is not None and not (args.grid or args.markdown):
+        args.parser.error("--out only applies with --grid or --markdown")
+    if args.markdown or args.grid:
+        from scar.bench_grid import DEFAULT_OUT
+
+        args.out = args.out or DEFAULT_OUT
+    if args.markdown:
+        from scar.bench_grid import format_grid_markdown, load_rows
+
+        try:
+            rows = load_rows(args.out)
+        except ValueError as e:
+            args.parser.error(str(e))
+        if not rows:
+            args.parser.error(f"no grid rows in {args.out!r} (run `scar bench --grid` first)")
+        print(format_grid_markdown(rows), end="")
+        return 0
+    if args.grid:
+        from scar.bench_grid import parse_methods, run_grid, select_workloads
+
+        try:
+            methods = parse_methods(args.methods)
+            workloads = select_workloads(args.workloads)
+        except ValueError as e:
+            args.parser.error(str(e))
+        # The command as given (options in a fixed order), stored in every row.
+        command = "scar bench --grid" + "".join(
+            f" {flag} {value}" for flag, value in (("--methods", args.methods), ("--workloads", args.workloads),
+                                                   ("--out", args.out), ("--max-minutes", args.max_minutes),
+                                                   ("--rounds", args.rounds)) if value is not None)
+        run = run_grid(workloads, methods, out=args.out, max_minutes=args.max_minutes,
+                       rounds=args.rounds or 3, command=command)
+        print(f"{len(run.measured)} rows measured, {len(run.skipped)} already in {args.out}"
+              + (f", {len(run.not_started)} not started (--max-minutes)" if run.not_started else "")
+              + (f", {len(run.failed)} failed" if run.failed else ""))
+        return 1 if run.failed else 0
     from scar.benchmarking import run_table
 
     print(run_table(quick=args.quick))
@@ -142,9 +192,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_credit_args(p)
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("bench", help="print the benchmark table (same workloads as bench/)")
+    p = sub.add_parser("bench", help="print the benchmark table (same workloads as bench/), or run the grid")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
-    p.set_defaults(func=_cmd_bench)
+    p.add_argument("--grid", action="store_true",
+                   help="measure the grid's (workload, method) rows missing from --out, appending JSON lines")
+    p.add_argument("--methods", default=None, metavar="M1,M2",
+                   help="with --grid: methods to run, comma-separated (default: all engine methods)")
+    p.add_argument("--workloads", default=None, metavar="SUBSTRING",
+                   help="with --grid: only workloads whose name contains one of these comma-separated substrings")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="grid JSON-lines file (default: bench/results/grid.jsonl)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the markdown table of the rows in --out, without running anything")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+                   help="with --grid: start no new row after this many minutes")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="with --grid: timed runs of the fast (trie) methods (default: 3)")
+    p.set_defaults(func=_cmd_bench, parser=p)
     return parser
 
 
