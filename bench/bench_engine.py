@@ -6,7 +6,8 @@ the coalition scorer together, on every workload of ``scar.benchmarking.GRID``. 
 e.g. ``pytest bench/bench_engine.py --benchmark-only -k "scar-trie and small_p256_r64_n16_k32"``.
 The authors'-path speedup column is filled when ``bench_peers.py``'s ``shap-partition`` row of the same
 workload ran earlier in the session (``pytest bench/bench_peers.py bench/bench_engine.py``).
-With benchmarks disabled (CI) only the first workload's rows run, at the tiny size, for correctness.
+With benchmarks disabled (CI) only the first workload's rows are generated (``bench/conftest.py``) and
+run at the tiny size, for correctness.
 """
 import numpy as np
 import pytest
@@ -14,11 +15,9 @@ import pytest
 from scar import benchmarking as B
 
 
-@pytest.mark.parametrize("workload", B.GRID, ids=lambda w: w.name)
+@pytest.mark.grid_workloads
 @pytest.mark.parametrize("method", B.SCAR_METHODS)
 def test_engine(benchmark, bench_full, workload, method):
-    if not bench_full and workload != B.GRID[0]:
-        pytest.skip("correctness-only run: the tiny workload runs once, under the first workload's id")
     row = B.bench_row(benchmark, bench_full, workload, method)
     inst = B.make_instance(workload if bench_full else B.QUICK_WORKLOAD)
     full, empty = B.full_and_empty_values(inst)

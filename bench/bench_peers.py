@@ -7,7 +7,8 @@ Text masker, 500 evaluations, one reward-model call per string), ``shap-permutat
 ``pytest bench/bench_peers.py --benchmark-only -k "shap-partition and small_p256_r64_n16_k32"``.
 Figures (wall time, coalitions/s, tokens, tokens over the trie lower bound, wall over one plain forward,
 peak memory, speedup over the authors' path, error vs exact Shapley) are in ``benchmark.extra_info``.
-With benchmarks disabled (CI) only the first workload's rows run, at the tiny size, for correctness.
+With benchmarks disabled (CI) only the first workload's rows are generated (``bench/conftest.py``) and
+run at the tiny size, for correctness.
 """
 import math
 
@@ -17,11 +18,9 @@ import pytest
 from scar import benchmarking as B
 
 
-@pytest.mark.parametrize("workload", B.GRID, ids=lambda w: w.name)
+@pytest.mark.grid_workloads
 @pytest.mark.parametrize("method", B.PEER_METHODS)
 def test_peer(benchmark, bench_full, workload, method):
-    if not bench_full and workload != B.GRID[0]:
-        pytest.skip("correctness-only run: the tiny workload runs once, under the first workload's id")
     row = B.bench_row(benchmark, bench_full, workload, method)
     inst = B.make_instance(workload if bench_full else B.QUICK_WORKLOAD)
     values = np.array(row["values"])
