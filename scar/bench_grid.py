@@ -350,47 +350,53 @@ def _speedups(rows: Sequence[dict]) -> dict[tuple[str, str], tuple[float | None,
     return out
 
 
-def _ratio_stats(pairs: Sequence[float]) -> str:
-    if not pairs:
-        return "no rows"
-    return (f"{min(pairs):.2f} / {statistics.median(pairs):.2f} / {max(pairs):.2f} "
-            f"(min / median / max over {len(pairs)} workloads)")
+def _stats(values: Sequence[float]) -> str:
+    if not values:
+        return ""
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f} ({len(values)})"
 
 
 def _headline(rows: Sequence[dict]) -> list[str]:
-    """Cross-grid ratios (min/median/max) that the table supports."""
+    """Cross-grid ratios as a markdown table: min / median / max (number of workloads), over all workloads
+    and per model size (the part of the workload name before the first ``_``)."""
     by = {(r["workload"], r["method"]): r for r in rows}
     workloads = sorted({r["workload"] for r in rows})
+    models = sorted({w.split("_", 1)[0] for w in workloads}, key=lambda m: list(B.MODEL_SIZES).index(m)
+                    if m in B.MODEL_SIZES else len(B.MODEL_SIZES))
 
-    def ratio(num: str, den: str, key: str) -> list[float]:
-        vals = []
+    def ratio(num: str, den: str, key: str) -> dict[str, float]:
+        out = {}
         for w in workloads:
             a, b = by.get((w, num)), by.get((w, den))
             if a and b and a.get(key) and b.get(key):
-                vals.append(a[key] / b[key])
-        return vals
+                out[w] = a[key] / b[key]
+        return out
 
-    def column(method: str, key: str) -> list[float]:
-        return [by[(w, method)][key] for w in workloads
-                if (w, method) in by and by[(w, method)].get(key) is not None]
+    def column(method: str, key: str) -> dict[str, float]:
+        return {w: by[(w, method)][key] for w in workloads
+                if (w, method) in by and by[(w, method)].get(key) is not None}
 
-    lines = []
+    metrics: list[tuple[str, dict[str, float]]] = []
     for fast in ("scar-trie-kernel", "scar-trie"):
         for other in (B.AUTHORS_METHOD, "scar-loop", "scar-batched"):
             for key, label in (("cpu_seconds", "CPU"), ("seconds", "wall")):
-                vals = ratio(other, fast, key)
-                if vals:
-                    lines.append(f"- `{fast}` speedup over `{other}` by {label} time: {_ratio_stats(vals)}")
-    vals = ratio("scar-trie", "scar-trie-kernel", "cpu_seconds")
-    if vals:
-        lines.append(f"- `scar-trie-kernel` speedup over `scar-trie` (dense mask) by CPU time: {_ratio_stats(vals)}")
+                metrics.append((f"`{fast}` speedup over `{other}` ({label} time)", ratio(other, fast, key)))
+    metrics.append(("`scar-trie-kernel` speedup over `scar-trie` (CPU time)",
+                    ratio("scar-trie", "scar-trie-kernel", "cpu_seconds")))
     for m in ("scar-trie-kernel", "scar-trie"):
-        for key, label in (("tokens_over_lb", "tokens / trie lower bound"),
-                           ("cpu_over_plain_forward", "CPU time / one plain forward over as many tokens"),
-                           ("over_plain_forward", "wall time / one plain forward over as many tokens")):
-            vals = column(m, key)
-            if vals:
-                lines.append(f"- `{m}` {label}: {_ratio_stats(vals)}")
+        metrics.append((f"`{m}` tokens / trie lower bound", column(m, "tokens_over_lb")))
+        metrics.append((f"`{m}` CPU time / one plain forward over as many tokens", column(m, "cpu_over_plain_forward")))
+        metrics.append((f"`{m}` wall time / one plain forward over as many tokens", column(m, "over_plain_forward")))
+    metrics = [(label, vals) for label, vals in metrics if vals]
+    if not metrics:
+        return []
+    lines = ["min / median / max over the workloads that have both rows (their number in brackets).", "",
+             "| ratio | all workloads | " + " | ".join(f"{m} model" for m in models) + " |",
+             "|---|---|" + "---|" * len(models)]
+    for label, vals in metrics:
+        cells = [_stats(list(vals.values()))]
+        cells += [_stats([v for w, v in vals.items() if w.split("_", 1)[0] == m]) for m in models]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -417,7 +423,9 @@ def format_grid_markdown(rows: Sequence[dict], *, workloads: Sequence[B.Workload
                  f"({len(workloads)} workloads x {len(methods)} methods).")
     lines.append("")
     if rows:
-        lines.append(f"- Run: {starts[0] if starts else '?'} to {ends[-1] if ends else '?'} (UTC).")
+        lines.append(f"- Run: {starts[0] if starts else '?'} to {ends[-1] if ends else '?'} (UTC). Regenerate: "
+                     "`scar bench --grid [--methods M1,M2] [--workloads SUBSTRING]` (resumes: rows already in "
+                     f"`{DEFAULT_OUT}` are skipped), then `scar bench --markdown > bench/RESULTS_grid.md`.")
         for m in sorted({r.get("machine", "") for r in rows}):
             lines.append(f"- Machine: {m}")
         for c in sorted({r.get("command", "") for r in rows if r.get("command")}):
