@@ -255,7 +255,8 @@ def run_grid(workloads: Sequence[B.Workload], methods: Sequence[str], *, out: st
                     if bar is not None:
                         bar.update(1)
                     continue
-                row.update(workload_spec=dataclasses.asdict(w), machine=machine, command=command, rounds=rounds if method in B.FAST_METHODS else SLOW_ROUNDS)
+                row.update(workload_spec=dataclasses.asdict(w), machine=machine, command=command,
+                           rounds=rounds if method in B.FAST_METHODS else SLOW_ROUNDS)
                 row = _json_safe(row)
                 with open(out, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -298,7 +299,7 @@ def _measure_row(w: B.Workload, method: str, rounds: int, references: dict, warm
                              token_values=token_values, token_level=True)
         timing = _timing_from_row(shared, result)
         extra["shared_from"] = shared.get("shared_from") or shared["workload"]
-        extra["utc_measured"] = shared.get("utc_start")
+        extra["utc_measured"] = shared.get("utc_measured") or shared.get("utc_start")
     else:
         warm_key = (method, w.model)
         if warm_key not in warmed:
@@ -435,7 +436,8 @@ def format_grid_markdown(rows: Sequence[dict], *, workloads: Sequence[B.Workload
                      f"{_fmt(min(loads) if loads else None, '.2f')}–{_fmt(max(loads) if loads else None, '.2f')}.")
         lines.append("- The machine's cores were shared with other processes during the run: wall times are "
                      "inflated by that load (by different amounts for different rows); CPU time "
-                     "(`time.process_time`, one torch thread) is the compute itself. Prefer the CPU columns for ratios.")
+                     "(`time.process_time`, one torch thread) is the compute itself. Prefer the CPU columns for "
+                     "ratios.")
         lines.append(f"- `{B.AUTHORS_METHOD}` runs once per (model, prompt, response, seed): its output and cost do "
                      "not depend on the span players or permutations. Rows marked `*` reuse that run's timing and "
                      "token values (span values = token values summed per span).")

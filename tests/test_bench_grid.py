@@ -40,7 +40,8 @@ def test_resume_skips_done_rows(tmp_path, count_runs):
     assert [r["workload"] for r in again.measured] == [W2.name]
     assert count_runs[(W1.name, "scar-trie-kernel")] == runs  # W1 did not run again
     rows = G.load_rows(out)
-    assert [(r["workload"], r["method"]) for r in rows] == [(W1.name, "scar-trie-kernel"), (W2.name, "scar-trie-kernel")]
+    assert [(r["workload"], r["method"]) for r in rows] == [(W1.name, "scar-trie-kernel"),
+                                                            (W2.name, "scar-trie-kernel")]
     row = rows[0]
     # Each line is strict JSON with the run's context and the engine row's figures.
     assert row["machine"] and row["utc_start"] and row["utc_end"] and row["rounds"] == 1
@@ -70,6 +71,7 @@ def test_authors_run_is_shared_across_span_players_and_permutations(tmp_path, co
     w4 = B.Workload("tiny", 16, 8, 8, 2)
     later = G.run_grid([w4], ["shap-partition"], out=out, progress=False)
     assert later.measured[0]["shared_from"] == W1.name
+    assert later.measured[0]["utc_measured"] == rows[W2.name]["utc_measured"] == rows[W1.name]["utc_start"]
     assert count_runs.get((w4.name, "shap-partition")) is None
 
 
