@@ -63,6 +63,10 @@ RESPONSE_MIX = {"polar": 0.20, "negator": 0.04, "intensifier": 0.04}
 
 RngLike = random.Random | np.random.Generator | int
 
+TRAIN_THREADS = 1
+"""Intra-op threads while training. One, not two: on the project's 2-core machine shared with other jobs,
+two threads ran a training step about 10x slower than one (they wait on each other's descheduled core)."""
+
 
 # ---------------------------------------------------------------------------------------------- lexicon
 
@@ -239,15 +243,21 @@ class SizeConfig:
     empty_fraction: float = 0.02  # training responses deleted entirely (the empty coalition)
     position_weight: float = 0.5  # weight of the every-position loss next to the read-out loss
     warmup_fraction: float = 0.05
+    # First epoch: a fraction ``curriculum_short`` of the examples has prompts <= short_prompt and responses
+    # <= short_response tokens; over the next ``curriculum_ramp`` the caps grow to the full range.
+    curriculum_short: float = 0.6
+    curriculum_ramp: float = 0.2
+    short_prompt: int = 16
+    short_response: int = 32
+    curriculum_chunks: int = 10  # batches are shuffled within consecutive chunks only
     weight_decay: float = 0.01
-    threads: int = 2
 
 
 SIZES: dict[str, SizeConfig] = {
     "default": SizeConfig(n_layer=4, n_embd=256, n_head=4, max_prompt=256, max_response=128,
-                          n_train=6000, epochs=1, n_test=512, lr=1e-3, batch_tokens=4096),
-    "tiny": SizeConfig(n_layer=1, n_embd=32, n_head=2, max_prompt=24, max_response=24,
-                       n_train=1500, epochs=2, n_test=128, lr=3e-3, batch_tokens=1024),
+                          n_train=14000, epochs=1, n_test=256, lr=2e-3, batch_tokens=1024),
+    "tiny": SizeConfig(n_layer=1, n_embd=64, n_head=2, max_prompt=24, max_response=24,
+                       n_train=1500, epochs=2, n_test=128, lr=3e-3, batch_tokens=512),
 }
 
 
@@ -339,7 +349,7 @@ def build(size: str = "default", cache_dir: str | os.PathLike[str] | None = None
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        with _torch_threads(config.threads):
+        with _torch_threads(TRAIN_THREADS):
             model, metrics = _train(lexicon, config, progress)
         metrics["build_seconds"] = time.perf_counter() - start
         model.save_pretrained(tmp / "model")
@@ -388,13 +398,24 @@ def _delete_spans(response: list[int], rng: np.random.Generator) -> list[int]:
 
 
 def _draw_examples(lexicon: Lexicon, config: SizeConfig, n: int, g: np.random.Generator,
-                   coalition_fraction: float) -> list[tuple[list[int], np.ndarray]]:
+                   coalition_fraction: float, curriculum: bool = False) -> list[tuple[list[int], np.ndarray]]:
     """``n`` (sequence, per-position target) pairs: ``prompt ⊕ response ⊕ [EOS]`` with the score of the
-    text up to each position (0 on the neutral prompt; the response's score at ``[EOS]``)."""
+    response up to each response position and the response's score at ``[EOS]``; NaN on the prompt (not
+    supervised: those positions are easy zeros that would dilute the loss of the response's)."""
     out = []
-    for _ in range(n):
-        prompt = lexicon.sample_prompt(int(g.integers(0, config.max_prompt + 1)), g)
-        response = lexicon.sample_response(int(g.integers(1, config.max_response + 1)), g)
+    for i in range(n):
+        prompt_cap, response_cap = config.max_prompt, config.max_response
+        if curriculum:
+            # Short texts first, then lengths grow to the full range: long texts dilute the response's few
+            # polar words in the attention averages of an untrained model, and training on the full range
+            # from the start did not learn at all within the step budget (responses of <= 32 tokens did).
+            grown = min(1.0, max(0.0, (i / n - config.curriculum_short) / config.curriculum_ramp))
+            short_prompt = min(config.short_prompt, prompt_cap)
+            short_response = min(config.short_response, response_cap)
+            prompt_cap = round(short_prompt + (prompt_cap - short_prompt) * grown)
+            response_cap = round(short_response + (response_cap - short_response) * grown)
+        prompt = lexicon.sample_prompt(int(g.integers(0, prompt_cap + 1)), g)
+        response = lexicon.sample_response(int(g.integers(1, response_cap + 1)), g)
         u = g.random()
         if u < config.empty_fraction:
             response = []
@@ -402,16 +423,24 @@ def _draw_examples(lexicon: Lexicon, config: SizeConfig, n: int, g: np.random.Ge
             response = _delete_spans(response, g)
         running = lexicon.running_scores(response)
         final = running[-1] if len(running) else 0.0
-        targets = np.concatenate([np.zeros(len(prompt)), running, [final]])
+        targets = np.concatenate([np.full(len(prompt), np.nan), running, [final]])
         out.append((prompt + response + [EOS_ID], targets))
     return out
 
 
-def _batches(examples: list[tuple[list[int], np.ndarray]], batch_tokens: int, g: np.random.Generator
-             ) -> list[list[int]]:
+def _batches(examples: list[tuple[list[int], np.ndarray]], batch_tokens: int, g: np.random.Generator,
+             chunks: int = 1) -> list[list[int]]:
     """Indices of examples grouped by length (little padding), at most ``batch_tokens`` padded tokens a
-    batch, in random order."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    batch, in random order within each of ``chunks`` consecutive chunks of the examples (which keeps the
+    order of a curriculum)."""
+    bounds = np.linspace(0, len(examples), chunks + 1).round().astype(int)
+    return [batch for lo, hi in zip(bounds[:-1], bounds[1:])
+            for batch in _bucket(examples, range(lo, hi), batch_tokens, g)]
+
+
+def _bucket(examples: list[tuple[list[int], np.ndarray]], index: range, batch_tokens: int,
+            g: np.random.Generator) -> list[list[int]]:
+    order = sorted(index, key=lambda i: len(examples[i][0]))
     batches, current, width = [], [], 0
     for i in order:
         new_width = max(width, len(examples[i][0]))
@@ -450,9 +479,9 @@ def _train(lexicon: Lexicon, config: SizeConfig, progress: bool) -> tuple[torch.
 
     model = _new_model(config)
     g = np.random.default_rng(config.seed + 11)
-    epochs = [_draw_examples(lexicon, config, config.n_train, g, config.coalition_fraction)
-              for _ in range(config.epochs)]
-    plans = [_batches(examples, config.batch_tokens, g) for examples in epochs]
+    epochs = [_draw_examples(lexicon, config, config.n_train, g, config.coalition_fraction, curriculum=e == 0)
+              for e in range(config.epochs)]
+    plans = [_batches(examples, config.batch_tokens, g, config.curriculum_chunks) for examples in epochs]
     total = sum(len(p) for p in plans)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     model.train()
@@ -488,13 +517,13 @@ def _train(lexicon: Lexicon, config: SizeConfig, progress: bool) -> tuple[torch.
 
 def _loss(model: torch.nn.Module, batch: list[tuple[list[int], np.ndarray]], position_weight: float
           ) -> torch.Tensor:
-    """MSE at each row's read-out ([EOS]) plus ``position_weight`` x MSE at every other position.
+    """MSE at each row's read-out ([EOS]) plus ``position_weight`` x MSE at the response's positions.
 
     The score head is applied to every position (the weights ``GPT2ForSequenceClassification`` uses at
     the read-out), so one forward supervises the score of every prefix.
     """
     ids, mask = _pad([seq for seq, _ in batch])
-    target = torch.zeros(ids.shape, dtype=torch.float32)
+    target = torch.full(ids.shape, float("nan"), dtype=torch.float32)
     for b, (_, values) in enumerate(batch):
         target[b, : len(values)] = torch.as_tensor(values, dtype=torch.float32)
     hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -502,7 +531,7 @@ def _loss(model: torch.nn.Module, batch: list[tuple[list[int], np.ndarray]], pos
     last = mask.sum(1) - 1
     rows = torch.arange(len(batch))
     readout = torch.nn.functional.mse_loss(scores[rows, last], target[rows, last])
-    inner = mask.bool().clone()
+    inner = ~torch.isnan(target)
     inner[rows, last] = False
     if position_weight > 0 and bool(inner.any()):
         return readout + position_weight * torch.nn.functional.mse_loss(scores[inner], target[inner])
