@@ -17,8 +17,9 @@ words and every peer of the benchmark runs on it unchanged.
    for sequences ``prompt ⊕ response ⊕ [EOS]`` (prompt of neutral words only, so the reward depends on the
    response alone), read out at ``[EOS]`` as the benchmark does. Training also sees *coalition-like*
    responses (random contiguous spans deleted), where the Shapley estimators query the model, and every
-   position is supervised with the score of the text up to there (a causal model's read-out at position
-   ``t`` only sees that text), which gives many targets per forward.
+   response position is supervised with the score of the response up to there (a causal model's output
+   at position ``t`` only sees that text), which gives many targets per forward. Lengths follow a
+   curriculum (short texts first), without which this model did not learn at all in the step budget.
 
 :func:`build` caches the trained model under ``$SCAR_CACHE`` (or ``~/.cache/scar``) in ``lexicon-v1``
 (``lexicon-v1-<size>`` for other sizes) and loads it on later calls.
