@@ -69,7 +69,7 @@ def test_accuracy(benchmark, bench_full, tmp_path, weights):
         assert all(r["rel_l2_error"] >= 0 for r in curve)
         sampled = [r for r in curve if r["budget"] is not None]
         assert sampled[-1]["coalitions"] >= sampled[0]["coalitions"]
-    # More permutations never cost fewer trie tokens; at 4x the budget the error must drop.
-    perm = sorted((r for r in summary if r["method"] == B.DEFAULT_ESTIMATOR), key=lambda r: r["budget"])
-    assert perm[-1]["tokens"] > perm[0]["tokens"]
-    assert perm[-1]["rel_l2_error"] < perm[0]["rel_l2_error"]
+    # A larger budget of the default estimator costs more trie tokens and, at 3x or more, errs less.
+    default = sorted((r for r in summary if r["method"] == B.DEFAULT_ESTIMATOR), key=lambda r: r["budget"])
+    assert default[-1]["tokens"] > default[0]["tokens"]
+    assert default[-1]["rel_l2_error"] < default[0]["rel_l2_error"]

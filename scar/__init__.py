@@ -7,10 +7,10 @@ through a prefix tree.
 
 Main entry points::
 
-    scar.SCAR(reward_model, tokenizer, players="span", method="permutation")(prompts, responses)
+    scar.SCAR(reward_model, tokenizer, players="span", method="kernel")(prompts, responses)
     scar.CoalitionScorer(model, backend="auto").score(prompt_ids, response_ids, players, coalitions)
-    scar.shapley_values(scorer, prompt_ids, response_ids, players, method="permutation", budget=32)
-    scar.shapley_values_many(scorer, prompts_ids, responses_ids, players_list, budget=32)  # one forest
+    scar.shapley_values(scorer, prompt_ids, response_ids, players, method="kernel", budget=544)
+    scar.shapley_values_many(scorer, prompts_ids, responses_ids, players_list, budget=544)  # one forest
     scar.shapley(value_fn, n_players, method="exact")
 
 Names are imported lazily so that ``import scar`` stays fast (transformers is loaded on first use);

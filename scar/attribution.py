@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from scar.estimators import ShapleyResult, plan, shapley
+from scar.estimators import DEFAULT_METHOD, ShapleyResult, plan, shapley
 from scar.scorer import CoalitionScorer, IdsLike
 
 __all__ = ["ResponseError", "shapley_values", "shapley_values_many"]
@@ -39,7 +39,7 @@ def shapley_values(
     response_ids: IdsLike,
     players: object,
     *,
-    method: str = "permutation",
+    method: str = DEFAULT_METHOD,
     budget: int | None = None,
     seed: int | None = None,
     hierarchy: Sequence[Any] | None = None,
@@ -88,7 +88,7 @@ def shapley_values_many(
     responses_ids: Sequence[IdsLike],
     players_list: Sequence[object],
     *,
-    method: str = "permutation",
+    method: str = DEFAULT_METHOD,
     budget: int | None = None,
     seed: int | Sequence[int | None] | None = None,
     hierarchies: Sequence[Sequence[Any] | None] | None = None,

@@ -845,8 +845,8 @@ def timed(fn: Callable[[], RunResult], rounds: int, *, warmup: bool = True) -> T
 
 ACCURACY_METHODS = ("scar-permutation", "scar-kernel", "scar-owen", "shap-partition", "shap-permutation", "captum-svs",
                     "shapiq-kernel", "shapiq-permutation")
-DEFAULT_ESTIMATOR = "scar-permutation"
-"""The project's default estimator: antithetic permutation sampling (``scar.estimators.shapley`` default)."""
+DEFAULT_ESTIMATOR = "scar-kernel"
+"""The project's default estimator: KernelSHAP (``scar.estimators.DEFAULT_METHOD``)."""
 
 
 @dataclass

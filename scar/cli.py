@@ -19,8 +19,8 @@ def _unit_interval(text: str) -> float:
 def _add_credit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--players", default="span", choices=["token", "span", "sentence"],
                    help="what a player is (default: span)")
-    p.add_argument("--method", default="permutation", choices=["exact", "permutation", "kernel", "owen"],
-                   help="Shapley estimator (default: permutation)")
+    p.add_argument("--method", default="kernel", choices=["exact", "permutation", "kernel", "owen"],
+                   help="Shapley estimator (default: kernel)")
     p.add_argument("--budget", type=int, default=None,
                    help="permutations (permutation/owen) or coalitions (kernel); default: the method's")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")

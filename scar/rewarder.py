@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scar.attribution import ResponseError, shapley_values_many
-from scar.estimators import METHODS
+from scar.estimators import DEFAULT_METHOD, METHODS
 from scar.players import KINDS, hierarchy, segment
 from scar.rewards import PLACEMENTS, DenseRewards, check_unit_interval, map_to_tokens, place_credit
 from scar.scorer import CoalitionScorer, ScorerStats
@@ -267,7 +267,8 @@ class SCAR:
         reward_model: a ``transformers`` ``*ForSequenceClassification`` model (decoder or encoder).
         tokenizer: its *fast* tokenizer (character offsets locate the players).
         players: ``"token"``, ``"span"`` or ``"sentence"`` (:func:`scar.players.segment`).
-        method: Shapley estimator, one of :data:`scar.estimators.METHODS`; ``"owen"`` uses the
+        method: Shapley estimator, one of :data:`scar.estimators.METHODS` (default ``"kernel"``, the
+            lowest error per token computed in ``bench/RESULTS.md``); ``"owen"`` uses the
             sentence > span (> token) hierarchy of each response.
         budget: the estimator's sampling budget (its default when None).
         alpha: weight of the Shapley credit in ``R_t = alpha*phi_t + (1-alpha)*1[t==T]*r``, in ``[0, 1]``;
@@ -308,7 +309,7 @@ class SCAR:
         tokenizer: Any,
         *,
         players: str = "span",
-        method: str = "permutation",
+        method: str = DEFAULT_METHOD,
         budget: int | None = None,
         alpha: float = 1.0,
         placement: str = "last",

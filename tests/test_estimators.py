@@ -491,9 +491,9 @@ def _game3(c: torch.Tensor) -> torch.Tensor:
     ({"n_players": True}, TypeError, "n_players must be an int"),
     ({"method": "banzhaf"}, ValueError, "unknown method 'banzhaf'; valid methods: exact, "
                                         "permutation, kernel, owen"),
-    ({"budget": 1}, ValueError, r"needs budget >= 2 permutations"),
-    ({"budget": 0}, ValueError, r"needs budget >= 2 permutations"),
-    ({"budget": 5}, ValueError, "must be even; got budget=5"),
+    ({"method": "permutation", "budget": 1}, ValueError, r"needs budget >= 2 permutations"),
+    ({"method": "permutation", "budget": 0}, ValueError, r"needs budget >= 2 permutations"),
+    ({"method": "permutation", "budget": 5}, ValueError, "must be even; got budget=5"),
     ({"budget": 4.0}, TypeError, "budget must be an int"),
     ({"method": "kernel", "budget": 0}, ValueError, "needs budget >= 2 sampled coalitions"),
     ({"method": "kernel", "budget": 3}, ValueError, "must be even; got budget=3"),
