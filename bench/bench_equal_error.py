@@ -5,10 +5,11 @@ Full run (``pytest bench/bench_equal_error.py --benchmark-only``): the trained r
 responses; exact Shapley values over all 65,536 coalitions per response; the authors' path (shap Partition,
 500 evaluations); this project's estimators over a sweep of budgets on the trie engine with the
 tree-attention kernel (``scar.equal_error`` says how errors and times are measured). Writes
-``bench/plots/equal_error.png`` and the table to ``benchmark.extra_info``. Correctness-only runs (CI) use a
+``bench/plots/equal_error.png``, ``bench/results/equal_error.json`` and the table to ``benchmark.extra_info``. Correctness-only runs (CI) use a
 tiny random-weight workload.
 """
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -17,6 +18,7 @@ from scar import benchmarking as B
 from scar.equal_error import CANDIDATES, equal_error, format_equal_error, plot_equal_error
 
 PLOT = os.path.join(os.path.dirname(__file__), "plots", "equal_error.png")
+RECORD = os.path.join(os.path.dirname(__file__), "results", "equal_error.json")
 RESPONSES = 3
 TINY = B.Workload("tiny", 16, 8, 4, 4)
 TINY_CANDIDATES = {"permutation": [2, 4, 8], "kernel": [4, 14]}
@@ -30,6 +32,10 @@ def test_equal_error(benchmark, bench_full, tmp_path):
                                 rounds=1, iterations=1)
     path = PLOT if bench_full else str(tmp_path / "equal_error.png")
     plot_equal_error(report, path)
+    record = RECORD if bench_full else str(tmp_path / "equal_error.json")
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    with open(record, "w") as f:
+        json.dump({**dataclasses.asdict(report), "table": format_equal_error(report)}, f, indent=1)
     benchmark.extra_info["table"] = format_equal_error(report)
     benchmark.extra_info["speedup_wall"] = report.speedup_wall
     benchmark.extra_info["speedup_cpu"] = report.speedup_cpu
