@@ -1,7 +1,7 @@
 """Issue 6's headline target: wall time per response at equal or lower error than the SCAR authors' path.
 
 Full run (``pytest bench/bench_equal_error.py --benchmark-only``): the trained reward model of
-``scar.data.lexicon`` (GPT-2, 4 layers x 256), prompt 256 / response 64 / 16 span players, three
+``scar.data.lexicon`` (GPT-2, 4 layers x 256), prompt 256 / response 64 / 16 span players, five
 responses; exact Shapley values over all 65,536 coalitions per response; the authors' path (shap Partition,
 500 evaluations); this project's estimators over a sweep of budgets on the trie engine with the
 tree-attention kernel (``scar.equal_error`` says how errors and times are measured). Writes
@@ -19,7 +19,7 @@ from scar.equal_error import CANDIDATES, equal_error, format_equal_error, plot_e
 
 PLOT = os.path.join(os.path.dirname(__file__), "plots", "equal_error.png")
 RECORD = os.path.join(os.path.dirname(__file__), "results", "equal_error.json")
-RESPONSES = 3
+RESPONSES = 5
 TINY = B.Workload("tiny", 16, 8, 4, 4)
 TINY_CANDIDATES = {"permutation": [2, 4, 8], "kernel": [4, 14]}
 
