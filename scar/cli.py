@@ -120,6 +120,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
                                           ("--rounds", args.rounds is not None)) if given]
     if args.grid and args.markdown:
         args.parser.error("--grid and --markdown exclude each other (--markdown only reads --out)")
+    if args.equal_error and (args.grid or args.markdown):
+        args.parser.error("--equal-error does not combine with --grid/--markdown")
     if args.quick and (args.grid or args.markdown):
         args.parser.error("--quick prints the target table; it does not combine with --grid/--markdown")
     if grid_only and not args.grid:
@@ -164,9 +166,29 @@ def _cmd_bench(args: argparse.Namespace) -> int:
               + (f", {len(run.not_started)} not started (--max-minutes)" if run.not_started else "")
               + (f", {len(run.failed)} failed" if run.failed else ""))
         return 1 if run.failed else 0
+    if args.equal_error:
+        return _equal_error(args.quick)
     from scar.benchmarking import run_table
 
     print(run_table(quick=args.quick))
+    return 0
+
+
+def _equal_error(quick: bool) -> int:
+    """The headline comparison of bench/bench_equal_error.py: the trained reward model, 5 responses (about
+    10 minutes and, on first use, 4 more to train the model), or a tiny random-weight one with --quick."""
+    import dataclasses
+
+    from scar import benchmarking as B
+    from scar.equal_error import equal_error, format_equal_error
+
+    if quick:
+        workload, kwargs = B.Workload("tiny", 16, 8, 4, 4), {"candidates": {"permutation": [2, 8], "kernel": [4, 14]},
+                                                             "seeds": range(2), "rounds": 1, "authors_evals": 40}
+    else:
+        workload, kwargs = B.TRAINED_TARGET_WORKLOAD, {}
+    instances = [B.make_instance(dataclasses.replace(workload, seed=s)) for s in range(2 if quick else 5)]
+    print(format_equal_error(equal_error(instances, progress=True, **kwargs)))
     return 0
 
 
@@ -194,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="print the benchmark table (same workloads as bench/), or run the grid")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
+    p.add_argument("--equal-error", action="store_true",
+                   help="time per response at equal or lower error than the authors' path, on the trained "
+                        "reward model (the headline of bench/RESULTS.md)")
     p.add_argument("--grid", action="store_true",
                    help="measure the grid's (workload, method) rows missing from --out, appending JSON lines")
     p.add_argument("--methods", default=None, metavar="M1,M2",

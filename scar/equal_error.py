@@ -52,6 +52,11 @@ class EqualErrorReport:
             or ``None`` when no swept budget is that accurate.
         authors_error, authors_wall, authors_cpu: mean error and median seconds per response.
         machine: :func:`scar.benchmarking.machine_description` at the end of the run.
+        seeds, rounds: seeds per error estimate and timed runs per (estimator, budget, response).
+        per_response: per response: ``v_full``, ``v_empty``, the ``exact`` values and
+            ``uniform_split_error`` (the error of splitting ``v(N) - v(∅)`` evenly: near 1 when credit is
+            concentrated, near 0 for an almost symmetric game).
+        authors_evals: shap Partition's ``max_evals``.
     """
 
     workload: str
@@ -65,6 +70,7 @@ class EqualErrorReport:
     seeds: int = 0
     rounds: int = 0
     per_response: list[dict] = field(default_factory=list)
+    authors_evals: int = B.SHAP_PARTITION_EVALS
 
     @property
     def speedup_wall(self) -> float:
@@ -174,7 +180,7 @@ def equal_error(instances: Sequence[B.Instance], *, candidates: dict[str, Sequen
     return EqualErrorReport(instances[0].workload.name, authors, sweep, chosen, authors_error,
                             statistics.median(a["wall"] for a in authors),
                             statistics.median(a["cpu"] for a in authors), machine, len(seeds), rounds,
-                            per_response)
+                            per_response, authors_evals)
 
 
 def format_equal_error(report: EqualErrorReport) -> str:
@@ -183,8 +189,8 @@ def format_equal_error(report: EqualErrorReport) -> str:
              "| method | budget | rel L2 err (mean) | worst response | responses at or below the authors' error "
              "| coalitions | tokens | wall s | CPU s | speedup vs authors (wall) | (CPU) |", "|" + "---|" * 11]
     a_tok = float(np.mean([a["tokens"] for a in report.authors]))
-    lines.append(f"| shap-partition (authors) | {B.SHAP_PARTITION_EVALS} | {report.authors_error:.4f} | "
-                 f"{max(a['error'] for a in report.authors):.4f} | – | {B.SHAP_PARTITION_EVALS} | {a_tok:.0f} | "
+    lines.append(f"| shap-partition (authors) | {report.authors_evals} | {report.authors_error:.4f} | "
+                 f"{max(a['error'] for a in report.authors):.4f} | – | {report.authors_evals} | {a_tok:.0f} | "
                  f"{report.authors_wall:.3f} | {report.authors_cpu:.3f} | 1.0x | 1.0x |")
     for r in sorted(report.sweep, key=lambda r: (r["estimator"], r["budget"])):
         mark = " **(chosen)**" if r is report.chosen else ""

@@ -39,3 +39,16 @@ def test_bad_alpha_is_rejected(capsys):
     with pytest.raises(SystemExit):
         main(["demo", "--alpha", "1.5"])
     assert "must be in [0, 1]" in capsys.readouterr().err
+
+
+def test_bench_equal_error_quick_prints_the_verdict(capsys):
+    assert main(["bench", "--equal-error", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "| shap-partition (authors) | 40 |" in out
+    assert "Fastest configuration at equal or lower mean error" in out or "No swept configuration" in out
+
+
+def test_bench_equal_error_does_not_combine_with_the_grid(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--equal-error", "--grid"])
+    assert "--equal-error does not combine" in capsys.readouterr().err
