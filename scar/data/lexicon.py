@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scar.data.sentiment import _install, _torch_threads, default_cache_root
+from scar.data._build import check_size, default_cache_root, install, torch_threads, versioned_folder
 
 FORMAT = "lexicon-v1"  # bump when the recipe or the on-disk layout changes: the folder name follows
 PAD_ID, ABSENT_ID, EOS_ID = 0, 1, 2  # the ids of scar.benchmarking.build_tokenizer
@@ -264,15 +264,7 @@ SIZES: dict[str, SizeConfig] = {
 
 def folder_name(size: str) -> str:
     """``lexicon-v1`` for "default", ``lexicon-v1-<size>`` otherwise."""
-    _check_size(size)
-    return FORMAT if size == "default" else f"{FORMAT}-{size}"
-
-
-def _check_size(size: object) -> None:
-    if not isinstance(size, str):
-        raise TypeError(f"size must be a str, got {type(size).__name__}")
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; known sizes: {sorted(SIZES)}")
+    return versioned_folder(FORMAT, size, SIZES)
 
 
 @dataclass
@@ -320,13 +312,13 @@ def build(size: str = "default", cache_dir: str | os.PathLike[str] | None = None
           progress: bool = True) -> LexiconWorld:
     """Train (or load from the cache) the lexicon world of ``size`` ("default" or "tiny").
 
-    ``cache_dir`` is the cache *root* (default :func:`scar.data.sentiment.default_cache_root`); the world
-    lives in its subfolder :func:`folder_name`. A folder holding the same format and configuration is
+    ``cache_dir`` is the cache *root* (default ``$SCAR_CACHE`` or ``~/.cache/scar``); the world lives in
+    its subfolder :func:`folder_name`. A folder holding the same format and configuration is
     loaded unless ``force``. A build trains in a temporary sibling folder and renames it into place when
     complete, so an interrupted build never leaves a folder that looks valid. "default" is the issue's
     model (4 layers x 256 x 4 heads, 512 positions); "tiny" trains in seconds for tests.
     """
-    _check_size(size)
+    check_size(size, SIZES)
     if cache_dir is not None and not isinstance(cache_dir, str | os.PathLike):
         raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
     if not isinstance(force, bool) or not isinstance(progress, bool):
@@ -350,13 +342,13 @@ def build(size: str = "default", cache_dir: str | os.PathLike[str] | None = None
     tmp.mkdir()
     try:
         start = time.perf_counter()
-        with _torch_threads(TRAIN_THREADS):
+        with torch_threads(TRAIN_THREADS):
             model, metrics = _train(lexicon, config, progress)
         metrics["build_seconds"] = time.perf_counter() - start
         model.save_pretrained(tmp / "model")
         manifest = {"format": FORMAT, "size": size, "config": asdict(config), "metrics": metrics}
         (tmp / "world.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        _install(tmp, target)
+        install(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

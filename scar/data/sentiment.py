@@ -30,7 +30,6 @@ arguments loads that folder and trains nothing (:attr:`SentimentWorld.built` is 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -38,7 +37,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 
 from scar.data import templates
+from scar.data._build import check_size, default_cache_root, install, torch_threads, versioned_folder
 
 logger = logging.getLogger(__name__)
 
@@ -112,23 +112,9 @@ SIZES: dict[str, SizeConfig] = {
 }
 
 
-def default_cache_root() -> Path:
-    """``$SCAR_CACHE`` if set, else ``~/.cache/scar``: the folder that holds every world."""
-    env = os.environ.get("SCAR_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "scar"
-
-
 def folder_name(size: str) -> str:
     """Versioned folder of a size inside the cache root: ``sentiment-v1`` or ``sentiment-v1-<size>``."""
-    _check_size(size)
-    return FORMAT if size == "default" else f"{FORMAT}-{size}"
-
-
-def _check_size(size: object) -> None:
-    if not isinstance(size, str):
-        raise TypeError(f"size must be a str, got {type(size).__name__}")
-    if size not in SIZES:
-        raise ValueError(f"unknown size {size!r}; known sizes: {sorted(SIZES)}")
+    return versioned_folder(FORMAT, size, SIZES)
 
 
 @lru_cache(maxsize=1)
@@ -272,7 +258,7 @@ def build(cache_dir: str | os.PathLike[str] | None = None, *, size: str = "defau
     A build writes into a temporary sibling folder and renames it into place when complete, so an
     interrupted build never leaves a folder that looks valid.
     """
-    _check_size(size)
+    check_size(size, SIZES)
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"cache_dir must be a path or None, got {type(cache_dir).__name__}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_root()
@@ -289,28 +275,11 @@ def build(cache_dir: str | os.PathLike[str] | None = None, *, size: str = "defau
     tmp.mkdir()
     try:
         manifest = _build_into(tmp, size, config, progress)
-        _install(tmp, target)
+        install(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return SentimentWorld(target, size, True, manifest["config"], manifest["metrics"], manifest["timings_s"])
-
-
-def _install(tmp: Path, target: Path) -> None:
-    """Move the finished build ``tmp`` to ``target``, replacing what is there.
-
-    Another process may build the same world at the same time; if it re-creates ``target`` between
-    our removal and our rename, the rename fails and we retry (the last complete build wins).
-    """
-    for attempt in range(3):
-        if target.exists():
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            os.replace(tmp, target)
-            return
-        except OSError:
-            if attempt == 2:
-                raise
 
 
 def _load(target: Path, size: str, config: SizeConfig) -> SentimentWorld | None:
@@ -330,23 +299,12 @@ def _load(target: Path, size: str, config: SizeConfig) -> SentimentWorld | None:
     return SentimentWorld(target, size, False, manifest["config"], manifest["metrics"], manifest["timings_s"])
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` intra-op threads, restoring the caller's setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _build_into(folder: Path, size: str, config: SizeConfig, progress: bool) -> dict[str, Any]:
     timings: dict[str, float] = {}
     # One thread: these models are small enough that intra-op threads mostly synchronise. Measured
     # on the shared 2-core machine (load ~2-3), a "default" reward-model step took 140 ms on one
     # thread and 2.2 s on two; the policy 160 ms against 740 ms.
-    with _torch_threads(1):
+    with torch_threads(1):
         t0 = time.perf_counter()
         corpus = _make_text(config)
         tokenizer = _train_tokenizer(corpus, config)
