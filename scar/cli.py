@@ -68,7 +68,12 @@ def _explain(model, tokenizer, prompt: str, response: str, args: argparse.Namesp
               f"sum of credit = {sum(values):+.4f}")
         print(render_terminal(pieces, values, color=not args.no_color))
         width = max((len(repr(t)) for t in pieces), default=4)
-        print(f"\n{'#':>3}  {'player':<{width}}  credit" + ("   stderr" if stderr is not None else ""))
+        # A zero standard error everywhere means the estimator scored every coalition (exact values).
+        exact = stderr is not None and all(float(s) == 0.0 for s in stderr)
+        if exact:
+            stderr = None
+        print(f"\n{'#':>3}  {'player':<{width}}  credit" + ("   stderr" if stderr is not None else
+                                                          "   (exact: every coalition scored)" if exact else ""))
         for i, (t, v) in enumerate(zip(pieces, values)):
             se = f"   {float(stderr[i]):.4f}" if stderr is not None else ""
             print(f"{i:>3}  {t!r:<{width}}  {v:+.4f}{se}")
