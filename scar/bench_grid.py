@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import time
@@ -427,7 +428,8 @@ def format_grid_markdown(rows: Sequence[dict], *, workloads: Sequence[B.Workload
         lines.append(f"- Run: {starts[0] if starts else '?'} to {ends[-1] if ends else '?'} (UTC). Regenerate: "
                      "`scar bench --grid [--methods M1,M2] [--workloads SUBSTRING]` (resumes: rows already in "
                      f"`{DEFAULT_OUT}` are skipped), then `scar bench --markdown > bench/RESULTS_grid.md`.")
-        for m in sorted({r.get("machine", "") for r in rows}):
+        # machine_description() ends with the date of each process; the run's dates are given above.
+        for m in sorted({re.sub(r", \d{4}-\d\d-\d\d \d\d:\d\d UTC$", "", r.get("machine", "")) for r in rows}):
             lines.append(f"- Machine: {m}")
         for c in sorted({r.get("command", "") for r in rows if r.get("command")}):
             lines.append(f"- Command: `{c}`")
