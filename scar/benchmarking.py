@@ -746,14 +746,14 @@ def plain_forward_seconds(model: torch.nn.Module, n_tokens: int, *, chunk: int =
 
     Up to ``chunk`` tokens this is one sequence of ``n_tokens``; beyond, the per-token time of one
     ``chunk``-token sequence times ``n_tokens`` (a single sequence that long would exceed the model's
-    positions). Medians of ``rounds``; cached per (model, n_tokens).
+    positions). Medians of ``rounds``; cached per (model, timed length).
     """
-    key = (id(model), n_tokens, chunk)
+    length = min(n_tokens, chunk, model.config.n_positions)
+    key = (id(model), length)  # every count above ``length`` reuses the same timed forward
     if key not in _PLAIN_CACHE:
         from scar.models import inspect_model
 
         base = inspect_model(model).base
-        length = min(n_tokens, chunk, model.config.n_positions)
         ids = torch.randint(N_SPECIAL, model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
         walls, cpus = [], []
         with torch.inference_mode():
@@ -762,9 +762,10 @@ def plain_forward_seconds(model: torch.nn.Module, n_tokens: int, *, chunk: int =
                 base(input_ids=ids, use_cache=False)
                 walls.append(time.perf_counter() - t0)
                 cpus.append(time.process_time() - c0)
-        scale = n_tokens / length
-        _PLAIN_CACHE[key] = (statistics.median(walls) * scale, statistics.median(cpus) * scale)
-    return _PLAIN_CACHE[key]
+        _PLAIN_CACHE[key] = (statistics.median(walls), statistics.median(cpus))
+    wall, cpu = _PLAIN_CACHE[key]
+    scale = n_tokens / length
+    return wall * scale, cpu * scale
 
 
 def _rel_l2(est: np.ndarray, ref: np.ndarray) -> float:
