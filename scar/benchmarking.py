@@ -77,6 +77,7 @@ __all__ = [
     "GRID",
     "engine_row",
     "accuracy_study",
+    "estimate_from_table",
     "summarize_accuracy",
     "format_engine_table",
     "format_accuracy_table",
@@ -864,6 +865,25 @@ class _TableGame:
         return plain_tokens(self.inst, bits)
 
 
+def estimate_from_table(inst: Instance, table: np.ndarray, method: str, *, budget: int | None,
+                        seed: int) -> RunResult:
+    """This project's estimator ``method`` (``permutation``, ``kernel`` or ``owen`` over
+    :func:`binary_hierarchy`) on the span game served from the exact ``table`` of :func:`exact_shapley`
+    (the numbers the reward model gives), charged the trie tokens of its plan (what the ``trie`` engines
+    compute, up to pass splitting)."""
+    from scar.estimators import shapley
+
+    plan: list[np.ndarray] = []
+
+    def value_fn(c: torch.Tensor) -> np.ndarray:
+        plan.append(c.numpy().copy())
+        return table[_bitmask(c.numpy())]
+
+    hierarchy = binary_hierarchy(range(len(inst.players))) if method == "owen" else None
+    res = shapley(value_fn, len(inst.players), method=method, budget=budget, seed=seed, hierarchy=hierarchy)
+    return RunResult(res.values.numpy(), res.n_evals, trie_lower_bound(inst, np.concatenate(plan)), 1)
+
+
 def accuracy_study(inst: Instance, *, budgets: dict[str, Sequence[int]], seeds: Sequence[int] = (0, 1, 2),
                    exact: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
     """Error (relative L2 to exact Shapley) against coalitions evaluated and tokens computed.
@@ -886,8 +906,6 @@ def accuracy_study(inst: Instance, *, budgets: dict[str, Sequence[int]], seeds: 
     Returns:
         One dict per (method, budget, seed): method, budget, seed, coalitions, tokens, rel_l2_error.
     """
-    from scar.estimators import shapley
-
     ref, table = exact if exact is not None else exact_shapley(inst)
     game = _TableGame(inst, table)
     rows = []
@@ -898,18 +916,7 @@ def accuracy_study(inst: Instance, *, budgets: dict[str, Sequence[int]], seeds: 
             deterministic = method == "shap-partition" or (method == "scar-owen" and budget is None)
             for seed in (seeds[:1] if deterministic else seeds):
                 if method in ("scar-permutation", "scar-kernel", "scar-owen"):
-                    plan: list[np.ndarray] = []
-
-                    def value_fn(c: torch.Tensor) -> np.ndarray:
-                        plan.append(c.numpy().copy())
-                        return game.values(c.numpy())
-
-                    kind = method.split("-")[1]
-                    hierarchy = binary_hierarchy(range(len(inst.players))) if kind == "owen" else None
-                    res = shapley(value_fn, len(inst.players), method=kind, budget=budget, seed=seed,
-                                  hierarchy=hierarchy)
-                    coal = np.concatenate(plan)
-                    r = RunResult(res.values.numpy(), res.n_evals, trie_lower_bound(inst, coal), 1)
+                    r = estimate_from_table(inst, table, method.split("-")[1], budget=budget, seed=seed)
                 elif method == "shap-partition":
                     r = run_method(inst, method, budget=budget)
                 else:

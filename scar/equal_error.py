@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
 from scar import benchmarking as B
 
@@ -83,25 +82,6 @@ class EqualErrorReport:
         return self.authors_cpu / self.chosen["cpu"] if self.chosen else float("nan")
 
 
-def _table_errors(inst: B.Instance, table: np.ndarray, ref: np.ndarray, method: str, budget: int,
-                  seeds: Sequence[int]) -> list[tuple[float, int, int]]:
-    """``(error, coalitions, trie tokens)`` of one estimator and budget per seed, values from the table."""
-    from scar.estimators import shapley
-
-    out = []
-    for seed in seeds:
-        plan: list[np.ndarray] = []
-
-        def value_fn(c: torch.Tensor) -> np.ndarray:
-            plan.append(c.numpy().copy())
-            return table[B._bitmask(c.numpy())]
-
-        res = shapley(value_fn, len(inst.players), method=method, budget=budget, seed=seed)
-        coal = np.concatenate(plan)
-        out.append((B._rel_l2(res.values.numpy(), ref), len(coal), B.trie_lower_bound(inst, coal)))
-    return out
-
-
 def equal_error(instances: Sequence[B.Instance], *, candidates: dict[str, Sequence[int]] | None = None,
                 seeds: Sequence[int] = range(5), rounds: int = 3, authors_evals: int = B.SHAP_PARTITION_EVALS,
                 progress: bool = False) -> EqualErrorReport:
@@ -153,13 +133,13 @@ def equal_error(instances: Sequence[B.Instance], *, candidates: dict[str, Sequen
                                  "exact": ref.tolist(), "uniform_split_error":
                                  B._rel_l2(np.full(n, ref.sum() / n), ref)})
             for method, budget in configs:
-                rows = _table_errors(inst, table, ref, method, budget, seeds)
+                runs = [B.estimate_from_table(inst, table, method, budget=budget, seed=seed) for seed in seeds]
                 acc = per_config[(method, budget)]
-                errs = [r[0] for r in rows]
+                errs = [B._rel_l2(r.values, ref) for r in runs]
                 acc["err"].extend(errs)
                 acc["worst"].append(float(np.mean(errs)))
-                acc["coal"].extend(r[1] for r in rows)
-                acc["tok"].extend(r[2] for r in rows)
+                acc["coal"].extend(r.coalitions for r in runs)
+                acc["tok"].extend(r.tokens for r in runs)
                 timing = B.timed(lambda inst=inst, m=method, b=budget: B.run_method(inst, _ENGINE_METHOD[m], budget=b),
                                  rounds)
                 acc["wall"].append(timing.wall)
