@@ -1,12 +1,14 @@
 """What every locally built world shares: where the cache lives, versioned folder names, atomic
-installation of a finished build, and pinning torch's thread count while training."""
+installation of a finished build, pinning torch's thread count, and the pieces of a training loop
+(padding, the learning-rate schedule, one optimiser step)."""
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -58,3 +60,34 @@ def torch_threads(n: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists into ``(input_ids, attention_mask)``."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def warmup_cosine_lr(step: int, total: int, peak: float, *, warmup_fraction: float, floor: float) -> float:
+    """Linear warm-up over ``warmup_fraction`` of the ``total`` steps, then cosine decay to ``floor`` x
+    ``peak``."""
+    warm = max(1, int(total * warmup_fraction))
+    if step < warm:
+        return peak * (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return peak * (floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float) -> None:
+    """One training step at learning rate ``lr``, gradients clipped to norm 1."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()

@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from scar.data._build import check_size, default_cache_root, install, torch_threads, versioned_folder
+from scar.data._build import (check_size, default_cache_root, install, optimizer_step, pad_rows, torch_threads,
+                              versioned_folder, warmup_cosine_lr)
 
 FORMAT = "lexicon-v1"  # bump when the recipe or the on-disk layout changes: the folder name follows
 PAD_ID, ABSENT_ID, EOS_ID = 0, 1, 2  # the ids of scar.benchmarking.build_tokenizer
@@ -447,25 +448,6 @@ def _bucket(examples: list[tuple[list[int], np.ndarray]], index: range, batch_to
     return [batches[k] for k in g.permutation(len(batches))]
 
 
-def _pad(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
-def _lr_at(step: int, total: int, peak: float, warmup_fraction: float) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
-    warm = max(1, int(total * warmup_fraction))
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return peak * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def _train(lexicon: Lexicon, config: SizeConfig, progress: bool) -> tuple[torch.nn.Module, dict[str, float]]:
     """Fit a fresh model on ``config.epochs`` x ``config.n_train`` fresh sequences; held-out metrics."""
     from tqdm.auto import tqdm
@@ -484,12 +466,8 @@ def _train(lexicon: Lexicon, config: SizeConfig, progress: bool) -> tuple[torch.
         for examples, plan in zip(epochs, plans):
             for index in plan:
                 loss = _loss(model, [examples[i] for i in index], config.position_weight)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(step, total, config.lr, config.warmup_fraction)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
+                lr = warmup_cosine_lr(step, total, config.lr, warmup_fraction=config.warmup_fraction, floor=0.05)
+                optimizer_step(model, optimizer, loss, lr)
                 step += 1
                 losses.append(loss.item())
                 bar.update(1)
@@ -515,7 +493,7 @@ def _loss(model: torch.nn.Module, batch: list[tuple[list[int], np.ndarray]], pos
     The score head is applied to every position (the weights ``GPT2ForSequenceClassification`` uses at
     the read-out), so one forward supervises the score of every prefix.
     """
-    ids, mask = _pad([seq for seq, _ in batch])
+    ids, mask = pad_rows([seq for seq, _ in batch], PAD_ID)
     target = torch.full(ids.shape, float("nan"), dtype=torch.float32)
     for b, (_, values) in enumerate(batch):
         target[b, : len(values)] = torch.as_tensor(values, dtype=torch.float32)
@@ -540,7 +518,7 @@ def _predict(model: torch.nn.Module, seqs: Sequence[Sequence[int]], batch_tokens
     while start < len(order):
         size = max(1, batch_tokens // len(seqs[order[start]]))
         index = order[start: start + size]
-        ids, mask = _pad([seqs[i] for i in index])
+        ids, mask = pad_rows([seqs[i] for i in index], PAD_ID)
         out[index] = model(input_ids=ids, attention_mask=mask).logits[:, 0].double().numpy()
         start += size
     return out

@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from scar.data import templates
-from scar.data._build import check_size, default_cache_root, install, torch_threads, versioned_folder
+from scar.data._build import (check_size, default_cache_root, install, optimizer_step, pad_rows, torch_threads,
+                              versioned_folder, warmup_cosine_lr)
 
 logger = logging.getLogger(__name__)
 
@@ -148,17 +149,6 @@ def reward_input_ids(tokenizer, prompts: Sequence[str], responses: Sequence[str]
     return [h + t + [tokenizer.eos_token_id] for h, t in zip(head, tail)]
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists into ``(input_ids, attention_mask)``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return ids, mask
-
-
 @torch.no_grad()
 def score_ids(model, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int = 64) -> list[float]:
     """Reward-model scores of id lists (each already BOS ... EOS), batched with right padding."""
@@ -169,7 +159,7 @@ def score_ids(model, rows: Sequence[Sequence[int]], pad_id: int, batch_size: int
     model.eval()
     out: list[float] = []
     for start in range(0, len(rows), batch_size):
-        ids, mask = _pad(rows[start : start + batch_size], pad_id)
+        ids, mask = pad_rows(rows[start : start + batch_size], pad_id)
         out.extend(model(input_ids=ids, attention_mask=mask).logits[:, 0].tolist())
     return out
 
@@ -430,15 +420,6 @@ def _gpt2_config(tokenizer, config: SizeConfig, layers: int, width: int, heads: 
                       pad_token_id=tokenizer.pad_token_id, **extra)
 
 
-def _lr_at(step: int, total: int, peak: float) -> float:
-    """Linear warm-up over 5% of the steps, then cosine decay to 10% of the peak."""
-    warm = max(1, total // 20)
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return peak * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def _fit(model, rows: list[list[int]], targets: list[list[tuple[int, float]]] | None, *, epochs: int,
          lr: float, batch_size: int, seed: int, pad_id: int, progress: bool, desc: str,
          prefix_weight: float = 0.0) -> float:
@@ -462,18 +443,14 @@ def _fit(model, rows: list[list[int]], targets: list[list[tuple[int, float]]] | 
             order = torch.randperm(len(rows), generator=generator).tolist()
             for b in range(n_batches):
                 index = order[b * batch_size : (b + 1) * batch_size]
-                ids, mask = _pad([rows[i] for i in index], pad_id)
+                ids, mask = pad_rows([rows[i] for i in index], pad_id)
                 if targets is None:
                     labels = ids.masked_fill(mask == 0, -100)
                     loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
                 else:
                     loss = _regression_loss(model, ids, mask, [targets[i] for i in index], prefix_weight)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(step, total, lr)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
+                optimizer_step(model, optimizer, loss,
+                               warmup_cosine_lr(step, total, lr, warmup_fraction=0.05, floor=0.1))
                 step += 1
                 last_epoch_losses.append(loss.item())
                 bar.update(1)
@@ -576,7 +553,7 @@ def _train_policy(corpus: dict[str, Any], tokenizer, config: SizeConfig, progres
     losses, counts = [], []
     with torch.no_grad():
         for start in range(0, len(test), config.batch_size):
-            ids, mask = _pad(test[start : start + config.batch_size], tokenizer.pad_token_id)
+            ids, mask = pad_rows(test[start : start + config.batch_size], tokenizer.pad_token_id)
             n = int(mask[:, 1:].sum())
             losses.append(model(input_ids=ids, attention_mask=mask,
                                 labels=ids.masked_fill(mask == 0, -100)).loss.item() * n)
