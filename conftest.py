@@ -19,6 +19,6 @@ import pytest  # noqa: E402  (after the environment is set)
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The size="tiny" local sentiment world, built once per test session in a temporary cache."""
-    from scar.data.sentiment import build
+    from scar.demo.sentiment import build
 
     return build(tmp_path_factory.mktemp("scar-cache"), size="tiny", progress=False)

@@ -1,8 +1,8 @@
-"""Build script: the optional C++ extension ``scar._C``.
+"""Build script: the optional C++ extension ``scar_kernels._C`` (sources in ``csrc/``).
 
 The extension is compiled against the torch that is already installed (use
 ``pip install --no-build-isolation -e .``). If no compiler is available or the build
-fails, the pure-Python package is still installed and ``import scar`` says which paths
+fails, the pure-Python package is still installed and the kernels say once which paths
 are slower.
 """
 import os
@@ -41,7 +41,7 @@ def _extensions():
     if not sources:
         return [], {}
     ext = CppExtension(
-        name="scar._C",
+        name="scar_kernels._C",
         sources=sources,
         extra_compile_args=["-O3", "-fopenmp", "-std=c++17"],
         extra_link_args=["-fopenmp"],

@@ -10,7 +10,7 @@ attention tiles that
 
 and the attention FLOPs each implies (``4 * D`` per score entry and head). The counts come from
 :func:`scar_kernels.tree_attention.block_skip_stats`, which applies exactly the kernel's skip rule;
-no GPU is needed (none is available on the project's machines, so no wall times are reported).
+no GPU is needed, and no wall times are reported.
 
 Run as a script for the table (``python bench/bench_block_skip.py``), or under pytest
 (``pytest bench/bench_block_skip.py``), which checks the table's invariants and records it in
@@ -52,7 +52,7 @@ def pack_horizon(n_perms: int, cached: int, seed: int = 0) -> torch.Tensor:
     """Horizon of the trie pack of one response's permutation-sampling coalitions."""
     coalitions = permutation_coalitions(PLAYERS, n_perms, seed)
     span = RESPONSE // PLAYERS
-    out = build_pack(
+    layout = build_pack(
         coalitions,
         torch.zeros(coalitions.shape[0], dtype=torch.int64),
         torch.tensor([0, PLAYERS]),
@@ -62,7 +62,7 @@ def pack_horizon(n_perms: int, cached: int, seed: int = 0) -> torch.Tensor:
         torch.tensor([SUFFIX]),
         torch.tensor([cached]),
     )
-    return out[2]
+    return layout.horizon
 
 
 def table(block_sizes=((64, 64), (64, 32), (128, 64)), perms=(8, 32)) -> list[dict]:

@@ -1,12 +1,12 @@
-"""Issue 6's headline target: wall time per response at equal or lower error than the SCAR authors' path.
+"""The headline comparison: wall time per response at equal or lower error than the SCAR authors' path.
 
 Full run (``pytest bench/bench_equal_error.py --benchmark-only``): the trained reward model of
-``scar.data.lexicon`` (GPT-2, 4 layers x 256), prompt 256 / response 64 / 16 span players, five
+``scar_bench.lexicon`` (GPT-2, 4 layers x 256), prompt 256 / response 64 / 16 span players, five
 responses; exact Shapley values over all 65,536 coalitions per response; the authors' path (shap Partition,
 500 evaluations); this project's estimators over a sweep of budgets on the trie engine with the
-tree-attention kernel (``scar.equal_error`` says how errors and times are measured). Writes
-``bench/plots/equal_error.png``, ``bench/results/equal_error.json`` and the table to ``benchmark.extra_info``. Correctness-only runs (CI) use a
-tiny random-weight workload.
+tree-attention kernel (``scar_bench.equal_error`` says how errors and times are measured). Writes
+``bench/plots/equal_error.png``, ``bench/results/equal_error.json`` and the table to
+``benchmark.extra_info``. Correctness-only runs (CI) use a tiny random-weight workload.
 """
 import dataclasses
 import json
@@ -14,19 +14,19 @@ import os
 
 import numpy as np
 
-from scar import benchmarking as B
-from scar.equal_error import CANDIDATES, equal_error, format_equal_error, plot_equal_error
+from scar_bench.equal_error import CANDIDATES, equal_error, format_equal_error, plot_equal_error
+from scar_bench.workloads import TRAINED_TARGET_WORKLOAD, Workload, make_instance
 
 PLOT = os.path.join(os.path.dirname(__file__), "plots", "equal_error.png")
 RECORD = os.path.join(os.path.dirname(__file__), "results", "equal_error.json")
 RESPONSES = 5
-TINY = B.Workload("tiny", 16, 8, 4, 4)
+TINY = Workload("tiny", 16, 8, 4, 4)
 TINY_CANDIDATES = {"permutation": [2, 4, 8], "kernel": [4, 14]}
 
 
 def test_equal_error(benchmark, bench_full, tmp_path):
-    workload = B.TRAINED_TARGET_WORKLOAD if bench_full else TINY
-    instances = [B.make_instance(dataclasses.replace(workload, seed=s)) for s in range(RESPONSES if bench_full else 2)]
+    workload = TRAINED_TARGET_WORKLOAD if bench_full else TINY
+    instances = [make_instance(dataclasses.replace(workload, seed=s)) for s in range(RESPONSES if bench_full else 2)]
     kwargs = {} if bench_full else {"candidates": TINY_CANDIDATES, "seeds": range(2), "rounds": 1, "authors_evals": 40}
     report = benchmark.pedantic(equal_error, args=(instances,), kwargs={**kwargs, "progress": bench_full},
                                 rounds=1, iterations=1)

@@ -3,21 +3,25 @@
     pytest bench/bench_kernels_cpu.py --benchmark-only          # full sizes, compare medians per group
     pytest bench/bench_kernels_cpu.py --benchmark-disable       # small sizes, correctness only (CI)
 
-- build_pack: C++ ``scar._C.build_pack`` vs the Python reference ``scar.trie.build_pack_reference`` on
-  4,096 coalitions x 64 players (prefixes of antithetic permutation pairs, as permutation sampling makes).
-- tree attention: C++ flash-style kernel vs ``torch.nn.functional.scaled_dot_product_attention`` with a dense
-  float mask, on real packs from permutation sampling (prompt 256, response 64 tokens in 16 players,
-  suffix 1; 4 heads, head dim 64). ``extra_info`` records N, the dense mask's bytes and the kernel's memory.
+- build_pack: the C++ builder (through :func:`scar_kernels.ops.build_pack`) vs the Python reference
+  :func:`scar_kernels.layout.build_pack_reference` on 4,096 coalitions x 64 players (prefixes of
+  antithetic permutation pairs, as permutation sampling makes).
+- tree attention: the C++ flash-style kernel (through :func:`scar_kernels.ops.tree_attention`) vs
+  ``torch.nn.functional.scaled_dot_product_attention`` with a dense float mask, on real packs from
+  permutation sampling (prompt 256, response 64 tokens in 16 players, suffix 1; 4 heads, head dim 64).
+  ``extra_info`` records N, the dense mask's bytes and the kernel's memory.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scar import _ext
-from scar.trie import build_pack_reference
+from scar_kernels import extension
+from scar_kernels.layout import build_pack_reference
+from scar_kernels.ops import build_pack, tree_attention
 
-pytestmark = pytest.mark.skipif(not _ext.has_extension(), reason="C++ extension scar._C is not built")
+pytestmark = pytest.mark.skipif(not extension.has_extension(),
+                                reason=f"C++ extension {extension.MODULE_NAME} is not built")
 
 
 def permutation_prefixes(n_players: int, n_pairs: int, seed: int = 0) -> torch.Tensor:
@@ -57,11 +61,11 @@ def build_pack_bench_args(benchmark) -> tuple[torch.Tensor, ...]:
 @pytest.mark.benchmark(group="build_pack 4096 coalitions x 64 players")
 def test_build_pack_cpp(benchmark):
     args = build_pack_bench_args(benchmark)
-    out = benchmark(_ext.build_pack, *args)
+    layout = benchmark(build_pack, *args)
     expected = build_pack_reference(*args).as_tuple()
-    assert all(torch.equal(a, b) for a, b in zip(out, expected))
+    assert all(torch.equal(a, b) for a, b in zip(layout.as_tuple(), expected))
     benchmark.extra_info.update(coalitions=int(args[0].shape[0]), players=int(args[0].shape[1]),
-                                pack_tokens=int(out[0].numel()))
+                                pack_tokens=layout.n_tokens)
 
 
 @pytest.mark.benchmark(group="build_pack 4096 coalitions x 64 players")
@@ -82,8 +86,8 @@ ATTENTION_PAIRS = [8, 24, 48]
 def attention_inputs(benchmark, pairs: int):
     if benchmark.disabled:
         pairs = max(1, pairs // 16)  # N of a few hundred: correctness only
-    layout = _ext.build_pack(*pack_args(permutation_prefixes(16, pairs), prompt=256, response=64, suffix=1))
-    horizon = layout[2]
+    layout = build_pack(*pack_args(permutation_prefixes(16, pairs), prompt=256, response=64, suffix=1))
+    horizon = layout.horizon
     n = horizon.numel()
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(HEADS, n, HEAD_DIM, generator=gen) for _ in range(3))
@@ -102,7 +106,7 @@ def test_tree_attention_cpp(benchmark, pairs):
     n = horizon.numel()
     benchmark.group = f"tree attention, {pairs} permutation pairs"
     rounds = 1 if benchmark.disabled else 5
-    out = benchmark.pedantic(_ext.tree_attention, args=(q, k, v, horizon), rounds=rounds, iterations=1)
+    out = benchmark.pedantic(tree_attention, args=(q, k, v, horizon), rounds=rounds, iterations=1)
     block = 64
     benchmark.extra_info.update(
         n_tokens=n,

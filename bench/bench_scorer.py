@@ -4,8 +4,9 @@ Workload (full size, ``pytest bench/bench_scorer.py --benchmark-only``): a small
 a 256-token prompt, a 64-token response cut into 16 span-like players, and the coalitions of 32 antithetic
 permutations (every prefix of each permutation, duplicates included, 32 x 17 = 544 rows). Each row reports
 in ``benchmark.extra_info`` the tokens computed, the trie lower bound and their ratio, the plain-path tokens,
-passes, and the median wall time (one torch thread). With benchmarks disabled (``--benchmark-disable``, as CI runs) the same
-code runs once at a tiny size, for correctness only; ``SCAR_BENCH_SIZE=tiny|full`` overrides the choice.
+passes, and the median wall time (one torch thread). With benchmarks disabled (``--benchmark-disable``, as CI
+runs) the same code runs once at a tiny size, for correctness only; ``SCAR_BENCH_SIZE=tiny|full`` overrides
+the choice.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from functools import lru_cache
 
 import pytest
 import torch
+from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from scar.scorer import CoalitionScorer
+from scar.scoring import CoalitionScorer
 
 
 @dataclass(frozen=True)
@@ -76,8 +78,6 @@ def antithetic_coalitions(gen: torch.Generator, n_players: int, permutations: in
 @lru_cache(maxsize=2)
 def instance(w: Workload):
     """The model and the scoring problem of a workload (built once per session)."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
     torch.manual_seed(0)
     config = GPT2Config(n_layer=w.n_layer, n_embd=w.n_embd, n_head=4, vocab_size=1000, n_positions=512,
                         pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=1)

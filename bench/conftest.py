@@ -4,13 +4,13 @@
 (``--benchmark-disable``, as CI does) runs the same code at tiny sizes, only for correctness.
 
 Tests marked ``grid_workloads`` take a ``workload`` argument: with benchmarks on, one id per workload of
-``scar.benchmarking.GRID`` (select rows with ``-k <workload name>``); in a correctness-only run only the
+``scar_bench.workloads.GRID`` (select rows with ``-k <workload name>``); in a correctness-only run only the
 first workload's id is generated (it runs the tiny workload), so the other grid rows are not collected
 at all instead of being skipped.
 """
 import pytest
 
-from scar import benchmarking as B
+from scar_bench.workloads import GRID
 
 
 def _benchmarks_disabled(config: pytest.Config) -> bool:
@@ -18,14 +18,15 @@ def _benchmarks_disabled(config: pytest.Config) -> bool:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "grid_workloads: parametrize the test's `workload` over scar.benchmarking.GRID "
+    config.addinivalue_line("markers", "grid_workloads: parametrize the test's `workload` over "
+                                       "scar_bench.workloads.GRID "
                                        "(only its first workload in correctness-only runs)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if metafunc.definition.get_closest_marker("grid_workloads") is None:
         return
-    workloads = B.GRID[:1] if _benchmarks_disabled(metafunc.config) else B.GRID
+    workloads = GRID[:1] if _benchmarks_disabled(metafunc.config) else GRID
     metafunc.parametrize("workload", workloads, ids=[w.name for w in workloads])
 
 

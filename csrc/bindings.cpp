@@ -1,4 +1,4 @@
-// pybind11 module scar._C: the compiled CPU paths (pack builder, tree attention).
+// pybind11 module scar_kernels._C: the compiled CPU paths (pack builder, tree attention).
 #include <torch/extension.h>
 
 #include "scar_ext.h"
@@ -8,13 +8,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_pack", &scar::build_pack, pybind11::arg("coalitions"), pybind11::arg("owner"),
         pybind11::arg("seg_offsets"), pybind11::arg("seg_player"), pybind11::arg("seg_len"),
         pybind11::arg("prompt_len"), pybind11::arg("suffix_len"), pybind11::arg("cached_len"),
-        "Packed prefix-tree layout of coalitions (see the pack-layout contract in scar.trie). Returns "
+        "Packed prefix-tree layout of coalitions (the contract of scar_kernels.layout). Returns "
         "(gather, position_ids, horizon, readout, inverse, tree, node_start, node_len, node_parent, "
         "node_segment).");
   m.def("tree_attention", &scar::tree_attention, pybind11::arg("q"), pybind11::arg("k"), pybind11::arg("v"),
         pybind11::arg("horizon"), pybind11::arg("scale"), pybind11::arg("prefix_k") = pybind11::none(),
-        pybind11::arg("prefix_v") = pybind11::none(), pybind11::arg("block_q") = 64,
-        pybind11::arg("block_k") = 64,
+        pybind11::arg("prefix_v") = pybind11::none(), pybind11::arg("block_q") = 64, pybind11::arg("block_k") = 64,
         "softmax(q k^T * scale + mask) v where query q sees key k iff k <= q < horizon[k] (plus every "
         "prefix key). q [H, N, D], k/v [Hkv, N, D], horizon int32 [N], prefix_k/v [Hkv, P, D].");
 }

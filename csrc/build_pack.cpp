@@ -1,6 +1,6 @@
 // build_pack: coalition bitsets -> packed prefix-tree (trie) layout.
 //
-// Implements the pack-layout contract shared with the Python reference scar.trie.build_pack_reference
+// Implements the pack-layout contract shared with the Python reference scar_kernels.layout.build_pack_reference
 // (both must return identical tensors). Work and memory are linear in the input plus output size:
 //   1. validate every input (dtype, contiguity, shape, ranges) before reading any data-dependent index;
 //   2. dedupe coalitions per owner by hashing their bit rows (first-occurrence numbering);
@@ -40,8 +40,8 @@ void check_1d_int64(const at::Tensor& t, const char* name, int64_t expected_len)
   TORCH_CHECK_VALUE(t.dim() == 1, "build_pack: ", name, " must be 1-D, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), "build_pack: ", name, " must be contiguous");
   if (expected_len >= 0) {
-    TORCH_CHECK_VALUE(t.size(0) == expected_len, "build_pack: ", name, " must have length ", expected_len,
-                      ", got ", t.size(0));
+    TORCH_CHECK_VALUE(t.size(0) == expected_len, "build_pack: ", name, " must have length ", expected_len, ", got ",
+                      t.size(0));
   }
 }
 
@@ -138,12 +138,10 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
                       plen[r]);
     TORCH_CHECK_VALUE(cached[r] >= 0 && cached[r] < plen[r], "build_pack: cached_len[", r,
                       "] must satisfy 0 <= cached_len < prompt_len = ", plen[r], ", got ", cached[r]);
-    TORCH_CHECK_VALUE(sfx[r] >= 0 && sfx[r] <= kMaxLen, "build_pack: suffix_len[", r, "] must be >= 0, got ",
-                      sfx[r]);
+    TORCH_CHECK_VALUE(sfx[r] >= 0 && sfx[r] <= kMaxLen, "build_pack: suffix_len[", r, "] must be >= 0, got ", sfx[r]);
     int64_t pos = plen[r];  // offset inside response r's source buffer
     for (int64_t s = off[r]; s < off[r + 1]; ++s) {
-      TORCH_CHECK_VALUE(slen[s] >= 1 && slen[s] <= kMaxLen, "build_pack: seg_len[", s, "] must be >= 1, got ",
-                        slen[s]);
+      TORCH_CHECK_VALUE(slen[s] >= 1 && slen[s] <= kMaxLen, "build_pack: seg_len[", s, "] must be >= 1, got ", slen[s]);
       if (splayer[s] != -1) {
         TORCH_CHECK_VALUE(splayer[s] == n_players[r], "build_pack: seg_player[", s, "] of response ", r,
                           " must be -1 (gap) or the next player index ", n_players[r], ", got ", splayer[s]);
@@ -157,15 +155,15 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
     TORCH_CHECK_VALUE(src_base[r + 1] <= kMaxLen, "build_pack: total source length is too large");
   }
   for (int64_t c = 0; c < C; ++c) {
-    TORCH_CHECK_VALUE(own[c] >= 0 && own[c] < R, "build_pack: owner[", c, "] = ", own[c],
-                      " is out of range [0, ", R, ")");
+    TORCH_CHECK_VALUE(own[c] >= 0 && own[c] < R, "build_pack: owner[", c, "] = ", own[c], " is out of range [0, ", R,
+                      ")");
     const int64_t np = n_players[own[c]];
     // A response with more players than coalition columns may exist, but must not own a coalition.
-    TORCH_CHECK_VALUE(np <= n_max, "build_pack: response ", own[c], " has ", np,
-                      " players but coalitions has only ", n_max, " columns");
+    TORCH_CHECK_VALUE(np <= n_max, "build_pack: response ", own[c], " has ", np, " players but coalitions has only ",
+                      n_max, " columns");
     for (int64_t j = np; j < n_max; ++j) {
-      TORCH_CHECK_VALUE(!bits[c * n_max + j], "build_pack: coalitions[", c, ", ", j, "] is True but response ",
-                        own[c], " has only ", np, " players");
+      TORCH_CHECK_VALUE(!bits[c * n_max + j], "build_pack: coalitions[", c, ", ", j, "] is True but response ", own[c],
+                        " has only ", np, " players");
     }
   }
 
@@ -354,8 +352,7 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
     ro[c] = start[last] + length[last] - 1;
     inv[c] = d;
   }
-  return PackTuple(gather, position, horizon, readout, inverse, tree, node_start, node_len, node_parent,
-                   node_segment);
+  return PackTuple(gather, position, horizon, readout, inverse, tree, node_start, node_len, node_parent, node_segment);
 }
 
 }  // namespace scar

@@ -31,7 +31,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 __attribute__((always_inline)) inline float exp_nonpositive(float x) {
   const float xc = x < -87.0f ? -87.0f : x;
   const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
-  float r = xc - fx * 0.693359375f;                                  // Cody-Waite range reduction
+  float r = xc - fx * 0.693359375f;                               // Cody-Waite range reduction
   r = r - fx * -2.12194440e-4f;
   float y = 1.9875691500e-4f;  // Cephes expf minimax polynomial on [-ln2/2, ln2/2]
   y = y * r + 1.3981999507e-3f;
@@ -54,14 +54,16 @@ __attribute__((always_inline)) inline vf8 load8(const float* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-__attribute__((always_inline)) inline void store8(float* p, vf8 v) { std::memcpy(p, &v, sizeof(v)); }
+__attribute__((always_inline)) inline void store8(float* p, vf8 v) {
+  std::memcpy(p, &v, sizeof(v));
+}
 
 constexpr int64_t kKeyTile = 32;  // keys per score micro-tile; key blocks are padded to a multiple of it
 
 // Scores of RB query rows against a 32-key tile: s[r][j0 + j] = q[r] . k[j0 + j], accumulated in registers.
 template <int RB>
 __attribute__((always_inline)) inline void score_tile(const float* q, int64_t D, const float* kt, int64_t ldk,
-                                                     int64_t j0, float* s, int64_t lds) {
+                                                      int64_t j0, float* s, int64_t lds) {
   vf8 acc[RB][4] = {};
   for (int64_t d = 0; d < D; ++d) {
     const float* kd = kt + d * ldk + j0;
@@ -82,7 +84,7 @@ __attribute__((always_inline)) inline void score_tile(const float* q, int64_t D,
 // acc[r][d0:d0+16] += sum_j p[r][j] * v[j][d0:d0+16] for RB rows, accumulated in registers.
 template <int RB>
 __attribute__((always_inline)) inline void value_tile(const float* p, int64_t lds, const float* v, int64_t D,
-                                                     int64_t bk, int64_t d0, float* acc) {
+                                                      int64_t bk, int64_t d0, float* acc) {
   vf8 a[RB][2];
   for (int r = 0; r < RB; ++r) {
     a[r][0] = load8(acc + r * D + d0);
@@ -110,10 +112,9 @@ __attribute__((always_inline)) inline void value_tile(const float* p, int64_t ld
 // Compiled for several ISAs with runtime dispatch because setup.py builds for baseline x86-64. The clones
 // name ISA levels, not CPU models: "arch=<cpu model>" clones dispatch on the CPU model and are never
 // picked on, e.g., AMD processors.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-void attend_block(const float* q, int64_t bq, int64_t D, const float* kt, int64_t ldk, const float* v, int64_t bk,
-                  const int32_t* hor, int64_t q0, int64_t k0, float scale, float* m, float* l, float* acc,
-                  float* s) {
+__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void attend_block(
+    const float* q, int64_t bq, int64_t D, const float* kt, int64_t ldk, const float* v, int64_t bk, const int32_t* hor,
+    int64_t q0, int64_t k0, float scale, float* m, float* l, float* acc, float* s) {
   // 1. raw scores, two query rows per micro-tile (the register budget of AVX2).
   for (int64_t j0 = 0; j0 < ldk; j0 += kKeyTile) {
     int64_t i = 0;
@@ -202,8 +203,7 @@ std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t
 
 void check_qkv(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), "tree_attention: ", name, " must be a CPU tensor");
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf ||
-                    t.scalar_type() == at::kBFloat16,
+  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
                     "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 3, "tree_attention: ", name, " must be 3-D [heads, tokens, head_dim], got shape ",
                     t.sizes());
@@ -213,16 +213,15 @@ void check_qkv(const at::Tensor& t, const char* name) {
 }  // namespace
 
 at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                          const at::Tensor& horizon, double scale_d,
-                          const std::optional<at::Tensor>& prefix_k_in,
+                          const at::Tensor& horizon, double scale_d, const std::optional<at::Tensor>& prefix_k_in,
                           const std::optional<at::Tensor>& prefix_v_in, int64_t block_q, int64_t block_k) {
   check_qkv(q_in, "q");
   check_qkv(k_in, "k");
   check_qkv(v_in, "v");
   const auto dtype = q_in.scalar_type();
   TORCH_CHECK_VALUE(k_in.scalar_type() == dtype && v_in.scalar_type() == dtype,
-                    "tree_attention: q, k and v must have the same dtype, got ", dtype, ", ", k_in.scalar_type(),
-                    ", ", v_in.scalar_type());
+                    "tree_attention: q, k and v must have the same dtype, got ", dtype, ", ", k_in.scalar_type(), ", ",
+                    v_in.scalar_type());
   const int64_t H = q_in.size(0), N = q_in.size(1), D = q_in.size(2);
   const int64_t Hkv = k_in.size(0);
   TORCH_CHECK_VALUE(k_in.sizes() == v_in.sizes(), "tree_attention: k and v must have the same shape, got ",
@@ -242,8 +241,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   TORCH_CHECK_VALUE(N < std::numeric_limits<int32_t>::max(), "tree_attention: too many tokens for int32 horizon");
   const int32_t* hz = horizon.data_ptr<int32_t>();
   for (int64_t t = 0; t < N; ++t) {
-    TORCH_CHECK_VALUE(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t],
-                      " must satisfy ", t, " < horizon <= ", N);
+    TORCH_CHECK_VALUE(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t], " must satisfy ", t,
+                      " < horizon <= ", N);
   }
   TORCH_CHECK_VALUE(prefix_k_in.has_value() == prefix_v_in.has_value(),
                     "tree_attention: give both prefix_k and prefix_v or neither");
@@ -256,8 +255,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
     TORCH_CHECK_VALUE(prefix_k_in->sizes() == prefix_v_in->sizes(),
                       "tree_attention: prefix_k and prefix_v must have the same shape, got ", prefix_k_in->sizes(),
                       " and ", prefix_v_in->sizes());
-    TORCH_CHECK_VALUE(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D,
-                      "tree_attention: prefix_k must be [", Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
+    TORCH_CHECK_VALUE(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D, "tree_attention: prefix_k must be [",
+                      Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
     P = prefix_k_in->size(1);
   }
 
@@ -312,8 +311,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
         std::fill(acc.begin(), acc.begin() + bq * D, 0.0f);
         for (int64_t pb = 0; pb < n_pb; ++pb) {  // cached prefix: visible to every query
           const int64_t p0 = pb * PB, bk = std::min(P, p0 + PB) - p0;
-          attend_block(qblk, bq, D, pkt.data() + (hk * n_pb + pb) * D * ldp, ldp, pvp + (hk * P + p0) * D, bk,
-                       nullptr, q0, 0, scale, m.data(), l.data(), acc.data(), s.data());
+          attend_block(qblk, bq, D, pkt.data() + (hk * n_pb + pb) * D * ldp, ldp, pvp + (hk * P + p0) * D, bk, nullptr,
+                       q0, 0, scale, m.data(), l.data(), acc.data(), s.data());
         }
         const int64_t last_kb = (q1 - 1) / BK;  // key blocks past the last query are never visible
         for (int64_t kb = 0; kb <= last_kb; ++kb) {

@@ -3,6 +3,7 @@
 Each piece of text (a player) is coloured by its credit: green for positive, red for negative,
 stronger for larger magnitude relative to the largest magnitude in the response.
 """
+
 from __future__ import annotations
 
 import html
@@ -49,9 +50,7 @@ def render_terminal(pieces: Sequence[str], scores: Sequence[float], *, color: bo
     return "".join(out)
 
 
-def render_html(
-    pieces: Sequence[str], scores: Sequence[float], *, title: str = "SCAR credit", header: str = ""
-) -> str:
+def render_html(pieces: Sequence[str], scores: Sequence[float], *, title: str = "SCAR credit", header: str = "") -> str:
     """A self-contained HTML page: pieces coloured by credit, exact value on hover, and a table."""
     scale = _check(pieces, scores) or 1.0
     spans = []
@@ -61,8 +60,7 @@ def render_html(
         alpha = min(1.0, abs(s) / scale)
         rgb = "0,160,60" if s >= 0 else "220,30,30"
         spans.append(
-            f'<span title="player {i}: {s:+.5f}" style="background: rgba({rgb},{alpha:.3f})">'
-            f"{html.escape(text)}</span>"
+            f'<span title="player {i}: {s:+.5f}" style="background: rgba({rgb},{alpha:.3f})">{html.escape(text)}</span>'
         )
         rows.append(f"<tr><td>{i}</td><td><code>{html.escape(text)}</code></td><td>{s:+.5f}</td></tr>")
     return (

@@ -1,13 +1,14 @@
-"""SCAR kernels: tree (horizon-masked) attention and pack building.
+"""SCAR kernels: the bottom layer, below the ``scar`` library (it never imports ``scar``).
 
-- :mod:`scar_kernels.tree_attention`: the Triton flash kernel with block skipping, its launcher, the
-  dense torch reference and block-skip statistics.
-- :mod:`scar_kernels.pack`: Triton kernels expanding a node table to per-token horizon/position ids
-  and writing the dense additive mask, with torch references.
-- :mod:`scar_kernels.ops`: the ``torch.library`` ops ``scar::tree_attention`` and ``scar::build_pack``
-  (CPU: C++ extension or torch; CUDA: Triton; fake implementations for ``torch.compile``).
+- :mod:`scar_kernels.ops`: the entry point: ``torch.library`` ops ``scar::tree_attention``,
+  ``scar::build_pack`` and ``scar::dense_mask`` with CPU, CUDA and fake implementations, and
+  :func:`~scar_kernels.ops.implementation`, which names what each op runs on a device.
+- :mod:`scar_kernels.layout`: the packed prefix-tree layout contract, its pure-Python reference builder
+  and the dense mask of a horizon.
+- :mod:`scar_kernels.tree_attention`: the Triton tree-attention kernel with block skipping, its launcher,
+  the torch reference and block-skip statistics.
+- :mod:`scar_kernels.dense_mask`: the Triton kernel writing a pack's additive mask.
+- :mod:`scar_kernels.extension`: the one loader of the compiled module ``scar_kernels._C`` (``csrc/``).
 
 Nothing here needs a GPU or Triton at import time; Triton is imported when a kernel is first launched.
-The ops are used as ``from scar_kernels.ops import tree_attention, build_pack``; this package does not
-re-export them, so that ``scar_kernels.tree_attention`` stays the submodule.
 """

@@ -1,54 +1,71 @@
-"""``torch.library`` custom ops: ``scar::tree_attention`` and ``scar::build_pack``.
+"""The kernels' one entry point: ``torch.library`` ops and the place that says which implementation runs.
 
-Each op has a CPU implementation (the C++ extension ``scar._C`` when built, else a torch/Python
-reference), a CUDA implementation (Triton) and a fake implementation, so both ops trace under
-``torch.compile(fullgraph=True)`` and pass ``torch.library.opcheck``.
-
-- ``scar::tree_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None) -> out``: attention
-  where query ``i`` sees packed key ``j`` iff ``j <= i < horizon[j]``, plus every cached-prefix key.
-  Shapes and dtypes as in :mod:`scar_kernels.tree_attention`. Forward only (no autograd formula):
-  it serves reward-model scoring under ``torch.no_grad()``.
+- ``scar::tree_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None) -> out``: attention where
+  query ``i`` sees packed key ``j`` iff ``j <= i < horizon[j]``, plus every cached-prefix key. CPU: the
+  C++ kernel of ``scar_kernels._C`` (else the dense torch reference); CUDA: the Triton kernel. Forward
+  only (no autograd formula): it serves reward-model scoring under ``torch.no_grad()``.
 - ``scar::build_pack(coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len,
-  cached_len) -> (gather, position_ids, horizon, readout, inverse, tree, node_start, node_len,
-  node_parent, node_segment)``: the prefix-tree pack of the contract in ``scar.trie``. Output sizes
-  depend on the data (``N`` tokens, ``M`` nodes): the fake allocates them as unbacked symbolic sizes.
-  The trie itself (dedupe, hashing, preorder) is sequential and always built on CPU; the CUDA
-  implementation copies the small inputs to the host, builds the node table there and expands the
-  per-token arrays on the GPU from it (:func:`scar_kernels.pack.expand_nodes`), so only ``M``-sized
-  tables cross the bus instead of four ``N``-sized arrays.
+  cached_len) -> 10 tensors``: the prefix-tree pack of :mod:`scar_kernels.layout`. The trie (dedupe,
+  hashing, preorder) is sequential work, so the op runs on CPU tensors only: the C++ builder, else the
+  Python reference. Output sizes depend on the data; the fake implementation allocates them as unbacked
+  symbolic sizes.
+- ``scar::dense_mask(horizon, prefix_len, dtype) -> mask``: the float additive mask of a pack for
+  attention implementations without tree support. CPU: torch; CUDA: the Triton kernel.
 
-This module imports without a GPU and without a working Triton (Triton is imported on the CUDA path).
+Every op has a fake implementation, so it traces under ``torch.compile(fullgraph=True)`` and passes
+``torch.library.opcheck``. The Python functions below are what the library calls; :func:`implementation`
+names what each op runs on a device. This module imports without a GPU and without Triton.
 """
+
 from __future__ import annotations
+
+import functools
 
 import torch
 from torch import Tensor
 
+from scar_kernels import extension
+from scar_kernels.dense_mask import MASK_DTYPES
+from scar_kernels.dense_mask import dense_mask as triton_dense_mask
+from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
+from scar_kernels.tree_attention import tree_attention as triton_tree_attention
 from scar_kernels.tree_attention import tree_attention_reference, validate_tree_attention_inputs
 
-__all__ = ["tree_attention", "build_pack", "BUILD_PACK_FIELDS"]
+__all__ = ["tree_attention", "build_pack", "dense_mask", "implementation", "triton_available", "OPS"]
 
-BUILD_PACK_FIELDS = (
-    "gather", "position_ids", "horizon", "readout", "inverse", "tree",
-    "node_start", "node_len", "node_parent", "node_segment",
-)
+OPS = ("tree_attention", "build_pack", "dense_mask")
 
 
-def _extension():
-    """The compiled ``scar._C`` module, or None when it is not built.
-
-    ``scar._ext.load()`` is the project's loader (it warns once when the extension is missing); the
-    direct import covers a tree where the extension is built but the loader module is absent.
-    """
+@functools.cache
+def triton_available() -> bool:
+    """True when Triton imports (a compiled GPU backend, or the CPU interpreter)."""
     try:
-        from scar import _ext
-    except ImportError:
-        try:
-            from scar import _C
-        except ImportError:
-            return None
-        return _C
-    return _ext.load()
+        import triton
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install without a backend
+        return False
+    return True
+
+
+def implementation(op: str, device: str | torch.device = "cpu") -> str:
+    """What ``op`` runs on ``device``: ``"c++"``, ``"triton"``, ``"torch"`` (reference) or ``"none"``.
+
+    Raises:
+        ValueError: an unknown op name.
+    """
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; ops: {OPS}")
+    kind = torch.device(device).type
+    if kind == "cpu":
+        if op == "dense_mask":
+            return "torch"
+        module = extension.load()
+        return "c++" if module is not None and hasattr(module, op) else "torch"
+    if kind == "cuda":
+        if op == "build_pack":
+            return "none"
+        return "triton" if triton_available() else "none"
+    return "none"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,19 +82,15 @@ def _tree_attention_cpu(
     prefix_v: Tensor | None = None,
 ) -> Tensor:
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
-    ext = _extension()
-    if ext is not None and hasattr(ext, "tree_attention"):
-        # The C++ kernel computes in fp32; half inputs round-trip through fp32 (same as the reference).
-        f = (lambda t: None if t is None else t.float().contiguous())
-        out = ext.tree_attention(f(q), f(k), f(v), horizon, float(scale), f(prefix_k), f(prefix_v))
-        return out.to(q.dtype)
+    if implementation("tree_attention", "cpu") == "c++":
+        module = extension.load()
+        assert module is not None
+        return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v)
     return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v)
 
 
 @_tree_attention_cpu.register_kernel("cuda")
 def _tree_attention_cuda(q, k, v, horizon, scale, prefix_k=None, prefix_v=None):
-    from scar_kernels.tree_attention import tree_attention as triton_tree_attention
-
     return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v)
 
 
@@ -96,10 +109,18 @@ def tree_attention(
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
 ) -> Tensor:
-    """Tree attention through the ``scar::tree_attention`` op (CPU: C++ or torch; CUDA: Triton).
+    """Tree attention through the ``scar::tree_attention`` op.
 
-    ``q [H, N, D]``, ``k``/``v`` ``[Hkv, N, D]``, ``horizon int32 [N]``, optional cached prefix
-    ``prefix_k``/``prefix_v`` ``[Hkv, P, D]``; ``scale`` defaults to ``D ** -0.5``. Returns ``[H, N, D]``.
+    Args:
+        q: ``[H, N, D]`` float32/float16/bfloat16 (half types are computed in fp32, returned in their dtype).
+        k, v: ``[Hkv, N, D]``, same dtype; ``H`` a multiple of ``Hkv`` (query head ``h`` reads kv head
+            ``h // (H // Hkv)``).
+        horizon: int32 ``[N]`` with ``j < horizon[j] <= N``.
+        scale: score scale, default ``D ** -0.5``.
+        prefix_k, prefix_v: optional cached-prefix keys/values ``[Hkv, P, D]`` visible to every query.
+
+    Returns:
+        ``[H, N, D]`` in ``q``'s dtype.
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
@@ -109,30 +130,6 @@ def tree_attention(
 # --------------------------------------------------------------------------------------------------
 # scar::build_pack
 # --------------------------------------------------------------------------------------------------
-def _as_tuple(result) -> tuple[Tensor, ...]:
-    """Normalise a builder result (tuple, or a dataclass with the contract's field names) to a tuple."""
-    if isinstance(result, (tuple, list)):
-        out = tuple(result)
-    else:
-        out = tuple(getattr(result, name) for name in BUILD_PACK_FIELDS)
-    if len(out) != len(BUILD_PACK_FIELDS):
-        raise RuntimeError(f"build_pack: builder returned {len(out)} fields, expected {len(BUILD_PACK_FIELDS)}")
-    return out
-
-
-def _build_pack_host(*args: Tensor) -> tuple[Tensor, ...]:
-    """Run the CPU builder: C++ ``scar._C.build_pack`` when built, else ``scar.trie.build_pack_reference``."""
-    ext = _extension()
-    if ext is not None and hasattr(ext, "build_pack"):
-        result = ext.build_pack(*args)
-    else:
-        from scar.trie import build_pack_reference
-
-        result = build_pack_reference(*args)
-    # Custom-op outputs must be fresh tensors (never aliases of inputs or of each other).
-    return tuple(t.clone() for t in _as_tuple(result))
-
-
 @torch.library.custom_op("scar::build_pack", mutates_args=(), device_types="cpu")
 def _build_pack_cpu(
     coalitions: Tensor,
@@ -144,44 +141,45 @@ def _build_pack_cpu(
     suffix_len: Tensor,
     cached_len: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _build_pack_host(coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len, cached_len)
-
-
-@_build_pack_cpu.register_kernel("cuda")
-def _build_pack_cuda(coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len, cached_len):
-    from scar_kernels.pack import expand_nodes
-
-    dev = coalitions.device
-    host = _build_pack_host(*(t.cpu() for t in (coalitions, owner, seg_offsets, seg_player, seg_len,
-                                                 prompt_len, suffix_len, cached_len)))
-    gather, position_ids, _, readout, inverse, tree, node_start, node_len, node_parent, node_segment = host
-    n_tokens = int(gather.shape[0])
-    # Per-node first-token values; the token arrays are rebuilt on the GPU from these M-sized tables.
-    node_src, node_pos0, node_tree = gather[node_start], position_ids[node_start], tree[node_start]
-    nodes = [t.to(dev) for t in (node_start, node_len, node_parent, node_pos0, node_src, node_tree)]
-    horizon_d, position_d, gather_d, tree_d = expand_nodes(
-        nodes[0], nodes[1], nodes[2], nodes[3], n_tokens, nodes[4], nodes[5], validate=False
-    )
-    return (gather_d, position_d, horizon_d, readout.to(dev), inverse.to(dev), tree_d,
-            nodes[0], nodes[1], nodes[2], node_segment.to(dev))
+    args = (coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len, cached_len)
+    if implementation("build_pack", "cpu") == "c++":
+        module = extension.load()
+        assert module is not None
+        result = tuple(module.build_pack(*(a.contiguous() for a in args)))
+    else:
+        result = build_pack_reference(*args).as_tuple()
+    # Custom-op outputs must be fresh tensors (never aliases of inputs or of each other).
+    return tuple(t.clone() for t in result)
 
 
 @_build_pack_cpu.register_fake
 def _build_pack_fake(coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len, cached_len):
     if coalitions.dim() != 2 or coalitions.dtype != torch.bool:
-        raise ValueError(f"build_pack: coalitions must be a 2-D bool tensor, got {coalitions.dtype} {tuple(coalitions.shape)}")
+        raise ValueError(
+            f"build_pack: coalitions must be a 2-D bool tensor, got {coalitions.dtype} {tuple(coalitions.shape)}"
+        )
     if owner.dim() != 1 or owner.shape[0] != coalitions.shape[0]:
         raise ValueError(f"build_pack: owner must have shape [{coalitions.shape[0]}], got {tuple(owner.shape)}")
     ctx = torch.library.get_ctx()
     n_tokens = ctx.new_dynamic_size()
     n_nodes = ctx.new_dynamic_size()
-    C = coalitions.shape[0]
+    c = coalitions.shape[0]
 
     def vec(n, dtype=torch.int64):
         return coalitions.new_empty((n,), dtype=dtype)
 
-    return (vec(n_tokens), vec(n_tokens), vec(n_tokens, torch.int32), vec(C), vec(C), vec(n_tokens),
-            vec(n_nodes), vec(n_nodes), vec(n_nodes), vec(n_nodes))
+    return (
+        vec(n_tokens),
+        vec(n_tokens),
+        vec(n_tokens, torch.int32),
+        vec(c),
+        vec(c),
+        vec(n_tokens),
+        vec(n_nodes),
+        vec(n_nodes),
+        vec(n_nodes),
+        vec(n_nodes),
+    )
 
 
 def build_pack(
@@ -193,11 +191,53 @@ def build_pack(
     prompt_len: Tensor,
     suffix_len: Tensor,
     cached_len: Tensor,
-) -> tuple[Tensor, ...]:
-    """Build the prefix-tree pack through the ``scar::build_pack`` op (contract in ``scar.trie``).
+) -> PackLayout:
+    """The prefix-tree pack of a forest of coalitions, through the ``scar::build_pack`` op.
 
-    Returns ``(gather, position_ids, horizon, readout, inverse, tree, node_start, node_len,
-    node_parent, node_segment)`` on the device of ``coalitions``.
+    Arguments as :func:`scar_kernels.layout.build_pack_reference` (CPU tensors; ``coalitions`` bool, the
+    rest int64). Returns the :class:`~scar_kernels.layout.PackLayout`.
+
+    Raises:
+        TypeError / ValueError: malformed input (shapes, dtypes, ranges), from either implementation.
     """
-    return torch.ops.scar.build_pack(coalitions, owner, seg_offsets, seg_player, seg_len,
-                                     prompt_len, suffix_len, cached_len)
+    if not isinstance(coalitions, Tensor):
+        raise TypeError(f"coalitions must be a torch.Tensor, got {type(coalitions).__name__}")
+    out = torch.ops.scar.build_pack(
+        coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len, cached_len
+    )
+    if len(out) != len(BUILD_PACK_FIELDS):
+        raise RuntimeError(f"build_pack returned {len(out)} outputs, expected {len(BUILD_PACK_FIELDS)}")
+    return PackLayout(*out)
+
+
+# --------------------------------------------------------------------------------------------------
+# scar::dense_mask
+# --------------------------------------------------------------------------------------------------
+@torch.library.custom_op("scar::dense_mask", mutates_args=(), device_types="cpu")
+def _dense_mask_cpu(horizon: Tensor, prefix_len: int, dtype: torch.dtype) -> Tensor:
+    return additive_mask(horizon, prefix_len, dtype=dtype)
+
+
+@_dense_mask_cpu.register_kernel("cuda")
+def _dense_mask_cuda(horizon, prefix_len, dtype):
+    if dtype not in MASK_DTYPES or not triton_available():
+        return additive_mask(horizon, prefix_len, dtype=dtype)
+    return triton_dense_mask(horizon.to(torch.int32), prefix_len, dtype)
+
+
+@_dense_mask_cpu.register_fake
+def _dense_mask_fake(horizon, prefix_len, dtype):
+    n = horizon.shape[0]
+    return horizon.new_empty((n, prefix_len + n), dtype=dtype)
+
+
+def dense_mask(horizon: Tensor, prefix_len: int = 0, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The additive mask ``[n, prefix_len + n]`` of a pack (see :func:`scar_kernels.layout.additive_mask`),
+    on ``horizon``'s device, through the ``scar::dense_mask`` op."""
+    if not isinstance(horizon, Tensor) or horizon.dim() != 1 or horizon.dtype.is_floating_point:
+        raise TypeError("dense_mask: horizon must be a 1-D integer tensor")
+    if isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or prefix_len < 0:
+        raise ValueError(f"dense_mask: prefix_len must be an int >= 0, got {prefix_len!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dense_mask: dtype must be a floating torch dtype, got {dtype!r}")
+    return torch.ops.scar.dense_mask(horizon, prefix_len, dtype)

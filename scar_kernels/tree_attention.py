@@ -1,6 +1,6 @@
 """Tree (horizon-masked) flash attention: Triton kernel, launcher and torch reference.
 
-The packed prefix-tree layout of SCAR (DESIGN.md section 3) describes its attention mask with one
+The packed prefix-tree layout (:mod:`scar_kernels.layout`) describes its attention mask with one
 integer per token: query ``q`` may attend key ``k`` iff ``k <= q < horizon[k]``, where ``horizon[k]``
 is the packed index one past the end of the subtree holding ``k``. Optionally a cached prompt prefix
 (``prefix_k``/``prefix_v``, ``[Hkv, P, D]``) is visible to every query, so a prompt whose KV was
@@ -19,6 +19,7 @@ Importing this module needs torch only; the Triton kernel is compiled lazily, so
 machines where Triton is missing or has no usable backend. Under ``TRITON_INTERPRET=1`` (set before
 importing Triton) the kernel runs on CPU tensors, which the tests use.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,15 +28,15 @@ from dataclasses import dataclass
 
 import torch
 
+from scar_kernels.layout import visibility
+
 __all__ = [
     "tree_attention",
     "tree_attention_reference",
-    "tree_attention_mask",
     "validate_tree_attention_inputs",
     "block_max_horizon",
     "block_skip_stats",
     "BlockSkipStats",
-    "triton_available",
     "DEFAULT_BLOCK_M",
     "DEFAULT_BLOCK_N",
 ]
@@ -48,16 +49,6 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def triton_available() -> bool:
-    """True when Triton imports (compiled GPU backend or the CPU interpreter)."""
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install without a backend
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------------------------------
@@ -113,22 +104,22 @@ def validate_tree_attention_inputs(
     if (prefix_k is None) != (prefix_v is None):
         raise ValueError("tree_attention: pass both prefix_k and prefix_v, or neither")
     if prefix_k is not None:
-        for name, t in (("prefix_k", prefix_k), ("prefix_v", prefix_v)):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"tree_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-            if t.dtype != q.dtype:
-                raise TypeError(f"tree_attention: {name} dtype {t.dtype} != q dtype {q.dtype}")
-            if t.dim() != 3 or t.shape[0] != Hkv or t.shape[2] != D:
-                raise ValueError(
-                    f"tree_attention: {name} must have shape [{Hkv}, P, {D}], got {tuple(t.shape)}"
-                )
-            if not t.is_contiguous():
+        for name, pt in (("prefix_k", prefix_k), ("prefix_v", prefix_v)):
+            if not isinstance(pt, torch.Tensor):
+                raise TypeError(f"tree_attention: {name} must be a torch.Tensor, got {type(pt).__name__}")
+            if pt.dtype != q.dtype:
+                raise TypeError(f"tree_attention: {name} dtype {pt.dtype} != q dtype {q.dtype}")
+            if pt.dim() != 3 or pt.shape[0] != Hkv or pt.shape[2] != D:
+                raise ValueError(f"tree_attention: {name} must have shape [{Hkv}, P, {D}], got {tuple(pt.shape)}")
+            if not pt.is_contiguous():
                 raise ValueError(f"tree_attention: {name} must be contiguous (call .contiguous())")
-            if t.device != q.device:
-                raise ValueError(f"tree_attention: {name} is on {t.device} but q is on {q.device}")
+            if pt.device != q.device:
+                raise ValueError(f"tree_attention: {name} is on {pt.device} but q is on {q.device}")
+        assert prefix_v is not None
         if prefix_k.shape != prefix_v.shape:
             raise ValueError(
-                f"tree_attention: prefix_k and prefix_v shapes differ: {tuple(prefix_k.shape)} vs {tuple(prefix_v.shape)}"
+                f"tree_attention: prefix_k and prefix_v shapes differ: {tuple(prefix_k.shape)} vs "
+                f"{tuple(prefix_v.shape)}"
             )
     if check_values and N > 0:
         idx = torch.arange(N, device=horizon.device, dtype=torch.int32)
@@ -143,17 +134,6 @@ def validate_tree_attention_inputs(
 # --------------------------------------------------------------------------------------------------
 # Torch reference (dense mask)
 # --------------------------------------------------------------------------------------------------
-def tree_attention_mask(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
-    """Dense boolean visibility ``[N, P + N]``: True where query row may attend key column."""
-    N = horizon.shape[0]
-    qi = torch.arange(N, device=horizon.device).unsqueeze(1)
-    ki = torch.arange(N, device=horizon.device).unsqueeze(0)
-    tree = (ki <= qi) & (qi < horizon.to(torch.int64).unsqueeze(0))
-    if prefix_len:
-        tree = torch.cat([torch.ones(N, prefix_len, dtype=torch.bool, device=horizon.device), tree], dim=1)
-    return tree
-
-
 def tree_attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -165,16 +145,16 @@ def tree_attention_reference(
 ) -> torch.Tensor:
     """Dense torch reference: ``softmax(q k^T * scale + mask) v`` in fp32, returned in ``q``'s dtype."""
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
-    H, N, D = q.shape
+    H, N = q.shape[:2]
     group = H // k.shape[0]
-    if prefix_k is not None:
+    if prefix_k is not None and prefix_v is not None:
         k = torch.cat([prefix_k, k], dim=1)
         v = torch.cat([prefix_v, v], dim=1)
     P = k.shape[1] - N
     kf = k.float().repeat_interleave(group, dim=0)
     vf = v.float().repeat_interleave(group, dim=0)
     scores = torch.matmul(q.float(), kf.transpose(1, 2)) * scale
-    visible = tree_attention_mask(horizon, P)
+    visible = visibility(horizon, P)
     scores = scores.masked_fill(~visible, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), vf)
     return out.to(q.dtype)
@@ -304,13 +284,25 @@ def _get_kernel():
     global _KERNEL
     if _KERNEL is not None:
         return _KERNEL
-    import triton
-    import triton.language as tl
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError as exc:
+        raise RuntimeError(f"tree_attention (Triton): triton is not importable ({exc})") from exc
 
     @triton.jit
     def _tree_attention_fwd(
-        Q, K, V, PK, PV, HOR, BLKMAX, OUT,
-        N, P, qk_scale,
+        Q,
+        K,
+        V,
+        PK,
+        PV,
+        HOR,
+        BLKMAX,
+        OUT,
+        N,
+        P,
+        qk_scale,
         GROUP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -334,8 +326,9 @@ def _get_kernel():
         d_ok = offs_d < HEAD_DIM
         m_ok = offs_m < N
 
-        q = tl.load(Q + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-                    mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+        q = tl.load(
+            Q + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0
+        )
         if DOT_FP32:
             q = q.to(tl.float32)
 
@@ -350,10 +343,16 @@ def _get_kernel():
             for p0 in range(0, P, BLOCK_N):
                 offs_p = p0 + offs_n
                 p_ok = offs_p < P
-                kp = tl.load(PK + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
-                             mask=p_ok[:, None] & d_ok[None, :], other=0.0)
-                vp = tl.load(PV + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
-                             mask=p_ok[:, None] & d_ok[None, :], other=0.0)
+                kp = tl.load(
+                    PK + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=p_ok[:, None] & d_ok[None, :],
+                    other=0.0,
+                )
+                vp = tl.load(
+                    PV + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=p_ok[:, None] & d_ok[None, :],
+                    other=0.0,
+                )
                 if DOT_FP32:
                     kp = kp.to(tl.float32)
                     vp = vp.to(tl.float32)
@@ -375,10 +374,16 @@ def _get_kernel():
             if blk_h > q0:
                 offs_k = n0 + offs_n
                 k_ok = offs_k < N
-                kt = tl.load(K + kv_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :],
-                             mask=k_ok[:, None] & d_ok[None, :], other=0.0)
-                vt = tl.load(V + kv_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :],
-                             mask=k_ok[:, None] & d_ok[None, :], other=0.0)
+                kt = tl.load(
+                    K + kv_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=k_ok[:, None] & d_ok[None, :],
+                    other=0.0,
+                )
+                vt = tl.load(
+                    V + kv_base + offs_k[:, None] * HEAD_DIM + offs_d[None, :],
+                    mask=k_ok[:, None] & d_ok[None, :],
+                    other=0.0,
+                )
                 hor = tl.load(HOR + offs_k, mask=k_ok, other=0)
                 if DOT_FP32:
                     kt = kt.to(tl.float32)
@@ -397,8 +402,11 @@ def _get_kernel():
         # Rows past N see nothing (l = 0); every real row sees at least itself.
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
-        tl.store(OUT + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
-                 out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+        tl.store(
+            OUT + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
+            out.to(OUT.dtype.element_ty),
+            mask=m_ok[:, None] & d_ok[None, :],
+        )
 
     _KERNEL = _tree_attention_fwd
     return _KERNEL
@@ -447,30 +455,35 @@ def tree_attention(
             f"tree_attention (Triton): tensors are on {q.device}; the kernel needs CUDA "
             "(or TRITON_INTERPRET=1 set before importing triton, for CPU testing)"
         )
-    if not triton_available():
-        raise RuntimeError("tree_attention (Triton): triton is not importable; use the CPU op or install triton")
     auto_m, auto_n = _pick_blocks(N, D)
     block_m = block_m or auto_m
     block_n = block_n or auto_n
     for name, b in (("block_m", block_m), ("block_n", block_n)):
         if b < 16 or b & (b - 1):
             raise ValueError(f"tree_attention (Triton): {name} must be a power of two >= 16, got {b}")
-    scale = D ** -0.5 if scale is None else float(scale)
+    scale = D**-0.5 if scale is None else float(scale)
     out = torch.empty_like(q)
     if N == 0:
         return out
-    has_prefix = prefix_k is not None and prefix_k.shape[1] > 0
-    P = prefix_k.shape[1] if has_prefix else 0
+    P = prefix_k.shape[1] if prefix_k is not None else 0
+    has_prefix = P > 0
     blkmax = block_max_horizon(horizon, block_n)
     # The interpreter has no bf16 tl.dot: compute its dots in fp32.
     dot_fp32 = _interpreting() or q.dtype == torch.float32
     kernel = _get_kernel()
     grid = (-(-N // block_m), H)
     kernel[grid](
-        q, k, v,
-        prefix_k if has_prefix else k, prefix_v if has_prefix else v,
-        horizon, blkmax, out,
-        N, P, scale * math.log2(math.e),
+        q,
+        k,
+        v,
+        prefix_k if has_prefix else k,
+        prefix_v if has_prefix else v,
+        horizon,
+        blkmax,
+        out,
+        N,
+        P,
+        scale * math.log2(math.e),
         GROUP=H // k.shape[0],
         HEAD_DIM=D,
         BLOCK_D=max(16, 1 << (D - 1).bit_length()),

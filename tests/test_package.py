@@ -20,19 +20,19 @@ def test_unknown_attribute_is_an_attribute_error():
 
 
 def _import_without_extension(code: str) -> subprocess.CompletedProcess:
-    prelude = "import sys, warnings; warnings.simplefilter('always'); sys.modules['scar._C'] = None\n"
+    prelude = "import sys, warnings; warnings.simplefilter('always'); sys.modules['scar_kernels._C'] = None\n"
     return subprocess.run([sys.executable, "-c", prelude + code], capture_output=True, text=True, timeout=300)
 
 
 def test_import_without_extension_works_and_warns_once():
     run = _import_without_extension(
-        "import scar, scar._ext\n"
+        "import scar\n"
         "assert not scar.has_extension()\n"
-        "import torch\n"
-        "from scar.trie import build_pack\n"
+        "from scar_kernels.ops import implementation\n"
+        "assert implementation('build_pack') == implementation('tree_attention') == 'torch'\n"
         "print('ok')\n"
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "ok"
-    assert run.stderr.count("C++ extension scar._C is not available") == 1
+    assert run.stderr.count("C++ extension scar_kernels._C is not available") == 1
     assert "slower paths" in run.stderr

@@ -1,81 +1,22 @@
 """TRL drop-in for dense credit: a reward function and a GRPO trainer with per-token advantages.
 
-Two pieces (DESIGN.md section 7):
+Three pieces:
 
 * :class:`DenseRewardFunction` wraps a *credit provider* -- any callable
   ``credit_fn(prompts, completions, completion_ids) -> DenseRewards`` (``scar.SCAR(...)``, the ABC
   baseline, ...) -- as an ordinary TRL reward function. Used in ``GRPOTrainer`` or ``RLOOTrainer`` it
   returns the sequence reward ``r`` of each completion (plain GRPO / RLOO training on ``r``) and keeps the
-  batch's :class:`~scar.rewards.DenseRewards` so that a trainer can fetch them for the same completions.
+  batch's :class:`~scar.credit.rewards.DenseRewards` so that a trainer can fetch them for the same
+  completions.
+* :class:`DenseGRPOConfig` is TRL's ``GRPOConfig`` with the settings of the per-token advantages.
 * :class:`DenseGRPOTrainer` is a ``GRPOTrainer`` whose advantages are per token, ``(B, T)``, built from
   the dense rewards. Only the advantages change: the KL term, clipping, loss types and loss
   normalisation of TRL are untouched (GRPO's loss accepts ``(B, T)`` advantages from a subclass).
 
-The per-token advantage (:func:`dense_group_advantages`). For completion ``i`` of a group ``g`` (the
-``num_generations`` completions of one prompt) with per-token rewards ``R_{i,1..T_i}``:
-
-    G_{i,t} = sum_{s >= t} R_{i,s}                       (return-to-go, undiscounted)
-    A_{i,t} = (G_{i,t} - b_{g,t}) / (s + 1e-4)            (A = 0 on padding)
-
-The baseline ``b``:
-
-* ``baseline="position"`` (the default): ``b_{g,t} = mean_{j in g} H_{j,t}``, the group's mean
-  return-to-go at position ``t``, where ``H_{j,t} = G_{j,t}`` for ``t <= T_j`` and, for a completion that
-  has already ended (``t > T_j``), ``H_{j,t} = G_{j,T_j}``, the return-to-go of its last token (0 for a
-  completion without tokens). With sparse credit ``G_{j,t} = r_j`` at every ``t <= T_j``, so ``H_{j,t} =
-  r_j`` at every position and ``b_{g,t}`` is GRPO's group mean, for equal *and* unequal lengths. With dense
-  credit and unequal lengths, the baseline at a position past some completions' ends mixes the running
-  completions' returns-to-go with the ended ones' last-token rewards (usually small): the last tokens of
-  a short completion are compared with the reward the longer ones still had to come.
-* ``baseline="group"``: ``b_{g,t} = mean_{j in g} G_{j,1}``, one baseline for all positions (GRPO's
-  group mean of the sequence returns). The first token keeps the advantage of the whole return and each
-  later token's drops the credit earned before it, ``A_{i,t} = A_{i,1} - (sum_{s<t} R_{i,s}) / (s + 1e-4)``,
-  so late tokens drift towards ``-mean(r) / s`` whenever the rewards do not average 0.
-
-At the first position both baselines are the group mean of the sequence returns.
-
-The divisor follows ``GRPOConfig.scale_rewards``: ``"group"`` pools the group ``g``, ``"batch"`` the whole
-batch (centred on the batch's own means, as TRL does), ``"none"`` divides by nothing (``A = G - b``). ``s``
-is, with ``std_of="token"`` (the default), the std of the centred returns-to-go over the pool with each
-completion weighing 1, ``s^2 = sum_j mean_{t<=T_j} (G_{j,t} - c_t)^2 / (n - 1)`` (``c_t`` the pool's
-baseline at ``t``, ``n`` its size); with ``std_of="sequence"`` (GRPO's), the Bessel-corrected std of the
-sequence returns ``G_{j,1}`` over the pool. Where ``s`` is zero the advantages are 0.
-
-Why ``std_of="token"`` is the default: the sequence std measures only how the *totals* differ within
-the group, while the credit in ``G_{i,t} - b_{g,t}`` is as large as the credit itself. When the group's
-totals are nearly equal but the credit is not (e.g. ``v(∅)`` far from ``r``), ``std_of="sequence"``
-divides the credit by a tiny number and the advantages grow without bound (a test group whose totals
-agree within 1e-6 gets advantages above 1e4; a group with exactly equal totals is set to 0, like GRPO,
-rather than divided by ``1e-4``). The token std measures the spread of what is actually used as
-advantage: with ``scale_rewards="group"`` the squared advantages, averaged over each completion's tokens
-and summed over the group, equal ``n - 1`` (Bessel), so no advantage exceeds ``sqrt((n - 1) * T_max)``.
-
-Why it reduces to GRPO for sparse credit: if all reward is on the last token, ``R_{i,t} = r_i 1[t==T_i]``,
-then ``G_{i,t} = r_i`` for every ``t <= T_i``; both baselines become the group mean of ``r`` and both
-choices of ``s`` the std of ``r`` over the pool, so ``A_{i,t} = (r_i - mean_g r) / (std r + 1e-4)`` on
-every token -- GRPO's sequence advantage broadcast over the completion, which is what GRPO's loss does
-with its ``(B,)`` advantages (and where GRPO's std is zero its advantages are zero too).
-
-Which baseline, measured (``simulate_advantages`` in ``tests/test_trl.py``; 4000 groups of 8
-completions, per-token rewards ``R_t = 0.3 + e_t`` with ``e_t ~ N(0, 0.5/sqrt(10))``, i.e. ``r ~ N(3, 0.5)``
-over 10 tokens; ``e_t`` is the true centred credit of token ``t``; ``scale_rewards="group"``). ``corr`` is
-the correlation of ``A_{i,t}`` with ``e_{i,t}`` over all tokens, ``last`` and ``mean`` the average
-advantage of the last token and of all tokens (ideally 0)::
-
-    lengths  std_of    baseline   corr    last    mean
-    10       token     position   0.404  -0.00   +0.00
-    10       token     group      0.157  -1.54   -0.77
-    10       sequence  position   0.390  +0.00   +0.00
-    10       sequence  group      0.122  -6.06   -3.03
-    5..15    token     position   0.161  -0.52   +0.11
-    5..15    token     group      0.127  -1.47   -0.66
-    5..15    sequence  position   0.153  -0.47   +0.10
-    5..15    sequence  group      0.111  -2.73   -1.26
-
-The per-position baseline removes the late-token drift and follows the per-token credit 2.6x better
-with equal lengths (1.3x with varied lengths, where the return still to come also depends on how long
-each completion runs); hence the default. The group baseline drifts whenever the per-token rewards do
-not average 0 (here 0.3; SCAR's credit sums to ``alpha * (r - v(∅)) + (1 - alpha) * r``).
+The per-token advantages are :func:`scar.credit.advantages.dense_group_advantages` of the dense rewards:
+returns-to-go minus a group baseline (per position by default), scaled like GRPO's (``scale_rewards``). With
+sparse credit they equal GRPO's sequence advantages broadcast over each completion. Their settings are the
+fields of :class:`DenseGRPOConfig`, TRL's ``GRPOConfig`` plus ``std_of`` and ``baseline``.
 
 When several reward functions are given, the per-token reward is
 ``R_{i,t} = sum_{dense k} w_k R^k_{i,t} + 1[t == T_i] * sum_{other k} w_k r^k_i``: the sequence-level
@@ -94,14 +35,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
+from scar._checks import check_choice
+from scar.credit.advantages import BASELINES, SCALE_REWARDS, STD_OF, dense_group_advantages
+
 if TYPE_CHECKING:  # annotations only: any object with token_rewards and rewards is accepted at run time
-    from scar.rewards import DenseRewards
+    from scar.credit.rewards import DenseRewards
 
 TRL_TESTED_RANGE = (">=1.16", "<1.17")
 _TRL_MIN = (1, 16)
@@ -132,13 +76,13 @@ def _check_trl_version() -> str:
 
 TRL_VERSION = _check_trl_version()
 
-from trl import GRPOTrainer  # noqa: E402  (after the version check, so a missing TRL fails with our message)
+from trl import GRPOConfig, GRPOTrainer  # noqa: E402  (after the version check: a missing TRL fails with our message)
 
 __all__ = [
     "CreditFn",
     "DenseRewardFunction",
+    "DenseGRPOConfig",
     "DenseGRPOTrainer",
-    "dense_group_advantages",
     "TRL_TESTED_RANGE",
     "TRL_VERSION",
 ]
@@ -146,9 +90,27 @@ __all__ = [
 CreditFn = Callable[[list[str], list[str], list[list[int]]], "DenseRewards"]
 """A credit provider: ``credit_fn(prompts, completions, completion_ids) -> DenseRewards``."""
 
-SCALE_REWARDS = ("group", "batch", "none")
-STD_OF = ("token", "sequence")
-BASELINES = ("position", "group")
+
+@dataclass
+class DenseGRPOConfig(GRPOConfig):
+    """``GRPOConfig`` with the settings of :class:`DenseGRPOTrainer`'s per-token advantages.
+
+    Args:
+        std_of: what the std that scales the advantages is taken of: ``"token"`` (the centred
+            returns-to-go, each completion weighing 1; default) or ``"sequence"`` (the sequence returns,
+            GRPO's); see :func:`scar.credit.advantages.dense_group_advantages`.
+        baseline: ``"position"`` (the group's mean return-to-go at each position; default) or ``"group"``
+            (one baseline per group, GRPO's).
+        (all other arguments): ``trl.GRPOConfig``'s.
+    """
+
+    std_of: str = field(default="token", metadata={"help": "std of the advantages' scale: 'token' or 'sequence'"})
+    baseline: str = field(default="position", metadata={"help": "advantage baseline: 'position' or 'group'"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self.std_of, "std_of", STD_OF)
+        check_choice(self.baseline, "baseline", BASELINES)
 
 
 class DenseRewardFunction:
@@ -260,103 +222,6 @@ def _check_dense(dense: Any, ids: tuple[tuple[int, ...], ...], name: str) -> Non
             )
 
 
-def dense_group_advantages(
-    token_rewards: torch.Tensor,
-    lengths: torch.Tensor,
-    num_generations: int,
-    scale_rewards: str = "group",
-    std_of: str = "token",
-    baseline: str = "position",
-) -> torch.Tensor:
-    """Per-token GRPO advantages from per-token rewards (formula in the module docstring).
-
-    Args:
-        token_rewards: ``[N, T]`` right-padded per-token rewards of all completions, grouped: rows
-            ``g*num_generations .. (g+1)*num_generations - 1`` are the completions of prompt ``g``.
-            Values past ``lengths`` are ignored. A row with a NaN reward is unscorable: it is left out
-            of the means and stds, and its advantages are 0 (as TRL does for NaN rewards).
-        lengths: ``[N]`` number of completion tokens of each row (``<= T``).
-        num_generations: completions per prompt (the group size).
-        scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (``GRPOConfig.scale_rewards``): the pool
-            whose std divides the advantages, or no division.
-        std_of: ``"token"`` (default): the std of the centred returns-to-go over the pool, each
-            completion weighing 1 (each of its tokens ``1/T_i``); ``"sequence"``: the std of the
-            sequence returns over the pool (GRPO's; unbounded when the totals are nearly equal).
-        baseline: ``"position"`` (default): ``b_t`` = the group's mean return-to-go at position ``t``
-            (a completion that has ended counts with the return-to-go of its last token); ``"group"``:
-            one baseline per group, the mean sequence return.
-
-    Returns:
-        float32 ``[N, T]`` advantages, zero on padding and wherever the dividing std is zero.
-    """
-    if token_rewards.dim() != 2:
-        raise ValueError(f"token_rewards must be [N, T], got shape {tuple(token_rewards.shape)}")
-    n, length = token_rewards.shape
-    lengths = torch.as_tensor(lengths, device=token_rewards.device)
-    if lengths.shape != (n,):
-        raise ValueError(f"lengths must be [{n}], got shape {tuple(lengths.shape)}")
-    if bool((lengths < 0).any()) or bool((lengths > length).any()):
-        raise ValueError(f"lengths must be in [0, {length}]")
-    if isinstance(num_generations, bool) or not isinstance(num_generations, int) or num_generations < 1:
-        raise ValueError(f"num_generations must be a positive int, got {num_generations!r}")
-    if n % num_generations:
-        raise ValueError(f"{n} completions do not split into groups of num_generations={num_generations}")
-    if scale_rewards not in SCALE_REWARDS:
-        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}")
-    if std_of not in STD_OF:
-        raise ValueError(f"std_of must be one of {STD_OF}, got {std_of!r}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-
-    device = token_rewards.device
-    valid = torch.arange(length, device=device).unsqueeze(0) < lengths.unsqueeze(1)
-    rewards = token_rewards.to(torch.float64).masked_fill(~valid, 0.0)
-    unscorable = torch.isnan(rewards).any(dim=1)
-    # returns-to-go: reversed cumulative sum along the completion (padding holds 0, so it adds nothing)
-    returns = rewards.flip(1).cumsum(1).flip(1)
-    returns[unscorable] = torch.nan
-    seq_returns = returns[:, 0] if length else torch.zeros(n, dtype=torch.float64, device=device)
-    seq_returns = seq_returns.masked_fill(unscorable, torch.nan)
-
-    if baseline == "position":
-        # past its end a completion keeps the return-to-go of its last token (0 for an empty one): with
-        # sparse credit that is its r at every position, so the baseline is GRPO's for any lengths
-        rows = torch.arange(n, device=device)
-        last = returns[rows, (lengths - 1).clamp(min=0)] if length else seq_returns
-        last = torch.where(lengths > 0, last, seq_returns)
-        held = torch.where(valid, returns, last.unsqueeze(1))
-    else:
-        held = seq_returns.unsqueeze(1).expand(n, length)  # the group baseline is the same at every position
-    # [N, T] per-position centre of each row's group (group baseline: the mean sequence return everywhere)
-    centre = torch.nanmean(held.reshape(-1, num_generations, length), dim=1).repeat_interleave(num_generations, 0)
-    seq_centre = torch.nanmean(seq_returns.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
-    advantages = returns - centre
-    if scale_rewards != "none":
-        # TRL centres the group std on the group mean and the batch std on the batch mean; so do we
-        if scale_rewards == "group":
-            pool_centre, pool_seq_centre, pool_size = centre, seq_centre, num_generations
-        else:
-            pool_centre = torch.nanmean(held, dim=0, keepdim=True).expand(n, length)
-            pool_seq_centre, pool_size = torch.nanmean(seq_returns).expand(n), n
-        if std_of == "sequence":
-            sq_dev = (seq_returns - pool_seq_centre) ** 2
-        else:
-            dev = (returns - pool_centre).masked_fill(~valid, 0.0)
-            sq_dev = torch.where(
-                lengths > 0, dev.pow(2).sum(1) / lengths.clamp(min=1), (seq_returns - pool_seq_centre) ** 2
-            )
-        pooled = sq_dev.view(-1, pool_size)
-        count = (~torch.isnan(pooled)).sum(dim=1, keepdim=True)
-        # Bessel-corrected like TRL's nanstd; undefined (NaN, hence advantage 0) for a pool of one
-        var = torch.nansum(pooled, dim=1, keepdim=True) / (count - 1).clamp(min=1)
-        std = torch.where(count > 1, var.sqrt(), torch.nan).expand_as(pooled).reshape(n)
-        advantages = advantages / (std.unsqueeze(1) + 1e-4)
-        # no spread, no scale: GRPO's advantage is 0 there, and dividing by 1e-4 would blow up the credit
-        advantages = advantages.masked_fill(torch.isclose(std, torch.zeros_like(std)).unsqueeze(1), 0.0)
-    advantages = advantages.masked_fill(~valid, 0.0)
-    return torch.nan_to_num(advantages, nan=0.0).to(torch.float32)
-
-
 @dataclass
 class _PendingDense:
     """What ``_calculate_rewards`` saw, kept until ``_generate_and_score_completions`` builds advantages."""
@@ -378,22 +243,14 @@ class DenseGRPOTrainer(GRPOTrainer):
     separately has no per-token meaning.
 
     Args:
-        *args, **kwargs: ``GRPOTrainer``'s arguments.
-        std_of: what the std that scales the advantages is taken of: ``"token"`` (the centred
-            returns-to-go; default) or ``"sequence"`` (the sequence returns, GRPO's); see
-            :func:`dense_group_advantages`.
-        baseline: ``"position"`` (a per-position group baseline; default) or ``"group"`` (one baseline
-            per group, GRPO's); see :func:`dense_group_advantages`.
+        *args, **kwargs: ``GRPOTrainer``'s arguments; ``args`` must be a :class:`DenseGRPOConfig` (its
+            ``std_of`` and ``baseline`` choose the advantages).
     """
 
-    def __init__(self, *args: Any, std_of: str = "token", baseline: str = "position", **kwargs: Any) -> None:
-        if std_of not in STD_OF:
-            raise ValueError(f"std_of must be one of {STD_OF}, got {std_of!r}")
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        self.std_of = std_of
-        self.baseline = baseline
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if not isinstance(self.args, DenseGRPOConfig):
+            raise TypeError(f"DenseGRPOTrainer needs args=DenseGRPOConfig(...), got {type(self.args).__name__}")
         if not any(isinstance(f, DenseRewardFunction) for f in self.reward_funcs):
             raise ValueError(
                 "DenseGRPOTrainer needs at least one DenseRewardFunction in reward_funcs "
@@ -459,15 +316,16 @@ class DenseGRPOTrainer(GRPOTrainer):
         # group statistics need every process's completions: pad to a common T and gather
         all_rewards = self.accelerator.gather(self.accelerator.pad_across_processes(token_rewards, dim=1))
         all_lengths = self.accelerator.gather(lengths)
-        mode = "train" if self.model.training else "eval"
-        num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        training = self.model is not None and self.model.training
+        num_generations = int(self.num_generations if training else self.num_generations_eval)  # type: ignore[arg-type]
+        args = cast(DenseGRPOConfig, self.args)
         all_advantages = dense_group_advantages(
-            all_rewards, all_lengths, num_generations, self.scale_rewards, self.std_of, self.baseline
+            all_rewards, all_lengths, num_generations, self.scale_rewards, args.std_of, args.baseline
         )
 
         # TRL logged the sequence advantages of r; log the advantage of each completion's first token instead
         n_all = all_advantages.shape[0]
-        logged = self._logs["advantages"]
+        logged: Any = self._logs["advantages"]
         for _ in range(min(n_all, len(logged))):
             logged.pop()
         logged.extend(all_advantages[:, 0].tolist() if all_advantages.shape[1] else [0.0] * n_all)

@@ -1,0 +1,113 @@
+"""Smoke test of the sentiment GRPO experiment (scar.experiments.sentiment): tiny world, 1 seed, 2 steps.
+
+Each credit method trains the tiny world's policy for two real GRPO steps (TRL, CPU). The settings are
+shrunk (short completions, small groups, few permutations) so that the three runs take seconds; the
+tiny world itself is built once into a temporary cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from grpo import sentiment as E
+
+STEPS = 2
+TINY = E.TrainConfig(prompts_per_step=2, num_generations=2, min_tokens=4, max_tokens=10, learning_rate=1e-3,
+                     scar_budget=2, eval_samples_per_prompt=1, smooth=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("scar_cache")
+    out = tmp_path_factory.mktemp("experiment")
+    res = E.run(seeds=(0,), steps=STEPS, size="tiny", out_dir=out, progress=False, cache_dir=cache, config=TINY)
+    return res, out
+
+
+def test_result_structure(results):
+    res, out = results
+    assert set(res) == {"config", "world", "initial", "runs", "summary"}
+    assert [(r["method"], r["seed"]) for r in res["runs"]] == [("sparse", 0), ("abc", 0), ("scar", 0)]
+    for run in res["runs"]:
+        assert [s["step"] for s in run["steps"]] == list(range(1, STEPS + 1))
+        for step in run["steps"]:
+            assert math.isfinite(step["reward"]) and step["step_s"] > 0 and step["wall_s"] > 0
+            assert step["credit_s"] > 0  # every method scores its completions with the reward model
+        final = run["final"]
+        assert final["n"] == res["initial"]["n"] > 0  # every policy is judged on the same held-out prompts
+        assert final["examples"] and all(isinstance(e["completion"], str) for e in final["examples"])
+        assert -1.0 <= final["vader_mean"] <= 1.0 and math.isfinite(final["reward_mean"])
+    # written to disk, identical to what was returned (JSON round trip), and the plot exists
+    assert json.loads((out / E.RESULTS_FILE).read_text()) == json.loads(json.dumps(res))
+    assert (out / E.PLOT_FILE).stat().st_size > 1000
+    summary = res["summary"]["methods"]
+    assert set(summary) == set(E.METHODS)
+    table = E.format_table(res)
+    assert all(f"| {m} |" in table for m in E.METHODS)
+
+
+def test_same_seed_same_first_batch(results):
+    """Every method starts from the same policy and seed, so the first sampled batch (and r) is shared."""
+    res, _ = results
+    first = {r["method"]: r["steps"][0]["reward"] for r in res["runs"]}
+    assert first["abc"] == pytest.approx(first["sparse"], abs=1e-6)
+    assert first["scar"] == pytest.approx(first["sparse"], abs=1e-6)
+
+
+def test_dense_methods_have_per_token_advantages(results):
+    res, _ = results
+    spread = {r["method"]: [s["advantage_spread"] for s in r["steps"]] for r in res["runs"]}
+    assert spread["sparse"] == [0.0] * STEPS  # GRPO: one advantage per completion
+    for method in ("abc", "scar"):
+        assert any(x > 1e-6 for x in spread[method]), f"{method} advantages are constant along completions"
+
+
+def test_policy_parameters_moved(results):
+    res, _ = results
+    for run in res["runs"]:
+        assert run["param_change"] > 0, f"{run['method']}: the policy did not change"
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="unknown method"):
+        E.run(methods=("dense",), steps=1)
+    with pytest.raises(ValueError, match="steps"):
+        E.run(steps=0)
+    with pytest.raises(TypeError, match="seeds"):
+        E.run(seeds=3)
+    with pytest.raises(ValueError, match="even"):
+        E.TrainConfig(scar_budget=3)
+    with pytest.raises(ValueError, match="min_tokens"):
+        E.TrainConfig(min_tokens=9, max_tokens=8)
+    with pytest.raises(ValueError, match="num_generations"):
+        E.TrainConfig(num_generations=1)
+    with pytest.raises(ValueError, match="alpha"):
+        E.TrainConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="unknown method"):
+        E.make_credit("dense", None, None, TINY, 0)
+
+
+def test_timed_credit_measures_and_laps():
+    calls = []
+
+    def credit(prompts, completions, completion_ids):
+        calls.append(len(prompts))
+        return "dense"
+
+    timed = E.TimedCredit(credit, "reward")
+    assert timed(["p"], ["c"], [[1]]) == "dense" and calls == [1]
+    first = timed.lap()
+    assert first > 0 and timed.lap() == 0.0
+    assert timed.__name__ == "reward"
+
+
+def test_advantage_spread():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert E._advantage_spread(torch.tensor([0.5, -0.5]), mask) == 0.0
+    dense = torch.tensor([[1.0, 1.0, 1.0, 9.0], [0.0, 2.0, 7.0, 7.0]])
+    # row 0 is constant on its tokens (padding ignored); row 1 has std 1 on its two tokens
+    assert E._advantage_spread(dense, mask) == pytest.approx(0.5)

@@ -1,0 +1,159 @@
+"""Shapley values of responses' players, scored by a :class:`~scar.scoring.CoalitionScorer`.
+
+:func:`shapley_values` does one response; :func:`shapley_values_many` does a batch with one scorer
+call for all of it (one packed forest for the ``trie`` backend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from scar.game.tokens import IdsLike
+from scar.scoring import CoalitionScorer
+from scar.shapley import DEFAULT_METHOD, ShapleyResult, plan, shapley
+
+__all__ = ["ResponseError", "shapley_values", "shapley_values_many"]
+
+
+class ResponseError(ValueError):
+    """A ValueError about one response of a :func:`shapley_values_many` call.
+
+    The message is ``"response {index}: {reason}"``.
+
+    Attributes:
+        index: the response's position in the call.
+        reason: the message without the ``response {index}:`` prefix.
+    """
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"response {index}: {reason}")
+        self.index = index
+        self.reason = reason
+
+
+def shapley_values(
+    scorer: CoalitionScorer,
+    prompt_ids: IdsLike,
+    response_ids: IdsLike,
+    players: Sequence[Any] | torch.Tensor,
+    *,
+    method: str = DEFAULT_METHOD,
+    budget: int | None = None,
+    seed: int | None = None,
+    hierarchy: Sequence[Any] | None = None,
+    suffix_ids: IdsLike | None = None,
+) -> ShapleyResult:
+    """Shapley (or Owen) values of ``players`` for the reward of ``prompt ⊕ response ⊕ suffix``.
+
+    The value of a coalition is ``scorer``'s score of the response with only that coalition's players
+    (and the gap tokens) kept. The estimator hands its whole plan of coalitions to the value function
+    at once, and the value function scores it with ONE scorer call, so the ``trie`` backend shares
+    every common prefix of the plan in as few passes as its budget allows.
+
+    Args:
+        scorer: the coalition scorer (its backend, removal mode and budget apply).
+        prompt_ids, response_ids, players, suffix_ids: as :meth:`CoalitionScorer.score`.
+        method, budget, seed, hierarchy: as :func:`scar.shapley.shapley`.
+
+    Returns:
+        The :class:`scar.shapley.ShapleyResult`; ``values[j]`` is player ``j``'s credit.
+    """
+    if not isinstance(scorer, CoalitionScorer):
+        raise TypeError(f"scorer must be a CoalitionScorer, got {type(scorer).__name__}")
+    n_players = len(players.tolist() if isinstance(players, torch.Tensor) else list(players))
+
+    def value_fn(coalitions: torch.Tensor) -> torch.Tensor:
+        return scorer.score(prompt_ids, response_ids, players, coalitions, suffix_ids)
+
+    return shapley(value_fn, n_players, method=method, budget=budget, seed=seed, hierarchy=hierarchy)
+
+
+def _per_response(name: str, value: object, n: int) -> list:
+    """``value`` as one entry per response: a list/tuple of length ``n``, or None for all."""
+    if value is None:
+        return [None] * n
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be a list with one entry per response (or None), got {type(value).__name__}")
+    if len(value) != n:
+        raise ValueError(f"{name} needs one entry per response: got {len(value)} for {n} responses")
+    return list(value)
+
+
+def shapley_values_many(
+    scorer: CoalitionScorer,
+    prompts_ids: Sequence[IdsLike],
+    responses_ids: Sequence[IdsLike],
+    players_list: Sequence[Sequence[Any] | torch.Tensor],
+    *,
+    method: str = DEFAULT_METHOD,
+    budget: int | None = None,
+    seed: int | Sequence[int | None] | None = None,
+    hierarchies: Sequence[Sequence[Any] | None] | None = None,
+    suffixes_ids: Sequence[IdsLike | None] | None = None,
+) -> list[ShapleyResult]:
+    """:func:`shapley_values` of a batch of responses, with ONE scorer call for all their coalitions.
+
+    Each response's estimator plan (:func:`scar.shapley.plan`) is built first; the distinct
+    coalitions of every plan go to one :meth:`CoalitionScorer.score_many` call (the ``trie`` backend
+    packs them as one forest, one prefix tree per response, in as few passes as its token budget
+    allows); then each plan is finished with its own values. Response ``i``'s result equals
+    ``shapley_values(scorer, prompts_ids[i], responses_ids[i], players_list[i], seed=seeds[i], ...)``
+    up to the float rounding of the packed forward (exactly, for the ``loop`` backend).
+
+    Args:
+        scorer: the coalition scorer; afterwards ``scorer.stats`` holds the cost of the one call.
+        prompts_ids, responses_ids, players_list: one entry per response, as in :func:`shapley_values`.
+        method, budget: as :func:`scar.shapley.shapley`, shared by every response.
+        seed: an int or None (used for every response), or a list with one int or None per response.
+        hierarchies: ``owen`` only: None, or one hierarchy (or None) per response.
+        suffixes_ids: None, or one suffix (token ids or None) per response.
+
+    Returns:
+        One :class:`scar.shapley.ShapleyResult` per response, in order (an empty list for no
+        responses, without calling the scorer).
+
+    Raises:
+        TypeError: ``scorer`` is not a CoalitionScorer; a per-response argument is not a list; bad
+            estimator argument types (the message names the response).
+        ValueError: lists of different lengths; :class:`ResponseError` (a ValueError) when a
+            response's plan is invalid or its scores are not finite; the scorer's errors on bad ids
+            or players (which name the response).
+    """
+    if not isinstance(scorer, CoalitionScorer):
+        raise TypeError(f"scorer must be a CoalitionScorer, got {type(scorer).__name__}")
+    for name, value in (("prompts_ids", prompts_ids), ("responses_ids", responses_ids), ("players_list", players_list)):
+        if isinstance(value, (str, torch.Tensor)) or not isinstance(value, Sequence):
+            raise TypeError(f"{name} must be a list with one entry per response, got {type(value).__name__}")
+    n = len(responses_ids)
+    if len(prompts_ids) != n or len(players_list) != n:
+        raise ValueError(
+            f"prompts_ids, responses_ids and players_list need one entry per response; got "
+            f"{len(prompts_ids)}, {n} and {len(players_list)}"
+        )
+    seeds = [seed] * n if seed is None or not isinstance(seed, (list, tuple)) else _per_response("seed", seed, n)
+    trees = _per_response("hierarchies", hierarchies, n)
+    suffixes = _per_response("suffixes_ids", suffixes_ids, n)
+    if n == 0:
+        return []
+    plans = []
+    for i, (players, s, tree) in enumerate(zip(players_list, seeds, trees)):
+        try:
+            n_players = len(players.tolist() if isinstance(players, torch.Tensor) else list(players))
+            plans.append(plan(n_players, method=method, budget=budget, seed=s, hierarchy=tree))
+        except ValueError as err:
+            raise ResponseError(i, str(err)) from err
+        except TypeError as err:
+            raise TypeError(f"response {i}: {err}") from err
+    scores = scorer.score_many(
+        list(prompts_ids), list(responses_ids), list(players_list), [p.coalitions for p in plans], suffixes
+    )
+    results = []
+    for i, (p, values) in enumerate(zip(plans, scores)):
+        try:
+            results.append(p.finish(values))
+        except ValueError as err:  # e.g. NaN scores from the reward model
+            raise ResponseError(i, str(err)) from err
+    return results

@@ -1,0 +1,354 @@
+"""The one tokenization convention: what the reward model scores, where each token's characters lie, and
+how per-token values move between two tokenizations of the same text.
+
+What the reward model scores for a (prompt, response) pair is ``prompt_ids ⊕ response_ids ⊕ suffix_ids``:
+
+* ``prompt_ids``: the tokenizer's encoding of the prompt *with* its special tokens (BOS, or CLS ... SEP),
+  or the given ids;
+* ``response_ids``: the encoding of the response text *without* special tokens (its character offsets
+  locate the players), or the given ids;
+* ``suffix_ids``: what the reward model's template appends after the response (e.g. ``[eos]``).
+
+Prompt and response are tokenized separately, so the token boundary between them is where the strings
+meet (give the response its leading space if the reward model expects one).
+
+Character offsets (:func:`token_offsets`): token ``i`` covers ``text[a:b]``. A token that holds only part
+of a multi-byte character, or decodes to nothing (a special token when special tokens are skipped), gets
+the empty range ``(a, a)`` at its position; the token that completes the character carries it. So the
+ranges of a response's tokens never overlap and their concatenation is the decoded text. Offsets given by a
+fast tokenizer for text (byte-level tokenizers give every piece of a split character the whole
+character's range) are brought to the same convention.
+
+:func:`map_to_tokens` moves per-token values onto another tokenization through these offsets;
+:func:`to_policy_tokens` does it for the policy's completion tokens, where dense rewards are consumed.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "Encoded",
+    "IdsLike",
+    "as_token_ids",
+    "require_fast_tokenizer",
+    "token_offsets",
+    "encode_text",
+    "encode_pair",
+    "check_length",
+    "map_to_tokens",
+    "policy_offsets",
+    "to_policy_tokens",
+]
+
+IdsLike = torch.Tensor | Sequence[int]
+"""Token ids: a 1-D integer tensor or a sequence of ints."""
+
+
+@dataclass
+class Encoded:
+    """One (prompt, response) pair tokenized for the reward model.
+
+    ``offsets[t]`` is the character range of ``response_ids[t]`` in ``text`` (the response text).
+    """
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    suffix_ids: list[int]
+    text: str
+    offsets: list[tuple[int, int]]
+
+    @property
+    def ids(self) -> list[int]:
+        """The full sequence the reward model scores."""
+        return self.prompt_ids + self.response_ids + self.suffix_ids
+
+
+def as_token_ids(value: Any, name: str, *, vocab_size: int | None = None, allow_empty: bool = True) -> list[int]:
+    """Token ids as a list of ints, checked: a 1-D integer tensor, array or sequence of ints.
+
+    Raises:
+        TypeError: a string, bytes, a float/bool tensor, a nested sequence or non-integers.
+        ValueError: an empty sequence when ``allow_empty`` is False, or an id outside ``[0, vocab_size)``.
+    """
+    if isinstance(value, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{name} must be token ids (a 1-D integer tensor or a list of ints), got {type(value).__name__}"
+        )
+    if isinstance(value, torch.Tensor):
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() != 1:
+            raise TypeError(
+                f"{name} must be a 1-D integer tensor or a list of ints, got a {value.dtype} tensor "
+                f"of shape {tuple(value.shape)}"
+            )
+        ids = [int(v) for v in value.tolist()]
+    else:
+        if not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
+            raise TypeError(f"{name} must be a 1-D integer tensor or a list of ints, got {type(value).__name__}")
+        ids = []
+        for v in value:
+            if isinstance(v, bool):
+                raise TypeError(f"{name} must hold ints, got a bool")
+            try:
+                ids.append(operator.index(v))
+            except TypeError:
+                raise TypeError(
+                    f"{name} must be a flat sequence of integer token ids, got an element of type {type(v).__name__}"
+                ) from None
+    if not ids and not allow_empty:
+        raise ValueError(f"{name} is empty")
+    if ids:
+        low, high = min(ids), max(ids)
+        if low < 0 or (vocab_size is not None and high >= vocab_size):
+            bad = low if low < 0 else high
+            raise ValueError(f"{name} has token id {bad} outside the vocabulary [0, {vocab_size})")
+    return ids
+
+
+def require_fast_tokenizer(tokenizer: Any, role: str = "") -> None:
+    """TypeError unless ``tokenizer`` is a fast (``tokenizers``-backed) tokenizer, which can give offsets."""
+    if not getattr(tokenizer, "is_fast", False):
+        what = f"the {role} tokenizer ({type(tokenizer).__name__})" if role else type(tokenizer).__name__
+        raise TypeError(
+            f"{what} cannot return character offsets (return_offsets_mapping needs a fast, tokenizers-backed "
+            "tokenizer such as PreTrainedTokenizerFast); load it with AutoTokenizer.from_pretrained(..., "
+            "use_fast=True)"
+        )
+
+
+def _one_owner_per_character(pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Tokenizer offsets in this module's convention: of consecutive tokens reporting the same non-empty
+    range (pieces of one split character), all but the last get the empty range at its start."""
+    out = list(pairs)
+    for i in range(len(out) - 1):
+        a, b = out[i]
+        if a < b and out[i + 1] == (a, b):
+            out[i] = (a, a)
+    return out
+
+
+def encode_text(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The ids of ``text`` without special tokens, and each token's character range (module convention)."""
+    require_fast_tokenizer(tokenizer)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    return ids, _one_owner_per_character([(int(a), int(b)) for a, b in enc["offset_mapping"]])
+
+
+def token_offsets(
+    tokenizer: Any, ids: Sequence[int], *, skip_special_tokens: bool = False
+) -> tuple[str, list[tuple[int, int]]]:
+    """Decode ``ids`` and give each token its character range in the decoded text.
+
+    The tokenizer's own offsets are used when re-encoding the text gives back exactly ``ids`` (one encode).
+    Otherwise (sampled ids are often not the tokenizer's own split of their text) token ``i`` ends where
+    the decoding of ``ids[:i+1]`` stops agreeing with the full text (``T`` prefix decodes). Either way the
+    offsets follow the module's convention (pieces of a character and tokens that decode to nothing get an
+    empty range).
+
+    Args:
+        tokenizer: a tokenizer with ``decode`` (a fast one for the single-encode path).
+        ids: the token ids.
+        skip_special_tokens: decode without special tokens (as TRL decodes completions); they then get
+            empty ranges.
+
+    Returns:
+        ``(text, offsets)`` with ``text = tokenizer.decode(ids, skip_special_tokens=...)``.
+    """
+    ids = list(ids)
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    if not skip_special_tokens and getattr(tokenizer, "is_fast", False):
+        enc_ids, enc_offsets = encode_text(tokenizer, text)
+        if enc_ids == ids:
+            return text, enc_offsets
+    offsets: list[tuple[int, int]] = []
+    prev = 0
+    for i in range(len(ids)):
+        part = tokenizer.decode(ids[: i + 1], skip_special_tokens=skip_special_tokens)
+        k, limit = 0, min(len(part), len(text))
+        while k < limit and part[k] == text[k]:
+            k += 1
+        k = max(prev, k)
+        offsets.append((prev, k))
+        prev = k
+    return text, offsets
+
+
+def encode_pair(
+    tokenizer: Any,
+    prompt: str | IdsLike,
+    response: str | IdsLike,
+    *,
+    suffix_ids: Sequence[int] | None = None,
+    allow_empty: bool = False,
+) -> Encoded:
+    """Tokenize one (prompt, response) pair by the module's convention.
+
+    Args:
+        tokenizer: the reward model's fast tokenizer.
+        prompt, response: text, or token ids of the reward model.
+        suffix_ids: tokens appended after the response.
+        allow_empty: accept an empty response (``""``, no ids, or text the tokenizer encodes to no tokens):
+            the reward model then scores ``prompt ⊕ suffix``. Credit methods allow it only for a completion
+            given with the policy's ``completion_ids`` (a trainer's completion that is only EOS decodes to
+            ``""``).
+
+    Raises:
+        TypeError: the tokenizer is not a fast tokenizer, or an input has the wrong type.
+        ValueError: the prompt is empty, or the response is empty and ``allow_empty`` is False.
+    """
+    require_fast_tokenizer(tokenizer, "reward-model")
+    if isinstance(prompt, str):
+        if not prompt:
+            raise ValueError("prompt is empty")
+        prompt_ids = [int(i) for i in tokenizer(prompt, add_special_tokens=True)["input_ids"]]
+    else:
+        prompt_ids = as_token_ids(prompt, "prompt")
+    if not prompt_ids:
+        raise ValueError("prompt is empty (no tokens)")
+    suffix = [] if suffix_ids is None else as_token_ids(suffix_ids, "suffix_ids")
+    if isinstance(response, str):
+        if not response and not allow_empty:
+            raise ValueError(
+                "response is empty (an empty completion can be scored only with the policy's "
+                "completion_ids, as a trainer passes them)"
+            )
+        response_ids, offsets = encode_text(tokenizer, response) if response else ([], [])
+        text = response
+    else:
+        response_ids = as_token_ids(response, "response")
+        text, offsets = token_offsets(tokenizer, response_ids) if response_ids else ("", [])
+    if not response_ids and not allow_empty:
+        raise ValueError(f"response is empty (no tokens): {response!r}")
+    return Encoded(prompt_ids, response_ids, suffix, text, offsets)
+
+
+def check_length(max_positions: int | None, enc: Encoded, index: int) -> None:
+    """ValueError when prompt + response + suffix is longer than the reward model's ``max_positions``."""
+    n = len(enc.ids)
+    if max_positions is not None and n > max_positions:
+        raise ValueError(
+            f"response {index} is too long for the reward model: prompt {len(enc.prompt_ids)} + response "
+            f"{len(enc.response_ids)} + suffix {len(enc.suffix_ids)} = {n} tokens > {max_positions} positions"
+        )
+
+
+def _offsets_tensor(offsets: Any, name: str) -> torch.Tensor:
+    t = torch.as_tensor(offsets, dtype=torch.long)
+    if t.numel() == 0:
+        return t.reshape(0, 2)
+    if t.dim() != 2 or t.shape[1] != 2:
+        raise ValueError(f"{name} must be a list of (char_start, char_end) pairs, got shape {tuple(t.shape)}")
+    if bool((t[:, 1] < t[:, 0]).any()) or bool((t < 0).any()):
+        raise ValueError(f"{name} has a pair with char_end < char_start or a negative offset")
+    return t
+
+
+def map_to_tokens(
+    token_rewards_src: torch.Tensor | Sequence[float],
+    src_offsets: Any,
+    dst_offsets: Any,
+) -> torch.Tensor:
+    """Move per-token values from one tokenization of a text onto another through character offsets.
+
+    Each source token's value goes to the destination token that contains the source token's last
+    character (``char_end - 1``; an empty source range uses its position ``char_start``). When that
+    character lies in no destination token (a gap, e.g. whitespace the destination tokenizer drops), it
+    goes to the next destination token, and past the last destination token to the last one. Every
+    source value lands on exactly one destination token, so the total is preserved (up to float
+    summation order); with identical tokenizations the values are returned unchanged.
+
+    Args:
+        token_rewards_src: ``[S]`` values on the source tokens.
+        src_offsets: ``[S, 2]`` ``(char_start, char_end)`` of each source token in the text.
+        dst_offsets: ``[D, 2]`` the same for the destination tokens; ``char_end`` must be non-decreasing
+            (tokens in text order; empty ranges such as a decoded-away EOS are allowed).
+
+    Returns:
+        ``[D]`` values in the dtype of ``token_rewards_src`` (float64 if it is not a float tensor).
+    """
+    src = torch.as_tensor(token_rewards_src)
+    if not src.is_floating_point():
+        src = src.to(torch.float64)
+    src = src.detach().cpu()
+    so = _offsets_tensor(src_offsets, "src_offsets")
+    do = _offsets_tensor(dst_offsets, "dst_offsets")
+    if src.dim() != 1 or src.numel() != so.shape[0]:
+        raise ValueError(f"token_rewards_src has shape {tuple(src.shape)} but src_offsets has {so.shape[0]} tokens")
+    if do.shape[0] == 0:
+        if src.numel() and bool((src != 0).any()):
+            raise ValueError("dst_offsets is empty: there is no destination token to carry the reward")
+        return torch.zeros(0, dtype=src.dtype)
+    ends = do[:, 1].contiguous()
+    if bool((ends[1:] < ends[:-1]).any()):
+        raise ValueError("dst_offsets must be in text order (non-decreasing char_end)")
+    last_char = torch.where(so[:, 1] > so[:, 0], so[:, 1] - 1, so[:, 0])
+    # first destination token that ends after the character: it contains it, or is the next one after a gap
+    idx = torch.searchsorted(ends, last_char, right=True).clamp_(max=do.shape[0] - 1)
+    out = torch.zeros(do.shape[0], dtype=src.dtype)
+    out.index_add_(0, idx, src)
+    return out
+
+
+def policy_offsets(
+    enc: Encoded, policy_tokenizer: Any | None, completion_ids: Sequence[int] | None
+) -> list[tuple[int, int]]:
+    """Character ranges of the policy's tokens in ``enc.text``.
+
+    * ``completion_ids`` given: they are the policy's tokens, decoded with ``policy_tokenizer`` skipping
+      special tokens (as TRL decodes completions, so EOS gets an empty range at the end); their text must
+      equal the response text the reward model scored.
+    * otherwise the response text is tokenized with ``policy_tokenizer`` (no special tokens).
+
+    Raises:
+        ValueError: ``completion_ids`` without ``policy_tokenizer``, or ids whose text is not the response.
+        TypeError: ``policy_tokenizer`` cannot return offsets (only needed without ``completion_ids``).
+    """
+    if completion_ids is not None:
+        if policy_tokenizer is None:
+            raise ValueError("completion_ids need the policy tokenizer (policy_tokenizer=...) to locate their text")
+        ids = as_token_ids(completion_ids, "completion_ids")
+        text, dst = token_offsets(policy_tokenizer, ids, skip_special_tokens=True)
+        if text != enc.text:
+            raise ValueError(
+                f"completion_ids decode to {text!r} but the response scored was {enc.text!r}; "
+                "pass the completion text exactly as the policy tokenizer decodes it"
+            )
+        return dst
+    require_fast_tokenizer(policy_tokenizer, "policy")
+    return encode_text(policy_tokenizer, enc.text)[1]
+
+
+def to_policy_tokens(
+    token_rewards: torch.Tensor,
+    enc: Encoded,
+    policy_tokenizer: Any | None,
+    completion_ids: Sequence[int] | None,
+    *,
+    final_reward: float = 0.0,
+) -> torch.Tensor:
+    """Move rewards on the reward model's response tokens onto the policy's completion tokens.
+
+    ``final_reward`` is then added to the *last* policy token: the EOS when ``completion_ids`` end in one
+    (TRL's completion mask ends there), the last text token otherwise. With neither ``completion_ids`` nor
+    ``policy_tokenizer`` the rewards stay on the reward model's tokens (the policy shares its tokenization).
+    Each reward-model token's reward goes to the policy token containing its last character
+    (:func:`map_to_tokens`), so the total is preserved.
+
+    Raises:
+        ValueError: as :func:`policy_offsets`, or a nonzero ``final_reward`` and no completion token.
+    """
+    if completion_ids is None and policy_tokenizer is None:
+        out = token_rewards.clone()
+    else:
+        out = map_to_tokens(token_rewards, enc.offsets, policy_offsets(enc, policy_tokenizer, completion_ids))
+    if final_reward:
+        if not out.numel():
+            raise ValueError(f"the completion has no tokens to carry its sequence reward {final_reward}")
+        out[-1] += final_reward
+    return out

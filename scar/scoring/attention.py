@@ -1,0 +1,200 @@
+"""The engine's packed forward: a ``transformers`` decoder over a packed prefix tree with tree attention.
+
+Importing this module registers the attention function :func:`scar_tree_attention` with transformers'
+attention registry under the name ``"scar_tree"``. A model whose attention implementation is
+``"scar_tree"`` reads the packed-trie mask from the forward call's keyword arguments (transformers 5
+forwards ``**kwargs`` from the model's forward down to the attention function):
+
+- ``scar_horizon``: int32 ``[N]``; packed token ``i`` attends packed token ``j`` iff
+  ``j <= i < scar_horizon[j]`` (the layout of :mod:`scar_kernels.layout`);
+- ``scar_prefix`` (optional): the cached prompt's keys/values, a ``transformers`` ``Cache``
+  (e.g. a ``DynamicCache`` filled by a forward over the prompt) or a sequence of ``(key, value)`` pairs,
+  one per layer, each ``[1, Hkv, P, D]``. Every packed token attends every cached key. The cache is
+  read, never extended: the attention kernel takes the prefix as a separate operand, so the prompt's
+  keys are neither copied into the packed keys nor cropped afterwards, and one cache serves any number
+  of passes.
+
+No mask function is registered: ``"scar_tree"`` is absent from transformers' mask registry, so
+``create_causal_mask`` returns ``None`` without building an ``N x N`` mask.
+
+:func:`packed_forward` runs a base model (e.g. ``model.model`` of a ``LlamaForSequenceClassification``
+or ``model.transformer`` of GPT-2) this way, switching its attention implementation for the call.
+The attention itself is the ``scar::tree_attention`` op (Triton on CUDA, C++/torch on CPU).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from scar_kernels.ops import tree_attention as _tree_attention_op
+
+__all__ = ["ATTENTION_NAME", "scar_tree_attention", "register", "packed_forward", "uses_scar_tree"]
+
+ATTENTION_NAME = "scar_tree"
+
+
+def _prefix_for_layer(prefix: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values ``[1, Hkv, P, D]`` of one layer of a cache or of a list of ``(k, v)`` pairs."""
+    layers = getattr(prefix, "layers", None)
+    if layers is not None:
+        if layer_idx >= len(layers):
+            raise ValueError(f"scar_tree attention: scar_prefix has {len(layers)} layers, layer {layer_idx} requested")
+        layer = layers[layer_idx]
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if not isinstance(keys, torch.Tensor) or not isinstance(values, torch.Tensor):
+            raise ValueError(f"scar_tree attention: layer {layer_idx} of scar_prefix holds no keys/values")
+        return keys, values
+    if isinstance(prefix, Sequence):
+        if layer_idx >= len(prefix):
+            raise ValueError(f"scar_tree attention: scar_prefix has {len(prefix)} layers, layer {layer_idx} requested")
+        keys, values = prefix[layer_idx]
+        return keys, values
+    raise TypeError(
+        "scar_tree attention: scar_prefix must be a transformers Cache or a sequence of (key, value) pairs, "
+        f"got {type(prefix).__name__}"
+    )
+
+
+def scar_tree_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention function for a packed prefix-tree (registered as ``"scar_tree"``).
+
+    Takes ``query [1, H, N, D]`` and ``key``/``value`` ``[1, Hkv, N, D]`` as transformers passes them,
+    ``scar_horizon`` (and optionally ``scar_prefix``) from ``kwargs``; returns ``([1, N, H, D], None)``
+    like transformers' own attention functions (no attention weights).
+    """
+    horizon = kwargs.get("scar_horizon")
+    if horizon is None:
+        raise ValueError(
+            "scar_tree attention: pass scar_horizon=<int32 [N] tensor> to the model's forward "
+            "(or use scar.scoring.attention.packed_forward)"
+        )
+    if attention_mask is not None:
+        raise ValueError("scar_tree attention: the mask comes from scar_horizon; do not pass attention_mask")
+    if dropout and module.training:
+        raise ValueError("scar_tree attention is forward-only: put the model in eval() mode (dropout > 0)")
+    for name in ("sliding_window", "softcap"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"scar_tree attention does not implement {name}; the packed trie would be inexact")
+    if query.dim() != 4 or query.shape[0] != 1:
+        raise ValueError(
+            f"scar_tree attention: the pack is one sequence, expected query [1, H, N, D], got {tuple(query.shape)}"
+        )
+    n = query.shape[2]
+    if key.shape[2] != n:
+        raise ValueError(
+            f"scar_tree attention: {key.shape[2]} keys for {n} queries; pass the cached prompt as scar_prefix, "
+            "not as the model's cache"
+        )
+    prefix_k = prefix_v = None
+    prefix = kwargs.get("scar_prefix")
+    if prefix is not None:
+        layer_idx = getattr(module, "layer_idx", None)
+        if layer_idx is None:
+            raise ValueError(f"scar_tree attention: {type(module).__name__} has no layer_idx to find its cached prefix")
+        pk, pv = _prefix_for_layer(prefix, layer_idx)
+        if pk.dim() != 4 or pk.shape[0] != 1:
+            raise ValueError(f"scar_tree attention: cached keys must be [1, Hkv, P, D], got {tuple(pk.shape)}")
+        if pk.shape[2] > 0:
+            prefix_k = pk[0].to(query.dtype).contiguous()
+            prefix_v = pv[0].to(query.dtype).contiguous()
+    out = _tree_attention_op(
+        query[0].contiguous(),
+        key[0].contiguous(),
+        value[0].contiguous(),
+        horizon,
+        scaling if scaling is not None else query.shape[-1] ** -0.5,
+        prefix_k,
+        prefix_v,
+    )
+    # transformers expects [batch, seq, heads, head_dim].
+    return out.transpose(0, 1).unsqueeze(0), None
+
+
+def register() -> None:
+    """Register :func:`scar_tree_attention` as ``"scar_tree"`` (idempotent; done on import)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTENTION_NAME, scar_tree_attention)
+
+
+def uses_scar_tree(model: torch.nn.Module) -> bool:
+    """True when ``model``'s config selects the ``"scar_tree"`` attention implementation."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTENTION_NAME
+
+
+def packed_forward(
+    model_base: Any,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    horizon: torch.Tensor,
+    past_key_values: Any = None,
+) -> torch.Tensor:
+    """Run a transformers base model over a packed trie with tree attention; return ``last_hidden_state``.
+
+    Args:
+        model_base: the decoder base model (``LlamaModel``, ``GPT2Model``, ``GPTNeoXModel``, ...), in
+            ``eval()`` mode.
+        input_ids: packed token ids ``[N]`` or ``[1, N]``.
+        position_ids: position of each packed token in its own coalition sequence (cached prompt
+            tokens included), ``[N]`` or ``[1, N]``.
+        horizon: ``[N]`` subtree ends (int32; other integer dtypes are converted once).
+        past_key_values: optional cache holding the prompt's first ``P`` tokens (a ``DynamicCache``
+            or per-layer ``(key, value)`` pairs); visible to every packed token, so a pack with a
+            cache must hold coalitions of that one prompt. It is read only, never modified.
+
+    Returns:
+        ``last_hidden_state [1, N, hidden]``.
+
+    The model's attention implementation is switched to ``"scar_tree"`` for the call and restored after.
+    """
+    if input_ids.dim() == 1:
+        input_ids = input_ids.unsqueeze(0)
+    if position_ids.dim() == 1:
+        position_ids = position_ids.unsqueeze(0)
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(f"packed_forward: input_ids must be [N] or [1, N], got {tuple(input_ids.shape)}")
+    n = input_ids.shape[1]
+    if position_ids.shape != input_ids.shape:
+        raise ValueError(
+            f"packed_forward: position_ids shape {tuple(position_ids.shape)} != input_ids shape "
+            f"{tuple(input_ids.shape)}"
+        )
+    if not isinstance(horizon, torch.Tensor) or horizon.dim() != 1 or horizon.shape[0] != n:
+        raise ValueError(f"packed_forward: horizon must be a 1-D tensor of {n} entries")
+    if horizon.dtype.is_floating_point or horizon.dtype == torch.bool:
+        raise TypeError(f"packed_forward: horizon must be an integer tensor, got {horizon.dtype}")
+    config = getattr(model_base, "config", None)
+    if config is None or not hasattr(model_base, "set_attn_implementation"):
+        raise TypeError("packed_forward: model_base must be a transformers PreTrainedModel")
+    horizon = horizon.to(device=input_ids.device, dtype=torch.int32).contiguous()
+    register()
+    previous = config._attn_implementation
+    model_base.set_attn_implementation(ATTENTION_NAME)
+    try:
+        kwargs: dict[str, Any] = {"scar_horizon": horizon, "use_cache": False}
+        if past_key_values is not None:
+            kwargs["scar_prefix"] = past_key_values
+        params = inspect.signature(model_base.forward).parameters
+        if "return_dict" in params:
+            kwargs["return_dict"] = True
+        out = model_base(input_ids=input_ids, position_ids=position_ids, **kwargs)
+    finally:
+        if config._attn_implementation != previous:
+            model_base.set_attn_implementation(previous)
+    return out.last_hidden_state
+
+
+register()

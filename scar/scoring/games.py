@@ -1,0 +1,161 @@
+"""One response's coalitions in source-buffer form: the inputs of every backend, normalised once.
+
+A coalition of response players is scored as the reward model's scalar on
+``prompt ⊕ (tokens of the kept players and of the gaps, in order) ⊕ suffix``. A :class:`Game` holds the
+response as ``source = prompt ⊕ segments ⊕ suffix``, each segment a player's tokens or an always-kept gap,
+and the coalitions as bits over the segments' players; :func:`pack_games` turns a forest of games into the
+packed prefix-tree layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from scar.game.players import as_ranges, validate_players
+from scar.game.tokens import as_token_ids
+from scar_kernels.layout import PackLayout
+from scar_kernels.ops import build_pack
+
+__all__ = ["Game", "build_game", "pack_games"]
+
+
+@dataclass
+class Game:
+    """One response's coalitions in the layout contract's source-buffer form.
+
+    ``source`` = prompt ⊕ segments ⊕ suffix; a segment belongs to a (virtual) player or is an always-kept
+    gap (player -1). With ``removal="replace"`` each player j becomes two virtual players: 2j (its real
+    tokens) and 2j+1 (as many filler tokens), exactly one of which is kept, so positions stay uncompacted.
+    """
+
+    source: torch.Tensor
+    prompt_len: int
+    suffix_len: int
+    seg_player: list[int]
+    seg_len: list[int]
+    bits: torch.Tensor
+
+    @property
+    def n_coalitions(self) -> int:
+        """Number of coalitions (rows of ``bits``)."""
+        return int(self.bits.shape[0])
+
+    def keep_mask(self) -> torch.Tensor:
+        """bool ``[C, len(source)]``: which source tokens each coalition keeps."""
+        n_c = self.bits.shape[0]
+        players = torch.repeat_interleave(
+            torch.tensor(self.seg_player, dtype=torch.int64), torch.tensor(self.seg_len, dtype=torch.int64)
+        )
+        if self.bits.shape[1]:
+            seg_keep = self.bits[:, players.clamp(min=0)] | (players == -1)[None, :]
+        else:
+            seg_keep = (players == -1)[None, :].expand(n_c, -1)
+        return torch.cat(
+            [
+                torch.ones(n_c, self.prompt_len, dtype=torch.bool),
+                seg_keep,
+                torch.ones(n_c, self.suffix_len, dtype=torch.bool),
+            ],
+            dim=1,
+        )
+
+    def sequence(self, keep: torch.Tensor) -> torch.Tensor:
+        """The token ids of one coalition, given its row of :meth:`keep_mask`."""
+        return self.source[keep]
+
+
+def build_game(
+    index: int,
+    prompt: object,
+    response: object,
+    players: object,
+    coalitions: object,
+    suffix: object,
+    *,
+    vocab_size: int | None,
+    filler_id: int | None,
+) -> Game:
+    """Check one response's inputs and build its :class:`Game`; errors name ``response {index}``.
+
+    ``filler_id`` set means ``removal="replace"``.
+
+    Raises:
+        TypeError / ValueError: malformed ids, players or coalitions.
+    """
+    try:
+        prompt_t = torch.tensor(
+            as_token_ids(prompt, "prompt", vocab_size=vocab_size, allow_empty=False), dtype=torch.int64
+        )
+        response_t = torch.tensor(
+            as_token_ids(response, "response", vocab_size=vocab_size, allow_empty=False), dtype=torch.int64
+        )
+        suffix_t = torch.tensor(
+            as_token_ids([] if suffix is None else suffix, "suffix", vocab_size=vocab_size), dtype=torch.int64
+        )
+        validate_players(players, response_t.numel())  # type: ignore[arg-type]
+        ranges = as_ranges(players)  # type: ignore[arg-type]
+        if not ranges:
+            raise ValueError("no players")
+        if not isinstance(coalitions, torch.Tensor) or coalitions.dtype != torch.bool:
+            got = coalitions.dtype if isinstance(coalitions, torch.Tensor) else type(coalitions).__name__
+            raise TypeError(f"coalitions must be a bool tensor, got {got}")
+        if coalitions.dim() != 2 or coalitions.shape[1] != len(ranges):
+            raise ValueError(
+                f"coalitions must have shape [C, {len(ranges)}] (one column per player), got {tuple(coalitions.shape)}"
+            )
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"response {index}: {err}") from None
+    coalitions = coalitions.cpu()
+    replace = filler_id is not None
+    seg_player: list[int] = []
+    seg_len: list[int] = []
+    pieces = [prompt_t]
+    cursor = 0
+    for j, (s, e) in enumerate(ranges):
+        if s > cursor:
+            seg_player.append(-1)
+            seg_len.append(s - cursor)
+            pieces.append(response_t[cursor:s])
+        seg_player.append(2 * j if replace else j)
+        seg_len.append(e - s)
+        pieces.append(response_t[s:e])
+        if replace:
+            seg_player.append(2 * j + 1)
+            seg_len.append(e - s)
+            pieces.append(torch.full((e - s,), int(filler_id), dtype=torch.int64))  # type: ignore[arg-type]
+        cursor = e
+    if cursor < response_t.numel():
+        seg_player.append(-1)
+        seg_len.append(response_t.numel() - cursor)
+        pieces.append(response_t[cursor:])
+    pieces.append(suffix_t)
+    if replace:
+        bits = torch.stack([coalitions, ~coalitions], dim=2).reshape(coalitions.shape[0], -1)
+    else:
+        bits = coalitions.clone()
+    return Game(torch.cat(pieces), prompt_t.numel(), suffix_t.numel(), seg_player, seg_len, bits)
+
+
+def pack_games(games: Sequence[Game], cached: Sequence[int]) -> PackLayout:
+    """The packed prefix-tree layout of a forest of games (``cached[r]`` prompt tokens left to a KV cache)."""
+    n_max = max(g.bits.shape[1] for g in games)
+    coal = torch.zeros(sum(g.n_coalitions for g in games), n_max, dtype=torch.bool)
+    row = 0
+    for g in games:
+        coal[row : row + g.n_coalitions, : g.bits.shape[1]] = g.bits
+        row += g.n_coalitions
+    owner = torch.repeat_interleave(torch.arange(len(games)), torch.tensor([g.n_coalitions for g in games]))
+    seg_offsets = torch.tensor([0] + [len(g.seg_player) for g in games]).cumsum(0)
+    return build_pack(
+        coal,
+        owner,
+        seg_offsets,
+        torch.tensor([p for g in games for p in g.seg_player], dtype=torch.int64),
+        torch.tensor([s for g in games for s in g.seg_len], dtype=torch.int64),
+        torch.tensor([g.prompt_len for g in games], dtype=torch.int64),
+        torch.tensor([g.suffix_len for g in games], dtype=torch.int64),
+        torch.tensor(list(cached), dtype=torch.int64),
+    )

@@ -1,0 +1,322 @@
+"""Inspection of a ``transformers`` ``*ForSequenceClassification`` reward model.
+
+What scoring needs to know about a reward model: is it a causal decoder or a bidirectional encoder,
+where are its base model and score head, at which token and how is its scalar score read out, how long
+may a sequence be, and can the packed trie score it exactly (deleting tokens equals masking them as keys
+and compacting position ids; ``docs/design.md``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from scar_kernels.layout import additive_mask
+
+__all__ = [
+    "RewardModelInfo",
+    "inspect_model",
+    "trie_exactness",
+    "evaluation_mode",
+    "model_dtype",
+    "model_device",
+    "readout_index",
+]
+
+# Model types whose forward builds ALiBi biases from raw indices (not from position_ids).
+_ALIBI_MODEL_TYPES = frozenset({"bloom", "mpt"})
+# Well-known bidirectional encoders; anything else is classified by a probe (see _probe_is_causal).
+_ENCODER_MODEL_TYPES = frozenset(
+    {
+        "bert",
+        "distilbert",
+        "roberta",
+        "xlm-roberta",
+        "deberta",
+        "deberta-v2",
+        "electra",
+        "albert",
+        "camembert",
+        "mpnet",
+        "modernbert",
+        "xlm-roberta-xl",
+        "roberta-prelayernorm",
+        "nomic_bert",
+    }
+)
+_DECODER_MODEL_TYPES = frozenset(
+    {"gpt2", "llama", "mistral", "qwen2", "qwen3", "gpt_neox", "gptj", "opt", "gemma", "phi", "phi3"}
+)
+# RoPE variants whose frequencies depend on the sequence length: a pack's length differs from each
+# coalition's own length, so the rotation would differ.
+_LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
+
+
+@dataclass(frozen=True)
+class RewardModelInfo:
+    """What the scorer needs to know about a sequence-classification reward model.
+
+    Attributes:
+        model_type: ``config.model_type``.
+        is_causal: True for a causal decoder, False for a bidirectional encoder.
+        base: the base (headless) model, e.g. ``model.transformer`` for GPT-2.
+        head: the score head applied to the read-out hidden state (decoders; None if not found).
+        num_labels: number of output logits.
+        max_positions: the position limit (``max_position_embeddings`` / ``n_positions``), or None.
+        pad_token_id, eos_token_id, mask_token_id: special token ids from the config (or None).
+        vocab_size: vocabulary size from the config (or None).
+    """
+
+    model_type: str
+    is_causal: bool
+    base: nn.Module
+    head: nn.Module | None
+    num_labels: int
+    max_positions: int | None
+    pad_token_id: int | None
+    eos_token_id: int | None
+    mask_token_id: int | None
+    vocab_size: int | None
+
+    def score(self, logits: torch.Tensor, score_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+        """Scalar score per row of ``logits [B, num_labels]``: the single logit, ``logit[1]-logit[0]`` for
+        two labels, else ``score_fn(logits)``; returned as float64 ``[B]``."""
+        if score_fn is not None:
+            out = torch.as_tensor(score_fn(logits))
+            if out.shape != (logits.shape[0],):
+                raise ValueError(
+                    f"score_fn must map logits {tuple(logits.shape)} to shape ({logits.shape[0]},), "
+                    f"got {tuple(out.shape)}"
+                )
+        elif self.num_labels == 1:
+            out = logits[:, 0]
+        elif self.num_labels == 2:
+            out = logits[:, 1] - logits[:, 0]
+        else:
+            raise ValueError(f"model has {self.num_labels} labels: pass score_fn to turn logits into a score")
+        return out.to(torch.float64)
+
+    def readout_index(self, ids: Sequence[int] | torch.Tensor) -> int:
+        """Where the classifier reads its score on one unpadded sequence (see :func:`readout_index`)."""
+        return readout_index(ids, self.pad_token_id if self.is_causal else None, causal=self.is_causal)
+
+
+def readout_index(ids: Sequence[int] | torch.Tensor, pad_token_id: int | None, *, causal: bool = True) -> int:
+    """The read-out token of a sequence-classification model on one unpadded sequence, as transformers
+    picks it: for a decoder the last token, or when the config has a pad id, the rightmost token that is
+    not the pad id (0 if all are); for an encoder the first token."""
+    if not causal:
+        return 0
+    seq = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    if pad_token_id is not None:
+        for k in range(len(seq) - 1, -1, -1):
+            if seq[k] != pad_token_id:
+                return k
+        return 0
+    return len(seq) - 1
+
+
+def _text_config(model: nn.Module) -> Any:
+    config: Any = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _first_int(value: object) -> int | None:
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """Floating dtype of the model's parameters (float32 when it has none)."""
+    for p in model.parameters():
+        if p.dtype.is_floating_point:
+            return p.dtype
+    return torch.float32
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Device of the model's first parameter (CPU when it has none)."""
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class evaluation_mode:
+    """Context manager: ``eval()`` and ``torch.no_grad()`` inside, each module's training flag restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._flags: list[tuple[nn.Module, bool]] = []
+        self._grad = torch.no_grad()
+
+    def __enter__(self) -> nn.Module:
+        self._flags = [(m, m.training) for m in self.model.modules()]
+        self.model.eval()
+        self._grad.__enter__()
+        return self.model
+
+    def __exit__(self, *exc: object) -> None:
+        self._grad.__exit__(*exc)
+        for m, flag in self._flags:
+            m.training = flag
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    prefix = getattr(model, "base_model_prefix", "")
+    base = getattr(model, prefix, None) if prefix else None
+    if not isinstance(base, nn.Module):
+        raise ValueError(f"cannot find the base model of {type(model).__name__} (base_model_prefix={prefix!r})")
+    return base
+
+
+def _probe_ids(vocab: int | None, n: int, avoid: set[int]) -> list[int]:
+    """``n`` deterministic, mostly distinct token ids below ``vocab`` avoiding ``avoid`` (e.g. the pad id)."""
+    candidates = [i for i in range(vocab or 2) if i not in avoid] or [0]
+    return [candidates[(7 * k + 1) % len(candidates)] for k in range(n)]
+
+
+def _probe_is_causal(model: nn.Module, base: nn.Module, vocab: int | None) -> bool:
+    """Causal iff changing the last token leaves the earlier hidden states unchanged."""
+    ids = _probe_ids(vocab, 4, set())
+    other = ids[:-1] + [ids[0] if ids[-1] != ids[0] else ids[1]]
+    device = model_device(model)
+    with evaluation_mode(model):
+        a = base(input_ids=torch.tensor([ids], device=device)).last_hidden_state[0, :-1].float()
+        b = base(input_ids=torch.tensor([other], device=device)).last_hidden_state[0, :-1].float()
+    return bool(torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+
+
+def inspect_model(model: nn.Module) -> RewardModelInfo:
+    """Inspect a ``*ForSequenceClassification`` model (see :class:`RewardModelInfo`).
+
+    Raises:
+        TypeError: ``model`` is not a ``transformers`` model with a config.
+        ValueError: its base model cannot be found.
+    """
+    if not isinstance(model, nn.Module) or not hasattr(model, "config"):
+        raise TypeError(f"expected a transformers *ForSequenceClassification model, got {type(model).__name__}")
+    config = _text_config(model)
+    model_type = str(getattr(config, "model_type", ""))
+    base = _base_model(model)
+    vocab = _first_int(getattr(config, "vocab_size", None))
+    if model_type in _ENCODER_MODEL_TYPES:
+        is_causal = False
+    elif model_type in _DECODER_MODEL_TYPES:
+        is_causal = True
+    else:
+        is_causal = _probe_is_causal(model, base, vocab)
+    head = getattr(model, "score", None) if is_causal else None
+    max_positions = None
+    for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
+        max_positions = _first_int(getattr(config, name, None))
+        if max_positions is not None:
+            break
+    return RewardModelInfo(
+        model_type=model_type,
+        is_causal=is_causal,
+        base=base,
+        head=head if isinstance(head, nn.Module) else None,
+        num_labels=int(getattr(model, "num_labels", getattr(config, "num_labels", 1))),
+        max_positions=max_positions,
+        pad_token_id=_first_int(getattr(config, "pad_token_id", None)),
+        eos_token_id=_first_int(getattr(config, "eos_token_id", None)),
+        mask_token_id=_first_int(getattr(config, "mask_token_id", None)),
+        vocab_size=vocab,
+    )
+
+
+def _structural_refusal(model: nn.Module, info: RewardModelInfo) -> str | None:
+    config = _text_config(model)
+    if not info.is_causal:
+        return f"{info.model_type or type(model).__name__} is a bidirectional encoder: coalitions share no prefix"
+    if info.head is None:
+        return f"{type(model).__name__} has no `score` head to apply at the read-out rows"
+    attn_impl = str(getattr(model.config, "_attn_implementation", None) or "")
+    if "flash" in attn_impl:
+        return (
+            f"attn_implementation={attn_impl!r} takes no arbitrary 4D mask; load the model with "
+            f"attn_implementation='sdpa' or 'eager' for the trie"
+        )
+    window = getattr(config, "sliding_window", None)
+    if window is not None and getattr(config, "use_sliding_window", True):
+        return f"sliding-window attention (sliding_window={window}): a pack is longer than the window allows"
+    layer_types = getattr(config, "layer_types", None) or []
+    if any("sliding" in str(t) or "chunked" in str(t) for t in layer_types):
+        return f"layer_types contain sliding/chunked attention layers ({sorted(set(map(str, layer_types)))})"
+    if any("local" in str(t) for t in getattr(config, "attention_layers", None) or []):
+        return "local (windowed) attention layers"
+    attn_config = getattr(config, "attn_config", None)
+    attn_alibi = attn_config.get("alibi") if isinstance(attn_config, dict) else getattr(attn_config, "alibi", False)
+    if info.model_type in _ALIBI_MODEL_TYPES or getattr(config, "alibi", False) or attn_alibi:
+        return f"ALiBi attention bias ({info.model_type}) is computed from raw indices, not position_ids"
+    if getattr(config, "position_embedding_type", None) == "alibi":
+        return "ALiBi position embeddings are computed from raw indices, not position_ids"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type")) if isinstance(rope, dict) else None
+    if rope_type in _LENGTH_DEPENDENT_ROPE:
+        return f"rope_type={rope_type!r} depends on the sequence length, which differs in a pack"
+    if "position_ids" not in inspect.signature(info.base.forward).parameters:
+        return f"{type(info.base).__name__}.forward takes no position_ids"
+    return None
+
+
+def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str | None:
+    """Check the packing identity on a 6-token probe: a packed forward with a gap equals the deleted sequence."""
+    avoid = {t for t in (info.pad_token_id,) if t is not None}
+    ids = _probe_ids(info.vocab_size, 6, avoid)
+    keep = [True, True, False, False, True, True]
+    kept = [t for t, k in zip(ids, keep) if k]
+    device, dtype = model_device(model), model_dtype(model)
+    # Two coalitions in one pack: the full sequence (a chain) and a branch that skips tokens 2-3.
+    # Packed order: [0 1 2 3 4 5 | 4' 5'], horizon: tokens 0,1 see everything; 2..5 end at 6; 4',5' at 8.
+    pack_ids = ids + [ids[4], ids[5]]
+    position = [0, 1, 2, 3, 4, 5, 2, 3]
+    horizon = torch.tensor([8, 8, 6, 6, 6, 6, 8, 8], dtype=torch.int32)
+    mask = additive_mask(horizon, dtype=dtype, device=device)[None, None]
+    with evaluation_mode(model):
+        packed = info.base(
+            input_ids=torch.tensor([pack_ids], device=device),
+            attention_mask=mask,
+            position_ids=torch.tensor([position], device=device),
+            use_cache=False,
+        ).last_hidden_state[0]
+        full = info.base(input_ids=torch.tensor([ids], device=device), use_cache=False).last_hidden_state[0]
+        deleted = info.base(input_ids=torch.tensor([kept], device=device), use_cache=False).last_hidden_state[0]
+    tol = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
+    for name, got, want in (("kept", packed[:6], full), ("deleted", packed[6:], deleted[2:])):
+        err = float((got.float() - want.float()).abs().max())
+        scale = 1.0 + float(want.float().abs().max())
+        if not err <= tol * scale:
+            return (
+                f"probe: the packed forward differs from the {name} sequence by {err:.3g} "
+                f"(its forward does not honour position_ids / a 4D float mask)"
+            )
+    return None
+
+
+def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
+    """Can the packed trie score this model exactly (equal to deleting tokens, up to rounding)?
+
+    Refuses bidirectional encoders, decoders without a ``score`` head, flash-attention implementations
+    (they ignore a 4D mask), sliding-window / local / chunked attention, ALiBi (bloom, mpt, falcon with
+    ``alibi``), sequence-length-dependent RoPE, and models whose forward takes no ``position_ids``.
+    With ``probe=True`` (default) it also runs a 6-token check that a packed forward with a gap equals
+    the deleted sequence, which catches forwards that take ``position_ids`` but derive positions
+    elsewhere, or mishandle a 4D float mask.
+
+    Returns:
+        ``(ok, reason)``; ``reason`` says why not, or what was checked when ``ok``.
+    """
+    info = inspect_model(model)
+    refusal = _structural_refusal(model, info)
+    if refusal is None and probe:
+        refusal = _probe_packed_equals_deleted(model, info)
+    if refusal is not None:
+        return False, refusal
+    return True, f"{info.model_type}: causal decoder honouring position_ids and a 4D float mask"

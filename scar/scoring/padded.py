@@ -1,0 +1,117 @@
+"""Plain scoring of whole sequences in right-padded batches: the one home of padding and read-out.
+
+Sequences are right-padded with an attention mask: in a causal model real tokens never see the padding,
+in an encoder it is masked as keys, so padding changes no score. Decoders are run as base model plus
+score head at each row's read-out token (:meth:`RewardModelInfo.readout_index`), encoders as the whole
+classifier (read out at the first token).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from scar._checks import check_positive_int
+from scar.scoring.model import RewardModelInfo, model_device
+
+__all__ = ["pad_right", "PaddedScores", "score_padded"]
+
+ScoreFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def pad_right(rows: Sequence[Sequence[int] | torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id rows into ``(input_ids [B, W], attention_mask [B, W])`` (int64, W the longest row)."""
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@dataclass
+class PaddedScores:
+    """What :func:`score_padded` computed.
+
+    Attributes:
+        scores: float64 ``[B]`` on the CPU, in the order of the rows given.
+        attention: with ``attention=True``: per row, float64 ``[len(row)]``, the last layer's attention of
+            the read-out token over the row's tokens, averaged over heads; else None.
+        tokens: token-forwards run (padding included).
+        passes: model forwards run.
+        peak_tokens: the largest batch, in tokens (batch x padded width).
+    """
+
+    scores: torch.Tensor
+    attention: list[torch.Tensor] | None
+    tokens: int
+    passes: int
+    peak_tokens: int
+
+
+def score_padded(
+    model: nn.Module,
+    info: RewardModelInfo,
+    rows: Sequence[Sequence[int] | torch.Tensor],
+    *,
+    score_fn: ScoreFn | None = None,
+    max_tokens: int | None = None,
+    batch_size: int | None = None,
+    attention: bool = False,
+) -> PaddedScores:
+    """Score whole id rows with the reward model, longest first, in right-padded batches.
+
+    A batch holds at most ``batch_size`` rows and at most ``max_tokens`` tokens (rows x padded width; a
+    single row longer than ``max_tokens`` runs alone). ``attention=True`` also returns the read-out
+    token's last-layer attention (the model must produce attention weights: eager attention).
+
+    Run it under ``torch.no_grad()`` in eval mode (:class:`scar.scoring.model.evaluation_mode`).
+    """
+    if max_tokens is not None:
+        max_tokens = check_positive_int(max_tokens, "max_tokens")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    device = model_device(model)
+    pad = info.pad_token_id if info.pad_token_id is not None else 0
+    lengths = [len(r) for r in rows]
+    order = sorted(range(len(rows)), key=lambda k: -lengths[k])
+    scores = torch.empty(len(rows), dtype=torch.float64)
+    weights: list[torch.Tensor | None] = [None] * len(rows)
+    tokens = passes = peak = 0
+    start = 0
+    while start < len(order):
+        width = max(1, lengths[order[start]])
+        size = len(order) - start
+        if max_tokens is not None:
+            size = min(size, max(1, max_tokens // width))
+        if batch_size is not None:
+            size = min(size, batch_size)
+        batch = order[start : start + size]
+        ids, mask = pad_right([rows[k] for k in batch], pad)
+        ids, mask = ids.to(device), mask.to(device)
+        if info.is_causal:
+            if info.head is None:
+                raise TypeError("a causal reward model needs its `score` head to be scored in padded batches")
+            out = info.base(input_ids=ids, attention_mask=mask, output_attentions=attention, use_cache=False)
+            readout = torch.tensor([info.readout_index(rows[k]) for k in batch], device=device)
+            logits = info.head(out.last_hidden_state[torch.arange(len(batch), device=device), readout])
+        else:
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=attention)
+            readout = torch.zeros(len(batch), dtype=torch.long, device=device)
+            logits = out.logits
+        scores[torch.tensor(batch)] = info.score(logits, score_fn).cpu()
+        if attention:
+            if not out.attentions:
+                raise RuntimeError(f"{type(model).__name__} returned no attention weights (use eager attention)")
+            last = out.attentions[-1].to(torch.float64).mean(dim=1)  # [b, W, W], averaged over heads
+            for b, k in enumerate(batch):
+                weights[k] = last[b, int(readout[b]), : lengths[k]].cpu()
+        tokens += len(batch) * width
+        passes += 1
+        peak = max(peak, len(batch) * width)
+        start += size
+    return PaddedScores(scores, weights if attention else None, tokens, passes, peak)  # type: ignore[arg-type]

@@ -1,0 +1,27 @@
+"""Shapley and Owen value estimators for a batched value function.
+
+A value function takes a bool tensor ``[C, n]`` of coalitions and returns ``C`` values; an estimator plans
+every coalition it needs up front (:func:`plan`), so a caller can score them all in one packed pass, and
+turns their values into Shapley values (:meth:`ShapleyPlan.finish`). :func:`shapley` does both.
+"""
+
+from scar.shapley.base import ShapleyPlan, ShapleyResult, ValueFn
+from scar.shapley.estimate import DEFAULT_METHOD, METHODS, plan, shapley
+from scar.shapley.exact import EXACT_MAX_PLAYERS
+from scar.shapley.kernel import kernel_default_budget
+from scar.shapley.owen import OWEN_EXACT_MAX_TERMS
+from scar.shapley.permutation import DEFAULT_PERMUTATIONS
+
+__all__ = [
+    "DEFAULT_METHOD",
+    "DEFAULT_PERMUTATIONS",
+    "EXACT_MAX_PLAYERS",
+    "METHODS",
+    "OWEN_EXACT_MAX_TERMS",
+    "ShapleyPlan",
+    "ShapleyResult",
+    "ValueFn",
+    "kernel_default_budget",
+    "plan",
+    "shapley",
+]

@@ -1,0 +1,243 @@
+"""What every estimator shares: the result and plan types, the plan dedupe, value checks, randomness.
+
+An estimator of this package turns ``n`` players and a budget into a *plan*: the rows (coalitions) it
+needs and a solver from their values to a :class:`ShapleyResult`. :func:`scar.shapley.estimate.plan`
+dedupes the rows into a :class:`ShapleyPlan`, whose distinct coalitions a caller evaluates by any means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from scar._checks import as_int
+
+__all__ = ["ShapleyResult", "ShapleyPlan", "Solver", "ValueFn", "PlanParts"]
+
+ValueFn = Callable[[torch.Tensor], Any]
+"""``value_fn(coalitions: bool Tensor[C, n]) -> Tensor | ndarray | sequence of C numbers``."""
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ShapleyResult:
+    """Values of one game and how they were obtained.
+
+    Attributes:
+        values: float64 ``[n]`` Shapley (or Owen) values.
+        stderr: float64 ``[n]`` standard error of each value for sampled estimates; NaN when it
+            cannot be estimated (a single sampled pair), inf for ``kernel`` when the sample does
+            not determine the values (raise the budget), zeros for ``kernel`` when its budget
+            covered every coalition; ``None`` for ``exact`` and exact ``owen``.
+        n_evals: number of distinct coalitions evaluated (rows passed to ``value_fn`` in total).
+        base_value: ``v(∅)``.
+        full_value: ``v(N)``.
+        method: the method used.
+        budget: the budget actually used: permutations for ``permutation`` and sampled ``owen``,
+            planned coalitions besides ∅ and N for ``kernel`` (at most ``2**n - 2``); ``None``
+            for ``exact`` and exact ``owen``.
+    """
+
+    values: torch.Tensor
+    stderr: torch.Tensor | None
+    n_evals: int
+    base_value: float
+    full_value: float
+    method: str
+    budget: int | None
+
+    @property
+    def n_players(self) -> int:
+        """Number of players."""
+        return int(self.values.shape[0])
+
+    @property
+    def efficiency_gap(self) -> float:
+        """``sum(values) - (v(N) - v(∅))``; zero up to rounding for every method here."""
+        return float(self.values.sum()) - (self.full_value - self.base_value)
+
+    def __repr__(self) -> str:
+        max_se = "None" if self.stderr is None else f"{float(self.stderr.max()):.3g}"
+        return (
+            f"ShapleyResult(method={self.method!r}, n_players={self.n_players}, "
+            f"budget={self.budget}, n_evals={self.n_evals}, base_value={self.base_value:.6g}, "
+            f"full_value={self.full_value:.6g}, efficiency_gap={self.efficiency_gap:.3g}, "
+            f"max_stderr={max_se})"
+        )
+
+
+Solver = Callable[[torch.Tensor, int], ShapleyResult]
+"""``solve(values of the planned rows [M] float64, n_evals) -> ShapleyResult`` of one method."""
+
+PlanParts = tuple[torch.Tensor, "int | None", Solver]
+"""What an estimator module plans: ``(rows [M, n] bool, budget used, solver)``."""
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ShapleyPlan:
+    """The coalitions one game needs, and the way from their values to a :class:`ShapleyResult`.
+
+    Built by :func:`scar.shapley.plan`. Evaluate :attr:`coalitions` by any means (for instance together with the
+    plans of other games in one packed reward-model pass) and hand the values to :meth:`finish`.
+
+    Attributes:
+        coalitions: bool ``[U, n]``, the distinct coalitions to evaluate, each once, ∅ and the
+            grand coalition N included (rows in the order of their packed bit pattern).
+        method: the method planned.
+        budget: the budget the plan uses, as :attr:`ShapleyResult.budget`.
+    """
+
+    coalitions: torch.Tensor
+    method: str
+    budget: int | None
+    _inverse: torch.Tensor  # int64 [M]: the row of `coalitions` of each planned row
+    _solve: Solver
+
+    @property
+    def n_players(self) -> int:
+        """Number of players."""
+        return int(self.coalitions.shape[1])
+
+    @property
+    def n_evals(self) -> int:
+        """Number of distinct coalitions to evaluate (rows of :attr:`coalitions`)."""
+        return int(self.coalitions.shape[0])
+
+    def finish(self, values: Any) -> ShapleyResult:
+        """The Shapley (or Owen) values from the values of :attr:`coalitions`.
+
+        Args:
+            values: ``U`` finite numbers (torch tensor on any device, numpy array or sequence);
+                ``values[u]`` is the value of ``coalitions[u]``.
+
+        Raises:
+            ValueError: values of the wrong shape, non-numeric, NaN or infinite (the message names
+                the coalition).
+        """
+        return self._finish(to_float64(values, self.coalitions, from_value_fn=False))
+
+    def _finish(self, values: torch.Tensor) -> ShapleyResult:
+        """:meth:`finish` for float64 ``[U]`` values that are already validated."""
+        return self._solve(values[self._inverse], self.n_evals)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShapleyPlan(method={self.method!r}, n_players={self.n_players}, "
+            f"budget={self.budget}, n_evals={self.n_evals})"
+        )
+
+
+def make_generator(seed: int | None) -> torch.Generator:
+    """A private generator: seeded with ``seed``, or fresh entropy for None (the global RNG is left alone)."""
+    gen = torch.Generator()
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(as_int(seed, "seed"))
+    return gen
+
+
+def _pack_rows(coalitions: torch.Tensor) -> np.ndarray:
+    """Pack bool rows ``[M, n]`` into int64 keys ``[M, ceil(n / 64)]`` (one bit per player)."""
+    m = coalitions.shape[0]
+    packed = np.packbits(coalitions.contiguous().numpy(), axis=1)
+    pad = -packed.shape[1] % 8
+    if pad:
+        packed = np.concatenate([packed, np.zeros((m, pad), dtype=np.uint8)], axis=1)
+    return np.ascontiguousarray(packed).view(np.int64)
+
+
+def unique_rows(coalitions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of a bool ``[M, n]`` plan and, for each row, the index of its distinct row.
+
+    Sorts the packed keys with numpy's lexsort (torch's row-wise sorts and ``unique(dim=0)`` are
+    several times slower on CPU) and keeps the first row of each run of equal keys.
+    """
+    keys = _pack_rows(coalitions)
+    order = np.lexsort(keys.T[::-1])
+    ordered = keys[order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(1)
+    inverse = np.empty(len(order), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return coalitions[torch.from_numpy(order[starts])], torch.from_numpy(inverse)
+
+
+def random_orders(rows: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``rows`` independent uniform permutations of ``range(n)``, int64 ``[rows, n]``.
+
+    The randomness comes from ``gen``; the row-wise argsort runs in numpy, about ten times faster
+    than torch's CPU sort on many short rows.
+    """
+    keys = torch.rand(rows, n, generator=gen, dtype=torch.float64).numpy()
+    return torch.from_numpy(np.argsort(keys, axis=1).astype(np.int64, copy=False))
+
+
+def _players(row: torch.Tensor) -> list[int]:
+    return torch.nonzero(row).flatten().tolist()
+
+
+def to_float64(raw: Any, batch: torch.Tensor, *, from_value_fn: bool = True) -> torch.Tensor:
+    """Validate the values of the coalitions ``batch`` and return them as float64 ``[C]`` on the CPU.
+
+    ``from_value_fn``: the values are one ``value_fn`` answer (inside :func:`shapley`), else the
+    values handed to :meth:`ShapleyPlan.finish` for the whole plan; only the messages differ.
+    """
+    c = batch.shape[0]
+    if from_value_fn:
+        got, needs = "value_fn returned", "value_fn must return"
+        where = f"the batch of {c} coalitions starting with coalition {_players(batch[0])}"
+    else:
+        got, needs = "ShapleyPlan.finish got", "ShapleyPlan.finish needs"
+        where = f"the plan's {c} coalitions (ShapleyPlan.coalitions)"
+    if isinstance(raw, torch.Tensor):
+        if raw.is_complex():
+            raise ValueError(f"{got} non-numeric values (dtype {raw.dtype}) for {where}")
+        out = raw.detach().to(device="cpu", dtype=torch.float64)
+    else:
+        try:
+            arr = np.asarray(raw)
+        except Exception as exc:  # ragged lists and the like
+            raise ValueError(
+                f"{got} something that is not an array of numbers ({type(raw).__name__}) for {where}: {exc}"
+            ) from None
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{got} non-numeric values (dtype {arr.dtype}) for {where}")
+        out = torch.from_numpy(arr.astype(np.float64, copy=False).copy())
+    if out.shape != (c,):
+        raise ValueError(
+            f"{needs} one value per coalition, shape ({c},), but "
+            f"{'returned' if from_value_fn else 'got'} shape {tuple(out.shape)} "
+            f"for {where}"
+        )
+    bad = ~torch.isfinite(out)
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0])
+        row = "" if from_value_fn else f"row {k} of the plan, "
+        raise ValueError(
+            f"{got} {float(out[k])} (not finite) for coalition "
+            f"{_players(batch[k])} ({row}players in the coalition, of "
+            f"{batch.shape[1]})"
+        )
+    return out
+
+
+def with_ends(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` with ∅ and N appended as its last two rows (dedupe keeps each once)."""
+    n = rows.shape[1]
+    ends = torch.stack([torch.zeros(n, dtype=torch.bool), torch.ones(n, dtype=torch.bool)])
+    return torch.cat([rows, ends])
+
+
+def bits(masks: torch.Tensor, n: int) -> torch.Tensor:
+    """Bool ``[len(masks), n]`` membership of the integer coalition masks."""
+    return ((masks[:, None] >> torch.arange(n, dtype=torch.int64)) & 1).bool()
+
+
+def shapley_weights(n: int) -> torch.Tensor:
+    """``w[s] = s! (n - 1 - s)! / n!`` for ``s = 0 .. n - 1`` (the weight of a coalition of size s)."""
+    return torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=torch.float64)

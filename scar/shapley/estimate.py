@@ -1,0 +1,181 @@
+"""Shapley and Owen value estimators for a batched value function.
+
+A *value function* takes a bool tensor ``[C, n]`` (row ``c`` is coalition ``S_c``; column ``i`` says
+whether player ``i`` is in it) and returns ``C`` values. In SCAR one call becomes one packed
+reward-model pass, so every estimator here works in two phases:
+
+1. :func:`plan` builds the whole *plan* (every coalition the method needs) with vectorised torch
+   code and dedupes it: :attr:`ShapleyPlan.coalitions` holds each distinct coalition, including the
+   empty coalition and the grand coalition, exactly once;
+2. the caller evaluates those coalitions, in one call or many, and :meth:`ShapleyPlan.finish` turns
+   the values into Shapley (or Owen) values in float64.
+
+:func:`shapley` is the two phases with a value function in between (all distinct coalitions in one
+``value_fn`` call, or in chunks of ``batch_size`` rows). Splitting them lets a caller evaluate the
+plans of many games together: :func:`scar.credit.attribution.shapley_values_many` scores the plans of
+a whole batch of responses in one packed reward-model forest.
+
+Each method lives in its own module (:mod:`~scar.shapley.exact`, :mod:`~scar.shapley.permutation`,
+:mod:`~scar.shapley.kernel`, :mod:`~scar.shapley.owen`) over the shared :mod:`~scar.shapley.base`.
+
+Methods (see :func:`shapley`):
+
+``exact``
+    All ``2**n`` coalitions, closed-form Shapley weights; ``n <= EXACT_MAX_PLAYERS``.
+``permutation``
+    Antithetic permutation sampling: each sampled permutation and its reverse. Efficiency holds
+    exactly for every sampled permutation; the standard error comes from the spread of the
+    antithetic pair means.
+``kernel`` (the default)
+    KernelSHAP with paired sampling (each coalition with its complement) and the efficiency
+    constraint imposed exactly (KKT system). Coalition sizes whose every coalition the budget can
+    afford are enumerated with exact kernel weights (as shap's KernelExplainer does); the rest of
+    the budget samples the other sizes. Standard error: the cluster-robust sandwich
+    (delta-method) variance of the constrained least-squares estimate, with complementary pairs
+    as the independent units and leave-pair-out residuals (CR3). Like any KernelSHAP with a
+    sampled design matrix it is consistent but slightly biased at small budgets (the bias falls
+    faster than the standard error, which covers the variance only). When the budget covers every
+    coalition the exact Shapley values are returned.
+``owen``
+    Owen values for a nested partition of the players. Exact by enumeration for small trees,
+    antithetic hierarchy-consistent permutation sampling otherwise.
+
+All randomness comes from a private ``torch.Generator`` seeded with ``seed``; the global RNG is
+never touched, and the same seed gives the same plan and therefore the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from scar._checks import as_int
+from scar.shapley.base import ShapleyPlan, ShapleyResult, ValueFn, make_generator, to_float64, unique_rows
+from scar.shapley.exact import exact_plan
+from scar.shapley.kernel import kernel_plan
+from scar.shapley.owen import owen_plan
+from scar.shapley.permutation import permutation_plan
+
+__all__ = ["METHODS", "DEFAULT_METHOD", "plan", "shapley"]
+
+METHODS = ("exact", "permutation", "kernel", "owen")
+
+DEFAULT_METHOD = "kernel"
+"""The default estimator: KernelSHAP had the lowest error per token computed among this package's estimators
+in the benchmarks (``bench/RESULTS.md``); at its default budget it is exact up to 8 players."""
+
+
+def plan(
+    n_players: int,
+    *,
+    method: str = DEFAULT_METHOD,
+    budget: int | None = None,
+    seed: int | None = None,
+    hierarchy: Sequence[Any] | None = None,
+) -> ShapleyPlan:
+    """Phase one of :func:`shapley`: the distinct coalitions a method needs, and how to finish.
+
+    Evaluate ``plan(...).coalitions`` (bool ``[U, n_players]``) and pass the ``U`` values to
+    :meth:`ShapleyPlan.finish`; the result is exactly what :func:`shapley` returns for the same
+    arguments and a value function giving the same values.
+
+    Args:
+        n_players, method, budget, seed, hierarchy: as :func:`shapley`.
+
+    Returns:
+        A :class:`ShapleyPlan`.
+
+    Raises:
+        TypeError: ``n_players``, ``budget`` or ``seed`` not an int; malformed hierarchy entries.
+        ValueError: ``n_players < 1``; unknown method; budget invalid for the method; budget given
+            to ``exact``; hierarchy given to a method other than ``owen`` or not a partition;
+            ``exact`` with more than ``EXACT_MAX_PLAYERS`` players.
+    """
+    n = as_int(n_players, "n_players")
+    if n < 1:
+        raise ValueError(f"n_players must be >= 1, got {n}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    if budget is not None:
+        budget = as_int(budget, "budget")
+    if hierarchy is not None and method != "owen":
+        raise ValueError(f"hierarchy is only used by method='owen', got method={method!r}")
+    gen = make_generator(seed)
+
+    if method == "exact":
+        if budget is not None:
+            raise ValueError(
+                f"method='exact' evaluates all 2**n coalitions and takes no budget "
+                f"(got budget={budget}); use 'permutation' or 'kernel' to sample"
+            )
+        rows, used, solve = exact_plan(n)
+    elif method == "permutation":
+        rows, used, solve = permutation_plan(n, budget, gen)
+    elif method == "kernel":
+        rows, used, solve = kernel_plan(n, budget, gen)
+    else:
+        rows, used, solve = owen_plan(n, hierarchy, budget, gen)
+    uniq, inverse = unique_rows(rows)
+    return ShapleyPlan(uniq, method, used, inverse, solve)
+
+
+def shapley(
+    value_fn: ValueFn,
+    n_players: int,
+    *,
+    method: str = DEFAULT_METHOD,
+    budget: int | None = None,
+    seed: int | None = None,
+    hierarchy: Sequence[Any] | None = None,
+    batch_size: int | None = None,
+) -> ShapleyResult:
+    """Shapley (or Owen) values of the game ``value_fn`` on ``n_players`` players.
+
+    The two phases of :func:`plan` and :meth:`ShapleyPlan.finish` with ``value_fn`` in between.
+
+    Args:
+        value_fn: maps a bool tensor ``[C, n_players]`` of coalitions to ``C`` finite numbers
+            (torch tensor, numpy array or sequence). Each distinct coalition the method needs,
+            including ∅ and the grand coalition, is passed exactly once; all of them in one call
+            unless ``batch_size`` is given.
+        n_players: number of players, a positive int.
+        method: ``"exact"``, ``"permutation"``, ``"kernel"`` (default) or ``"owen"`` (see the module docs).
+        budget: sampling budget. ``permutation``: number of permutations, even and >= 2 (default
+            ``DEFAULT_PERMUTATIONS`` = 32). ``kernel``: number of coalitions planned besides ∅ and
+            N (enumerated size classes plus sampled pairs; duplicates among the sampled ones are
+            evaluated once, so ``n_evals <= budget + 2``), even and >= 2 (default
+            :func:`kernel_default_budget`, ``min(32 (n + 1), 2**n - 2)``; a budget >= ``2**n - 2``
+            gives the exact answer).
+            ``owen``: number of hierarchy-consistent permutations, even and >= 2; when omitted
+            the Owen values are exact if the tree is small (``OWEN_EXACT_MAX_TERMS``), else 32
+            permutations are sampled. ``exact`` takes none.
+        seed: seed of the private generator of sampled methods (same seed, same result); ``None``
+            draws fresh entropy.
+        hierarchy: ``owen`` only: nested lists of player indices partitioning ``range(n)``, e.g.
+            ``[[0, 1], [2, [3, 4]]]``; a flat list of ints is singleton groups (= Shapley).
+        batch_size: at most this many coalitions per ``value_fn`` call.
+
+    Returns:
+        A :class:`ShapleyResult`.
+
+    Raises:
+        TypeError: ``value_fn`` not callable; ``n_players``, ``budget``, ``seed`` or
+            ``batch_size`` not an int; malformed hierarchy entries.
+        ValueError: ``n_players < 1``; unknown method; budget invalid for the method; budget given
+            to ``exact``; hierarchy given to a method other than ``owen`` or not a partition;
+            ``exact`` with more than ``EXACT_MAX_PLAYERS`` players; ``value_fn`` returning the
+            wrong shape, non-numeric, NaN or infinite values (the message names the coalition).
+    """
+    if not callable(value_fn):
+        raise TypeError(f"value_fn must be callable (bool Tensor[C, n] -> [C] values), got {type(value_fn).__name__}")
+    if batch_size is not None:
+        batch_size = as_int(batch_size, "batch_size")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    game = plan(n_players, method=method, budget=budget, seed=seed, hierarchy=hierarchy)
+    coalitions = game.coalitions
+    step = coalitions.shape[0] if batch_size is None else batch_size
+    chunks = [to_float64(value_fn(batch), batch) for batch in coalitions.split(step)]
+    return game._finish(torch.cat(chunks))

@@ -1,0 +1,134 @@
+"""The tokenization convention (:mod:`scar.game.tokens`): pairs, offsets, id checks, moving values between
+tokenizations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tiny_tokenizers import build_tokenizer, word_level_tokenizer
+from scar.game.tokens import as_token_ids, encode_pair, map_to_tokens, token_offsets
+
+PROMPTS = ["Review:", "Tell me what you think of the film. Answer:"]
+RESPONSES = [" It was great, and lovely!", " Boring."]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(300)
+
+
+def test_token_offsets_cover_decoded_text(tokenizer):
+    ids = tokenizer(" great, and lovely!", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    text, offs = token_offsets(tokenizer, ids, skip_special_tokens=True)
+    assert text == " great, and lovely!"
+    assert offs[0][0] == 0 and offs[-2][1] == len(text) and offs[-1] == (len(text), len(text))
+    assert "".join(text[a:b] for a, b in offs) == text
+
+
+
+def test_encode_pair_empty_response_only_when_allowed(tokenizer):
+    enc = encode_pair(tokenizer, PROMPTS[0], "", allow_empty=True, suffix_ids=[1])
+    assert (enc.response_ids, enc.text, enc.offsets) == ([], "", [])
+    assert enc.ids == tokenizer(PROMPTS[0])["input_ids"] + [1]
+    assert encode_pair(tokenizer, PROMPTS[0], [], allow_empty=True).response_ids == []
+    # text that a word-level tokenizer drops entirely keeps its text (to be checked against the policy's ids)
+    words = word_level_tokenizer(["review", "good"])
+    blank = encode_pair(words, "review", "  ", allow_empty=True)
+    assert blank.response_ids == [] and blank.text == "  "
+    with pytest.raises(ValueError, match="no tokens"):
+        encode_pair(words, "review", "  ")
+    with pytest.raises(ValueError, match="response is empty"):
+        encode_pair(tokenizer, PROMPTS[0], "")
+
+
+def test_map_to_tokens_same_tokenization_is_identity():
+    rewards = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    offs = [(0, 3), (3, 7), (7, 8)]
+    assert torch.equal(map_to_tokens(rewards, offs, offs), rewards)
+
+
+def test_map_to_tokens_different_tokenizers_by_hand():
+    text = "Hello world, fine."
+    # source: words and punctuation (reward-model side); destination: coarser and finer pieces
+    src = [(0, 5), (5, 11), (11, 12), (12, 17), (17, 18)]  # "Hello" " world" "," " fine" "."
+    dst = [(0, 3), (3, 8), (8, 12), (12, 18)]  # "Hel" "lo wo" "rld," " fine."
+    assert [text[a:b] for a, b in dst] == ["Hel", "lo wo", "rld,", " fine."]
+    rewards = torch.tensor([1.0, 2.0, 4.0, 8.0, 16.0], dtype=torch.float64)
+    out = map_to_tokens(rewards, src, dst)
+    # last chars: 'o'@4 -> dst1, 'd'@10 -> dst2, ','@11 -> dst2, 'e'@16 -> dst3, '.'@17 -> dst3
+    assert out.tolist() == [0.0, 1.0, 6.0, 24.0]
+    assert out.sum().item() == rewards.sum().item()
+
+
+def test_map_to_tokens_gaps_and_zero_width_tokens_keep_mass():
+    # destination drops the spaces (gaps) and has a zero-width EOS at the end
+    src = [(0, 2), (2, 3), (3, 5), (5, 6)]  # "ab" " " "cd" " "
+    dst = [(0, 2), (3, 5), (6, 6)]
+    rewards = torch.tensor([1.0, 10.0, 100.0, 1000.0], dtype=torch.float64)
+    out = map_to_tokens(rewards, src, dst)
+    # the space at 2 goes to the next token "cd"; the trailing space at 5 goes to the next token, the EOS
+    assert out.tolist() == [1.0, 110.0, 1000.0]
+
+
+def test_map_to_tokens_past_the_end_goes_to_last_token():
+    out = map_to_tokens([1.0, 2.0], [(0, 1), (1, 9)], [(0, 1), (1, 4)])
+    assert out.tolist() == [1.0, 2.0]
+
+
+def test_map_to_tokens_random_preserves_mass():
+    g = torch.Generator().manual_seed(1)
+    n = 200
+
+    def random_cuts(k: int) -> list[tuple[int, int]]:
+        cuts = sorted(set(torch.randint(1, n, (k,), generator=g).tolist()) | {0, n})
+        return list(zip(cuts[:-1], cuts[1:]))
+
+    src, dst = random_cuts(60), random_cuts(25)
+    rewards = torch.randn(len(src), generator=g, dtype=torch.float64)
+    out = map_to_tokens(rewards, src, dst)
+    assert out.shape == (len(dst),)
+    assert out.sum().item() == pytest.approx(rewards.sum().item(), abs=1e-12)
+    # each source reward sits in the destination token that contains its last character
+    expected = torch.zeros(len(dst), dtype=torch.float64)
+    for (a, b), rew in zip(src, rewards.tolist()):
+        j = next(j for j, (c, d) in enumerate(dst) if c <= b - 1 < d)
+        expected[j] += rew
+    torch.testing.assert_close(out, expected)
+
+
+def test_map_to_tokens_bad_input():
+    with pytest.raises(ValueError, match="src_offsets"):
+        map_to_tokens([1.0, 2.0], [(0, 1)], [(0, 1)])
+    with pytest.raises(ValueError, match="text order"):
+        map_to_tokens([1.0], [(0, 1)], [(0, 3), (1, 2)])
+    with pytest.raises(ValueError, match="pairs"):
+        map_to_tokens([1.0], [(0, 1, 2)], [(0, 1)])
+    with pytest.raises(ValueError, match="empty"):
+        map_to_tokens([1.0], [(0, 1)], [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_chars=st.integers(1, 80),
+    src_cuts=st.sets(st.integers(1, 79), max_size=30),
+    dst_cuts=st.sets(st.integers(1, 79), max_size=30),
+    seed=st.integers(0, 2**16),
+)
+def test_map_to_tokens_property_mass_and_containment(n_chars, src_cuts, dst_cuts, seed):
+    def tokens(cuts):
+        c = sorted({x for x in cuts if x < n_chars} | {0, n_chars})
+        return list(zip(c[:-1], c[1:]))
+
+    src, dst = tokens(src_cuts), tokens(dst_cuts)
+    rewards = torch.randn(len(src), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    out = map_to_tokens(rewards, src, dst)
+    assert out.sum().item() == pytest.approx(rewards.sum().item(), abs=1e-9)
+    assert torch.equal(map_to_tokens(rewards, src, src), rewards)
+    # a destination token gets reward only if some source token ends inside it
+    ends = {b - 1 for _, b in src}
+    for (c, d), value in zip(dst, out.tolist()):
+        if not any(c <= e < d for e in ends):
+            assert value == 0.0

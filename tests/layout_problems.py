@@ -1,0 +1,86 @@
+"""Random valid inputs of the pack builder, with a plain description to check layouts against."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+from scar_kernels.layout import PackLayout
+
+
+@st.composite
+def forests(draw, max_responses: int = 3, max_coalitions: int = 10):
+    """Random valid builder inputs plus a plain description to check against."""
+    n_resp = draw(st.integers(1, max_responses))
+    responses = []
+    for _ in range(n_resp):
+        n_seg = draw(st.integers(0, 5))
+        kinds = draw(st.lists(st.booleans(), min_size=n_seg, max_size=n_seg))  # True: player, False: gap
+        seg_player, p = [], 0
+        for is_player in kinds:
+            seg_player.append(p if is_player else -1)
+            p += is_player
+        prompt = draw(st.integers(1, 4))
+        responses.append(dict(
+            seg_player=seg_player,
+            seg_len=draw(st.lists(st.integers(1, 3), min_size=n_seg, max_size=n_seg)),
+            prompt=prompt,
+            suffix=draw(st.integers(0, 2)),
+            cached=draw(st.integers(0, prompt - 1)),
+            n_players=p,
+        ))
+    n_max = max([r["n_players"] for r in responses] + [draw(st.integers(0, 2))])
+    n_coal = draw(st.integers(0, max_coalitions))
+    owner = draw(st.lists(st.integers(0, n_resp - 1), min_size=n_coal, max_size=n_coal))
+    rows = []
+    for r in owner:
+        bits = draw(st.lists(st.booleans(), min_size=responses[r]["n_players"], max_size=responses[r]["n_players"]))
+        rows.append(bits + [False] * (n_max - len(bits)))
+    if rows and draw(st.booleans()):  # force duplicates
+        owner.append(owner[0])
+        rows.append(list(rows[0]))
+    return responses, owner, rows, n_max
+
+
+def to_args(responses, owner, rows, n_max):
+    seg_counts = [len(r["seg_player"]) for r in responses]
+    return (
+        torch.tensor(rows, dtype=torch.bool).reshape(len(rows), n_max),
+        torch.tensor(owner, dtype=torch.int64),
+        torch.tensor([0] + seg_counts, dtype=torch.int64).cumsum(0),
+        torch.tensor([p for r in responses for p in r["seg_player"]], dtype=torch.int64),
+        torch.tensor([n for r in responses for n in r["seg_len"]], dtype=torch.int64),
+        torch.tensor([r["prompt"] for r in responses], dtype=torch.int64),
+        torch.tensor([r["suffix"] for r in responses], dtype=torch.int64),
+        torch.tensor([r["cached"] for r in responses], dtype=torch.int64),
+    )
+
+
+def expected_sequence(responses, r: int, bits: list[bool]) -> list[int]:
+    """Flat source indices of a coalition's kept sequence, cached prompt tokens excluded (the naive way)."""
+    base = sum(x["prompt"] + sum(x["seg_len"]) + x["suffix"] for x in responses[:r])
+    resp = responses[r]
+    out = list(range(base + resp["cached"], base + resp["prompt"]))
+    pos = base + resp["prompt"]
+    for p, n in zip(resp["seg_player"], resp["seg_len"]):
+        if p == -1 or bits[p]:
+            out.extend(range(pos, pos + n))
+        pos += n
+    out.extend(range(pos, pos + resp["suffix"]))
+    return out
+
+
+def node_of(layout: PackLayout, k: int) -> int:
+    return int(torch.searchsorted(layout.node_start, torch.tensor(k), right=True)) - 1
+
+
+def path_tokens(layout: PackLayout, k: int) -> list[int]:
+    """Packed indices of the sequence ending at token k, walking up the ancestors."""
+    u = node_of(layout, k)
+    out = list(range(int(layout.node_start[u]), k + 1))
+    u = int(layout.node_parent[u])
+    while u >= 0:
+        s, n = int(layout.node_start[u]), int(layout.node_len[u])
+        out = list(range(s, s + n)) + out
+        u = int(layout.node_parent[u])
+    return out
