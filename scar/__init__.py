@@ -33,7 +33,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from scar_kernels.extension import has_extension, load
+from scar_kernels.ops import has_extension
 
 __version__ = "0.1.0"
 
@@ -105,7 +105,7 @@ __all__ = [
     "validate_players",
 ]
 
-load()  # warns once when the compiled kernels are not built
+has_extension()  # warns once when the compiled kernels are not built
 
 
 def __getattr__(name: str) -> Any:

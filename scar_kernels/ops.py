@@ -14,7 +14,9 @@
 
 Every op has a fake implementation, so it traces under ``torch.compile(fullgraph=True)`` and passes
 ``torch.library.opcheck``. The Python functions below are what the library calls; :func:`implementation`
-names what each op runs on a device. This module imports without a GPU and without Triton.
+names what each op runs on a device; :class:`~scar_kernels.layout.PackLayout` (what ``build_pack`` returns)
+and :func:`~scar_kernels.extension.has_extension` are re-exported, so the library needs no other module of
+this package. This module imports without a GPU and without Triton.
 """
 
 from __future__ import annotations
@@ -27,11 +29,21 @@ from torch import Tensor
 from scar_kernels import extension
 from scar_kernels.dense_mask import MASK_DTYPES
 from scar_kernels.dense_mask import dense_mask as triton_dense_mask
+from scar_kernels.extension import has_extension
 from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
 from scar_kernels.tree_attention import tree_attention as triton_tree_attention
 from scar_kernels.tree_attention import tree_attention_reference, validate_tree_attention_inputs
 
-__all__ = ["tree_attention", "build_pack", "dense_mask", "implementation", "triton_available", "OPS"]
+__all__ = [
+    "OPS",
+    "PackLayout",
+    "build_pack",
+    "dense_mask",
+    "has_extension",
+    "implementation",
+    "tree_attention",
+    "triton_available",
+]
 
 OPS = ("tree_attention", "build_pack", "dense_mask")
 

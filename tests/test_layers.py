@@ -145,6 +145,12 @@ def test_no_import_loop():
     assert cycle is None, "import loop: " + " -> ".join(cycle or [])
 
 
+def test_the_library_reaches_the_kernels_only_through_ops():
+    offenders = [(s, t) for s, ts in edges().items() if s.startswith("scar.") or s == "scar" for t in ts
+                 if t.startswith("scar_kernels") and t != "scar_kernels.ops"]
+    assert not offenders
+
+
 def test_kernels_never_import_the_library():
     offenders = [(s, t) for s, ts in edges().items() if s.startswith("scar_kernels") for t in ts
                  if t == "scar" or t.startswith("scar.")]

@@ -16,8 +16,7 @@ import torch
 
 from scar.game.players import as_ranges, validate_players
 from scar.game.tokens import as_token_ids
-from scar_kernels.layout import PackLayout
-from scar_kernels.ops import build_pack
+from scar_kernels.ops import PackLayout, build_pack
 
 __all__ = ["Game", "build_game", "pack_games"]
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from scar_kernels.layout import additive_mask
+from scar_kernels.ops import dense_mask
 
 __all__ = [
     "RewardModelInfo",
@@ -278,7 +278,7 @@ def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str
     pack_ids = ids + [ids[4], ids[5]]
     position = [0, 1, 2, 3, 4, 5, 2, 3]
     horizon = torch.tensor([8, 8, 6, 6, 6, 6, 8, 8], dtype=torch.int32)
-    mask = additive_mask(horizon, dtype=dtype, device=device)[None, None]
+    mask = dense_mask(horizon.to(device), dtype=dtype)[None, None]
     with evaluation_mode(model):
         packed = info.base(
             input_ids=torch.tensor([pack_ids], device=device),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scar_kernels.layout import PackLayout
+from scar_kernels.ops import PackLayout
 
 __all__ = ["Pass", "subset_layout", "split_passes"]
 

@@ -20,8 +20,7 @@ from scar.scoring.config import ScorerStats
 from scar.scoring.games import Game, pack_games
 from scar.scoring.model import RewardModelInfo, model_device, model_dtype
 from scar.scoring.passes import split_passes
-from scar_kernels.layout import PackLayout
-from scar_kernels.ops import dense_mask
+from scar_kernels.ops import PackLayout, dense_mask
 
 __all__ = ["score_trie", "cacheable_prompt"]
 
