@@ -7,9 +7,11 @@ The benchmark harness is not part of the installed package: ``python bench/run.p
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from scar.credit.rewarder import SCAR
 from scar.demo.sentiment import build as build_sentiment_world
@@ -117,7 +119,7 @@ def _explain(
                 f"(one-by-one scoring would compute {stats.plain_tokens}); {seconds:.2f} s"
             )
     if args.html:
-        with open(args.html, "w", encoding="utf-8") as f:
+        with open(args.html, "w", encoding="utf-8") as f:  # checked writable before scoring
             f.write(
                 render_html(
                     pieces, values, title=title, header=f"prompt: {prompt!r} | r = {r:+.4f}, v(empty) = {base:+.4f}"
@@ -127,21 +129,83 @@ def _explain(
     return 0
 
 
-def _cmd_explain(args: argparse.Namespace) -> int:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # loaded only when needed
+class UsageError(Exception):
+    """A bad command-line argument: printed as one line, exit status 2."""
 
-    model = AutoModelForSequenceClassification.from_pretrained(args.model)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+
+def _check_output_path(path: str | None) -> None:
+    """UsageError unless ``path`` (``--html``) can be written: checked before any model is loaded."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    if os.path.isdir(path):
+        raise UsageError(f"--html {path}: is a directory")
+    if not os.path.isdir(folder):
+        raise UsageError(f"--html {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise UsageError(f"--html {path}: not writable")
+
+
+HEAD_PREFIXES = ("score.", "classifier.", "pre_classifier.")
+"""The weights of a sequence-classification head (decoders: ``score``; encoders: ``classifier``)."""
+
+
+def _load_reward_model(path: str) -> Any:
+    """The checkpoint in ``path`` as a ``*ForSequenceClassification`` model whose head was trained.
+
+    Raises:
+        UsageError: no such folder, no model in it, or a checkpoint without a trained classification head
+            (e.g. a causal LM, which would be scored through a randomly initialised head).
+    """
+    from transformers import AutoModelForSequenceClassification  # loaded only when needed
+
+    if not os.path.isdir(path):
+        raise UsageError(f"--model {path}: no such directory")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise UsageError(f"--model {path}: not a transformers model folder (no config.json)")
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise UsageError(f"--model {path}: cannot load a sequence-classification model: {err}") from None
+    missing = [k for k in info.get("missing_keys", ()) if k.startswith(HEAD_PREFIXES) or ".score." in k]
+    if missing:
+        raise UsageError(
+            f"--model {path}: the checkpoint has no trained sequence-classification head (missing {missing[0]}); "
+            "its scores would come from random weights. Give a reward model (a *ForSequenceClassification "
+            "checkpoint)"
+        )
+    return model.eval()
+
+
+def _load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer  # loaded only when needed
+
+    if not os.path.isdir(path):
+        raise UsageError(f"--tokenizer {path}: no such directory")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--tokenizer {path}: cannot load a tokenizer: {err}") from None
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    if not args.response.strip():
+        raise UsageError("--response is empty: there is nothing to give credit to")
+    if not args.prompt:
+        raise UsageError("--prompt is empty")
+    _check_output_path(args.html)
+    model = _load_reward_model(args.model)
+    tokenizer = _load_tokenizer(args.tokenizer or args.model)
     suffix = None
     if args.suffix == "eos":
         if tokenizer.eos_token_id is None:
-            print("scar explain: --suffix eos, but the tokenizer has no EOS token", file=sys.stderr)
-            return 2
+            raise UsageError("--suffix eos, but the tokenizer has no EOS token (use --suffix none)")
         suffix = [tokenizer.eos_token_id]
     return _explain(model, tokenizer, args.prompt, args.response, args, title="SCAR credit", suffix_ids=suffix)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _check_output_path(args.html)
     world = build_sentiment_world(args.cache_dir, size=args.size, progress=True)
     m = world.metrics
     print(
@@ -150,7 +214,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"sign accuracy = {m['reward_sign_accuracy']:.3f})\n"
     )
     tokenizer = world.tokenizer()
-    # The reward model reads its score at EOS after the response (scar.data.sentiment's template).
+    # The reward model reads its score at EOS after the response (the sentiment world's template).
     return _explain(
         world.reward_model(),
         tokenizer,
@@ -192,11 +256,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command line; returns the exit status (2 for bad arguments, 1 when scoring fails)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars would bury the heatmap
-    return args.func(args)
+    hf_logging.set_verbosity_error()
+    try:
+        return args.func(args)
+    except UsageError as err:
+        print(f"scar {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as err:  # the library's checks: say it in one line, no traceback
+        print(f"scar {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

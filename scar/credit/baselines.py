@@ -19,8 +19,7 @@ signature, so a trainer or an experiment swaps one for another.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -29,41 +28,30 @@ from scar._checks import check_batch, check_finite, check_positive_int, check_un
 from scar.credit.rewards import DenseRewards
 from scar.game.players import Player, segment
 from scar.game.tokens import Encoded, check_length, encode_pair, require_fast_tokenizer, to_policy_tokens
-from scar.scoring.model import RewardModelInfo, evaluation_mode, inspect_model
+from scar.scoring.model import RewardModelInfo, inspect_model
 from scar.scoring.padded import PaddedScores, score_padded
+from scar.scoring.views import model_view
 
 __all__ = ["attention_credit", "sparse_credit", "AttentionCredit", "SparseCredit"]
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-@contextlib.contextmanager
-def _eager_attention(model: Any) -> Iterator[None]:
-    """Eager attention while inside, the model's own implementation restored after: sdpa/flash attention
-    compute no weights (transformers then silently returns an empty tuple of attentions)."""
-    before = model.config._attn_implementation
-    if before != "eager":
-        model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if model.config._attn_implementation != before:
-            model.set_attn_implementation(before)
-
-
 def _score(
-    model: Any,
-    info: RewardModelInfo,
-    encs: Sequence[Encoded],
-    *,
-    attention: bool,
-    score_fn: ScoreFn | None,
-    batch_size: int,
+    model: Any, encs: Sequence[Encoded], *, attention: bool, score_fn: ScoreFn | None, batch_size: int
 ) -> PaddedScores:
+    """Score the encoded pairs on a view of ``model`` (:mod:`scar.scoring.views`): eager attention when the
+    read-out token's attention is wanted (sdpa and flash attention compute no weights), the model untouched."""
     batch_size = check_positive_int(batch_size, "batch_size")
-    with evaluation_mode(model), _eager_attention(model) if attention else contextlib.nullcontext():
+    view = model_view(model, "eager" if attention else None)
+    with torch.no_grad():
         return score_padded(
-            model, info, [e.ids for e in encs], score_fn=score_fn, batch_size=batch_size, attention=attention
+            view,
+            inspect_model(view),
+            [e.ids for e in encs],
+            score_fn=score_fn,
+            batch_size=batch_size,
+            attention=attention,
         )
 
 
@@ -124,7 +112,7 @@ def attention_credit(
         policy_tokenizer = tokenizer
     info = inspect_model(model)
     encs = _encode_all(info, tokenizer, prompts, responses, suffix_ids, completion_ids)
-    scored = _score(model, info, encs, attention=True, score_fn=score_fn, batch_size=batch_size)
+    scored = _score(model, encs, attention=True, score_fn=score_fn, batch_size=batch_size)
     assert scored.attention is not None
     token_rewards: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
@@ -177,7 +165,7 @@ def sparse_credit(
         policy_tokenizer = tokenizer
     info = inspect_model(model)
     encs = _encode_all(info, tokenizer, prompts, responses, suffix_ids, completion_ids)
-    scored = _score(model, info, encs, attention=False, score_fn=score_fn, batch_size=batch_size)
+    scored = _score(model, encs, attention=False, score_fn=score_fn, batch_size=batch_size)
     token_rewards: list[torch.Tensor] = []
     values: list[torch.Tensor] = []
     players: list[list[Player]] = []

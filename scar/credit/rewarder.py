@@ -37,7 +37,6 @@ from scar.credit.rewards import DenseRewards, place_credit
 from scar.game.players import Player, hierarchy, segment
 from scar.game.tokens import Encoded, check_length, encode_pair, require_fast_tokenizer, to_policy_tokens
 from scar.scoring import CoalitionScorer, ScorerConfig, ScorerStats
-from scar.scoring.model import evaluation_mode
 from scar.scoring.padded import score_padded
 from scar.shapley import ShapleyResult
 
@@ -222,8 +221,8 @@ class SCAR:
 
     def _empty_value(self, enc: Encoded, index: int) -> float:
         """``r = v(∅)`` of an empty response: one plain forward of ``prompt ⊕ suffix``."""
-        with evaluation_mode(self.reward_model):
-            out = score_padded(self.reward_model, self.scorer.info, [enc.ids], score_fn=self.scorer.score_fn)
+        with torch.no_grad():
+            out = score_padded(self.scorer.view, self.scorer.info, [enc.ids], score_fn=self.scorer.score_fn)
         n = len(enc.ids)
         self.last_stats[index] = ScorerStats(
             backend="plain",

@@ -18,8 +18,10 @@ No mask function is registered: ``"scar_tree"`` is absent from transformers' mas
 ``create_causal_mask`` returns ``None`` without building an ``N x N`` mask.
 
 :func:`packed_forward` runs a base model (e.g. ``model.model`` of a ``LlamaForSequenceClassification``
-or ``model.transformer`` of GPT-2) this way, switching its attention implementation for the call.
-The attention itself is the ``scar::tree_attention`` op (Triton on CUDA, C++/torch on CPU).
+or ``model.transformer`` of GPT-2) this way. It never switches the attention implementation of the model
+it is given: it runs a private view of it (:func:`scar.scoring.views.model_view`: the same parameters, its
+own config selecting ``"scar_tree"``), so other threads and the model's own forwards are unaffected. The
+attention itself is the ``scar::tree_attention`` op (Triton on CUDA, C++/torch on CPU).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
 
+from scar.scoring.views import model_view
 from scar_kernels.ops import tree_attention as _tree_attention_op
 
 __all__ = ["ATTENTION_NAME", "scar_tree_attention", "register", "packed_forward", "uses_scar_tree"]
@@ -125,8 +129,6 @@ def scar_tree_attention(
 
 def register() -> None:
     """Register :func:`scar_tree_attention` as ``"scar_tree"`` (idempotent; done on import)."""
-    from transformers import AttentionInterface
-
     AttentionInterface.register(ATTENTION_NAME, scar_tree_attention)
 
 
@@ -145,8 +147,9 @@ def packed_forward(
     """Run a transformers base model over a packed trie with tree attention; return ``last_hidden_state``.
 
     Args:
-        model_base: the decoder base model (``LlamaModel``, ``GPT2Model``, ``GPTNeoXModel``, ...), in
-            ``eval()`` mode.
+        model_base: the decoder base model (``LlamaModel``, ``GPT2Model``, ``GPTNeoXModel``, ...). A model
+            whose config already selects ``"scar_tree"`` runs as it is; any other runs through its view
+            (see the module docstring), in eval mode. Call it under ``torch.no_grad()``.
         input_ids: packed token ids ``[N]`` or ``[1, N]``.
         position_ids: position of each packed token in its own coalition sequence (cached prompt
             tokens included), ``[N]`` or ``[1, N]``.
@@ -157,8 +160,6 @@ def packed_forward(
 
     Returns:
         ``last_hidden_state [1, N, hidden]``.
-
-    The model's attention implementation is switched to ``"scar_tree"`` for the call and restored after.
     """
     if input_ids.dim() == 1:
         input_ids = input_ids.unsqueeze(0)
@@ -176,25 +177,16 @@ def packed_forward(
         raise ValueError(f"packed_forward: horizon must be a 1-D tensor of {n} entries")
     if horizon.dtype.is_floating_point or horizon.dtype == torch.bool:
         raise TypeError(f"packed_forward: horizon must be an integer tensor, got {horizon.dtype}")
-    config = getattr(model_base, "config", None)
-    if config is None or not hasattr(model_base, "set_attn_implementation"):
+    if getattr(model_base, "config", None) is None or not hasattr(model_base, "set_attn_implementation"):
         raise TypeError("packed_forward: model_base must be a transformers PreTrainedModel")
+    base = model_base if uses_scar_tree(model_base) else model_view(model_base, ATTENTION_NAME)
     horizon = horizon.to(device=input_ids.device, dtype=torch.int32).contiguous()
-    register()
-    previous = config._attn_implementation
-    model_base.set_attn_implementation(ATTENTION_NAME)
-    try:
-        kwargs: dict[str, Any] = {"scar_horizon": horizon, "use_cache": False}
-        if past_key_values is not None:
-            kwargs["scar_prefix"] = past_key_values
-        params = inspect.signature(model_base.forward).parameters
-        if "return_dict" in params:
-            kwargs["return_dict"] = True
-        out = model_base(input_ids=input_ids, position_ids=position_ids, **kwargs)
-    finally:
-        if config._attn_implementation != previous:
-            model_base.set_attn_implementation(previous)
-    return out.last_hidden_state
+    kwargs: dict[str, Any] = {"scar_horizon": horizon, "use_cache": False}
+    if past_key_values is not None:
+        kwargs["scar_prefix"] = past_key_values
+    if "return_dict" in inspect.signature(base.forward).parameters:
+        kwargs["return_dict"] = True
+    return base(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state
 
 
 register()

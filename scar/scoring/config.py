@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scar._checks import check_choice, check_positive_int
+from scar._checks import as_int, check_choice, check_positive_int
 
 __all__ = [
     "ScorerConfig",
@@ -17,6 +17,7 @@ __all__ = [
     "ATTENTIONS",
     "DEFAULT_PASS_TOKENS",
     "DEFAULT_MASK_PASS_TOKENS",
+    "VERIFY_TOLERANCE",
 ]
 
 BACKENDS = ("auto", "loop", "batched", "trie")
@@ -30,6 +31,15 @@ DEFAULT_PASS_TOKENS = 8192
 DEFAULT_MASK_PASS_TOKENS = 1024
 """The dense mask grows with the square of the pass length, so on that path several short passes beat a
 long one; ``bench/RESULTS.md`` has the measurement."""
+VERIFY_TOLERANCE = {
+    torch.float64: (1e-9, 1e-9),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (2e-2, 2e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+"""``(absolute, relative)`` tolerance of the exactness check per model dtype: a packed score ``a`` agrees
+with the plain score ``b`` when ``|a - b| <= absolute + relative * |b|``. The packed forward sums in another
+order than the plain one, so scores differ by the dtype's rounding, and no more."""
 
 
 @dataclass
@@ -50,7 +60,14 @@ class ScorerConfig:
             for a trie on the dense-mask path. Memory is bounded by it, never by the number of coalitions.
         filler_id: the filler token of ``removal="replace"`` (None: the config's pad id, else its mask id).
         score_fn: maps logits ``[B, num_labels]`` to scores ``[B]``; required when a model has more than
-            two labels (one label: that logit; two: ``logit[1] - logit[0]``).
+            two labels (one label: that logit; two: ``logit[1] - logit[0]``), and for a model that is not a
+            ``*ForSequenceClassification`` (it then receives the model's logits of one unpadded sequence,
+            ``[1, ...]``, and only the ``loop`` backend runs).
+        verify: the runtime exactness check: after every call of a fast backend (``batched``, ``trie``), this
+            many of its coalitions (drawn at random) are scored again by plain deletion, and a difference
+            beyond the model dtype's tolerance (:data:`VERIFY_TOLERANCE`) raises
+            :class:`~scar.scoring.scorer.ExactnessError`. 0 turns it off. Its cost is in
+            :attr:`ScorerStats.verify_tokens`.
     """
 
     backend: str = "auto"
@@ -59,6 +76,7 @@ class ScorerConfig:
     max_tokens_per_pass: int | None = None
     filler_id: int | None = None
     score_fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    verify: int = 1
 
     def __post_init__(self) -> None:
         check_choice(self.backend, "backend", BACKENDS)
@@ -68,6 +86,9 @@ class ScorerConfig:
             self.max_tokens_per_pass = check_positive_int(self.max_tokens_per_pass, "max_tokens_per_pass")
         if self.score_fn is not None and not callable(self.score_fn):
             raise TypeError(f"score_fn must be callable, got {type(self.score_fn).__name__}")
+        self.verify = as_int(self.verify, "verify")
+        if self.verify < 0:
+            raise ValueError(f"verify must be >= 0 (coalitions re-scored per call), got {self.verify}")
 
 
 @dataclass
@@ -87,6 +108,11 @@ class ScorerStats:
         plain_tokens: sum over coalitions of ``prompt + kept + suffix``: the cost of scoring each
             coalition on its own.
         prompt_cache_tokens: prompt tokens computed into a KV cache (trie only; part of tokens_computed).
+        rescored: coalitions whose packed score was not finite and that were scored again by plain deletion
+            (a non-finite hidden state stays confined to the coalitions that contain it; part of
+            tokens_computed).
+        verify_coalitions, verify_tokens: what the exactness check re-scored (not in tokens_computed).
+        verify_max_error: the largest difference it saw.
     """
 
     backend: str
@@ -98,6 +124,10 @@ class ScorerStats:
     peak_pack_tokens: int = 0
     plain_tokens: int = 0
     prompt_cache_tokens: int = 0
+    rescored: int = 0
+    verify_coalitions: int = 0
+    verify_tokens: int = 0
+    verify_max_error: float = 0.0
 
     @property
     def ratio_to_lower_bound(self) -> float:

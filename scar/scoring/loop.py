@@ -1,11 +1,12 @@
 """The ``loop`` backend: delete each coalition's tokens and run the classifier on that one sequence.
 
-The reference every other backend is tested against: nothing is shared, nothing is padded.
+The reference every other backend is tested against: nothing is shared, nothing is padded. The runtime
+exactness check and the re-scoring of non-finite packed scores use the same plain forward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -14,7 +15,26 @@ from scar.scoring.config import ScorerStats
 from scar.scoring.games import Game
 from scar.scoring.model import RewardModelInfo, model_device
 
-__all__ = ["score_loop"]
+__all__ = ["score_loop", "plain_scores"]
+
+
+def plain_scores(
+    model: nn.Module,
+    info: RewardModelInfo,
+    sequences: Sequence[torch.Tensor],
+    read_scores: Callable[[torch.Tensor], torch.Tensor],
+    stats: ScorerStats | None = None,
+) -> torch.Tensor:
+    """Scores (float64 ``[S]``) of whole id sequences, one forward each; counted in ``stats`` when given."""
+    device = model_device(model)
+    values = torch.empty(len(sequences), dtype=torch.float64)
+    kwargs = {"use_cache": False} if info.is_causal else {}
+    for i, seq in enumerate(sequences):
+        logits = model(input_ids=seq.to(device)[None], **kwargs).logits
+        values[i] = read_scores(logits)[0]
+        if stats is not None:
+            stats.add_forward(seq.numel())
+    return values
 
 
 def score_loop(
@@ -25,16 +45,8 @@ def score_loop(
     stats: ScorerStats,
 ) -> list[torch.Tensor]:
     """Scores (float64 ``[C_r]`` per game) of every coalition, one forward per coalition."""
-    device = model_device(model)
     out = []
     for g in games:
         mask = g.keep_mask()
-        values = torch.empty(mask.shape[0], dtype=torch.float64)
-        for c in range(mask.shape[0]):
-            seq = g.sequence(mask[c]).to(device)
-            kwargs = {"use_cache": False} if info.is_causal else {}
-            logits = model(input_ids=seq[None], **kwargs).logits
-            values[c] = read_scores(logits)[0]
-            stats.add_forward(seq.numel())
-        out.append(values)
+        out.append(plain_scores(model, info, [g.sequence(row) for row in mask], read_scores, stats))
     return out

@@ -70,6 +70,8 @@ class RewardModelInfo:
         max_positions: the position limit (``max_position_embeddings`` / ``n_positions``), or None.
         pad_token_id, eos_token_id, mask_token_id: special token ids from the config (or None).
         vocab_size: vocabulary size from the config (or None).
+        is_classifier: True for a ``*ForSequenceClassification`` model, whose logits are ``[B, num_labels]``;
+            any other model is scored only through a user ``score_fn``.
     """
 
     model_type: str
@@ -82,6 +84,7 @@ class RewardModelInfo:
     eos_token_id: int | None
     mask_token_id: int | None
     vocab_size: int | None
+    is_classifier: bool = True
 
     def score(self, logits: torch.Tensor, score_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """Scalar score per row of ``logits [B, num_labels]``: the single logit, ``logit[1]-logit[0]`` for
@@ -93,6 +96,11 @@ class RewardModelInfo:
                     f"score_fn must map logits {tuple(logits.shape)} to shape ({logits.shape[0]},), "
                     f"got {tuple(out.shape)}"
                 )
+        elif logits.dim() != 2 or logits.shape[1] != self.num_labels:
+            raise ValueError(
+                f"the reward model returned logits of shape {tuple(logits.shape)}, not [batch, {self.num_labels}]: "
+                "it is not a sequence classifier; pass score_fn to say how to read a score"
+            )
         elif self.num_labels == 1:
             out = logits[:, 0]
         elif self.num_labels == 2:
@@ -197,10 +205,15 @@ def inspect_model(model: nn.Module) -> RewardModelInfo:
 
     Raises:
         TypeError: ``model`` is not a ``transformers`` model with a config.
-        ValueError: its base model cannot be found.
+        ValueError: its base model cannot be found, or its weights are on the meta device.
     """
     if not isinstance(model, nn.Module) or not hasattr(model, "config"):
         raise TypeError(f"expected a transformers *ForSequenceClassification model, got {type(model).__name__}")
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError(
+            f"{type(model).__name__} has parameters on the meta device (no weights loaded): load the model's "
+            "weights (or move it to a real device) before scoring with it"
+        )
     config = _text_config(model)
     model_type = str(getattr(config, "model_type", ""))
     base = _base_model(model)
@@ -228,6 +241,7 @@ def inspect_model(model: nn.Module) -> RewardModelInfo:
         eos_token_id=_first_int(getattr(config, "eos_token_id", None)),
         mask_token_id=_first_int(getattr(config, "mask_token_id", None)),
         vocab_size=vocab,
+        is_classifier=type(model).__name__.endswith("ForSequenceClassification"),
     )
 
 

@@ -4,12 +4,18 @@ The facade inspects the model once, picks the backend (``loop``, ``batched`` or 
 :data:`scar.scoring.config.BACKENDS`), normalises each call's inputs once (:mod:`scar.scoring.games`) and
 reports the cost of every call in :attr:`CoalitionScorer.stats`. Scores are float64 (computed in the
 model's dtype) so that the Shapley sums are not limited by float32 accumulation.
+
+The scorer never changes the model it is given: it runs private views of it (:mod:`scar.scoring.views`:
+the same parameters, module objects and configs of its own, in eval mode), so several threads may call one
+scorer, several scorers may share a model, and the model's own forwards may run at the same time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import random
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -18,23 +24,56 @@ import torch
 from torch import nn
 
 from scar.game.tokens import IdsLike, as_token_ids
+from scar.scoring.attention import ATTENTION_NAME
 from scar.scoring.batched import score_batched
-from scar.scoring.config import DEFAULT_MASK_PASS_TOKENS, DEFAULT_PASS_TOKENS, ScorerConfig, ScorerStats
+from scar.scoring.config import (
+    DEFAULT_MASK_PASS_TOKENS,
+    DEFAULT_PASS_TOKENS,
+    VERIFY_TOLERANCE,
+    ScorerConfig,
+    ScorerStats,
+)
 from scar.scoring.games import Game, build_game, pack_games
-from scar.scoring.loop import score_loop
-from scar.scoring.model import RewardModelInfo, evaluation_mode, inspect_model, model_device, trie_exactness
+from scar.scoring.loop import plain_scores, score_loop
+from scar.scoring.model import RewardModelInfo, inspect_model, model_device, model_dtype, trie_exactness
 from scar.scoring.trie import score_trie
+from scar.scoring.views import model_view
 from scar_kernels.ops import implementation
 
-__all__ = ["CoalitionScorer"]
+__all__ = ["CoalitionScorer", "ExactnessError"]
 
 logger = logging.getLogger(__name__)
 
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-def _tree_kernel_support(base: nn.Module) -> tuple[bool, str]:
+
+class ExactnessError(ValueError):
+    """A fast backend's score disagreed with plain deletion beyond the model dtype's tolerance.
+
+    Attributes:
+        backend: the fast backend; coalition: ``(response index, kept players)``; fast, plain: the two
+            scores; tolerance: the allowed difference.
+    """
+
+    def __init__(
+        self, backend: str, response: int, players: list[int], fast: float, plain: float, tolerance: float, model: str
+    ) -> None:
+        super().__init__(
+            f"exactness check failed: backend {backend!r} scored response {response}, coalition of players "
+            f"{players} as {fast!r} but deleting the other players' tokens and running {model} gives {plain!r} "
+            f"(difference {abs(fast - plain):.3g} > tolerance {tolerance:.3g}). The packed forward is not exact "
+            "for this model: use backend='loop' (or 'batched'), and please report the model's architecture."
+        )
+        self.backend, self.response, self.players = backend, response, players
+        self.fast, self.plain, self.tolerance = fast, plain, tolerance
+
+
+def _tree_kernel_support(base: nn.Module, dtype: torch.dtype) -> tuple[bool, str]:
     """Whether the tree-attention kernel can run ``base``'s attention: (ok, reason when not)."""
     if not getattr(base, "_supports_attention_backend", False):
         return False, f"{type(base).__name__} does not support transformers' attention registry"
+    if dtype not in _KERNEL_DTYPES:
+        return False, f"the tree-attention kernels compute in float32, float16 or bfloat16, not {dtype}"
     device = model_device(base)
     impl = implementation("tree_attention", device)
     if device.type == "cpu":
@@ -75,7 +114,15 @@ class CoalitionScorer:
             raise TypeError(f"config must be a ScorerConfig, got {type(config).__name__}")
         self.config = config
         self.model = model
-        self.info: RewardModelInfo = inspect_model(model)
+        self.view = model_view(model)
+        self.info: RewardModelInfo = inspect_model(self.view)
+        if config.score_fn is None and not self.info.is_classifier:
+            raise ValueError(
+                f"{type(model).__name__} is not a sequence classifier (a *ForSequenceClassification model with a "
+                "score head): its scores would be meaningless. Load the reward model with "
+                "AutoModelForSequenceClassification, or pass score_fn(logits) -> scores to say how to read a "
+                "score from this model's logits"
+            )
         if config.score_fn is None and self.info.num_labels > 2:
             raise ValueError(f"the model has {self.info.num_labels} labels: pass score_fn(logits) -> scores")
         if config.removal == "replace":
@@ -91,9 +138,19 @@ class CoalitionScorer:
             self.filler_id = None
         self.backend = self._resolve_backend(config.backend)
         self.attention = self._resolve_attention(config.attention)
+        self._packed_base: nn.Module | None = None
+        if self.attention == "kernel":
+            self._packed_base = inspect_model(model_view(model, ATTENTION_NAME)).base
         default = DEFAULT_MASK_PASS_TOKENS if self.attention == "mask" else DEFAULT_PASS_TOKENS
         self.max_tokens_per_pass: int = config.max_tokens_per_pass or default
-        self.stats = ScorerStats(backend=self.backend)
+        self._local = threading.local()
+        self._verify_rng = random.Random(0)
+        self._verify_lock = threading.Lock()
+
+    @property
+    def stats(self) -> ScorerStats:
+        """The :class:`ScorerStats` of this thread's last call (an empty one before the first)."""
+        return getattr(self._local, "stats", None) or ScorerStats(backend=self.backend)
 
     @property
     def score_fn(self):
@@ -104,7 +161,7 @@ class CoalitionScorer:
         """The trie's attention path: ``kernel`` or ``mask`` (``none`` for the other backends)."""
         if self.backend != "trie":
             return "none"
-        ok, reason = _tree_kernel_support(self.info.base)
+        ok, reason = _tree_kernel_support(self.info.base, model_dtype(self.view))
         if attention == "kernel" and not ok:
             raise ValueError(f"attention='kernel' is not available: {reason}")
         if attention == "auto":
@@ -114,6 +171,13 @@ class CoalitionScorer:
         return attention
 
     def _resolve_backend(self, backend: str) -> str:
+        if not self.info.is_classifier:  # read through score_fn: one unpadded sequence at a time
+            if backend not in ("auto", "loop"):
+                raise ValueError(
+                    f"backend={backend!r} needs a *ForSequenceClassification model; "
+                    f"{type(self.model).__name__} is scored with its score_fn by backend='loop'"
+                )
+            return "loop"
         if backend == "loop":
             return backend
         if backend == "batched":
@@ -123,7 +187,7 @@ class CoalitionScorer:
                     f"{type(self.model).__name__} has none (use backend='loop')"
                 )
             return backend
-        ok, reason = trie_exactness(self.model)
+        ok, reason = trie_exactness(self.view)
         if backend == "trie":
             if not ok:
                 raise ValueError(f"backend='trie' cannot score {type(self.model).__name__} exactly: {reason}")
@@ -203,9 +267,11 @@ class CoalitionScorer:
         # The trie of whole prompts is the lower bound on tokens computed; the trie backend runs it.
         layout = pack_games(games, [0] * n) if stats.coalitions else None
         stats.trie_tokens = layout.n_tokens if layout is not None else 0
-        with evaluation_mode(self.model):
+        with torch.no_grad():
             scores = self._run(games, layout, stats)
-        self.stats = stats
+            if self.backend != "loop" and self.config.verify and stats.coalitions:
+                self._verify(games, scores, stats)
+        self._local.stats = stats
         return scores
 
     def _read_scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -215,9 +281,62 @@ class CoalitionScorer:
         if stats.coalitions == 0:
             return [torch.zeros(0, dtype=torch.float64) for _ in games]
         if self.backend == "loop":
-            return score_loop(self.model, self.info, games, self._read_scores, stats)
+            return score_loop(self.view, self.info, games, self._read_scores, stats)
         if self.backend == "batched":
-            return score_batched(self.model, self.info, games, self.config.score_fn, self.max_tokens_per_pass, stats)
-        return score_trie(
-            self.model, self.info, games, layout, self._read_scores, self.max_tokens_per_pass, self.attention, stats
+            return score_batched(self.view, self.info, games, self.config.score_fn, self.max_tokens_per_pass, stats)
+        scores = score_trie(
+            self.view, self.info, games, layout, self._read_scores, self.max_tokens_per_pass, self._packed_base, stats
         )
+        self._rescore_nonfinite(games, scores, stats)
+        return scores
+
+    def _rescore_nonfinite(self, games: list[Game], scores: list[torch.Tensor], stats: ScorerStats) -> None:
+        """Score again by plain deletion every coalition whose packed score is not finite.
+
+        In a pack, a non-finite hidden state (an overflowing activation, an inf embedding row) reaches the
+        coalitions whose tokens attend to it, and through a dense mask (``0 x inf``) possibly more. Plain
+        deletion decides which coalitions really are non-finite. When a response's empty coalition is
+        non-finite so is every coalition of it (they all contain its prompt and suffix), so nothing more of
+        that response is re-scored.
+        """
+        for g, values in zip(games, scores):
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            if not bad:
+                continue
+            mask = g.keep_mask()
+            empty = [c for c in bad if not bool(g.bits[c].any())]
+            if empty:
+                v0 = plain_scores(self.view, self.info, [g.sequence(mask[empty[0]])], self._read_scores, stats)
+                stats.rescored += 1
+                if not bool(torch.isfinite(v0).all()):
+                    continue
+                values[empty] = v0[0]
+                bad = [c for c in bad if c not in set(empty)]
+            fresh = plain_scores(self.view, self.info, [g.sequence(mask[c]) for c in bad], self._read_scores, stats)
+            values[bad] = fresh
+            stats.rescored += len(bad)
+
+    def _verify(self, games: list[Game], scores: list[torch.Tensor], stats: ScorerStats) -> None:
+        """The runtime exactness check (:attr:`ScorerConfig.verify`)."""
+        with self._verify_lock:
+            picks = [(r, c) for r, g in enumerate(games) for c in range(g.n_coalitions)]
+            picks = self._verify_rng.sample(picks, min(self.config.verify, len(picks)))
+        absolute, relative = VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
+        for r, c in picks:
+            g = games[r]
+            seq = g.sequence(g.keep_mask()[c])
+            plain = float(plain_scores(self.view, self.info, [seq], self._read_scores)[0])
+            fast = float(scores[r][c])
+            stats.verify_coalitions += 1
+            stats.verify_tokens += seq.numel()
+            both_nan = fast != fast and plain != plain
+            if both_nan:
+                continue
+            error = abs(fast - plain)
+            tolerance = absolute + relative * abs(plain)
+            stats.verify_max_error = max(stats.verify_max_error, error if error == error else float("inf"))
+            if not error <= tolerance:
+                players = g.bits[c].nonzero().flatten().tolist()
+                if self.filler_id is not None:  # virtual players 2j (kept) / 2j+1 (filler) of removal="replace"
+                    players = [p // 2 for p in players if p % 2 == 0]
+                raise ExactnessError(self.backend, r, players, fast, plain, tolerance, type(self.model).__name__)

@@ -32,7 +32,7 @@ def score_trie(
     layout: PackLayout,
     read_scores: Callable[[torch.Tensor], torch.Tensor],
     max_tokens: int,
-    attention: str,
+    packed_base: nn.Module | None,
     stats: ScorerStats,
 ) -> list[torch.Tensor]:
     """Scores (float64 ``[C_r]`` per game) of every coalition.
@@ -43,7 +43,7 @@ def score_trie(
     sizes = torch.bincount(layout.tree, minlength=len(games)).tolist()
     small = [r for r, size in enumerate(sizes) if size <= max_tokens]
     big = [r for r, size in enumerate(sizes) if size > max_tokens]
-    run = _Runner(model, info, read_scores, max_tokens, attention, stats)
+    run = _Runner(model, info, read_scores, max_tokens, packed_base, stats)
     if not big:
         return run(games, layout, 0)
     scores: list[torch.Tensor | None] = [None] * len(games)
@@ -100,11 +100,11 @@ class _Runner:
         info: RewardModelInfo,
         read_scores: Callable[[torch.Tensor], torch.Tensor],
         max_tokens: int,
-        attention: str,
+        packed_base: nn.Module | None,
         stats: ScorerStats,
     ) -> None:
         self.model, self.info, self.read_scores = model, info, read_scores
-        self.max_tokens, self.attention, self.stats = max_tokens, attention, stats
+        self.max_tokens, self.packed_base, self.stats = max_tokens, packed_base, stats
 
     def __call__(self, games: list[Game], layout: PackLayout, cached: int) -> list[torch.Tensor]:
         device, dtype = model_device(self.model), model_dtype(self.model)
@@ -148,9 +148,9 @@ class _Runner:
             n = p.n_tokens
             ids = packed_ids[p.tokens][None].to(device)
             positions = layout.position_ids[p.tokens][None].to(device)
-            if self.attention == "kernel":
+            if self.packed_base is not None:
                 # The cache is only read by the tree kernel: nothing to crop.
-                hidden = packed_forward(base, ids, positions, p.horizon, past_key_values=cache)[0]
+                hidden = packed_forward(self.packed_base, ids, positions, p.horizon, past_key_values=cache)[0]
             else:
                 hidden = base(
                     input_ids=ids,
