@@ -10,6 +10,13 @@
 // k1 - 1 <= q0 and min(horizon[k0:k1]) >= q1. Scores and the weighted sum of values are register-tiled
 // micro-kernels on 8-float vectors (at::native::cpublas::gemm would be the alternative, but libtorch does
 // not export it to extensions); exp is a branch-free polynomial so the softmax loop vectorises too.
+//
+// Non-finite keys: a key whose k or v row holds an inf or NaN must not reach a query that may not see it
+// (masking its score to -inf is not enough: p = 0 times v = NaN is NaN), and must make every query that
+// does see it non-finite (an inf key can also score -inf and silently get p = 0). The pass that transposes
+// the keys checks each k and v row once; such a key's k and v are replaced by zeros in the kernel's copies,
+// so attend_block only ever reads finite keys and its vectorised path is unchanged, and every query that
+// sees the key (the horizon rule, or any query of the head for a prefix key) is set to NaN at the end.
 #include "scar_ext.h"
 
 #include <ATen/Parallel.h>
@@ -181,30 +188,80 @@ __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) vo
   }
 }
 
-// Keys of [n_heads, n, D] transposed block-wise to [n_heads][n_blocks][D][ld] (ld = block rounded up to
-// kKeyTile, zero padded) so that attend_block reads each key dimension with unit stride.
-std::vector<float> transpose_key_blocks(const float* k, int64_t n_heads, int64_t n, int64_t D, int64_t block,
-                                        int64_t ld) {
+// True when x[0:n] holds no inf or NaN, i.e. no exponent field is all ones (adding one to such a field
+// carries into the sign bit). Integer OR reduction: vectorises and is not bound by add latency.
+inline bool all_finite(const float* x, int64_t n) {
+  uint32_t top = 0;
+  for (int64_t d = 0; d < n; ++d) {
+    uint32_t bits;
+    std::memcpy(&bits, x + d, sizeof(bits));
+    top |= (bits & 0x7f800000u) + 0x00800000u;
+  }
+  return (top & 0x80000000u) == 0;
+}
+
+// Keys of [n_heads, n, D] prepared for attend_block: transposed block-wise to [n_heads][n_blocks][D][ld]
+// (ld = block rounded up to kKeyTile, zero padded) so that attend_block reads each key dimension with unit
+// stride. A key whose k or v row holds an inf or NaN is "bad": its column of `kt` and its row of `v` are
+// zeros, and `bad` / `block_bad` mark it so that the queries that see it are poisoned instead.
+struct KeyBlocks {
+  std::vector<float> kt;           // [n_heads][n_blocks][D][ld]
+  at::Tensor v;                    // [n_heads, n, D]: the values, a zeroed copy of bad rows when there are any
+  std::vector<uint8_t> bad;        // [n_heads][n]: the key is bad
+  std::vector<uint8_t> block_bad;  // [n_heads][n_blocks]: the block holds a bad key
+  std::vector<uint8_t> head_bad;   // [n_heads]: the head holds a bad key
+};
+
+KeyBlocks prepare_key_blocks(const at::Tensor& k_t, const at::Tensor& v_t, int64_t block, int64_t ld) {
+  const int64_t n_heads = k_t.size(0), n = k_t.size(1), D = k_t.size(2);
   const int64_t n_blocks = (n + block - 1) / block;
-  std::vector<float> kt(static_cast<size_t>(n_heads * n_blocks * D * ld), 0.0f);
+  const float* k = k_t.data_ptr<float>();
+  const float* v = v_t.data_ptr<float>();
+  KeyBlocks out;
+  out.kt.assign(static_cast<size_t>(n_heads * n_blocks * D * ld), 0.0f);
+  out.bad.assign(static_cast<size_t>(n_heads * n), 0);
+  out.block_bad.assign(static_cast<size_t>(n_heads * n_blocks), 0);
+  out.head_bad.assign(static_cast<size_t>(n_heads), 0);
   at::parallel_for(0, n_heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t hb = begin; hb < end; ++hb) {
       const int64_t h = hb / n_blocks, b = hb % n_blocks;
       const int64_t k0 = b * block, k1 = std::min(n, k0 + block);
-      float* dst = kt.data() + hb * D * ld;
+      float* dst = out.kt.data() + hb * D * ld;
       for (int64_t j = k0; j < k1; ++j) {
         const float* src = k + (h * n + j) * D;
+        if (!(all_finite(src, D) && all_finite(v + (h * n + j) * D, D))) {
+          out.bad[h * n + j] = 1;  // its column stays zero
+          out.block_bad[hb] = 1;
+          continue;
+        }
         for (int64_t d = 0; d < D; ++d) dst[d * ld + (j - k0)] = src[d];
       }
     }
   });
-  return kt;
+  bool any_bad = false;
+  for (int64_t h = 0; h < n_heads; ++h) {
+    for (int64_t b = 0; b < n_blocks; ++b) out.head_bad[h] |= out.block_bad[h * n_blocks + b];
+    any_bad = any_bad || out.head_bad[h];
+  }
+  if (!any_bad) {
+    out.v = v_t;
+    return out;
+  }
+  out.v = v_t.clone();  // rare path: never write into the caller's tensor
+  float* vc = out.v.data_ptr<float>();
+  for (int64_t t = 0; t < n_heads * n; ++t) {
+    if (out.bad[t]) std::fill(vc + t * D, vc + (t + 1) * D, 0.0f);
+  }
+  return out;
 }
 
 void check_qkv(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), "tree_attention: ", name, " must be a CPU tensor");
-  TORCH_CHECK_VALUE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
-                    "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() != at::kDouble, "tree_attention: ", name,
+                   " is float64, which the tree-attention kernels do not support (they take float32, float16 or "
+                   "bfloat16); score float64 models with attention=\"mask\" (the dense-mask path)");
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+                   "tree_attention: ", name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
   TORCH_CHECK_VALUE(t.dim() == 3, "tree_attention: ", name, " must be 3-D [heads, tokens, head_dim], got shape ",
                     t.sizes());
   TORCH_CHECK_VALUE(t.is_contiguous(), "tree_attention: ", name, " must be contiguous");
@@ -282,24 +339,27 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   }
   const float scale = static_cast<float>(scale_d);
   const float* qp = q.data_ptr<float>();
-  const float* kp = k.data_ptr<float>();
-  const float* vp = v.data_ptr<float>();
-  const float* pkp = P > 0 ? pk.data_ptr<float>() : nullptr;
-  const float* pvp = P > 0 ? pv.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t group = H / Hkv;
   const int64_t PB = std::min(std::max<int64_t>(P, 1), BK);  // prefix key block size
 
   auto padded = [](int64_t b) { return (b + kKeyTile - 1) / kKeyTile * kKeyTile; };
   const int64_t ldk = padded(BK), ldp = padded(PB);
-  const std::vector<float> kt = transpose_key_blocks(kp, Hkv, N, D, BK, ldk);
-  const std::vector<float> pkt = P > 0 ? transpose_key_blocks(pkp, Hkv, P, D, PB, ldp) : std::vector<float>();
+  const KeyBlocks keys = prepare_key_blocks(k, v, BK, ldk);
+  const KeyBlocks prefix = P > 0 ? prepare_key_blocks(pk, pv, PB, ldp) : KeyBlocks();
+  const float* kt = keys.kt.data();
+  const float* vp = keys.v.data_ptr<float>();
+  const uint8_t* bad = keys.bad.data();
+  const float* pkt = P > 0 ? prefix.kt.data() : nullptr;
+  const float* pvp = P > 0 ? prefix.v.data_ptr<float>() : nullptr;
   const int64_t n_pb = P > 0 ? (P + PB - 1) / PB : 0;
+  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
   const int n_threads = std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(n_threads)
   {
     std::vector<float> s(BQ * std::max(ldk, ldp)), m(BQ), l(BQ), acc(BQ * D);
+    std::vector<uint8_t> poisoned(BQ);  // the query sees a key with an inf or NaN
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t h = 0; h < H; ++h) {
       for (int64_t qb = 0; qb < n_qb; ++qb) {
@@ -309,22 +369,29 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
         std::fill(m.begin(), m.begin() + bq, kNegInf);
         std::fill(l.begin(), l.begin() + bq, 0.0f);
         std::fill(acc.begin(), acc.begin() + bq * D, 0.0f);
+        std::fill(poisoned.begin(), poisoned.begin() + bq, P > 0 ? prefix.head_bad[hk] : 0);
         for (int64_t pb = 0; pb < n_pb; ++pb) {  // cached prefix: visible to every query
           const int64_t p0 = pb * PB, bk = std::min(P, p0 + PB) - p0;
-          attend_block(qblk, bq, D, pkt.data() + (hk * n_pb + pb) * D * ldp, ldp, pvp + (hk * P + p0) * D, bk, nullptr,
-                       q0, 0, scale, m.data(), l.data(), acc.data(), s.data());
+          attend_block(qblk, bq, D, pkt + (hk * n_pb + pb) * D * ldp, ldp, pvp + (hk * P + p0) * D, bk, nullptr, q0, 0,
+                       scale, m.data(), l.data(), acc.data(), s.data());
         }
         const int64_t last_kb = (q1 - 1) / BK;  // key blocks past the last query are never visible
         for (int64_t kb = 0; kb <= last_kb; ++kb) {
           if (hmax[kb] <= q0) continue;  // every key's subtree ends before this query block
           const int64_t k0 = kb * BK, k1 = std::min(N, k0 + BK);
           const bool full = (k1 - 1 <= q0) && (hmin[kb] >= q1);
-          attend_block(qblk, bq, D, kt.data() + (hk * n_kb + kb) * D * ldk, ldk, vp + (hk * N + k0) * D, k1 - k0,
+          attend_block(qblk, bq, D, kt + (hk * n_kb + kb) * D * ldk, ldk, vp + (hk * N + k0) * D, k1 - k0,
                        full ? nullptr : hz + k0, q0, k0, scale, m.data(), l.data(), acc.data(), s.data());
+          if (keys.block_bad[hk * n_kb + kb]) {  // rare path: mark the queries that see a bad key (j <= q < hz)
+            for (int64_t j = k0; j < k1; ++j) {
+              if (!bad[hk * N + j]) continue;
+              for (int64_t i = std::max(j, q0); i < std::min<int64_t>(hz[j], q1); ++i) poisoned[i - q0] = 1;
+            }
+          }
         }
         float* oblk = op + (h * N + q0) * D;
         for (int64_t i = 0; i < bq; ++i) {
-          const float inv = 1.0f / l[i];  // l > 0: every query sees at least itself
+          const float inv = poisoned[i] ? kNaN : 1.0f / l[i];  // l > 0: every query sees at least itself
           for (int64_t d = 0; d < D; ++d) oblk[i * D + d] = acc[i * D + d] * inv;
         }
       }

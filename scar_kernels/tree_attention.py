@@ -15,6 +15,13 @@ the query block ``[q0, q1)`` iff ``k0 <= q1 - 1`` (causality) and ``max(horizon[
 per-key-block maximum horizon is precomputed once per call. :func:`block_skip_stats` counts the tiles
 this rule skips, for the benchmark table.
 
+Non-finite keys: a key whose ``k`` or ``v`` row holds an inf or NaN contributes exactly nothing to a
+query that may not see it (masking its score is not enough, as ``0 * NaN`` is NaN), and every query that
+does see it gets a NaN output (an inf key can score ``-inf`` and would otherwise silently get ``p = 0``).
+So in a pack of many coalitions a non-finite token poisons only the coalitions that contain it, as
+scoring each coalition alone would; a non-finite cached-prefix key poisons every query of its kv heads.
+The kernels zero such keys in what they read and set the queries that see one to NaN.
+
 Importing this module needs torch only; the Triton kernel is compiled lazily, so the module imports on
 machines where Triton is missing or has no usable backend. Under ``TRITON_INTERPRET=1`` (set before
 importing Triton) the kernel runs on CPU tensors, which the tests use.
@@ -72,6 +79,11 @@ def validate_tree_attention_inputs(
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"tree_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype == torch.float64:
+            raise TypeError(
+                f"tree_attention: {name} is float64, which the tree-attention kernels do not support (they take "
+                'float32, float16 or bfloat16); score float64 models with attention="mask" (the dense-mask path)'
+            )
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"tree_attention: {name} must be float32, float16 or bfloat16, got {t.dtype}")
         if t.dim() != 3:
@@ -143,7 +155,11 @@ def tree_attention_reference(
     prefix_k: torch.Tensor | None = None,
     prefix_v: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Dense torch reference: ``softmax(q k^T * scale + mask) v`` in fp32, returned in ``q``'s dtype."""
+    """Dense torch reference: ``softmax(q k^T * scale + mask) v`` in fp32, returned in ``q``'s dtype.
+
+    A key whose ``k`` or ``v`` row is not finite is zeroed, and the queries that see it are set to NaN
+    (see the module docstring), so it never reaches a query that may not see it.
+    """
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
     H, N = q.shape[:2]
     group = H // k.shape[0]
@@ -153,10 +169,16 @@ def tree_attention_reference(
     P = k.shape[1] - N
     kf = k.float().repeat_interleave(group, dim=0)
     vf = v.float().repeat_interleave(group, dim=0)
-    scores = torch.matmul(q.float(), kf.transpose(1, 2)) * scale
     visible = visibility(horizon, P)
+    bad = ~(torch.isfinite(kf).all(dim=-1) & torch.isfinite(vf).all(dim=-1))  # [H, P + N]
+    kf = kf.masked_fill(bad[..., None], 0.0)
+    vf = vf.masked_fill(bad[..., None], 0.0)
+    scores = torch.matmul(q.float(), kf.transpose(1, 2)) * scale
     scores = scores.masked_fill(~visible, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), vf)
+    # Queries that see a bad key: a count of visible bad keys per (head, query), exact in fp32.
+    poisoned = torch.matmul(bad.float(), visible.float().transpose(0, 1)) > 0  # [H, N]
+    out = out.masked_fill(poisoned[..., None], float("nan"))
     return out.to(q.dtype)
 
 
@@ -336,6 +358,10 @@ def _get_kernel():
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        # 1 where the query sees a key whose k or v row holds an inf or NaN ("bad" key: an exponent field
+        # of all ones, tested on the bits so that no fast-math folding can drop it); such keys are zeroed
+        # below, so they reach no other query, and these rows are set to NaN at the end.
+        poisoned = tl.zeros([BLOCK_M], dtype=tl.int32)
 
         if HAS_PREFIX:
             # The cached prompt: every key visible to every query, no skipping possible.
@@ -356,6 +382,13 @@ def _get_kernel():
                 if DOT_FP32:
                     kp = kp.to(tl.float32)
                     vp = vp.to(tl.float32)
+                p_exp = (kp.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000
+                p_exp = p_exp | ((vp.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000)
+                p_bad = tl.max(p_exp.to(tl.int32), 1)
+                if tl.max(p_bad, 0) > 0:  # a prefix key is visible to every query
+                    kp = tl.where(p_bad[:, None] > 0, tl.zeros_like(kp), kp)
+                    vp = tl.where(p_bad[:, None] > 0, tl.zeros_like(vp), vp)
+                    poisoned = tl.full([BLOCK_M], 1, dtype=tl.int32)
                 s = tl.dot(q, tl.trans(kp), input_precision=DOT_PRECISION) * qk_scale
                 s = tl.where(p_ok[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -388,8 +421,15 @@ def _get_kernel():
                 if DOT_FP32:
                     kt = kt.to(tl.float32)
                     vt = vt.to(tl.float32)
-                s = tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION) * qk_scale
                 vis = (offs_k[None, :] <= offs_m[:, None]) & (offs_m[:, None] < hor[None, :])
+                k_exp = (kt.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000
+                k_exp = k_exp | ((vt.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000)
+                k_bad = tl.max(k_exp.to(tl.int32), 1)
+                if tl.max(k_bad, 0) > 0:
+                    kt = tl.where(k_bad[:, None] > 0, tl.zeros_like(kt), kt)
+                    vt = tl.where(k_bad[:, None] > 0, tl.zeros_like(vt), vt)
+                    poisoned = tl.maximum(poisoned, tl.max(tl.where(vis & (k_bad[None, :] > 0), 1, 0), 1))
+                s = tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION) * qk_scale
                 s = tl.where(vis, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -402,6 +442,7 @@ def _get_kernel():
         # Rows past N see nothing (l = 0); every real row sees at least itself.
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
+        out = tl.where(poisoned[:, None] > 0, float("nan"), out)
         tl.store(
             OUT + q_base + offs_m[:, None] * HEAD_DIM + offs_d[None, :],
             out.to(OUT.dtype.element_ty),
