@@ -20,6 +20,7 @@ from scar_kernels.ops import dense_mask
 
 __all__ = [
     "RewardModelInfo",
+    "cache_keyword",
     "inspect_model",
     "trie_exactness",
     "evaluation_mode",
@@ -173,6 +174,22 @@ class evaluation_mode:
         self._grad.__exit__(*exc)
         for m, flag in self._flags:
             m.training = flag
+
+
+def cache_keyword(base: nn.Module) -> str:
+    """The keyword under which ``base.forward`` takes a KV cache.
+
+    transformers renamed ``past_key_values`` to ``cache`` in 5.24 (``past_key_values`` is still accepted there
+    with a deprecation warning, and goes in 5.40). Before 5.24 an unknown ``cache=`` is swallowed by the
+    forward's ``**kwargs``: the model then fills a cache of its own and the caller's stays empty.
+    """
+    # The forward itself, then the forwards it may wrap (a subclass's ``forward(*args, **kwargs)``).
+    for forward in (base.forward, *(vars(k)["forward"] for k in type(base).__mro__ if "forward" in vars(k))):
+        params = inspect.signature(forward).parameters
+        for name in ("cache", "past_key_values"):
+            if name in params:
+                return name
+    raise TypeError(f"{type(base).__name__}.forward takes no KV cache (neither `cache` nor `past_key_values`)")
 
 
 def _base_model(model: nn.Module) -> nn.Module:

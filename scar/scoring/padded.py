@@ -41,6 +41,8 @@ class PaddedScores:
         scores: float64 ``[B]`` on the CPU, in the order of the rows given.
         attention: with ``attention=True``: per row, float64 ``[len(row)]``, the last layer's attention of
             the read-out token over the row's tokens, averaged over heads; else None.
+        hidden: with ``hidden=True`` (decoders): per row, float32 ``[len(row), hidden size]``, the base
+            model's last hidden states of the row's tokens; else None.
         tokens: token-forwards run (padding included).
         passes: model forwards run.
         peak_tokens: the largest batch, in tokens (batch x padded width).
@@ -51,6 +53,7 @@ class PaddedScores:
     tokens: int
     passes: int
     peak_tokens: int
+    hidden: list[torch.Tensor] | None = None
 
 
 def score_padded(
@@ -62,12 +65,14 @@ def score_padded(
     max_tokens: int | None = None,
     batch_size: int | None = None,
     attention: bool = False,
+    hidden: bool = False,
 ) -> PaddedScores:
     """Score whole id rows with the reward model, longest first, in right-padded batches.
 
     A batch holds at most ``batch_size`` rows and at most ``max_tokens`` tokens (rows x padded width; a
     single row longer than ``max_tokens`` runs alone). ``attention=True`` also returns the read-out
-    token's last-layer attention (the model must produce attention weights: eager attention).
+    token's last-layer attention (the model must produce attention weights: eager attention);
+    ``hidden=True`` also returns each row's last hidden states (decoders only).
 
     Run it under ``torch.no_grad()`` in eval mode (:class:`scar.scoring.model.evaluation_mode`).
     """
@@ -81,6 +86,9 @@ def score_padded(
     order = sorted(range(len(rows)), key=lambda k: -lengths[k])
     scores = torch.empty(len(rows), dtype=torch.float64)
     weights: list[torch.Tensor | None] = [None] * len(rows)
+    states: list[torch.Tensor | None] = [None] * len(rows)
+    if hidden and not info.is_causal:
+        raise ValueError("hidden states are returned for decoder reward models only")
     tokens = passes = peak = 0
     start = 0
     while start < len(order):
@@ -110,8 +118,18 @@ def score_padded(
             last = out.attentions[-1].to(torch.float64).mean(dim=1)  # [b, W, W], averaged over heads
             for b, k in enumerate(batch):
                 weights[k] = last[b, int(readout[b]), : lengths[k]].cpu()
+        if hidden:
+            for b, k in enumerate(batch):
+                states[k] = out.last_hidden_state[b, : lengths[k]].float().cpu()
         tokens += len(batch) * width
         passes += 1
         peak = max(peak, len(batch) * width)
         start += size
-    return PaddedScores(scores, weights if attention else None, tokens, passes, peak)  # type: ignore[arg-type]
+    return PaddedScores(
+        scores,
+        weights if attention else None,
+        tokens,
+        passes,
+        peak,
+        states if hidden else None,  # type: ignore[arg-type]
+    )

@@ -11,6 +11,7 @@ fit one pass has its prompt computed once into a ``DynamicCache`` that every pas
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from scar.scoring.attention import packed_forward
 from scar.scoring.config import ScorerStats
 from scar.scoring.games import Game, pack_games
-from scar.scoring.model import RewardModelInfo, model_device, model_dtype
+from scar.scoring.model import RewardModelInfo, cache_keyword, model_device, model_dtype
 from scar.scoring.passes import split_passes
 from scar_kernels.ops import PackLayout, dense_mask
 
@@ -125,10 +126,12 @@ class _Runner:
         values = torch.empty(n_distinct, dtype=torch.float64)
 
         cache = None
+        cache_kwargs: dict[str, Any] = {}  # the cache under the keyword this transformers takes
         if cached:
             from transformers import DynamicCache
 
             cache = DynamicCache(config=getattr(self.model, "config", None))
+            cache_kwargs = {cache_keyword(base): cache}
             prompt = games[0].source[:cached]
             for s in range(0, cached, self.max_tokens):
                 e = min(cached, s + self.max_tokens)
@@ -138,9 +141,14 @@ class _Runner:
                     input_ids=prompt[None, s:e].to(device),
                     position_ids=torch.arange(s, e, device=device)[None],
                     attention_mask=mask,
-                    cache=cache,
                     use_cache=True,
+                    **cache_kwargs,
                 )
+                if cache.get_seq_length() != e:
+                    raise RuntimeError(
+                        f"{type(base).__name__} did not fill the prompt KV cache passed as {list(cache_kwargs)} "
+                        f"({cache.get_seq_length()} of {e} tokens)"
+                    )
                 stats.add_forward(e - s)
                 stats.prompt_cache_tokens += e - s
 
@@ -156,8 +164,8 @@ class _Runner:
                     input_ids=ids,
                     position_ids=positions,
                     attention_mask=dense_mask(p.horizon.to(device), cached, dtype=dtype)[None, None],
-                    cache=cache,
                     use_cache=cache is not None,
+                    **cache_kwargs,
                 ).last_hidden_state[0]
                 if cache is not None:
                     cache.crop(-n)  # drop this pass's keys/values; the prompt stays for the next pass

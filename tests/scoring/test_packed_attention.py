@@ -14,6 +14,7 @@ from transformers import (
 
 import scar.scoring.attention as scar_tf
 from scar.scoring.attention import ATTENTION_NAME, packed_forward, scar_tree_attention
+from scar.scoring.model import cache_keyword
 
 from scar_kernels.layout import build_pack_reference
 
@@ -81,7 +82,7 @@ def test_packed_trie_equals_deleted_sequences(arch, cached, monkeypatch):
     if cached:
         cache = DynamicCache(config=model.config)
         with torch.no_grad():
-            base(input_ids=torch.tensor([responses[0][0][:cached]]), cache=cache, use_cache=True)
+            base(input_ids=torch.tensor([responses[0][0][:cached]]), use_cache=True, **{cache_keyword(base): cache})
     calls = []
 
     def counting_op(*args):
