@@ -28,10 +28,13 @@ LAYERS = {
     "scar.heatmap": 6,
     "scar.demo": 6,
     "scar.integrations": 7,
+    "scar.distributed": 7,
     "scar.cli": 8,
     "scar": 9,  # the package's own __init__: the facade over every layer
 }
 FORBIDDEN = ("shap", "captum", "shapiq", "scar_bench", "grpo", "matplotlib", "bench", "experiments")
+# imported only by the integrations that need them (scar.integrations.*, scar.distributed)
+OPTIONAL = ("trl", "verl", "ray")
 
 
 def module_name(path: Path) -> str:
@@ -162,6 +165,17 @@ def test_installed_package_carries_no_harness_or_peers():
     for name, path in MODULES.items():
         for target in imported_names(path, name):
             if target.split(".")[0] in FORBIDDEN:
+                offenders.append(f"{name} imports {target}")
+    assert not offenders, offenders
+
+
+def test_optional_engines_are_imported_only_by_their_integration():
+    offenders = []
+    for name, path in MODULES.items():
+        if name.startswith(("scar.integrations", "scar.distributed")):
+            continue
+        for target in imported_names(path, name):
+            if target.split(".")[0] in OPTIONAL:
                 offenders.append(f"{name} imports {target}")
     assert not offenders, offenders
 
