@@ -63,6 +63,8 @@ _EXPORTS = {
     "sparse_rewards": "scar.credit.rewards",
     "CreditConfig": "scar.credit.config",
     "SCAR": "scar.credit.rewarder",
+    "AmortizedSCAR": "scar.credit.amortized",
+    "AmortizedConfig": "scar.credit.amortized",
     "AttentionCredit": "scar.credit.baselines",
     "SparseCredit": "scar.credit.baselines",
     "attention_credit": "scar.credit.baselines",
@@ -72,6 +74,8 @@ _EXPORTS = {
 _SUBMODULES = ("game", "shapley", "scoring", "credit", "integrations", "demo", "heatmap", "cli")
 
 __all__ = [
+    "AmortizedConfig",
+    "AmortizedSCAR",
     "AttentionCredit",
     "CoalitionScorer",
     "CreditConfig",
@@ -124,6 +128,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs only
     from scar.credit.advantages import dense_group_advantages
+    from scar.credit.amortized import AmortizedConfig, AmortizedSCAR
     from scar.credit.attribution import ResponseError, shapley_values, shapley_values_many
     from scar.credit.baselines import AttentionCredit, SparseCredit, attention_credit, sparse_credit
     from scar.credit.config import CreditConfig

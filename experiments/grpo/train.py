@@ -1,33 +1,19 @@
-"""Does dense credit train faster? GRPO on the local sentiment task with sparse, ABC and SCAR credit.
+"""GRPO on the local sentiment task with one credit method per run: training, timing and evaluation.
 
 The same pre-trained policy of :func:`scar.demo.sentiment.build` is trained with GRPO (TRL) to raise the
-score of the world's reward model, once per credit method and seed:
+score of the world's reward model, once per credit method (:mod:`grpo.methods`) and seed. Everything else
+is shared: the seeds (same prompt order, same first batch of completions), the number of steps, the batch
+(``prompts_per_step`` prompts x ``num_generations`` completions), completions of ``min_tokens`` to
+``max_tokens`` tokens, the optimiser, and the KL penalty to the pre-trained policy (TRL's ``beta``: added per
+token to the loss, identically for every method). Every credit provider returns the same sequence reward
+``r`` (the reward model on prompt, response and EOS), so the logged training rewards are comparable.
 
-* ``"sparse"``: plain ``trl.GRPOTrainer`` on the sequence reward ``r`` (one advantage per completion);
-* ``"abc"``: :class:`scar.integrations.trl.DenseGRPOTrainer` with attention-based credit
-  (``scar.AttentionCredit(beta=abc_beta)``);
-* ``"scar"``: ``DenseGRPOTrainer`` with Shapley credit over span players
-  (``scar.SCAR(players="span", method="permutation", budget=scar_budget, alpha=alpha)``).
-
-Everything else is shared: the seeds (same prompt order, same first batch of completions), the number of
-steps, the batch (``prompts_per_step`` prompts x ``num_generations`` completions), completions of
-``min_tokens`` to ``max_tokens`` tokens, the optimiser, and the KL penalty to the pre-trained policy. The
-KL part of the paper's per-token reward (``R_t^KL``) is TRL's ``beta`` (``GRPOConfig.beta``): TRL adds
-``beta * KL`` to the loss per token rather than to the reward, identically for all three methods.
-
-All three reward functions return the same ``r`` (the reward model's score of prompt, response and EOS, as
-:mod:`scar.game.tokens` tokenizes them), so the logged training rewards are comparable. With ``alpha = 1``
-and ``abc_beta = 1`` (the defaults) the dense returns sum to ``r - v(∅)`` (SCAR: permutation sampling keeps
-efficiency exactly; ``v(∅)`` is the same for a prompt's group) and to ``r`` (ABC), so every completion's
-first-token advantage is GRPO's; the methods differ only in how the advantage changes along the tokens.
-
-Recorded per step: the mean reward of the sampled completions (TRL's ``reward`` log), its std, the KL,
-the wall time of the step and the part of it spent computing credit, and the mean within-completion std
-of the advantages (0 for sparse credit, > 0 when the credit is dense). After training: reward and VADER
-score of completions sampled from the held-out prompts with a fixed seed (the same for every method, and
-for the pre-trained policy as the reference point). :func:`summarise` derives the table (final reward
-mean ± sd over seeds, steps to reach ``fraction`` of the best method's gain, seconds per step, VADER);
-:func:`plot` draws reward-vs-step and reward-vs-time curves with seed bands.
+Recorded per step: the mean reward of the sampled completions (TRL's ``reward`` log), its std, the KL to
+the pre-trained policy, the mean completion length, the wall time of the step and the part of it spent
+computing credit, and the mean within-completion std of the advantages (0 for sparse credit). After
+training, completions sampled from the held-out prompts with a fixed seed (the same for every method, and
+for the pre-trained policy as the reference point): reward, VADER score, length, and two coherence
+measures, the pre-trained policy's perplexity of the completions and the fraction of distinct bigrams.
 """
 
 from __future__ import annotations
@@ -49,21 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from scar.credit.baselines import AttentionCredit, SparseCredit
-from scar.credit.rewarder import SCAR
+from grpo.methods import method as get_method
 from scar.demo.sentiment import build as build_sentiment_world
 from scar.integrations.trl import DenseGRPOConfig, DenseGRPOTrainer, DenseRewardFunction
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "METHODS", "TrainConfig", "TimedCredit", "make_credit", "run", "train_one", "evaluate_policy", "summarise",
-    "format_table", "plot", "load",
-]
+__all__ = ["TrainConfig", "TimedCredit", "run", "train_one", "evaluate_policy", "load", "RESULTS_FILE"]
 
-METHODS = ("sparse", "abc", "scar")
 RESULTS_FILE = "results.json"
-PLOT_FILE = "training_reward.png"
 
 
 @dataclass(frozen=True)
@@ -78,13 +58,6 @@ class TrainConfig:
         learning_rate: AdamW learning rate (TRL's linear decay to 0 over the run).
         kl_beta: TRL's ``beta``, the weight of the per-token KL to the pre-trained policy.
         temperature: sampling temperature, in training and in the final evaluation.
-        alpha: SCAR's shaping weight (``R_t = alpha*phi_t + (1-alpha)*1[t==T]*r``).
-        abc_beta: ABC's weight (``r_t = beta*r*a_t + (1-beta)*r*1[t==T]``).
-        scar_budget: permutations per completion for SCAR's Shapley estimate (even).
-        scar_tokens_per_pass: the coalition scorer's token budget per packed pass. Small passes are
-            much faster on CPU: the packed attention mask grows with the square of the pass length,
-            and a small reward model's forward costs less than that mask (measured: 512 was about 3.5x
-            faster than 8192 for one response's 16 permutations on the tiny world).
         eval_samples_per_prompt: completions per held-out prompt in the final evaluation.
         eval_seed: the seed of the final evaluation's sampling (same for every method and run).
         threads: torch intra-op threads during the experiment (None: leave torch's setting).
@@ -99,19 +72,15 @@ class TrainConfig:
     learning_rate: float = 5e-4
     kl_beta: float = 0.04
     temperature: float = 1.0
-    alpha: float = 1.0
-    abc_beta: float = 1.0
-    scar_budget: int = 16
-    scar_tokens_per_pass: int = 512
     eval_samples_per_prompt: int = 2
     eval_seed: int = 1234
-    threads: int | None = None
+    threads: int | None = 1
     smooth: int = 5
     fraction: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("prompts_per_step", "num_generations", "min_tokens", "max_tokens", "scar_budget",
-                     "scar_tokens_per_pass", "eval_samples_per_prompt", "smooth"):
+        for name in ("prompts_per_step", "num_generations", "min_tokens", "max_tokens", "eval_samples_per_prompt",
+                     "smooth"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -120,16 +89,11 @@ class TrainConfig:
                              f"got {self.num_generations}")
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
-        if self.scar_budget % 2:
-            raise ValueError(f"scar_budget must be even (antithetic permutation pairs), got {self.scar_budget}")
         for name in ("learning_rate", "temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if not self.kl_beta >= 0:
             raise ValueError(f"kl_beta must be >= 0, got {self.kl_beta!r}")
-        for name in ("alpha", "abc_beta"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
         if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
@@ -159,20 +123,6 @@ class TimedCredit:
         """Seconds spent since the previous lap; restarts the count."""
         seconds, self.seconds = self.seconds, 0.0
         return seconds
-
-
-def make_credit(method: str, reward_model: Any, tokenizer: Any, config: TrainConfig, seed: int) -> Any:
-    """The credit provider of ``method`` on the world's reward model and its template."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-    suffix = [tokenizer.eos_token_id]  # the reward model reads out at EOS
-    if method == "sparse":
-        return SparseCredit(reward_model, tokenizer, suffix_ids=suffix)
-    if method == "abc":
-        return AttentionCredit(reward_model, tokenizer, beta=config.abc_beta, suffix_ids=suffix)
-    return SCAR(reward_model, tokenizer, players="span", method="permutation", budget=config.scar_budget,
-                alpha=config.alpha, seed=seed, max_tokens_per_pass=config.scar_tokens_per_pass, suffix_ids=suffix,
-                progress=False)
 
 
 def _advantage_spread(advantages: torch.Tensor, mask: torch.Tensor) -> float:
@@ -275,15 +225,38 @@ def _quiet_and_threads(threads: int | None) -> Iterator[None]:
         trl_logger.setLevel(trl_level)
 
 
+def _distinct_bigrams(rows: Sequence[Sequence[int]]) -> float:
+    """Distinct bigrams over all bigrams of the completions (1: never repeats; falls as text loops)."""
+    grams = [tuple(row[i : i + 2]) for row in rows for i in range(len(row) - 1)]
+    return len(set(grams)) / len(grams) if grams else float("nan")
+
+
+@torch.no_grad()
+def reference_perplexity(reference: Any, prompt_ids: torch.Tensor, completions: Sequence[Sequence[int]],
+                         pad_id: int) -> float:
+    """Perplexity of the completions under ``reference`` (the pre-trained policy), given their prompts."""
+    total_nll, total_tokens = 0.0, 0
+    for prompt, row in zip(prompt_ids.tolist(), completions):
+        prompt = [t for t in prompt if t != pad_id]
+        if not row:
+            continue
+        ids = torch.tensor([prompt + list(row)])
+        logits = reference(input_ids=ids).logits[0, len(prompt) - 1 : -1]
+        total_nll += float(torch.nn.functional.cross_entropy(logits.float(), torch.tensor(row), reduction="sum"))
+        total_tokens += len(row)
+    return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
+
+
 @torch.no_grad()
 def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, config: TrainConfig,
-                    n_samples_shown: int = 4) -> dict[str, Any]:
+                    reference: Any = None, n_samples_shown: int = 4) -> dict[str, Any]:
     """Reward and VADER score of completions sampled from every held-out prompt with ``config.eval_seed``.
 
     Sampling as in training (temperature, ``min_tokens`` to ``max_tokens`` tokens) with a fixed seed, so
     every policy is judged on the same prompts and the same random stream. The global RNG is restored
-    afterwards. Returns means and stds of reward and VADER compound, the mean length in tokens, and a few
-    (prompt, completion) examples.
+    afterwards. Returns means and stds of reward and VADER compound, the mean length in tokens, the
+    coherence measures (``reference_perplexity`` under ``reference``, default the pre-trained policy, and
+    ``distinct_bigrams``), and a few (prompt, completion) examples.
     """
     prompts = [p for p in world.prompts("test") for _ in range(config.eval_samples_per_prompt)]
     was_training = policy.training
@@ -296,13 +269,16 @@ def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, 
                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     policy.train(was_training)
     new = out[:, enc["input_ids"].shape[1]:].tolist()
-    lengths, completions = [], []
+    lengths, completions, rows = [], [], []
     for row in new:
         if tokenizer.eos_token_id in row:
             row = row[: row.index(tokenizer.eos_token_id)]
         row = [t for t in row if t != tokenizer.pad_token_id]
         lengths.append(len(row))
+        rows.append(row)
         completions.append(tokenizer.decode(row, skip_special_tokens=True))
+    reference = reference if reference is not None else world.policy()
+    perplexity = reference_perplexity(reference.eval(), enc["input_ids"], rows, tokenizer.pad_token_id)
     # Score the text as the training reward functions do (SCAR's tokenization: prompt, response, EOS).
     rewards = np.array(world.score(prompts, completions, model=reward_model, tokenizer=tokenizer))
     vader = np.array(world.vader_score(completions))
@@ -313,6 +289,9 @@ def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, 
         "vader_std": float(vader.std()),
         "vader_positive_fraction": float(np.mean(vader >= 0.05)),
         "tokens_mean": float(np.mean(lengths)),
+        "eos_fraction": float(np.mean([len(r) < config.max_tokens for r in rows])),
+        "reference_perplexity": perplexity,
+        "distinct_bigrams": _distinct_bigrams(rows),
         "n": len(prompts),
         "examples": [{"prompt": p, "completion": c, "reward": float(r), "vader": float(v)}
                      for p, c, r, v in list(zip(prompts, completions, rewards, vader))[:n_samples_shown]],
@@ -320,7 +299,7 @@ def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, 
 
 
 def train_one(world: Any, method: str, seed: int, steps: int, config: TrainConfig, work_dir: str | os.PathLike[str],
-              *, progress: bool = False) -> dict[str, Any]:
+              *, progress: bool = False, reference: Any = None) -> dict[str, Any]:
     """Train the world's pre-trained policy with GRPO and ``method``'s credit; return the run's record.
 
     The record holds ``method``, ``seed``, the per-step list ``steps`` (see the module docstring),
@@ -331,21 +310,20 @@ def train_one(world: Any, method: str, seed: int, steps: int, config: TrainConfi
     from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    spec = get_method(method)
     tokenizer, reward_model, policy = world.tokenizer(), world.reward_model(), world.policy()
     initial = [p.detach().clone() for p in policy.parameters()]
-    timed = TimedCredit(make_credit(method, reward_model, tokenizer, config, seed), name="reward")
+    timed = TimedCredit(spec.make(reward_model, tokenizer, seed), name="reward")
     reward_fn = DenseRewardFunction(timed, name="reward")
     batch = config.prompts_per_step * config.num_generations
-    args = (GRPOConfig if method == "sparse" else DenseGRPOConfig)(
+    args = (DenseGRPOConfig if spec.dense else GRPOConfig)(
         output_dir=str(work_dir), use_cpu=True, bf16=False, fp16=False, seed=seed, max_steps=steps,
         per_device_train_batch_size=batch, num_generations=config.num_generations,
         max_completion_length=config.max_tokens, generation_kwargs={"min_new_tokens": config.min_tokens},
         temperature=config.temperature, learning_rate=config.learning_rate, beta=config.kl_beta,
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
     )
-    trainer_cls = _recording(GRPOTrainer if method == "sparse" else DenseGRPOTrainer)
+    trainer_cls = _recording(DenseGRPOTrainer if spec.dense else GRPOTrainer)
     recorder = _step_recorder(timed, f"{method} seed {seed}", progress)
     trainer = trainer_cls(model=policy, reward_funcs=[reward_fn], args=args,
                           train_dataset=Dataset.from_dict({"prompt": world.prompts("train")}),
@@ -356,7 +334,7 @@ def train_one(world: Any, method: str, seed: int, steps: int, config: TrainConfi
     trainer.train()
     train_s = time.perf_counter() - t0
     change = math.sqrt(sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(policy.parameters(), initial)))
-    final = evaluate_policy(world, policy, tokenizer, reward_model, config)
+    final = evaluate_policy(world, policy, tokenizer, reward_model, config, reference)
     return {"method": method, "seed": seed, "steps": recorder.steps, "final": final, "train_s": train_s,
             "param_change": change}
 
@@ -368,8 +346,7 @@ def _check_run_args(methods: Sequence[str], seeds: Sequence[int], steps: int) ->
     if isinstance(methods, str) or not methods:
         raise TypeError(f"methods must be a non-empty sequence of method names, got {methods!r}")
     for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; expected some of {METHODS}")
+        get_method(m)
     if len(set(methods)) != len(methods):
         raise ValueError(f"methods repeat: {list(methods)}")
     if isinstance(seeds, (str, int)) or not seeds:
@@ -381,7 +358,7 @@ def _check_run_args(methods: Sequence[str], seeds: Sequence[int], steps: int) ->
         raise ValueError(f"steps must be a positive int, got {steps!r}")
 
 
-def run(methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2), steps: int = 60,
+def run(methods: Sequence[str], seeds: Sequence[int] = (0, 1, 2), steps: int = 80,
         size: str = "default", out_dir: str | os.PathLike[str] = "runs/sentiment_grpo", progress: bool = True,
         *, cache_dir: str | os.PathLike[str] | None = None, config: TrainConfig | None = None,
         world: Any | None = None) -> dict[str, Any]:
@@ -389,13 +366,13 @@ def run(methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2), step
 
     Builds (or loads from ``cache_dir``) the sentiment world of ``size`` -- or uses ``world``, an
     already loaded :class:`scar.demo.sentiment.SentimentWorld` (``size`` and ``cache_dir`` are then
-    ignored) -- evaluates the pre-trained policy once, then runs :func:`train_one` for each seed and method (methods interleaved per seed, so a
-    shortened run still compares all methods). ``results.json`` is rewritten in ``out_dir`` after every
-    run (a partial result survives an interruption); at the end the summary is added and the curves are
-    drawn into ``out_dir/training_reward.png``.
+    ignored) -- evaluates the pre-trained policy once, then runs :func:`train_one` for each seed and
+    method (methods interleaved per seed, so a shortened run still compares all methods, and so the
+    machine's load varies alike for every method). ``results.json`` is rewritten in ``out_dir`` after
+    every run (a partial result survives an interruption). :mod:`grpo.report` summarises and plots it.
 
     Returns:
-        ``{"config", "world", "initial", "runs", "summary"}``; ``summary`` is :func:`summarise`'s.
+        ``{"config", "world", "initial", "runs"}``.
     """
     _check_run_args(methods, seeds, steps)
     config = config if config is not None else TrainConfig()
@@ -410,27 +387,24 @@ def run(methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2), step
         "config": {"methods": list(methods), "seeds": list(seeds), "steps": steps, "size": size,
                    **asdict(config), **_environment()},
         "world": {"path": str(world.path), "config": world.config, "metrics": world.metrics},
-        "initial": None, "runs": [], "summary": None,
+        "initial": None, "runs": [],
     }
     with _quiet_and_threads(config.threads):
         results["config"]["torch_threads"] = torch.get_num_threads()
-        tokenizer, reward_model = world.tokenizer(), world.reward_model()
-        results["initial"] = evaluate_policy(world, world.policy(), tokenizer, reward_model, config)
+        tokenizer, reward_model, reference = world.tokenizer(), world.reward_model(), world.policy()
+        results["initial"] = evaluate_policy(world, reference, tokenizer, reward_model, config, reference)
         _log(progress, f"pre-trained policy: held-out reward {results['initial']['reward_mean']:.3f}, "
                        f"VADER {results['initial']['vader_mean']:.3f}")
         for seed in seeds:
             for method in methods:
                 record = train_one(world, method, seed, steps, config, out / "trainer" / f"{method}-{seed}",
-                                   progress=progress)
+                                   progress=progress, reference=reference)
                 results["runs"].append(record)
                 _write(out, results)
                 last = record["steps"][-1]
                 _log(progress, f"{method} seed {seed}: {len(record['steps'])} steps in {record['train_s']:.0f} s, "
                                f"last train reward {last['reward']:.3f}, held-out reward "
                                f"{record['final']['reward_mean']:.3f}, VADER {record['final']['vader_mean']:.3f}")
-    results["summary"] = summarise(results)
-    _write(out, results)
-    plot(results, out / PLOT_FILE)
     return results
 
 
@@ -456,145 +430,6 @@ def _write(out: Path, results: dict[str, Any]) -> None:
     tmp = out / (RESULTS_FILE + ".tmp")
     tmp.write_text(json.dumps(results, indent=1, allow_nan=True), encoding="utf-8")
     os.replace(tmp, out / RESULTS_FILE)
-
-
-# ---------------------------------------------------------------- summary, table, plot
-
-
-def _trailing_mean(x: np.ndarray, window: int) -> np.ndarray:
-    """Trailing moving average (shorter windows at the start)."""
-    c = np.cumsum(np.insert(x, 0, 0.0))
-    idx = np.arange(1, len(x) + 1)
-    lo = np.maximum(0, idx - window)
-    return (c[idx] - c[lo]) / (idx - lo)
-
-
-def _curves(runs: list[dict[str, Any]], method: str, key: str) -> np.ndarray:
-    """``[seeds, steps]`` of ``key`` for ``method`` (runs cut to the shortest)."""
-    rows = [[s[key] for s in r["steps"]] for r in runs if r["method"] == method]
-    n = min(len(row) for row in rows)
-    return np.array([row[:n] for row in rows], dtype=np.float64)
-
-
-def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    a = np.asarray(values, dtype=np.float64)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
-def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """Per method: final held-out reward and VADER (mean, sd over seeds), steps to threshold, time per step.
-
-    Steps to threshold: the seed-mean training-reward curve, smoothed by a trailing moving average of
-    ``smooth`` steps, must reach ``start + fraction * (best - start)``, where ``start`` is the mean reward
-    of the first step over all runs (the same pre-trained policy) and ``best`` the highest smoothed final
-    value of any method. ``None`` when a method never gets there. Per seed too (each seed's own curve,
-    same threshold).
-    """
-    config, runs = results["config"], results["runs"]
-    if not runs:
-        raise ValueError("no runs to summarise")
-    methods = [m for m in config["methods"] if any(r["method"] == m for r in runs)]
-    window, fraction = config["smooth"], config["fraction"]
-    smoothed = {m: _trailing_mean(_curves(runs, m, "reward").mean(axis=0), window) for m in methods}
-    start = float(np.mean([r["steps"][0]["reward"] for r in runs]))
-    best = max(float(c[-1]) for c in smoothed.values())
-    threshold = start + fraction * (best - start)
-
-    def first_step(curve: np.ndarray) -> int | None:
-        hit = np.nonzero(curve >= threshold)[0] if best > start else np.array([], dtype=int)
-        return int(hit[0]) + 1 if hit.size else None
-
-    per_method = {}
-    for m in methods:
-        mine = [r for r in runs if r["method"] == m]
-        step_s = [s["step_s"] for r in mine for s in r["steps"]]
-        credit_s = [s["credit_s"] for r in mine for s in r["steps"]]
-        reward = _mean_sd([r["final"]["reward_mean"] for r in mine])
-        vader = _mean_sd([r["final"]["vader_mean"] for r in mine])
-        per_method[m] = {
-            "seeds": [r["seed"] for r in mine],
-            "final_reward_mean": reward[0], "final_reward_sd": reward[1],
-            "final_vader_mean": vader[0], "final_vader_sd": vader[1],
-            "final_vader_positive_fraction": float(np.mean([r["final"]["vader_positive_fraction"] for r in mine])),
-            "final_tokens_mean": float(np.mean([r["final"]["tokens_mean"] for r in mine])),
-            "train_reward_last": float(smoothed[m][-1]),
-            "steps_to_threshold": first_step(smoothed[m]),
-            "steps_to_threshold_per_seed": [
-                first_step(_trailing_mean(np.array([s["reward"] for s in r["steps"]]), window)) for r in mine
-            ],
-            "step_s_mean": float(np.mean(step_s)),
-            "credit_s_mean": float(np.mean(credit_s)),
-            "advantage_spread_mean": float(np.nanmean([s["advantage_spread"] for r in mine for s in r["steps"]])),
-        }
-    initial = results.get("initial") or {}
-    return {"threshold": {"start": start, "best": best, "fraction": fraction, "value": threshold,
-                          "smooth": window},
-            "initial_reward": initial.get("reward_mean"), "initial_vader": initial.get("vader_mean"),
-            "methods": per_method}
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The summary as a Markdown table (one row per method, plus the pre-trained policy)."""
-    summary = results["summary"] if results.get("summary") else summarise(results)
-    th = summary["threshold"]
-    steps = results["config"]["steps"]
-    head = ("| credit | held-out reward (mean ± sd) | VADER compound (mean ± sd) | VADER > 0.05 | "
-            f"steps to {th['fraction']:.0%} of best gain | s / step | credit s / step | advantage spread |")
-    lines = [head, "|" + "---|" * 8]
-    if summary.get("initial_reward") is not None:
-        initial = results["initial"]
-        lines.append(f"| pre-trained policy | {initial['reward_mean']:.3f} | {initial['vader_mean']:.3f} | "
-                     f"{initial['vader_positive_fraction']:.2f} | – | – | – | – |")
-    for m, s in summary["methods"].items():
-        reached = s["steps_to_threshold"]
-        per_seed = ", ".join("–" if x is None else str(x) for x in s["steps_to_threshold_per_seed"])
-        lines.append(
-            f"| {m} | {s['final_reward_mean']:.3f} ± {s['final_reward_sd']:.3f} | "
-            f"{s['final_vader_mean']:.3f} ± {s['final_vader_sd']:.3f} | {s['final_vader_positive_fraction']:.2f} | "
-            f"{reached if reached is not None else f'not in {steps}'} (seeds: {per_seed}) | "
-            f"{s['step_s_mean']:.2f} | {s['credit_s_mean']:.2f} | {s['advantage_spread_mean']:.3f} |"
-        )
-    lines.append("")
-    lines.append(f"Threshold: smoothed (trailing {th['smooth']}-step mean) training reward >= "
-                 f"{th['value']:.3f} = first-step reward {th['start']:.3f} + {th['fraction']:.0%} of the way to "
-                 f"the best method's final smoothed reward {th['best']:.3f}.")
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Training reward against step and against wall time: seed mean with a ±1 sd band, per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on the project's machines
-    import matplotlib.pyplot as plt
-
-    runs, config = results["runs"], results["config"]
-    methods = [m for m in config["methods"] if any(r["method"] == m for r in runs)]
-    fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for m in methods:
-        reward = np.array([_trailing_mean(row, config["smooth"]) for row in _curves(runs, m, "reward")])
-        wall = _curves(runs, m, "wall_s").mean(axis=0)
-        mean, sd = reward.mean(axis=0), reward.std(axis=0)
-        steps = np.arange(1, reward.shape[1] + 1)
-        for ax, x in ((ax_step, steps), (ax_time, wall)):
-            (line,) = ax.plot(x, mean, label=f"{m} ({reward.shape[0]} seeds)")
-            ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2)
-    if results.get("initial"):
-        for ax in (ax_step, ax_time):
-            ax.axhline(results["initial"]["reward_mean"], color="grey", ls=":", lw=1, label="pre-trained (held-out)")
-    ax_step.set_xlabel("GRPO step")
-    ax_time.set_xlabel("wall time (s)")
-    for ax in (ax_step, ax_time):
-        ax.set_ylabel(f"reward of sampled completions ({config['smooth']}-step mean)")
-        ax.grid(alpha=0.3)
-    ax_step.legend(loc="lower right", fontsize=8)
-    fig.suptitle(f"GRPO on the sentiment task ({config['size']} world): mean ± sd over seeds")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 def load(out_dir: str | os.PathLike[str]) -> dict[str, Any]:
