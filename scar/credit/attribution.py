@@ -89,7 +89,7 @@ def shapley_values_many(
     players_list: Sequence[Sequence[Any] | torch.Tensor],
     *,
     method: str = DEFAULT_METHOD,
-    budget: int | None = None,
+    budget: int | Sequence[int | None] | None = None,
     seed: int | Sequence[int | None] | None = None,
     hierarchies: Sequence[Sequence[Any] | None] | None = None,
     suffixes_ids: Sequence[IdsLike | None] | None = None,
@@ -106,7 +106,8 @@ def shapley_values_many(
     Args:
         scorer: the coalition scorer; afterwards ``scorer.stats`` holds the cost of the one call.
         prompts_ids, responses_ids, players_list: one entry per response, as in :func:`shapley_values`.
-        method, budget: as :func:`scar.shapley.shapley`, shared by every response.
+        method: as :func:`scar.shapley.shapley`, shared by every response.
+        budget: an int or None (used for every response), or a list with one int or None per response.
         seed: an int or None (used for every response), or a list with one int or None per response.
         hierarchies: ``owen`` only: None, or one hierarchy (or None) per response.
         suffixes_ids: None, or one suffix (token ids or None) per response.
@@ -134,15 +135,18 @@ def shapley_values_many(
             f"{len(prompts_ids)}, {n} and {len(players_list)}"
         )
     seeds = [seed] * n if seed is None or not isinstance(seed, (list, tuple)) else _per_response("seed", seed, n)
+    budgets = (
+        [budget] * n if budget is None or not isinstance(budget, (list, tuple)) else _per_response("budget", budget, n)
+    )
     trees = _per_response("hierarchies", hierarchies, n)
     suffixes = _per_response("suffixes_ids", suffixes_ids, n)
     if n == 0:
         return []
     plans = []
-    for i, (players, s, tree) in enumerate(zip(players_list, seeds, trees)):
+    for i, (players, s, b, tree) in enumerate(zip(players_list, seeds, budgets, trees)):
         try:
             n_players = len(players.tolist() if isinstance(players, torch.Tensor) else list(players))
-            plans.append(plan(n_players, method=method, budget=budget, seed=s, hierarchy=tree))
+            plans.append(plan(n_players, method=method, budget=b, seed=s, hierarchy=tree))
         except ValueError as err:
             raise ResponseError(i, str(err)) from err
         except TypeError as err:

@@ -70,7 +70,7 @@ def _encode_all(
         encode_pair(tokenizer, p, r, suffix_ids=suffix_ids, allow_empty=allow_empty) for p, r in zip(prompts, responses)
     ]
     for i, e in enumerate(encs):
-        check_length(info.max_positions, e, i)
+        check_length(info.max_positions, e, i, info.vocab_size)
     return encs
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 from scar._checks import check_choice, check_positive_int, check_seed, check_unit_interval
@@ -23,7 +23,8 @@ class CreditConfig:
         max_span_tokens: the span length cap of ``players="span"`` (None: the segmenter's default).
         method: the Shapley estimator, one of :data:`scar.shapley.METHODS` (default ``"kernel"``);
             ``"owen"`` uses the sentence > span (> token) hierarchy of each response.
-        budget: the estimator's sampling budget (None: its default).
+        budget: the estimator's sampling budget: an int, a function of the response's number of players
+            ``n`` (e.g. ``lambda n: n + 1`` coalitions for ``kernel``), or None for the estimator's default.
         seed: the base seed of the estimators' sampling. Each response's sampling is drawn from
             ``(seed, prompt ids, response ids)``, so its credit does not depend on which other responses
             share the call, nor on the call's order or process. None draws fresh entropy per response.
@@ -40,7 +41,7 @@ class CreditConfig:
     players: str = "span"
     max_span_tokens: int | None = None
     method: str = DEFAULT_METHOD
-    budget: int | None = None
+    budget: int | Callable[[int], int] | None = None
     seed: int | None = None
     alpha: float = 1.0
     placement: str = "last"
@@ -55,7 +56,7 @@ class CreditConfig:
                 raise ValueError(f"max_span_tokens applies to players='span' only, got players={self.players!r}")
             self.max_span_tokens = check_positive_int(self.max_span_tokens, "max_span_tokens")
         check_choice(self.method, "method", METHODS)
-        if self.budget is not None:
+        if self.budget is not None and not callable(self.budget):
             self.budget = check_positive_int(self.budget, "budget")
         self.seed = check_seed(self.seed)
         self.alpha = check_unit_interval(self.alpha, "alpha")
@@ -65,6 +66,12 @@ class CreditConfig:
         self.batch_size = check_positive_int(self.batch_size, "batch_size")
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
+
+    def budget_for(self, n_players: int) -> int | None:
+        """The estimator budget for a response of ``n_players`` players (see :attr:`budget`)."""
+        if self.budget is None or not callable(self.budget):
+            return self.budget
+        return check_positive_int(self.budget(n_players), "budget(n_players)")
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

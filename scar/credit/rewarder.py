@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm.auto import tqdm
@@ -111,6 +111,18 @@ class SCAR:
         self.scorer = CoalitionScorer(reward_model, scorer_config)
         self.last_stats: list[ScorerStats | None] = []
 
+    TRAINING_SETTINGS: ClassVar[dict[str, Any]] = {"players": "span", "method": "permutation", "budget": 2}
+    """What :meth:`for_training` sets unless overridden."""
+
+    @classmethod
+    def for_training(cls, reward_model: Any, tokenizer: Any, **overrides: Any) -> SCAR:
+        """SCAR configured for credit inside an RL loop: :data:`TRAINING_SETTINGS`, then ``overrides``.
+
+        RL needs credit that is cheap per step and unbiased, not precise per response: the policy gradient
+        averages the noise of many responses and steps away.
+        """
+        return cls(reward_model, tokenizer, **{**cls.TRAINING_SETTINGS, **overrides})
+
     def __call__(
         self,
         prompts: Sequence[str | Sequence[int]],
@@ -146,7 +158,7 @@ class SCAR:
                     enc = encode_pair(
                         self.tokenizer, prompts[i], responses[i], suffix_ids=cfg.suffix_ids, allow_empty=ids is not None
                     )
-                    check_length(self.scorer.info.max_positions, enc, i)
+                    check_length(self.scorer.info.max_positions, enc, i, self.scorer.info.vocab_size)
                     if not enc.response_ids:
                         v0 = self._empty_value(enc, i)
                         rewards = to_policy_tokens(
@@ -163,8 +175,9 @@ class SCAR:
                     seed = None if cfg.seed is None else response_seed(cfg.seed, enc.prompt_ids, enc.response_ids)
                     pending.append((i, enc, players, tree, seed))
                 if pending:
-                    for (i, enc, players, _, _), res in zip(pending, self._shapley_chunk(pending)):
-                        self.last_stats[i] = self.scorer.stats
+                    results = self._shapley_chunk(pending)
+                    for (i, enc, players, _, _), res, stats in zip(pending, results, self._chunk_stats(len(pending))):
+                        self.last_stats[i] = stats
                         ids = None if completion_ids is None else completion_ids[i]
                         out[i] = self._shaped(i, enc, players, res, policy_tokenizer, ids)
                 bar.update(min(n, start + cfg.batch_size) - start)
@@ -180,6 +193,10 @@ class SCAR:
             "scar",
         )
 
+    def _chunk_stats(self, n: int) -> list[ScorerStats]:
+        """The cost of the last :meth:`_shapley_chunk` per response: here the one scorer call they shared."""
+        return [self.scorer.stats] * n
+
     def _shapley_chunk(self, pending: list[tuple[int, Encoded, list[Player], Any, int | None]]) -> list[ShapleyResult]:
         """Shapley values of a chunk's non-empty responses, all scored in ONE scorer call (one forest)."""
         cfg = self.config
@@ -190,7 +207,7 @@ class SCAR:
                 [p[1].response_ids for p in pending],
                 [p[2] for p in pending],
                 method=cfg.method,
-                budget=cfg.budget,
+                budget=[cfg.budget_for(len(p[2])) for p in pending],
                 seed=[p[4] for p in pending],
                 hierarchies=[p[3] for p in pending],
                 suffixes_ids=[p[1].suffix_ids or None for p in pending],
