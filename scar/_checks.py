@@ -8,6 +8,7 @@ import operator
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "check_seed",
     "check_finite",
     "check_batch",
+    "as_real",
 ]
 
 
@@ -67,6 +69,24 @@ def check_seed(value: Any, name: str = "seed") -> int | None:
     if not 0 <= out < 2**SEED_BITS:
         raise ValueError(f"{name} must be in [0, 2**{SEED_BITS}), got {out}")
     return out
+
+
+def as_real(value: Any, name: str) -> float:
+    """``float(value)`` for a real number: a Python or numpy int or float, a 0-d numpy array or a one-element
+    real tensor. TypeError for anything else (strings, bools, None, sequences), ValueError for an int too
+    large for a float. NaN and infinities pass; callers that need a finite value check it."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype == torch.bool or value.is_complex():
+            raise TypeError(f"{name} must be a number, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    elif isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} ({value!r:.60})")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an int too large for a float") from None
 
 
 def check_finite(value: Any, what: str) -> float:

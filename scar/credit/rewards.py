@@ -20,16 +20,16 @@ token, the EOS.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import numpy as np
 import torch
 
-from scar._checks import check_unit_interval
-
-if TYPE_CHECKING:  # the players are only needed for the annotation
-    from scar.game.players import Player
+from scar._checks import as_int, as_real, check_choice, check_unit_interval
+from scar.game.players import Player, as_ranges
 
 __all__ = ["DenseRewards", "shape_rewards", "place_credit", "sparse_rewards", "PLACEMENTS"]
 
@@ -63,6 +63,8 @@ class DenseRewards:
     method: str
 
     def __post_init__(self) -> None:
+        for name in ("token_rewards", "values", "stderr", "players"):
+            setattr(self, name, _as_list(getattr(self, name), name, "one entry per response"))
         self.token_rewards = [_as_1d(t, torch.float32, f"token_rewards[{i}]") for i, t in enumerate(self.token_rewards)]
         self.values = [_as_1d(v, torch.float64, f"values[{i}]") for i, v in enumerate(self.values)]
         self.stderr = [
@@ -70,7 +72,7 @@ class DenseRewards:
         ]
         self.rewards = _as_1d(self.rewards, torch.float64, "rewards")
         self.base_values = _as_1d(self.base_values, torch.float64, "base_values")
-        self.players = [list(p) for p in self.players]
+        self.players = [_as_list(p, f"players[{i}]", "the players of one response") for i, p in enumerate(self.players)]
         b = len(self.token_rewards)
         for name in ("rewards", "base_values", "values", "stderr", "players"):
             if len(getattr(self, name)) != b:
@@ -92,39 +94,86 @@ class DenseRewards:
         """Stack the per-token rewards into a right-padded float32 ``[B, T]`` tensor.
 
         Args:
-            pad_value: value of the padding positions after each response's last token.
-            length: ``T``; default the longest response. Must be at least the longest response: cutting
-                a response would drop the reward on its last token, so that raises ``ValueError``.
+            pad_value: value of the padding positions after each response's last token: a real number
+                within float32's range (NaN and infinities are taken as given).
+            length: ``T``, an int; default the longest response. Must be at least the longest response:
+                cutting a response would drop the reward on its last token, so that raises ``ValueError``.
+
+        Raises:
+            TypeError: ``length`` not an int, or ``pad_value`` not a number.
+            ValueError: ``length`` shorter than the longest response or negative, or beyond int64;
+                ``pad_value`` finite but beyond float32's range.
         """
+        pad = as_real(pad_value, "pad_value")
+        if math.isfinite(pad) and abs(pad) > torch.finfo(torch.float32).max:
+            raise ValueError(f"pad_value={pad} is outside float32's range (the tensor is float32)")
         longest = max((t.numel() for t in self.token_rewards), default=0)
         if length is None:
             length = longest
+        length = as_int(length, "length")
+        if length < 0:
+            raise ValueError(f"to_tensor: length must be >= 0, got {length}")
         if length < longest:
             raise ValueError(f"to_tensor: length={length} is shorter than the longest response ({longest} tokens)")
-        out = torch.full((len(self), length), float(pad_value), dtype=torch.float32)
+        if length >= 2**63:
+            raise ValueError(f"to_tensor: length={length} is beyond int64")
+        out = torch.full((len(self), length), pad, dtype=torch.float32)
         for i, t in enumerate(self.token_rewards):
             out[i, : t.numel()] = t
         return out
 
 
+def _as_list(x: Any, name: str, what: str) -> list:
+    """``list(x)`` for a sequence; TypeError naming ``name`` for text, mappings and what does not iterate."""
+    if isinstance(x, (str, bytes, dict)) or not isinstance(x, Iterable):
+        raise TypeError(f"DenseRewards: {name} must be a list ({what}), got {type(x).__name__}")
+    try:
+        return list(x)
+    except TypeError as err:  # e.g. a 0-d tensor
+        raise TypeError(f"DenseRewards: {name} must be a list ({what}): {err}") from None
+
+
 def _as_1d(x: Any, dtype: torch.dtype, name: str) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=dtype).detach().cpu()
+    t = _as_real_tensor(x, dtype, f"DenseRewards: {name}").detach().cpu()
     if t.dim() != 1:
         raise ValueError(f"DenseRewards: {name} must be 1-D, got shape {tuple(t.shape)}")
     return t
 
 
-def _check_reward(r: float) -> float:
-    r = float(r)
+def _as_real_tensor(x: Any, dtype: torch.dtype, name: str) -> torch.Tensor:
+    """``x`` (a tensor, array, number or sequence of numbers) as a ``dtype`` tensor; TypeError naming ``name``
+    for strings, ragged or nested sequences, complex or bool tensors and arrays."""
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be numbers (a tensor, array or list), got {type(x).__name__}")
+    if isinstance(x, torch.Tensor):
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+        return x.to(dtype)
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+    try:
+        return torch.as_tensor(x, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise TypeError(f"{name} must be numbers (a tensor, array or list): {err}") from None
+
+
+def _check_reward(r: Any) -> float:
+    r = as_real(r, "the sequence reward r")
     if not math.isfinite(r):
         raise ValueError(f"the sequence reward r must be finite, got {r}")
     return r
 
 
-def _check_n_tokens(n_tokens: int) -> int:
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+def _check_n_tokens(n_tokens: Any) -> int:
+    try:
+        if isinstance(n_tokens, (bool, np.bool_)):
+            raise TypeError
+        n = operator.index(n_tokens)
+    except TypeError:
+        n = 0
+    if not 1 <= n < 2**63:
         raise ValueError(f"n_tokens must be a positive int (the response's token count), got {n_tokens!r}")
-    return n_tokens
+    return n
 
 
 def sparse_rewards(r: float, n_tokens: int) -> torch.Tensor:
@@ -148,7 +197,8 @@ def shape_rewards(
 
     Args:
         values: ``[n]`` credit of each player (Shapley values).
-        players: the ``n`` players; only ``start``/``end`` (half-open token range in the response) are used.
+        players: the ``n`` players (``Player`` objects or ``(start, end)`` pairs); only the half-open token
+            range in the response is used.
         r: the sequence reward ``v(N)``.
         alpha: weight of the dense part, in ``[0, 1]`` (1: only credit, 0: the sparse reward).
         placement: ``"last"`` puts a player's credit on its last token, ``"spread"`` splits it evenly
@@ -157,11 +207,20 @@ def shape_rewards(
 
     Returns:
         float64 ``[T]`` rewards; their sum is ``alpha * sum(values) + (1 - alpha) * r``.
+
+    Raises:
+        TypeError: ``values``, ``players``, ``r`` or ``alpha`` of the wrong kind (text, bools, complex,
+            ragged sequences...).
+        ValueError: NaN or infinite ``values`` or ``r``, ``alpha`` outside ``[0, 1]``, an unknown
+            placement, a bad ``n_tokens``, a player outside the response, or values so large that a
+            token's reward overflows.
     """
     alpha = check_unit_interval(alpha, "alpha")
     r = _check_reward(r)
     out = alpha * place_credit(values, players, placement=placement, n_tokens=n_tokens)
     out[-1] += (1.0 - alpha) * r
+    if not math.isfinite(float(out[-1])):
+        raise ValueError(f"values and r are too large: the reward on the last token overflows ({float(out[-1])})")
     return out
 
 
@@ -181,20 +240,21 @@ def place_credit(
         float64 ``[T]``; its sum is ``sum(values)``.
     """
     n_tokens = _check_n_tokens(n_tokens)
-    if placement not in PLACEMENTS:
-        raise ValueError(f"unknown placement {placement!r}; expected one of {PLACEMENTS}")
-    phi = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
-    if phi.dim() != 1 or phi.numel() != len(players):
-        raise ValueError(f"values has shape {tuple(phi.shape)} but there are {len(players)} players")
+    check_choice(placement, "placement", PLACEMENTS)
+    ranges = as_ranges(players)
+    phi = _as_real_tensor(values, torch.float64, "values").detach().cpu()
+    if phi.dim() != 1 or phi.numel() != len(ranges):
+        raise ValueError(f"values has shape {tuple(phi.shape)} but there are {len(ranges)} players")
     if not bool(torch.isfinite(phi).all()):
         raise ValueError("values contain NaN or infinity")
     credit = torch.zeros(n_tokens, dtype=torch.float64)
-    for k, p in enumerate(players):
-        start, end = int(p.start), int(p.end)
+    for k, (start, end) in enumerate(ranges):
         if not (0 <= start < end <= n_tokens):
             raise ValueError(f"player {k} covers tokens [{start}, {end}) outside the response's {n_tokens} tokens")
         if placement == "last":
             credit[end - 1] += phi[k]
         else:
             credit[start:end] += phi[k] / (end - start)
+    if not bool(torch.isfinite(credit).all()):
+        raise ValueError("values are too large: the credit placed on a token overflows float64")
     return credit

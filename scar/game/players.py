@@ -39,8 +39,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from scar._checks import as_int
 from scar.game.tokens import as_token_ids, encode_text, require_fast_tokenizer, token_offsets
 
 __all__ = [
@@ -106,8 +108,9 @@ def segment(
     Raises:
         ValueError: unknown kind, empty response, malformed offsets (wrong shape, not ``n_tokens`` pairs,
             outside the text, starts going backwards, no token with text), or a bad ``max_span_tokens``.
+        TypeError: ``text`` not a str, ``offsets`` not a sequence of pairs, ``n_tokens`` not an int.
     """
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise ValueError(f"unknown player kind {kind!r}; valid kinds are {', '.join(map(repr, KINDS))}")
     if max_span_tokens is None:
         max_span_tokens = DEFAULT_MAX_SPAN_TOKENS
@@ -118,6 +121,8 @@ def segment(
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     pairs = _as_pairs(offsets)
+    if n_tokens is not None:
+        n_tokens = as_int(n_tokens, "n_tokens")
     if n_tokens is not None and len(pairs) != n_tokens:
         raise ValueError(
             f"offsets has {len(pairs)} pairs but the response has n_tokens={n_tokens} tokens; "
@@ -192,7 +197,13 @@ def validate_players(
         ValueError: naming the first offending player (index and range) and what is wrong with it.
         TypeError: an entry is neither a ``Player`` nor a pair of ints.
     """
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0:
+    try:
+        if isinstance(n_tokens, (bool, np.bool_)):
+            raise TypeError
+        n_tokens = operator.index(n_tokens)
+    except TypeError:
+        raise ValueError(f"n_tokens must be a non-negative int, got {n_tokens!r}") from None
+    if n_tokens < 0:
         raise ValueError(f"n_tokens must be a non-negative int, got {n_tokens!r}")
     ranges = as_ranges(players_or_ranges)
     gaps: list[tuple[int, int]] = []
@@ -233,14 +244,15 @@ def hierarchy(
     Raises:
         ValueError: an inner player straddles or lies outside the outer players, or an outer player holds
             no inner player; or a level is not sorted and non-overlapping.
+        TypeError: a level is not a sequence of players or ranges (the message names the level).
     """
-    sent_r, span_r = as_ranges(sentences), as_ranges(spans)
+    sent_r, span_r = _level_ranges("sentences", sentences), _level_ranges("spans", spans)
     for name, level in (("sentences", sent_r), ("spans", span_r)):
         _check_sorted(name, level)
     by_sentence = _group(sent_r, span_r, "span", "sentence")
     if tokens is None:
         return by_sentence
-    tok_r = as_ranges(tokens)
+    tok_r = _level_ranges("tokens", tokens)
     _check_sorted("tokens", tok_r)
     by_span = _group(span_r, tok_r, "token", "span")
     return [[by_span[j] for j in group] for group in by_sentence]
@@ -256,6 +268,11 @@ def _as_pairs(offsets: Sequence[tuple[int, int]] | torch.Tensor) -> list[tuple[i
         raise ValueError(
             f"offsets must have shape [T, 2] (one (char_start, char_end) pair per token of one "
             f"response), got a tensor of shape {tuple(offsets.shape)}"
+        )
+    if isinstance(offsets, (str, bytes)) or not (hasattr(offsets, "tolist") or hasattr(offsets, "__iter__")):
+        raise TypeError(
+            "offsets must be a sequence of (char_start, char_end) pairs or a [T, 2] tensor, got "
+            f"{type(offsets).__name__}"
         )
     raw = offsets.tolist() if hasattr(offsets, "tolist") else list(offsets)
     pairs = []
@@ -326,25 +343,45 @@ def _ends_in_terminator(text: str, ws: int, terminators: frozenset[str]) -> bool
 
 def as_ranges(players: Iterable[Player | tuple[int, int]] | torch.Tensor) -> list[tuple[int, int]]:
     """``(start, end)`` ranges from Players, int pairs or an ``[n, 2]`` integer tensor (not validated:
-    :func:`validate_players` checks them against a response)."""
+    :func:`validate_players` checks them against a response).
+
+    Raises:
+        TypeError: ``players`` is not a sequence, a tensor is not integer ``[n, 2]``, or an entry (or a
+            Player's ``start``/``end``) is not an int.
+    """
     if isinstance(players, torch.Tensor):
-        if players.dim() != 2 or players.shape[1] != 2 or players.dtype.is_floating_point:
+        if (
+            players.dim() != 2
+            or players.shape[1] != 2
+            or players.dtype.is_floating_point
+            or players.dtype.is_complex
+            or players.dtype == torch.bool
+        ):
             raise TypeError(
                 f"player ranges as a tensor must be integer with shape [n, 2], got "
                 f"{players.dtype} of shape {tuple(players.shape)}"
             )
         return [(a, b) for a, b in players.tolist()]
+    if isinstance(players, (str, bytes, Player)) or not isinstance(players, Iterable):
+        raise TypeError(f"players must be a sequence of Players or (start, end) pairs, got {type(players).__name__}")
     ranges = []
     for i, p in enumerate(players):
-        if isinstance(p, Player):
-            ranges.append((p.start, p.end))
-            continue
         try:
-            a, b = p
+            a, b = (p.start, p.end) if isinstance(p, Player) else p
+            if isinstance(a, (bool, np.bool_)) or isinstance(b, (bool, np.bool_)):
+                raise TypeError
             ranges.append((operator.index(a), operator.index(b)))
         except (TypeError, ValueError):
             raise TypeError(f"player {i} must be a Player or a (start, end) pair of ints, got {p!r}") from None
     return ranges
+
+
+def _level_ranges(name: str, players: Any) -> list[tuple[int, int]]:
+    """:func:`as_ranges` of one level of :func:`hierarchy`, its TypeError prefixed with the level's name."""
+    try:
+        return as_ranges(players)
+    except TypeError as err:
+        raise TypeError(f"{name}: {err}") from None
 
 
 def _check_sorted(name: str, ranges: list[tuple[int, int]]) -> None:

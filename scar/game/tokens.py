@@ -6,7 +6,9 @@ What the reward model scores for a (prompt, response) pair is ``prompt_ids ⊕ r
 * ``prompt_ids``: the tokenizer's encoding of the prompt *with* its special tokens (BOS, or CLS ... SEP),
   or the given ids;
 * ``response_ids``: the encoding of the response text *without* special tokens (its character offsets
-  locate the players), or the given ids;
+  locate the players), or the given ids. Response text is read literally: text that spells a special
+  token (``"<eos>"``) is encoded as those characters, so a policy cannot write text the reward model
+  would not see;
 * ``suffix_ids``: what the reward model's template appends after the response (e.g. ``[eos]``).
 
 Prompt and response are tokenized separately, so the token boundary between them is where the strings
@@ -26,13 +28,18 @@ character's range) are brought to the same convention.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
+from scar._checks import as_int
+
 __all__ = [
+    "MAX_TOKEN_ID",
     "Encoded",
     "IdsLike",
     "as_token_ids",
@@ -69,17 +76,25 @@ class Encoded:
         return self.prompt_ids + self.response_ids + self.suffix_ids
 
 
+MAX_TOKEN_ID = 2**63 - 1
+"""Largest token id accepted without a vocabulary: ids are int64 wherever they become tensors."""
+
+
 def as_token_ids(value: Any, name: str, *, vocab_size: int | None = None, allow_empty: bool = True) -> list[int]:
     """Token ids as a list of ints, checked: a 1-D integer tensor, array or sequence of ints.
 
     Raises:
-        TypeError: a string, bytes, a float/bool tensor, a nested sequence or non-integers.
-        ValueError: an empty sequence when ``allow_empty`` is False, or an id outside ``[0, vocab_size)``.
+        TypeError: a string, bytes, a set or mapping, a float/bool tensor, a nested sequence, non-integers,
+            or a ``vocab_size`` that is not an int.
+        ValueError: an empty sequence when ``allow_empty`` is False, or an id outside ``[0, vocab_size)``
+            (``[0, 2**63)`` without a vocabulary).
     """
-    if isinstance(value, (str, bytes, bytearray)):
+    if isinstance(value, (str, bytes, bytearray, memoryview, AbstractSet, Mapping)):
         raise TypeError(
             f"{name} must be token ids (a 1-D integer tensor or a list of ints), got {type(value).__name__}"
         )
+    if vocab_size is not None and as_int(vocab_size, "vocab_size") < 1:
+        raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
     if isinstance(value, torch.Tensor):
         if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() != 1:
             raise TypeError(
@@ -92,7 +107,7 @@ def as_token_ids(value: Any, name: str, *, vocab_size: int | None = None, allow_
             raise TypeError(f"{name} must be a 1-D integer tensor or a list of ints, got {type(value).__name__}")
         ids = []
         for v in value:
-            if isinstance(v, bool):
+            if isinstance(v, (bool, np.bool_)):
                 raise TypeError(f"{name} must hold ints, got a bool")
             try:
                 ids.append(operator.index(v))
@@ -104,10 +119,18 @@ def as_token_ids(value: Any, name: str, *, vocab_size: int | None = None, allow_
         raise ValueError(f"{name} is empty")
     if ids:
         low, high = min(ids), max(ids)
-        if low < 0 or (vocab_size is not None and high >= vocab_size):
+        if vocab_size is not None and (low < 0 or high >= vocab_size):
+            raise ValueError(f"{name} has token id {low if low < 0 else high} outside the vocabulary [0, {vocab_size})")
+        if low < 0 or high > MAX_TOKEN_ID:
             bad = low if low < 0 else high
-            raise ValueError(f"{name} has token id {bad} outside the vocabulary [0, {vocab_size})")
+            raise ValueError(f"{name} has token id {bad} outside the range of token ids [0, 2**63)")
     return ids
+
+
+def _refuse_bytes(value: Any, name: str) -> None:
+    """TypeError for bytes given where text or token ids are expected (bytes would iterate as ids)."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} must be a str or token ids, got {type(value).__name__}: decode it to str first")
 
 
 def require_fast_tokenizer(tokenizer: Any, role: str = "") -> None:
@@ -133,9 +156,24 @@ def _one_owner_per_character(pairs: list[tuple[int, int]]) -> list[tuple[int, in
 
 
 def encode_text(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    """The ids of ``text`` without special tokens, and each token's character range (module convention)."""
+    """The ids of ``text`` without special tokens, and each token's character range (module convention).
+
+    The text is read literally: a piece of it that spells a special token (``"<eos>"``, ``"<pad>"``) is
+    encoded as those characters, never as the special token (``split_special_tokens=True``), so a response
+    cannot hide text from the reward model or end itself early.
+
+    Raises:
+        TypeError: ``text`` is not a str, or the tokenizer is not a fast tokenizer.
+    """
     require_fast_tokenizer(tokenizer)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return _encode(tokenizer, text, literal=True)
+
+
+def _encode(tokenizer: Any, text: str, *, literal: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """Ids and offsets of ``text`` without added special tokens; ``literal``: special-token text stays text."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=literal)
     ids = [int(i) for i in enc["input_ids"]]
     return ids, _one_owner_per_character([(int(a), int(b)) for a, b in enc["offset_mapping"]])
 
@@ -153,17 +191,31 @@ def token_offsets(
 
     Args:
         tokenizer: a tokenizer with ``decode`` (a fast one for the single-encode path).
-        ids: the token ids.
+        ids: the token ids (:func:`as_token_ids`).
         skip_special_tokens: decode without special tokens (as TRL decodes completions); they then get
             empty ranges.
 
     Returns:
         ``(text, offsets)`` with ``text = tokenizer.decode(ids, skip_special_tokens=...)``.
+
+    Raises:
+        TypeError: ``ids`` are not token ids (text, bytes, floats...).
+        ValueError: a negative id, or one the tokenizer cannot decode.
     """
-    ids = list(ids)
-    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    return _offsets_of_ids(tokenizer, ids, "ids", skip_special_tokens)
+
+
+def _offsets_of_ids(
+    tokenizer: Any, ids: Any, name: str, skip_special_tokens: bool
+) -> tuple[str, list[tuple[int, int]]]:
+    ids = as_token_ids(ids, name)
+    try:
+        text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    except OverflowError:  # tokenizers-backed tokenizers hold ids as u32
+        raise ValueError(f"{name} has token id {max(ids)} outside what the tokenizer can decode") from None
     if not skip_special_tokens and getattr(tokenizer, "is_fast", False):
-        enc_ids, enc_offsets = encode_text(tokenizer, text)
+        # the tokenizer's own reading of the text: ids holding special tokens come back as such
+        enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
         if enc_ids == ids:
             return text, enc_offsets
     offsets: list[tuple[int, int]] = []
@@ -191,7 +243,9 @@ def encode_pair(
 
     Args:
         tokenizer: the reward model's fast tokenizer.
-        prompt, response: text, or token ids of the reward model.
+        prompt, response: text (``str``), or token ids of the reward model; bytes are refused. Prompt text
+            is encoded as the tokenizer does by default (special-token text in it is the special token: the
+            prompt is the caller's template); response text literally (:func:`encode_text`).
         suffix_ids: tokens appended after the response.
         allow_empty: accept an empty response (``""``, no ids, or text the tokenizer encodes to no tokens):
             the reward model then scores ``prompt ⊕ suffix``. Credit methods allow it only for a completion
@@ -199,10 +253,13 @@ def encode_pair(
             ``""``).
 
     Raises:
-        TypeError: the tokenizer is not a fast tokenizer, or an input has the wrong type.
-        ValueError: the prompt is empty, or the response is empty and ``allow_empty`` is False.
+        TypeError: the tokenizer is not a fast tokenizer, or an input has the wrong type (bytes included).
+        ValueError: the prompt is empty, or the response is empty and ``allow_empty`` is False; an id
+            that is negative or that the tokenizer cannot decode.
     """
     require_fast_tokenizer(tokenizer, "reward-model")
+    _refuse_bytes(prompt, "prompt")
+    _refuse_bytes(response, "response")
     if isinstance(prompt, str):
         if not prompt:
             raise ValueError("prompt is empty")
@@ -222,14 +279,23 @@ def encode_pair(
         text = response
     else:
         response_ids = as_token_ids(response, "response")
-        text, offsets = token_offsets(tokenizer, response_ids) if response_ids else ("", [])
+        text, offsets = _offsets_of_ids(tokenizer, response_ids, "response", False) if response_ids else ("", [])
     if not response_ids and not allow_empty:
         raise ValueError(f"response is empty (no tokens): {response!r}")
     return Encoded(prompt_ids, response_ids, suffix, text, offsets)
 
 
-def check_length(max_positions: int | None, enc: Encoded, index: int) -> None:
-    """ValueError when prompt + response + suffix is longer than the reward model's ``max_positions``."""
+def check_length(max_positions: int | None, enc: Encoded, index: int, vocab_size: int | None = None) -> None:
+    """ValueError when prompt + response + suffix is longer than the reward model's ``max_positions``, or
+    (with ``vocab_size``) holds an id outside its vocabulary."""
+    if vocab_size is not None:
+        for name, ids in (("prompt", enc.prompt_ids), ("response", enc.response_ids), ("suffix", enc.suffix_ids)):
+            bad = [t for t in ids if not 0 <= t < vocab_size]
+            if bad:
+                raise ValueError(
+                    f"response {index}: the {name} has token id {bad[0]} outside the reward model's vocabulary "
+                    f"[0, {vocab_size})"
+                )
     n = len(enc.ids)
     if max_positions is not None and n > max_positions:
         raise ValueError(
@@ -239,7 +305,31 @@ def check_length(max_positions: int | None, enc: Encoded, index: int) -> None:
 
 
 def _offsets_tensor(offsets: Any, name: str) -> torch.Tensor:
-    t = torch.as_tensor(offsets, dtype=torch.long)
+    """``[T, 2]`` int64 offsets: TypeError for non-integers (never truncated), ValueError for a wrong shape,
+    a value beyond int64, ``char_end < char_start`` or a negative offset."""
+    if isinstance(offsets, torch.Tensor):
+        if offsets.dtype.is_floating_point or offsets.dtype.is_complex or offsets.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integer character offsets, got a {offsets.dtype} tensor")
+        t = offsets.to(torch.long)
+    else:
+        if isinstance(offsets, (str, bytes)) or not hasattr(offsets, "__iter__"):
+            raise TypeError(f"{name} must be a list of (char_start, char_end) pairs, got {type(offsets).__name__}")
+        rows = list(offsets.tolist() if isinstance(offsets, np.ndarray) else offsets)
+        pairs = []
+        for i, pair in enumerate(rows):
+            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+                width = len(pair) if hasattr(pair, "__len__") else "no"
+                raise ValueError(f"{name} must be a list of (char_start, char_end) pairs; entry {i} has {width} values")
+            try:
+                if any(isinstance(x, (bool, np.bool_)) for x in pair):
+                    raise TypeError
+                a, b = (operator.index(x) for x in pair)
+            except TypeError:
+                raise TypeError(f"{name} must hold integer character offsets; entry {i} is {pair!r}") from None
+            if not (-(2**63) <= a < 2**63 and -(2**63) <= b < 2**63):
+                raise ValueError(f"{name} entry {i} = ({a}, {b}) is beyond int64")
+            pairs.append((a, b))
+        t = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
     if t.numel() == 0:
         return t.reshape(0, 2)
     if t.dim() != 2 or t.shape[1] != 2:
@@ -271,8 +361,24 @@ def map_to_tokens(
 
     Returns:
         ``[D]`` values in the dtype of ``token_rewards_src`` (float64 if it is not a float tensor).
+
+    Raises:
+        TypeError: values that are not real numbers, offsets that are not integer pairs.
+        ValueError: mismatched lengths, offsets out of order or negative, a nonzero value and no
+            destination token, or finite values whose sums overflow.
     """
-    src = torch.as_tensor(token_rewards_src)
+    if isinstance(token_rewards_src, (str, bytes)):
+        raise TypeError(f"token_rewards_src must be numbers, got {type(token_rewards_src).__name__}")
+    if isinstance(token_rewards_src, np.ndarray) and token_rewards_src.dtype.kind not in "iuf":
+        raise TypeError(f"token_rewards_src must be real numbers, got dtype {token_rewards_src.dtype}")
+    try:  # a list or array keeps float64 (torch would read a list of floats as float32)
+        src = torch.as_tensor(
+            token_rewards_src, dtype=None if isinstance(token_rewards_src, torch.Tensor) else torch.float64
+        )
+    except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+        raise TypeError(f"token_rewards_src must be numbers (a tensor or a list of floats): {err}") from None
+    if src.is_complex() or src.dtype == torch.bool:
+        raise TypeError(f"token_rewards_src must be real numbers, got dtype {src.dtype}")
     if not src.is_floating_point():
         src = src.to(torch.float64)
     src = src.detach().cpu()
@@ -292,6 +398,8 @@ def map_to_tokens(
     idx = torch.searchsorted(ends, last_char, right=True).clamp_(max=do.shape[0] - 1)
     out = torch.zeros(do.shape[0], dtype=src.dtype)
     out.index_add_(0, idx, src)
+    if bool(torch.isfinite(src).all()) and not bool(torch.isfinite(out).all()):
+        raise ValueError(f"token_rewards_src values are too large: their sums overflow {src.dtype}")
     return out
 
 

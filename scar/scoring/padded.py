@@ -125,11 +125,6 @@ def score_padded(
         passes += 1
         peak = max(peak, len(batch) * width)
         start += size
-    return PaddedScores(
-        scores,
-        weights if attention else None,
-        tokens,
-        passes,
-        peak,
-        states if hidden else None,  # type: ignore[arg-type]
-    )
+    done_weights = [w for w in weights if w is not None] if attention else None
+    done_states = [h for h in states if h is not None] if hidden else None
+    return PaddedScores(scores, done_weights, tokens, passes, peak, done_states)

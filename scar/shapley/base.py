@@ -7,6 +7,7 @@ dedupes the rows into a :class:`ShapleyPlan`, whose distinct coalitions a caller
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +16,32 @@ from typing import Any
 import numpy as np
 import torch
 
-from scar._checks import as_int
+from scar._checks import check_seed
 
-__all__ = ["ShapleyResult", "ShapleyPlan", "Solver", "ValueFn", "PlanParts"]
+__all__ = [
+    "ShapleyResult",
+    "ShapleyPlan",
+    "Solver",
+    "ValueFn",
+    "PlanParts",
+    "MAX_PLAN_ROWS",
+    "MAX_PLAN_ENTRIES",
+    "check_plan_size",
+    "plan_fits",
+    "cap_at_proper_coalitions",
+    "capped",
+]
+
+MAX_PLAN_ROWS = 2**22
+"""Most coalitions (rows, ∅ and N included, before dedupe) one plan may hold: four times the largest exact
+plan (``2**EXACT_MAX_PLAYERS`` rows), far more coalitions than a reward model scores for one response. Each
+row also costs some tens of bytes of bookkeeping while the plan is built and deduped, whatever ``n``."""
+
+MAX_PLAN_ENTRIES = 2**28
+"""Most entries (rows x players) one plan may hold. The plan is a bool ``[rows, n]`` matrix that is built
+and deduped with a few copies alive at once, so this bounds the memory of any plan to about a GiB
+whatever the budget and ``n``; it admits every exact plan and the default budgets up to a few thousand
+players."""
 
 ValueFn = Callable[[torch.Tensor], Any]
 """``value_fn(coalitions: bool Tensor[C, n]) -> Tensor | ndarray | sequence of C numbers``."""
@@ -31,15 +55,19 @@ class ShapleyResult:
         values: float64 ``[n]`` Shapley (or Owen) values.
         stderr: float64 ``[n]`` standard error of each value for sampled estimates; NaN when it
             cannot be estimated (a single sampled pair), inf for ``kernel`` when the sample does
-            not determine the values (raise the budget), zeros for ``kernel`` when its budget
-            covered every coalition; ``None`` for ``exact`` and exact ``owen``.
+            not determine the values (raise the budget), zeros when a budget covered the exact
+            plan (see ``budget``); ``None`` for ``exact`` and for ``owen`` exact by default.
         n_evals: number of distinct coalitions evaluated (rows passed to ``value_fn`` in total).
         base_value: ``v(∅)``.
         full_value: ``v(N)``.
         method: the method used.
         budget: the budget actually used: permutations for ``permutation`` and sampled ``owen``,
             planned coalitions besides ∅ and N for ``kernel`` (at most ``2**n - 2``); ``None``
-            for ``exact`` and exact ``owen``.
+            for ``exact`` and for ``owen`` exact by default. A ``permutation`` or ``owen`` budget
+            whose plan would have at least as many rows as the exact plan (``2**n`` coalitions;
+            the ``2 * terms`` rows of the Owen formula) is capped there: the values are exact,
+            ``stderr`` is zeros, and ``budget`` is the cap, the smallest even number of
+            permutations whose plan has that many rows.
     """
 
     values: torch.Tensor
@@ -132,13 +160,52 @@ class ShapleyPlan:
 
 
 def make_generator(seed: int | None) -> torch.Generator:
-    """A private generator: seeded with ``seed``, or fresh entropy for None (the global RNG is left alone)."""
+    """A private generator: seeded with ``seed`` (an int in ``[0, 2**63)``), or fresh entropy for None
+    (the global RNG is left alone)."""
     gen = torch.Generator()
+    seed = check_seed(seed)
     if seed is None:
         gen.seed()
     else:
-        gen.manual_seed(as_int(seed, "seed"))
+        gen.manual_seed(seed)
     return gen
+
+
+def plan_fits(n: int, rows: int) -> bool:
+    """Whether a plan of ``rows`` coalitions (∅ and N included, before dedupe) of ``n`` players is within
+    :data:`MAX_PLAN_ROWS` and :data:`MAX_PLAN_ENTRIES`."""
+    return rows <= MAX_PLAN_ROWS and rows * n <= MAX_PLAN_ENTRIES
+
+
+def check_plan_size(method: str, n: int, budget: int | None, rows: int) -> None:
+    """ValueError, before anything is allocated, when a plan of ``rows`` coalitions (∅ and N included,
+    before dedupe) of ``n`` players exceeds :data:`MAX_PLAN_ROWS` or :data:`MAX_PLAN_ENTRIES`."""
+    if plan_fits(n, rows):
+        return
+    raise ValueError(
+        f"method={method!r} with n_players={n} and budget={budget} would plan {rows} coalitions "
+        f"({rows * n} entries, coalitions x players); a plan is limited to MAX_PLAN_ROWS = {MAX_PLAN_ROWS} "
+        f"coalitions and MAX_PLAN_ENTRIES = {MAX_PLAN_ENTRIES} entries: lower the budget"
+        + ("" if rows > MAX_PLAN_ROWS else " or the number of players")
+    )
+
+
+def capped(parts: PlanParts, method: str, budget: int) -> PlanParts:
+    """An exact plan standing in for a sampled ``method`` whose ``budget`` would plan at least as many
+    rows: the result carries ``method``, the capped ``budget`` and zero standard errors."""
+    rows, _, solve = parts
+
+    def solve_capped(v: torch.Tensor, n_evals: int) -> ShapleyResult:
+        res = solve(v, n_evals)
+        zeros = torch.zeros(res.n_players, dtype=torch.float64)
+        return dataclasses.replace(res, stderr=zeros, method=method, budget=budget)
+
+    return rows, budget, solve_capped
+
+
+def cap_at_proper_coalitions(count: int, n: int) -> int:
+    """``min(count, 2**n - 2)`` for ``count >= 0``, without forming ``2**n`` when ``n`` is large."""
+    return min(count, 2**n - 2) if n <= count.bit_length() else count
 
 
 def _pack_rows(coalitions: torch.Tensor) -> np.ndarray:

@@ -51,7 +51,7 @@ from typing import Any
 
 import torch
 
-from scar._checks import as_int
+from scar._checks import as_int, check_seed
 from scar.shapley.base import ShapleyPlan, ShapleyResult, ValueFn, make_generator, to_float64, unique_rows
 from scar.shapley.exact import exact_plan
 from scar.shapley.kernel import kernel_plan
@@ -90,19 +90,21 @@ def plan(
     Raises:
         TypeError: ``n_players``, ``budget`` or ``seed`` not an int; malformed hierarchy entries.
         ValueError: ``n_players < 1``; unknown method; budget invalid for the method; budget given
-            to ``exact``; hierarchy given to a method other than ``owen`` or not a partition;
-            ``exact`` with more than ``EXACT_MAX_PLAYERS`` players.
+            to ``exact``; seed outside ``[0, 2**63)``; hierarchy given to a method other than
+            ``owen`` or not a partition; ``exact`` with more than ``EXACT_MAX_PLAYERS`` players,
+            ``kernel`` with more than ``KERNEL_MAX_PLAYERS``; a plan above ``MAX_PLAN_ROWS``
+            coalitions or ``MAX_PLAN_ENTRIES`` entries (raised before it is built).
     """
     n = as_int(n_players, "n_players")
     if n < 1:
         raise ValueError(f"n_players must be >= 1, got {n}")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
     if budget is not None:
         budget = as_int(budget, "budget")
     if hierarchy is not None and method != "owen":
         raise ValueError(f"hierarchy is only used by method='owen', got method={method!r}")
-    gen = make_generator(seed)
+    gen = make_generator(check_seed(seed))
 
     if method == "exact":
         if budget is not None:
@@ -143,18 +145,25 @@ def shapley(
         n_players: number of players, a positive int.
         method: ``"exact"``, ``"permutation"``, ``"kernel"`` (default) or ``"owen"`` (see the module docs).
         budget: sampling budget. ``permutation``: number of permutations, even and >= 2 (default
-            ``DEFAULT_PERMUTATIONS`` = 32). ``kernel``: number of coalitions planned besides ∅ and
-            N (enumerated size classes plus sampled pairs; duplicates among the sampled ones are
-            evaluated once, so ``n_evals <= budget + 2``), even and >= 2 (default
-            :func:`kernel_default_budget`, ``min(32 (n + 1), 2**n - 2)``; a budget >= ``2**n - 2``
-            gives the exact answer).
-            ``owen``: number of hierarchy-consistent permutations, even and >= 2; when omitted
-            the Owen values are exact if the tree is small (``OWEN_EXACT_MAX_TERMS``), else 32
-            permutations are sampled. ``exact`` takes none.
-        seed: seed of the private generator of sampled methods (same seed, same result); ``None``
-            draws fresh entropy.
+            ``DEFAULT_PERMUTATIONS`` = 32); a budget whose plan (``budget * (n + 1)`` rows) has at
+            least the ``2**n`` rows of the exact plan is capped there and gives the exact values
+            (``stderr`` zeros, ``budget`` the cap; exact up to 8 players by default).
+            ``kernel``: number of coalitions planned besides ∅ and N (enumerated size classes plus
+            sampled pairs; duplicates among the sampled ones are evaluated once, so
+            ``n_evals <= budget + 2``), even and >= 2 (default :func:`kernel_default_budget`,
+            ``min(32 (n + 1), 2**n - 2)``; a budget >= ``2**n - 2`` gives the exact answer; at most
+            ``KERNEL_MAX_PLAYERS`` players).
+            ``owen``: number of hierarchy-consistent permutations, even and >= 2, capped like
+            ``permutation`` where the sampled plan would have at least the rows of the exact Owen
+            plan; when omitted the Owen values are exact if the tree is small
+            (``OWEN_EXACT_MAX_TERMS``), else 32 permutations are sampled. ``exact`` takes none.
+            Any plan is limited to ``MAX_PLAN_ROWS`` coalitions and ``MAX_PLAN_ENTRIES``
+            coalitions x players.
+        seed: seed of the private generator of sampled methods, an int in ``[0, 2**63)`` (same
+            seed, same result); ``None`` draws fresh entropy.
         hierarchy: ``owen`` only: nested lists of player indices partitioning ``range(n)``, e.g.
-            ``[[0, 1], [2, [3, 4]]]``; a flat list of ints is singleton groups (= Shapley).
+            ``[[0, 1], [2, [3, 4]]]``; a flat list of ints is singleton groups (= Shapley). Any
+            depth; a group with a single child is that child.
         batch_size: at most this many coalitions per ``value_fn`` call.
 
     Returns:
@@ -163,10 +172,8 @@ def shapley(
     Raises:
         TypeError: ``value_fn`` not callable; ``n_players``, ``budget``, ``seed`` or
             ``batch_size`` not an int; malformed hierarchy entries.
-        ValueError: ``n_players < 1``; unknown method; budget invalid for the method; budget given
-            to ``exact``; hierarchy given to a method other than ``owen`` or not a partition;
-            ``exact`` with more than ``EXACT_MAX_PLAYERS`` players; ``value_fn`` returning the
-            wrong shape, non-numeric, NaN or infinite values (the message names the coalition).
+        ValueError: as :func:`plan`; ``value_fn`` returning the wrong shape, non-numeric, NaN or
+            infinite values (the message names the coalition).
     """
     if not callable(value_fn):
         raise TypeError(f"value_fn must be callable (bool Tensor[C, n] -> [C] values), got {type(value_fn).__name__}")
@@ -176,6 +183,6 @@ def shapley(
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     game = plan(n_players, method=method, budget=budget, seed=seed, hierarchy=hierarchy)
     coalitions = game.coalitions
-    step = coalitions.shape[0] if batch_size is None else batch_size
+    step = coalitions.shape[0] if batch_size is None else min(batch_size, coalitions.shape[0])
     chunks = [to_float64(value_fn(batch), batch) for batch in coalitions.split(step)]
     return game._finish(torch.cat(chunks))

@@ -6,26 +6,49 @@ complement. Standard error: the cluster-robust sandwich (delta-method) variance 
 least-squares estimate, with complementary pairs as the independent units and leave-pair-out residuals
 (CR3). Like any KernelSHAP with a sampled design matrix it is consistent but slightly biased at small
 budgets (the bias falls faster than the standard error, which covers the variance only). When the budget
-covers every coalition the exact Shapley values are returned.
+covers every coalition the exact Shapley values are returned (a larger budget is capped at ``2**n - 2``);
+other plans above :data:`~scar.shapley.base.MAX_PLAN_ROWS` / ``MAX_PLAN_ENTRIES`` are refused, and so are
+more than :data:`KERNEL_MAX_PLAYERS` players.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-from scar.shapley.base import PlanParts, ShapleyResult, random_orders, with_ends
+from scar.shapley.base import (
+    PlanParts,
+    ShapleyResult,
+    cap_at_proper_coalitions,
+    check_plan_size,
+    random_orders,
+    with_ends,
+)
 from scar.shapley.permutation import DEFAULT_PERMUTATIONS
 
-__all__ = ["kernel_default_budget", "kernel_plan", "kernel_design"]
+__all__ = ["KERNEL_MAX_PLAYERS", "kernel_default_budget", "kernel_plan", "kernel_design"]
+
+KERNEL_MAX_PLAYERS = 4096
+"""Largest ``n`` for ``method="kernel"``. Its solve eigendecomposes an ``(n + 1) x (n + 1)`` float64
+system (``O(n**3)`` work, 128 MiB at this limit) and its design keeps per-size bookkeeping in Python; the
+default budget reaches ``MAX_PLAN_ENTRIES`` near 2900 players already. Above it, use ``permutation``."""
 
 
 def kernel_default_budget(n: int) -> int:
     """Default ``kernel`` budget: as many coalitions as ``DEFAULT_PERMUTATIONS`` permutations plan,
     ``DEFAULT_PERMUTATIONS * (n + 1)``, capped at the ``2**n - 2`` proper non-empty coalitions (where the
     answer is exact; 0 when ``n == 1``: nothing to sample)."""
-    return min(DEFAULT_PERMUTATIONS * (n + 1), 2**n - 2)
+    return cap_at_proper_coalitions(DEFAULT_PERMUTATIONS * (n + 1), n)
+
+
+def _check_kernel_players(n: int) -> None:
+    if n > KERNEL_MAX_PLAYERS:
+        raise ValueError(
+            f"method='kernel' solves an (n + 1) x (n + 1) system and is limited to n_players <= "
+            f"KERNEL_MAX_PLAYERS = {KERNEL_MAX_PLAYERS} (got n_players={n}); use method='permutation'"
+        )
 
 
 def _kkt_solve(a: torch.Tensor, b: torch.Tensor, total: float) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -50,6 +73,24 @@ def _kkt_solve(a: torch.Tensor, b: torch.Tensor, total: float) -> tuple[torch.Te
     return (inv @ rhs)[:n], inv[:n, :n], bool(keep.all())
 
 
+_ORDER_CHUNK = 2**22  # entries of the random orders drawn at once when sampling pairs
+_SOLVE_CHUNK = 2**22  # entries of the design converted to float64 at once by the solve
+
+
+def _combinations(n: int, k: int) -> torch.Tensor:
+    """The ``k``-subsets of ``range(n)`` in lexicographic order (as ``torch.combinations``, whose memory
+    grows like ``n**k``), int64 ``[comb(n, k), k]``: prefixes are extended one element at a time, keeping
+    only those that can still be completed."""
+    rows = np.arange(n - k + 1, dtype=np.int64)[:, None]
+    for s in range(1, k):
+        last = rows[:, -1]
+        counts = (n - k + s) - last  # the next element runs from last + 1 to n - k + s
+        first = np.cumsum(counts) - counts
+        following = np.repeat(last + 1 - first, counts) + np.arange(int(counts.sum()))
+        rows = np.concatenate([np.repeat(rows, counts, axis=0), following[:, None]], axis=1)
+    return torch.from_numpy(rows)
+
+
 def kernel_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Coalitions and regression weights of hybrid paired KernelSHAP (as shap's KernelExplainer).
 
@@ -63,42 +104,69 @@ def kernel_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tens
     come first with their exact kernel weights; the last ``2 * sampled_pairs`` rows are the
     sampled ones (pair ``p`` is rows ``e + p`` and ``e + sampled_pairs + p``), each weighted
     ``sampled_mass / (2 * sampled_pairs)``. The weights sum to 1.
+
+    A budget above the ``2**n - 2`` proper coalitions plans them all; a plan above the size limits
+    (:func:`scar.shapley.base.check_plan_size`) or more than :data:`KERNEL_MAX_PLAYERS` players raise
+    ValueError before anything is allocated.
     """
+    _check_kernel_players(n)
+    if budget < 0:
+        raise ValueError(f"method='kernel' needs budget >= 0, got budget={budget}")
+    check_plan_size("kernel", n, budget, cap_at_proper_coalitions(budget, n) + 2)
     classes = list(range(1, n // 2 + 1))  # class s holds sizes s and n - s (just s when 2s == n)
     size_mass = {k: (n - 1) / (k * (n - k)) for k in range(1, n)}
     total = sum(size_mass.values())
     mass = {k: (size_mass[k] if 2 * k == n else 2 * size_mass[k]) / total for k in classes}
-    rows, weights = [], []
+    enumerated: list[int] = []
     left, mass_left = budget, 1.0
     while classes:
         k = classes[0]
         count = math.comb(n, k) * (1 if 2 * k == n else 2)
         if left * mass[k] / mass_left < count - 1e-8:
             break
-        members = torch.zeros(math.comb(n, k), n, dtype=torch.bool)
-        members.scatter_(1, torch.combinations(torch.arange(n), r=k).view(-1, k), True)
-        block = members if 2 * k == n else torch.cat([members, ~members])
-        rows.append(block)
-        weights.append(torch.full((count,), mass[k] / count, dtype=torch.float64))
+        enumerated.append(k)
         left -= count
         mass_left -= mass[k]
         classes.pop(0)
     pairs = left // 2 if classes else 0
+    # the design is written in place: no block of it is ever held twice
+    z = torch.empty(budget - left + 2 * pairs, n, dtype=torch.bool)
+    weights, at = [], 0
+    for k in enumerated:
+        c = math.comb(n, k)
+        members = z[at : at + c]
+        members.zero_()
+        members.scatter_(1, _combinations(n, k), True)
+        if 2 * k != n:
+            torch.logical_not(members, out=z[at + c : at + 2 * c])
+        count = c * (1 if 2 * k == n else 2)
+        weights.append(torch.full((count,), mass[k] / count, dtype=torch.float64))
+        at += count
     if pairs:
         class_mass = torch.tensor([mass[k] for k in classes], dtype=torch.float64)
         size = torch.tensor(classes)[torch.multinomial(class_mass, pairs, replacement=True, generator=gen)]
-        # The positions holding 0 .. size-1 in a uniform random order form a uniform subset.
-        picked = random_orders(pairs, n, gen) < size[:, None]
-        rows.append(torch.cat([picked, ~picked]))
+        # The positions holding 0 .. size-1 in a uniform random order form a uniform subset. The orders
+        # are drawn in chunks (the same draws as one call) so that only the bool result is full size.
+        step = max(1, _ORDER_CHUNK // n)
+        for i in range(0, pairs, step):
+            picked = random_orders(min(step, pairs - i), n, gen) < size[i : i + step, None]
+            z[at + i : at + i + picked.shape[0]] = picked
+            torch.logical_not(picked, out=z[at + pairs + i : at + pairs + i + picked.shape[0]])
         weights.append(torch.full((2 * pairs,), mass_left / (2 * pairs), dtype=torch.float64))
     else:
         mass_left = 0.0
-    z = torch.cat(rows) if rows else torch.zeros(0, n, dtype=torch.bool)
     w = torch.cat(weights) if weights else torch.zeros(0, dtype=torch.float64)
     return z, w, pairs, mass_left
 
 
-def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor, pairs: int, mass: float) -> torch.Tensor:
+def _row_blocks(rows: int, n: int) -> list[slice]:
+    """Consecutive row ranges of at most ``_SOLVE_CHUNK`` entries each: the float64 copies of the design
+    the solve needs are made one block at a time (one block, the whole design, for most plans)."""
+    step = max(1, _SOLVE_CHUNK // max(n, 1))
+    return [slice(i, min(i + step, rows)) for i in range(0, rows, step)]
+
+
+def _kernel_stderr(z: torch.Tensor, resid: torch.Tensor, m: torch.Tensor, pairs: int, mass: float) -> torch.Tensor:
     """Cluster-robust (CR3, jackknife-like) sandwich standard error of the hybrid KernelSHAP fit.
 
     Only the last ``2 * pairs`` rows (the sampled ones, each weighted ``mass / (2 pairs)``) are
@@ -110,21 +178,30 @@ def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor, pairs
     matrix). Infinite when leaving out some pair would leave the values undetermined. Like every
     sandwich estimate it is asymptotic: with few sampled pairs (below about ``3 n``) it can be
     too small.
+
+    ``z`` is the bool design; blocks of pairs are converted to float64 one at a time.
     """
-    n = zf.shape[1]
+    n = z.shape[1]
     if pairs < 2:
         return torch.full((n,), float("nan"), dtype=torch.float64)
-    first, second = zf[-2 * pairs : -pairs], zf[-pairs:]
+    first_rows, second_rows = z[-2 * pairs : -pairs], z[-pairs:]
     r_first, r_second = resid[-2 * pairs : -pairs], resid[-pairs:]
     w = mass / (2 * pairs)
-    zm_first, zm_second = w * first @ m, w * second @ m
-    hat = torch.stack(
-        [
-            torch.stack([(zm_first * first).sum(1), (zm_first * second).sum(1)], -1),
-            torch.stack([(zm_second * first).sum(1), (zm_second * second).sum(1)], -1),
-        ],
-        -2,
-    )  # [pairs, 2, 2]
+    blocks = _row_blocks(pairs, 2 * n)
+    hats = []
+    for b in blocks:
+        first, second = first_rows[b].double(), second_rows[b].double()
+        zm_first, zm_second = w * first @ m, w * second @ m
+        hats.append(
+            torch.stack(
+                [
+                    torch.stack([(zm_first * first).sum(1), (zm_first * second).sum(1)], -1),
+                    torch.stack([(zm_second * first).sum(1), (zm_second * second).sum(1)], -1),
+                ],
+                -2,
+            )
+        )
+    hat = torch.cat(hats)  # [pairs, 2, 2]
     eye_minus_hat = torch.eye(2, dtype=torch.float64) - hat
     if bool((torch.linalg.eigvalsh(eye_minus_hat)[:, 0] < 1e-9).any()):
         # Some pair alone determines part of the fit: without it the values are not identified,
@@ -132,13 +209,24 @@ def _kernel_stderr(zf: torch.Tensor, resid: torch.Tensor, m: torch.Tensor, pairs
         return torch.full((n,), float("inf"), dtype=torch.float64)
     r = torch.stack([r_first, r_second], -1)[..., None]
     r_out = torch.linalg.solve(eye_minus_hat, r)[..., 0]
-    psi = 0.5 * (first * r_out[:, :1] + second * r_out[:, 1:])
-    centred = psi - psi.mean(0)
-    cov = mass**2 * (centred.T @ centred) / ((pairs - 1) * pairs)
+
+    def psi(b: slice) -> torch.Tensor:
+        return 0.5 * (first_rows[b].double() * r_out[b, :1] + second_rows[b].double() * r_out[b, 1:])
+
+    total = torch.zeros(n, dtype=torch.float64)
+    for b in blocks:
+        total += psi(b).sum(0)
+    mean = total / pairs
+    cross = torch.zeros(n, n, dtype=torch.float64)
+    for b in blocks:
+        centred = psi(b) - mean
+        cross += centred.T @ centred
+    cov = mass**2 * cross / ((pairs - 1) * pairs)
     return torch.sqrt(torch.clamp(torch.diagonal(m @ cov @ m.T), min=0.0))
 
 
 def kernel_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanParts:
+    _check_kernel_players(n)
     if budget is None:
         budget = kernel_default_budget(n)
     else:
@@ -153,14 +241,20 @@ def kernel_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanParts:
                 f"budget (number of sampled coalitions) must be even; got "
                 f"budget={budget}"
             )
-        budget = min(budget, 2**n - 2)
+        budget = cap_at_proper_coalitions(budget, n)
     z, w, pairs, sampled_mass = kernel_design(n, budget, gen)
 
     def solve(v: torch.Tensor, n_evals: int) -> ShapleyResult:
         base, full = float(v[-2]), float(v[-1])
         y = v[:-2] - base
-        zf = z.double()
-        values, m, identified = _kkt_solve(zf.T @ (w[:, None] * zf), zf.T @ (w * y), full - base)
+        blocks = _row_blocks(z.shape[0], n)
+        a = torch.zeros(n, n, dtype=torch.float64)
+        b = torch.zeros(n, dtype=torch.float64)
+        for rows in blocks:
+            zf = z[rows].double()
+            a += zf.T @ (w[rows, None] * zf)
+            b += zf.T @ (w[rows] * y[rows])
+        values, m, identified = _kkt_solve(a, b, full - base)
         # The solve meets sum(phi) = v(N) - v(∅) up to cond(KKT) * eps; spread that residue
         # evenly so efficiency holds to rounding for any conditioning.
         values += ((full - base) - values.sum()) / n
@@ -169,7 +263,8 @@ def kernel_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanParts:
         elif pairs == 0:  # every coalition enumerated: the exact Shapley values
             stderr = torch.zeros(n, dtype=torch.float64)
         else:
-            stderr = _kernel_stderr(zf, y - zf @ values, m, pairs, sampled_mass)
+            resid = torch.cat([y[rows] - z[rows].double() @ values for rows in blocks])
+            stderr = _kernel_stderr(z, resid, m, pairs, sampled_mass)
         return ShapleyResult(values, stderr, n_evals, base, full, "kernel", budget)
 
     return with_ends(z), budget, solve

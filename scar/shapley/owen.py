@@ -1,18 +1,32 @@
 """Owen values for a nested partition of the players (e.g. sentences > spans > tokens).
 
 Exact by enumeration for small trees; antithetic sampling of hierarchy-consistent permutations otherwise.
+A budget whose sampled plan would have at least as many rows as the exact one is capped there (exact
+values). Hierarchies of any depth are handled without recursion; a group with a single child is the same
+game as that child.
 """
 
 from __future__ import annotations
 
 import operator
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import torch
 
-from scar.shapley.base import PlanParts, ShapleyResult, bits, shapley_weights, with_ends
-from scar.shapley.permutation import DEFAULT_PERMUTATIONS, antithetic_plan, check_permutation_budget
+from scar.shapley.base import (
+    MAX_PLAN_ROWS,
+    PlanParts,
+    ShapleyResult,
+    bits,
+    capped,
+    check_plan_size,
+    plan_fits,
+    shapley_weights,
+    with_ends,
+)
+from scar.shapley.permutation import DEFAULT_PERMUTATIONS, antithetic_plan, check_permutation_budget, exact_cap
 
 __all__ = ["OWEN_EXACT_MAX_TERMS", "owen_plan", "parse_hierarchy"]
 
@@ -21,78 +35,156 @@ OWEN_EXACT_MAX_TERMS = 2**18
 Owen formula, ``sum_i prod_levels 2**(siblings of i's ancestor at that level)``, is at most this;
 larger trees are sampled with ``DEFAULT_PERMUTATIONS`` hierarchy-consistent permutations."""
 
+_LISTED = 10  # players named in a partition error; the rest are counted
+
+
+def _path(loc: Any) -> str:
+    """``[i][j]...`` of a location kept as nested ``(parent location, index)`` pairs (None: the root)."""
+    parts = []
+    while loc is not None:
+        loc, k = loc
+        parts.append(f"[{k}]")
+    return "".join(reversed(parts))
+
+
+def _some(players: list[int], total: int) -> str:
+    if total <= _LISTED:
+        return str(players)
+    return f"[{', '.join(map(str, players[:_LISTED]))}, ...] ({total} in all)"
+
+
+def _missing(present: list[int], n: int) -> tuple[list[int], int]:
+    """The first few of ``range(n)`` absent from the sorted distinct ``present``, and how many are absent."""
+    first: list[int] = []
+    expected = 0
+    for p in [*present, n]:
+        if p > expected and len(first) < _LISTED:
+            first.extend(range(expected, min(p, expected + _LISTED - len(first))))
+        expected = p + 1
+    return first, n - len(present)
+
 
 def parse_hierarchy(hierarchy: Any, n: int) -> list:
-    """Check that ``hierarchy`` is a nested partition of ``range(n)``; return it as nested lists."""
+    """Check that ``hierarchy`` is a nested partition of ``range(n)``; return it as nested lists.
 
-    seen: list[int] = []
-
-    def walk(node: Any, path: str) -> Any:
-        if isinstance(node, (bool, np.bool_)):
-            raise TypeError(f"hierarchy{path} is a bool ({node!r}); players are ints")
-        if isinstance(node, (list, tuple)):
-            if len(node) == 0:
-                raise ValueError(f"hierarchy{path} is an empty group; every group needs a player")
-            return [walk(child, f"{path}[{k}]") for k, child in enumerate(node)]
-        try:
-            player = operator.index(node)
-        except TypeError:
-            raise TypeError(
-                f"hierarchy{path} must be a player index (int) or a list of them, got {type(node).__name__} ({node!r})"
-            ) from None
-        seen.append(player)
-        return player
-
+    Walks the tree with an explicit stack (any depth); a list that appears twice (a group containing
+    itself, or the same list object used for two groups) is refused.
+    """
     if not isinstance(hierarchy, (list, tuple)):
         raise TypeError(f"hierarchy must be a (nested) list of player indices, got {type(hierarchy).__name__}")
-    tree = walk(hierarchy, "")
-    counts = np.bincount([p for p in seen if 0 <= p < n], minlength=n)
-    outside = sorted({p for p in seen if not 0 <= p < n})
+    if len(hierarchy) == 0:
+        raise ValueError("hierarchy is an empty group; every group needs a player")
+    seen: list[int] = []
+    tree: list = []
+    visited = {id(hierarchy)}
+    # (children left to read, the copy being built, location of the group)
+    stack: list[tuple[Any, list, Any]] = [(iter(enumerate(hierarchy)), tree, None)]
+    while stack:
+        children, out, loc = stack[-1]
+        step = next(children, None)
+        if step is None:
+            stack.pop()
+            continue
+        k, child = step
+        here = (loc, k)
+        if isinstance(child, (bool, np.bool_)):
+            raise TypeError(f"hierarchy{_path(here)} is a bool ({child!r}); players are ints")
+        if isinstance(child, (list, tuple)):
+            if len(child) == 0:
+                raise ValueError(f"hierarchy{_path(here)} is an empty group; every group needs a player")
+            if id(child) in visited:
+                raise ValueError(
+                    f"hierarchy{_path(here)} is the same list as an enclosing or earlier group (a group that "
+                    "contains itself, or one list used twice); groups must be distinct lists"
+                )
+            visited.add(id(child))
+            group: list = []
+            out.append(group)
+            stack.append((iter(enumerate(child)), group, here))
+            continue
+        try:
+            player = operator.index(child)
+        except TypeError:
+            raise TypeError(
+                f"hierarchy{_path(here)} must be a player index (int) or a list of them, got "
+                f"{type(child).__name__} ({child!r})"
+            ) from None
+        seen.append(player)
+        out.append(player)
+    counts = Counter(seen)
+    outside = sorted(p for p in counts if not 0 <= p < n)
+    inside = sorted(p for p in counts if 0 <= p < n)
+    duplicated = sorted(p for p in inside if counts[p] > 1)
+    missing, n_missing = _missing(inside, n)
     problems = []
     if outside:
-        problems.append(f"players out of range(0, {n}): {outside}")
-    missing = np.flatnonzero(counts == 0).tolist()
-    if missing:
-        problems.append(f"missing players: {missing}")
-    duplicated = np.flatnonzero(counts > 1).tolist()
+        problems.append(f"players out of range(0, {n}): {_some(outside, len(outside))}")
+    if n_missing:
+        problems.append(f"missing players: {_some(missing, n_missing)}")
     if duplicated:
-        problems.append(f"duplicated players: {duplicated}")
+        problems.append(f"duplicated players: {_some(duplicated, len(duplicated))}")
     if problems:
         raise ValueError(f"hierarchy must be a partition of range({n}); " + "; ".join(problems))
     return tree
 
 
-def _members(node: Any) -> list[int]:
-    return [node] if isinstance(node, int) else [p for child in node for p in _members(child)]
+def _leaves(node: Any) -> list[int]:
+    """The players under ``node``, in order."""
+    if isinstance(node, int):
+        return [node]
+    out: list[int] = []
+    stack = [iter(node)]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+        elif isinstance(child, int):
+            out.append(child)
+        else:
+            stack.append(iter(child))
+    return out
 
 
 def _owen_paths(tree: list, n: int) -> list[list[tuple[torch.Tensor, int]]]:
-    """For each player, the levels from the root down: ``(sibling member masks [m-1, n], m)``."""
-    paths: list[list[tuple[torch.Tensor, int]]] = [[] for _ in range(n)]
+    """For each player, the levels from the root down: ``(sibling member masks [m-1, n], m)``.
 
-    def walk(node: list, above: list[tuple[torch.Tensor, int]]) -> None:
-        groups = torch.zeros(len(node), n, dtype=torch.bool)
-        for k, child in enumerate(node):
-            groups[k, _members(child)] = True
-        for k, child in enumerate(node):
-            level = above + [(torch.cat([groups[:k], groups[k + 1 :]]), len(node))]
+    Levels where the group has a single child are left out: they add the factor ``2**0 = 1`` and the
+    weight 1 to every term, and no sibling to any coalition.
+    """
+    paths: list[list[tuple[torch.Tensor, int]]] = [[] for _ in range(n)]
+    stack: list[tuple[list, list[tuple[torch.Tensor, int]]]] = [(tree, [])]
+    while stack:
+        node, above = stack.pop()
+        levels = [above] * len(node)
+        if len(node) > 1:
+            groups = torch.zeros(len(node), n, dtype=torch.bool)
+            for k, child in enumerate(node):
+                groups[k, _leaves(child)] = True
+            levels = [above + [(torch.cat([groups[:k], groups[k + 1 :]]), len(node))] for k in range(len(node))]
+        for child, level in zip(node, levels):
             if isinstance(child, int):
                 paths[child] = level
             else:
-                walk(child, level)
-
-    walk(tree, [])
+                stack.append((child, level))
     return paths
 
 
-def _owen_terms(tree: list) -> int:
-    """Terms of the exact Owen formula: sum over players of prod over levels of 2**(siblings)."""
-
-    def walk(node: list, factor: int) -> int:
-        below = factor * 2 ** (len(node) - 1)
-        return sum(below if isinstance(child, int) else walk(child, below) for child in node)
-
-    return walk(tree, 1)
+def _owen_terms(tree: list, cap: int) -> int:
+    """Terms of the exact Owen formula (sum over players of prod over levels of 2**(siblings)), or
+    ``cap + 1`` when there are more than ``cap`` (the count stays a small int for any tree)."""
+    total = 0
+    stack: list[tuple[list, int]] = [(tree, 1)]
+    while stack:
+        node, factor = stack.pop()
+        below = min(factor << min(len(node) - 1, cap.bit_length() + 1), cap + 1)
+        for child in node:
+            if isinstance(child, int):
+                total += below
+                if total > cap:
+                    return cap + 1
+            else:
+                stack.append((child, below))
+    return total
 
 
 def _owen_exact(n: int, paths: list) -> PlanParts:
@@ -137,22 +229,28 @@ def _owen_sampled(tree: list, n: int, budget: int, gen: torch.Generator) -> Plan
     keys of their ancestors (root's child first, lexicographically) orders the children of every
     node uniformly at random and keeps each group contiguous. Reversing such a permutation reverses
     the order at every node, so it is again consistent and equally likely.
+
+    Nodes are numbered in preorder and each draws its key, but an only child is left out of its
+    players' key chains: it is shared by exactly the players of its parent, so it never decides their
+    order, and the chains are at most as long as the number of branching levels.
     """
-    check_permutation_budget(budget, "owen")
     ancestors: list[list[int]] = [[] for _ in range(n)]
     n_nodes = 0
-
-    def walk(node: list, chain: list[int]) -> None:
-        nonlocal n_nodes
-        for child in node:
-            node_id = n_nodes
-            n_nodes += 1
-            if isinstance(child, int):
-                ancestors[child] = chain + [node_id]
-            else:
-                walk(child, chain + [node_id])
-
-    walk(tree, [])
+    # (children left to read, key chain of the group's players, number of children)
+    stack: list[tuple[Any, list[int], int]] = [(iter(tree), [], len(tree))]
+    while stack:
+        children, chain, width = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            continue
+        node_id = n_nodes
+        n_nodes += 1
+        link = chain + [node_id] if width > 1 else chain
+        if isinstance(child, int):
+            ancestors[child] = link
+        else:
+            stack.append((iter(child), link, len(child)))
     depth = max(len(a) for a in ancestors)
     # A player that is a leaf above the deepest level is alone below its last ancestor, so any
     # constant key (the extra node n_nodes, whose key is 0) is fine for the missing levels.
@@ -170,13 +268,23 @@ def _owen_sampled(tree: list, n: int, budget: int, gen: torch.Generator) -> Plan
 
 
 def owen_plan(n: int, hierarchy: Any, budget: int | None, gen: torch.Generator) -> PlanParts:
+    """Exact Owen values when no budget is given and the tree is small (``OWEN_EXACT_MAX_TERMS``), or
+    when the budget's sampled plan would be at least as large as the exact one (capped, see
+    :class:`~scar.shapley.base.ShapleyResult`); sampled otherwise, within the plan size limits."""
     if hierarchy is None:
         raise ValueError(
             "method='owen' needs a hierarchy: nested lists of player indices that "
             "partition range(n_players), e.g. [[0, 1], [2, [3, 4]]]"
         )
     tree = parse_hierarchy(hierarchy, n)
-    if budget is None and _owen_terms(tree) <= OWEN_EXACT_MAX_TERMS:
-        return _owen_exact(n, _owen_paths(tree, n))
-    budget = DEFAULT_PERMUTATIONS if budget is None else budget
+    terms = _owen_terms(tree, MAX_PLAN_ROWS)
+    exact_fits = terms <= MAX_PLAN_ROWS and plan_fits(n, 2 * terms + 2)
+    if budget is None:
+        if terms <= OWEN_EXACT_MAX_TERMS and exact_fits:
+            return _owen_exact(n, _owen_paths(tree, n))
+        budget = DEFAULT_PERMUTATIONS
+    check_permutation_budget(budget, "owen")
+    if exact_fits and budget >= (cap := exact_cap(2 * terms, n)):
+        return capped(_owen_exact(n, _owen_paths(tree, n)), "owen", cap)
+    check_plan_size("owen", n, budget, budget * (n + 1) + 2)
     return _owen_sampled(tree, n, budget, gen)

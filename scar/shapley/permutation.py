@@ -1,7 +1,9 @@
 """Antithetic permutation sampling: each sampled permutation and its reverse.
 
 Efficiency holds exactly for every sampled permutation; the standard error comes from the spread of the
-antithetic pair means.
+antithetic pair means. A budget whose plan (``budget * (n + 1)`` prefixes) would have at least the ``2**n``
+rows of the exact plan is capped there (:func:`exact_cap`): all coalitions are enumerated and the values are
+exact. Other plans above :data:`~scar.shapley.base.MAX_PLAN_ROWS` / ``MAX_PLAN_ENTRIES`` are refused.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import math
 
 import torch
 
-from scar.shapley.base import PlanParts, ShapleyResult, random_orders, with_ends
+from scar.shapley.base import PlanParts, ShapleyResult, capped, check_plan_size, random_orders, with_ends
+from scar.shapley.exact import EXACT_MAX_PLAYERS, exact_plan
 
-__all__ = ["DEFAULT_PERMUTATIONS", "permutation_plan", "antithetic_plan", "check_permutation_budget"]
+__all__ = ["DEFAULT_PERMUTATIONS", "permutation_plan", "antithetic_plan", "check_permutation_budget", "exact_cap"]
 
 DEFAULT_PERMUTATIONS = 32
 """Default budget of ``permutation`` and sampled ``owen``: 32 permutations (16 antithetic pairs)."""
@@ -64,9 +67,19 @@ def check_permutation_budget(budget: int, method: str) -> None:
         )
 
 
+def exact_cap(exact_rows: int, n: int) -> int:
+    """The smallest even number of permutations (>= 2) of ``n`` players whose plan, ``n + 1`` prefixes
+    each, has at least ``exact_rows`` rows: from that budget on, the exact plan is no larger."""
+    perms = -(-exact_rows // (n + 1))
+    return max(2, perms + perms % 2)
+
+
 def permutation_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanParts:
     budget = DEFAULT_PERMUTATIONS if budget is None else budget
     check_permutation_budget(budget, "permutation")
+    if n <= EXACT_MAX_PLAYERS and budget >= (cap := exact_cap(2**n, n)):
+        return capped(exact_plan(n), "permutation", cap)
+    check_plan_size("permutation", n, budget, budget * (n + 1) + 2)
     half = random_orders(budget // 2, n, gen)
     perms = torch.cat([half, half.flip(1)])
     return antithetic_plan(perms, "permutation")

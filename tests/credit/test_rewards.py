@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -150,3 +151,92 @@ def test_dense_rewards_rejects_inconsistent_batch():
             players=[[P(0, 2)]],
             method="scar",
         )
+
+
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        ({"length": 30.0}, TypeError, "length must be an int"),
+        ({"length": "30"}, TypeError, "length must be an int"),
+        ({"length": True}, TypeError, "length must be an int"),
+        ({"length": -1}, ValueError, "length must be >= 0, got -1"),
+        ({"length": 2**70}, ValueError, "length"),
+        ({"pad_value": "a"}, TypeError, "pad_value must be a number"),
+        ({"pad_value": None}, TypeError, "pad_value must be a number"),
+        ({"pad_value": [1.0]}, TypeError, "pad_value must be a number"),
+        ({"pad_value": True}, TypeError, "pad_value must be a number"),
+        ({"pad_value": 2**2000}, ValueError, "pad_value"),
+        ({"pad_value": 1e39}, ValueError, "pad_value"),
+    ],
+)
+def test_to_tensor_bad_arguments_are_clear(kw, error, match):
+    with pytest.raises(error, match=match):
+        _dense([torch.tensor([1.0, 2.0])]).to_tensor(**kw)
+    with pytest.raises(ValueError, match="length must be >= 0, got -1"):
+        _dense([]).to_tensor(length=-1)
+
+
+def test_to_tensor_numpy_ints_and_explicit_non_finite_padding():
+    d = _dense([torch.tensor([1.0, 2.0])])
+    assert d.to_tensor(length=np.int64(3)).tolist() == [[1.0, 2.0, 0.0]]
+    assert d.to_tensor(pad_value=float("-inf"), length=3)[0, 2] == float("-inf")
+    assert d.to_tensor(pad_value=np.float32(0.5), length=3)[0, 2] == 0.5
+    assert _dense([]).to_tensor(length=4).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        ({"r": "1.0"}, TypeError, "r must be a number"),
+        ({"r": None}, TypeError, "r must be a number"),
+        ({"r": 2**2000}, ValueError, "r must be finite"),
+        ({"values": [[1.0], [2.0, 3.0]]}, TypeError, "values must be"),
+        ({"values": ["a", "b"]}, TypeError, "values must be"),
+        ({"values": torch.ones(2, dtype=torch.complex64)}, TypeError, "values must be real"),
+        ({"values": [1e308, 1e308], "players": [P(0, 2), P(1, 2)]}, ValueError, "values"),
+        ({"players": 3}, TypeError, "players"),
+        ({"players": [P(0, 1), (1, "x")]}, TypeError, r"player 1 must be a Player or a \(start, end\) pair"),
+        ({"players": [Player(0.5, 1, 0, 0, ""), P(1, 3)]}, TypeError, "player 0"),
+        ({"placement": ["last"]}, ValueError, "placement"),
+        ({"n_tokens": 0}, ValueError, "n_tokens"),
+        ({"alpha": "0.5"}, TypeError, "alpha"),
+    ],
+)
+def test_shape_rewards_bad_arguments_are_clear(kw, error, match):
+    args = dict(values=[0.5, -0.25], players=[P(0, 1), P(1, 3)], r=1.0, alpha=0.5, n_tokens=3)
+    args.update(kw)
+    values, players, r = args.pop("values"), args.pop("players"), args.pop("r")
+    with pytest.raises(error, match=match):
+        shape_rewards(values, players, r, **args)
+
+
+def test_shape_rewards_accepts_ranges_numpy_and_zero_dim_tensors():
+    want = shape_rewards([0.5, -0.25], [P(0, 1), P(1, 3)], 1.0, alpha=0.5, n_tokens=3)
+    got = shape_rewards(np.array([0.5, -0.25]), [(0, 1), (1, 3)], torch.tensor(1.0), alpha=0.5, n_tokens=np.int64(3))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "field,value,match",
+    [
+        ("token_rewards", 5, "token_rewards must be a list"),
+        ("token_rewards", [["a"]], r"token_rewards\[0\]"),
+        ("values", [torch.ones(1, dtype=torch.complex64)], r"values\[0\]"),
+        ("rewards", "x", "rewards"),
+        ("players", [5], r"players\[0\]"),
+        ("stderr", None, "stderr must be a list"),
+    ],
+)
+def test_dense_rewards_bad_fields_name_the_field(field, value, match):
+    kw = dict(
+        token_rewards=[torch.ones(2)],
+        rewards=torch.ones(1),
+        base_values=torch.ones(1),
+        values=[torch.ones(1)],
+        stderr=[None],
+        players=[[P(0, 2)]],
+        method="scar",
+    )
+    kw[field] = value
+    with pytest.raises((TypeError, ValueError), match=match):
+        DenseRewards(**kw)

@@ -259,13 +259,17 @@ def wordlevel() -> PreTrainedTokenizerFast:
 def test_segment_text_with_bpe(bpe):
     text = "Hello, world. Mr. Smith said: \"hi.\" Then he left é 😀 quietly.<eos>"
     ids, spans = segment_text(bpe, text, "span")
-    enc = bpe(text, add_special_tokens=False, return_offsets_mapping=True)
-    assert ids == enc["input_ids"]
+    # response text is read literally: "<eos>" in it is five characters, not the special token
+    enc = bpe(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
+    assert ids == enc["input_ids"] and bpe.eos_token_id not in ids
     assert validate_players(spans, len(ids)) == []
     assert "".join(texts(spans)) == text
     _, sents = segment_text(bpe, text, "sentence")
     assert texts(sents) == ["Hello, world.", ' Mr. Smith said: "hi."', " Then he left é 😀 quietly.<eos>"]
-    assert ids[-1] == bpe.eos_token_id and segment_ids(bpe, ids, "sentence") == sents
+    assert segment_ids(bpe, ids, "sentence") == sents
+    # ids that hold the special token itself (what a policy produced) keep it, and its text
+    with_eos = bpe(text[:-5], add_special_tokens=False)["input_ids"] + [bpe.eos_token_id]
+    assert texts(segment_ids(bpe, with_eos, "sentence")) == texts(sents)
     assert [j for g in hierarchy(sents, spans) for j in g] == list(range(len(spans)))
 
 
@@ -429,3 +433,34 @@ def test_bpe_players_partition_and_cover_the_text(bpe, text, kind):
         # the same text gives the same pieces whatever the tokenisation, when no cap is involved
         if kind == "sentence":
             assert texts(split_players) == texts(players)
+
+
+# --------------------------------------------------------------------------------------------------------
+# arguments of the wrong kind name the argument
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "match"),
+    [
+        (lambda: segment("Hi", None), TypeError, "offsets must be"),
+        (lambda: segment("Hi", 5), TypeError, "offsets must be"),
+        (lambda: segment("Hi", [(0, 2)], n_tokens="1"), TypeError, "n_tokens must be an int"),
+        (lambda: validate_players(5, 3), TypeError, "players must be"),
+        (lambda: validate_players(None, 3), TypeError, "players must be"),
+        (lambda: validate_players([Player(0.5, 1, 0, 0, "")], 3), TypeError, "player 0"),
+        (lambda: validate_players(torch.tensor([[False, True]]), 3), TypeError, "integer with shape"),
+        (lambda: validate_players(torch.zeros(1, 2, dtype=torch.complex64), 3), TypeError, "integer with shape"),
+        (lambda: hierarchy(None, [(0, 1)]), TypeError, "sentences: players must be"),
+        (lambda: hierarchy([(0, 3)], [(0, 1), "x"]), TypeError, "spans: player 1 must be"),
+        (lambda: hierarchy([(0, 3)], [(0, 1)], tokens=[[0]]), TypeError, "tokens: player 0 must be"),
+    ],
+)
+def test_bad_argument_kinds_are_named(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_validate_players_accepts_numpy_ints():
+    import numpy as np
+
+    assert validate_players([(np.int64(0), np.int32(1))], np.int64(3)) == [(1, 3)]

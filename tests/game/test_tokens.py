@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiny_tokenizers import build_tokenizer, word_level_tokenizer
-from scar.game.tokens import as_token_ids, encode_pair, map_to_tokens, token_offsets
+from scar.game.tokens import as_token_ids, encode_pair, encode_text, map_to_tokens, token_offsets
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:"]
 RESPONSES = [" It was great, and lovely!", " Boring."]
@@ -132,3 +132,85 @@ def test_map_to_tokens_property_mass_and_containment(n_chars, src_cuts, dst_cuts
     for (c, d), value in zip(dst, out.tolist()):
         if not any(c <= e < d for e in ends):
             assert value == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------
+# bad ids, bytes, special-token text
+
+
+@pytest.mark.parametrize("value", [b"abc", bytearray(b"abc"), memoryview(b"abc"), "abc", {1: 2}, {3, 1}])
+def test_as_token_ids_refuses_text_bytes_and_unordered_containers(value):
+    with pytest.raises(TypeError, match="ids must be"):
+        as_token_ids(value, "ids")
+
+
+@pytest.mark.parametrize("bad", [-1, -(2**70), 2**63, 2**70])
+def test_as_token_ids_refuses_ids_outside_int64_and_negative(bad):
+    with pytest.raises(ValueError, match=rf"ids has token id {bad} outside"):
+        as_token_ids([5, bad], "ids")
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 10\)"):
+        as_token_ids([5, 10], "ids", vocab_size=10)
+    assert as_token_ids([0, 2**63 - 1], "ids") == [0, 2**63 - 1]
+
+
+def test_as_token_ids_vocab_size_is_checked():
+    with pytest.raises(TypeError, match="vocab_size must be an int"):
+        as_token_ids([1], "ids", vocab_size="10")
+
+
+def test_bytes_prompt_or_response_is_refused_in_every_path(tokenizer):
+    for prompt, response in ((b"Review:", " good"), ("Review:", b" good"), (bytearray(b"x"), " good")):
+        with pytest.raises(TypeError, match="must be a str or token ids, got (bytes|bytearray)"):
+            encode_pair(tokenizer, prompt, response)
+    with pytest.raises(TypeError, match="ids must be"):
+        token_offsets(tokenizer, b"abc")
+    with pytest.raises(TypeError, match="text must be a str"):
+        encode_text(tokenizer, b"abc")
+
+
+@pytest.mark.parametrize("bad", [-1, 2**40, 2**63, 2**70])
+def test_ids_the_tokenizer_cannot_decode_are_value_errors(tokenizer, bad):
+    with pytest.raises(ValueError, match=rf"(ids|response) has token id {bad}"):
+        token_offsets(tokenizer, [5, bad])
+    with pytest.raises(ValueError, match=rf"response has token id {bad}"):
+        encode_pair(tokenizer, "Review:", [5, bad])
+    if bad < 0 or bad >= 2**63:  # prompt ids are not decoded: the scorer checks them against its vocabulary
+        with pytest.raises(ValueError, match=rf"prompt has token id {bad}"):
+            encode_pair(tokenizer, [5, bad], " good")
+
+
+@pytest.mark.parametrize("kind", ["bpe", "words"])
+def test_special_token_text_in_a_response_stays_text(kind):
+    """Text that spells a special token is scored as that text: a policy cannot hide its response
+    behind ``<pad>`` or ``<eos>``. The prompt keeps the tokenizer's own behaviour; ids stay ids."""
+    tok = build_tokenizer(300) if kind == "bpe" else word_level_tokenizer(["review", "good", "x"])
+    specials = {tok.pad_token_id, tok.eos_token_id}  # (a word-level tokenizer reads unknown words as <unk>)
+    for text in (" <pad><pad>", "<eos>", " good <eos> x", "<pad>"):
+        enc = encode_pair(tok, "review", text)
+        assert not specials & set(enc.response_ids), (text, enc.response_ids)
+        assert enc.text == text and len(enc.offsets) == len(enc.response_ids)
+        ids, offsets = encode_text(tok, text)
+        assert ids == enc.response_ids and not specials & set(ids)
+    # the prompt is the user's template: special-token text there is the special token
+    assert tok.eos_token_id in encode_pair(tok, "review <eos>", " good").prompt_ids
+    # a response given as ids is what the policy produced, special tokens included
+    given = encode_pair(tok, "review", [tok.convert_tokens_to_ids("good"), tok.eos_token_id] if kind == "words"
+                        else tok(" good", add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+    assert given.response_ids[-1] == tok.eos_token_id
+
+
+def test_map_to_tokens_refuses_non_integer_offsets_and_non_real_values():
+    with pytest.raises(TypeError, match="src_offsets"):
+        map_to_tokens([1.0], [(0.5, 1.7)], [(0, 2)])
+    with pytest.raises(TypeError, match="dst_offsets"):
+        map_to_tokens([1.0], [(0, 1)], torch.tensor([[0.0, 2.0]]))
+    with pytest.raises(ValueError, match="src_offsets"):
+        map_to_tokens([1.0], [(0, 2**70)], [(0, 2)])
+    with pytest.raises(TypeError, match="token_rewards_src"):
+        map_to_tokens(["a"], [(0, 1)], [(0, 2)])
+    with pytest.raises(TypeError, match="token_rewards_src"):
+        map_to_tokens(torch.ones(1, dtype=torch.complex64), [(0, 1)], [(0, 2)])
+    with pytest.raises(TypeError, match="src_offsets"):
+        map_to_tokens([1.0], None, [(0, 2)])
+    with pytest.raises(ValueError, match="token_rewards_src"):
+        map_to_tokens([1e308, 1e308], [(0, 1), (1, 2)], [(0, 2)])
