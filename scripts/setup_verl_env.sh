@@ -65,8 +65,10 @@ with open(sys.argv[1], "w") as f:
     f.write("\n".join(keep) + "\n")
 PYEOF
 
-# transformers, verl, ray and trl take their versions from the constraints file.
-$PIP install -q -c "$CONSTRAINTS" -r "$REQS" "torch==2.13.0" transformers verl "ray[default]" trl
+# transformers, verl, ray and trl take their versions from the constraints file. cachetools, fastapi and uvicorn
+# are imported by verl's trainer module (verl.trainer.ppo.ray_trainer) but are only in verl's [verl-core] extra.
+$PIP install -q -c "$CONSTRAINTS" -r "$REQS" "torch==2.13.0" transformers verl "ray[default]" trl \
+    cachetools fastapi uvicorn
 # A fresh compiled extension in the tree is kept (not rebuilt nor rewritten under a running .venv).
 if extension_fresh; then
     SCAR_NO_EXTENSION=1 $PIP install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e .
@@ -97,6 +99,7 @@ for pkg, want in pins.items():
 import scar  # noqa: E402,F401
 import verl  # noqa: E402,F401
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase  # noqa: E402,F401
+from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402,F401
 from scar_kernels import extension  # noqa: E402
 
 if bad:

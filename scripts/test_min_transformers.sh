@@ -16,6 +16,11 @@
 #   tests/scoring/test_reliability.py         the runtime exactness check, model views (threads)
 #   tests/credit/test_attribution_many.py     a batch of responses in one forest, small budgets == loop
 #
+# The verl integration (VERL_TESTS: needs verl and ray, which only this env has):
+#   tests/integrations/test_verl.py           the "scar" reward manager == SCAR called directly, verl's
+#                                             RewardLoopManager on 2 Ray workers == the manager alone, the
+#                                             "scar_grpo" estimator on reordered rows == grouped advantages
+#
 # Exits non-zero on any failure, when a listed file is missing, when the env has another transformers than
 # the pin, and when pytest collects no test (its exit code 5). Extra arguments go to pytest.
 # SCAR_SKIP_SETUP=1 skips running setup_verl_env.sh.
@@ -34,10 +39,13 @@ TESTS=(
     tests/scoring/test_reliability.py
     tests/credit/test_attribution_many.py
 )
+VERL_TESTS=(
+    tests/integrations/test_verl.py
+)
 
 [ "${SCAR_SKIP_SETUP:-0}" = 1 ] || bash scripts/setup_verl_env.sh
 
-for f in "${TESTS[@]}"; do
+for f in "${TESTS[@]}" "${VERL_TESTS[@]}"; do
     [ -f "$f" ] || { echo "test_min_transformers: $f is missing" >&2; exit 1; }
 done
 
@@ -47,10 +55,10 @@ if [ -z "$want" ] || [ "$have" != "$want" ]; then
     echo "test_min_transformers: $VENV has transformers $have, expected ${want:-<no pin in scripts/verl-constraints.txt>}" >&2
     exit 1
 fi
-echo "test_min_transformers: exactness tests on transformers $have"
+echo "test_min_transformers: exactness and verl tests on transformers $have"
 
 rc=0
-"$VENV/bin/python" -m pytest "${TESTS[@]}" -q -p no:cacheprovider "$@" || rc=$?
+"$VENV/bin/python" -m pytest "${TESTS[@]}" "${VERL_TESTS[@]}" -q -p no:cacheprovider "$@" || rc=$?
 if [ "$rc" = 5 ]; then
     echo "test_min_transformers: pytest collected no test" >&2
     exit 1

@@ -1,7 +1,7 @@
-"""Integrations with other libraries.
+"""Integrations with other libraries; each is imported on demand, so ``import scar`` imports none of them.
 
-- :mod:`scar.integrations.transformers`: the ``"scar_tree"`` attention function for ``transformers``
-  models and :func:`~scar.integrations.transformers.packed_forward` (imported on demand, so that
-  ``import scar`` does not import ``transformers``).
-- :mod:`scar.integrations.trl`: dense SCAR credit for TRL trainers (imported on demand as well).
+- :mod:`scar.integrations.trl`: dense SCAR credit for TRL's GRPO/RLOO trainers (a reward function that
+  returns per-token rows, and ``DenseGRPOTrainer``, which turns them into per-token advantages).
+- :mod:`scar.integrations.verl`: a verl reward manager (``"scar"``) that writes per-token rows into
+  ``token_level_scores``, and the ``"scar_grpo"`` advantage estimator.
 """
