@@ -8,8 +8,11 @@ import math
 import torch
 
 
-def reference_advantages(token_rewards, num_generations, scale_rewards, std_of="token", baseline="position"):
-    """Loop version of the documented formula: returns-to-go minus the group's baseline, over a std."""
+def reference_advantages(
+    token_rewards, num_generations, scale_rewards, std_of="token", baseline="position", ended=None
+):
+    """Loop version of the documented formula: returns-to-go minus the group's baseline, over a std; the last
+    token of a row flagged in ``ended`` gets the row's sequence advantage."""
     returns = [[sum(r[t:]) for t in range(len(r))] for r in token_rewards]
     seq = [g[0] for g in returns]
     n = len(token_rewards)
@@ -36,13 +39,15 @@ def reference_advantages(token_rewards, num_generations, scale_rewards, std_of="
     for start in range(0, n, num_generations):
         group = list(range(start, start + num_generations))
         b = [centre(group, t) for t in range(length)]
+        seq_mean = sum(seq[j] for j in group) / len(group)
         for i in group:
-            if scale_rewards == "none":
-                out.append([g - b[t] for t, g in enumerate(returns[i])])
-                continue
-            s = std(group) if scale_rewards == "group" else std(list(range(n)))
-            scaled = [(g - b[t]) / (s + 1e-4) for t, g in enumerate(returns[i])]
-            out.append([0.0] * len(returns[i]) if s <= 1e-8 else scaled)
+            row = [g - b[t] for t, g in enumerate(returns[i])]
+            if ended is not None and ended[i] and row:
+                row[-1] = seq[i] - seq_mean
+            if scale_rewards != "none":
+                s = std(group) if scale_rewards == "group" else std(list(range(n)))
+                row = [0.0] * len(row) if s <= 1e-8 else [a / (s + 1e-4) for a in row]
+            out.append(row)
     return out
 
 

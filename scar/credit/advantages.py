@@ -23,6 +23,15 @@ The baseline ``b``:
 
 At the first position both baselines are the group mean of the sequence returns.
 
+The token that ends a completion (``ended``): per-token credit that depends on later tokens, as Shapley
+credit does, makes the return-to-go of the end-of-sequence token its own credit only (0 at SCAR's
+``alpha=1``, since the suffix is not a player), while the position baseline there holds the reward the
+longer completions of the group still had to come. Every ending token is then pushed down and the policy
+learns to continue, whatever the sequence reward says about length. Stopping changes the credit of every
+earlier token, so the unbiased signal for it is the sequence's: with ``ended`` given, the last token of each
+ended row gets the row's sequence advantage ``(G_{i,1} - mean_{j in g} G_{j,1}) / (s + 1e-4)`` (GRPO's
+advantage, with the same ``s``); every other token keeps its return-to-go advantage.
+
 The divisor follows ``GRPOConfig.scale_rewards``: ``"group"`` pools the group ``g``, ``"batch"`` the whole
 batch (centred on the batch's own means, as TRL does), ``"none"`` divides by nothing (``A = G - b``). ``s``
 is, with ``std_of="token"`` (the default), the std of the centred returns-to-go over the pool with each
@@ -51,6 +60,10 @@ simulation behind ``baseline="position"``; ``tests/credit/test_advantages.py`` r
 
 from __future__ import annotations
 
+import operator
+from typing import Any
+
+import numpy as np
 import torch
 
 from scar._checks import check_choice, check_positive_int
@@ -72,6 +85,7 @@ def dense_group_advantages(
     scale_rewards: str = "group",
     std_of: str = "token",
     baseline: str = "position",
+    ended: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-token GRPO advantages from per-token rewards (formula in the module docstring).
 
@@ -79,8 +93,10 @@ def dense_group_advantages(
         token_rewards: ``[N, T]`` right-padded per-token rewards of all completions, grouped: rows
             ``g*num_generations .. (g+1)*num_generations - 1`` are the completions of prompt ``g``.
             Values past ``lengths`` are ignored. A row with a NaN reward is unscorable: it is left out
-            of the means and stds, and its advantages are 0 (as TRL does for NaN rewards).
-        lengths: ``[N]`` number of completion tokens of each row (``<= T``).
+            of the means and stds, and its advantages are 0 (as TRL does for NaN rewards). A float or
+            int tensor.
+        lengths: ``[N]`` number of completion tokens of each row (``<= T``): an integer tensor or
+            sequence.
         num_generations: completions per prompt (the group size).
         scale_rewards: ``"group"``, ``"batch"`` or ``"none"`` (``GRPOConfig.scale_rewards``): the pool
             whose std divides the advantages, or no division.
@@ -90,16 +106,29 @@ def dense_group_advantages(
         baseline: ``"position"`` (default): ``b_t`` = the group's mean return-to-go at position ``t``
             (a completion that has ended counts with the return-to-go of its last token); ``"group"``:
             one baseline per group, the mean sequence return.
+        ended: optional ``[N]`` bool: the rows whose last token (at ``lengths - 1``) ends the completion
+            (an end-of-sequence token, not a cut at the length limit). That token gets the row's sequence
+            advantage instead of its return-to-go advantage (module docstring). ``None``: no such token.
 
     Returns:
-        float32 ``[N, T]`` advantages, zero on padding and wherever the dividing std is zero.
+        float32 ``[N, T]`` advantages, zero on padding and wherever the dividing std is zero (an empty
+        tensor when ``N`` or ``T`` is 0).
+
+    Raises:
+        TypeError: ``token_rewards`` not a real tensor, ``lengths`` not integers, ``num_generations``
+            not an int.
+        ValueError: bad shapes or lengths, an unknown option, an infinite reward inside a completion
+            (the message names its row and position), or rewards so large that the returns-to-go,
+            their spread or the float32 advantages overflow.
     """
+    if not isinstance(token_rewards, torch.Tensor):
+        raise TypeError(f"token_rewards must be a torch.Tensor [N, T], got {type(token_rewards).__name__}")
+    if token_rewards.dtype == torch.bool or token_rewards.is_complex():
+        raise TypeError(f"token_rewards must be real (a float or int tensor), got dtype {token_rewards.dtype}")
     if token_rewards.dim() != 2:
         raise ValueError(f"token_rewards must be [N, T], got shape {tuple(token_rewards.shape)}")
     n, length = token_rewards.shape
-    lengths = torch.as_tensor(lengths, device=token_rewards.device)
-    if lengths.shape != (n,):
-        raise ValueError(f"lengths must be [{n}], got shape {tuple(lengths.shape)}")
+    lengths = _as_lengths(lengths, n, token_rewards.device)
     if bool((lengths < 0).any()) or bool((lengths > length).any()):
         raise ValueError(f"lengths must be in [0, {length}]")
     num_generations = check_positive_int(num_generations, "num_generations")
@@ -108,13 +137,24 @@ def dense_group_advantages(
     check_choice(scale_rewards, "scale_rewards", SCALE_REWARDS)
     check_choice(std_of, "std_of", STD_OF)
     check_choice(baseline, "baseline", BASELINES)
+    ended = _as_ended(ended, n, token_rewards.device)
+    if length == 0 or n == 0:  # no token or no completion: nothing to centre or scale
+        return torch.zeros(n, length, dtype=torch.float32, device=token_rewards.device)
 
     device = token_rewards.device
     valid = torch.arange(length, device=device).unsqueeze(0) < lengths.unsqueeze(1)
     rewards = token_rewards.to(torch.float64).masked_fill(~valid, 0.0)
+    infinite = torch.isinf(rewards)
+    if bool(infinite.any()):
+        i, t = (int(k) for k in torch.nonzero(infinite)[0])
+        raise ValueError(
+            f"token_rewards[{i}, {t}] is {float(rewards[i, t])}: rewards inside a completion must be finite "
+            "(a NaN marks a whole completion as unscorable)"
+        )
     unscorable = torch.isnan(rewards).any(dim=1)
     # returns-to-go: reversed cumulative sum along the completion (padding holds 0, so it adds nothing)
     returns = rewards.flip(1).cumsum(1).flip(1)
+    _check_no_overflow(returns[~unscorable], "the returns-to-go")
     returns[unscorable] = torch.nan
     seq_returns = returns[:, 0] if length else torch.zeros(n, dtype=torch.float64, device=device)
     seq_returns = seq_returns.masked_fill(unscorable, torch.nan)
@@ -131,7 +171,9 @@ def dense_group_advantages(
     # [N, T] per-position centre of each row's group (group baseline: the mean sequence return everywhere)
     centre = torch.nanmean(held.reshape(-1, num_generations, length), dim=1).repeat_interleave(num_generations, 0)
     seq_centre = torch.nanmean(seq_returns.view(-1, num_generations), dim=1).repeat_interleave(num_generations)
+    _check_no_overflow(centre, "the group means of the returns-to-go")
     advantages = returns - centre
+    seq_advantages = seq_returns - seq_centre
     if scale_rewards != "none":
         # TRL centres the group std on the group mean and the batch std on the batch mean; so do we
         if scale_rewards == "group":
@@ -151,8 +193,71 @@ def dense_group_advantages(
         # Bessel-corrected like TRL's nanstd; undefined (NaN, hence advantage 0) for a pool of one
         var = torch.nansum(pooled, dim=1, keepdim=True) / (count - 1).clamp(min=1)
         std = torch.where(count > 1, var.sqrt(), torch.nan).expand_as(pooled).reshape(n)
+        _check_no_overflow(std, "the spread of the returns-to-go")
         advantages = advantages / (std.unsqueeze(1) + 1e-4)
+        seq_advantages = seq_advantages / (std + 1e-4)
         # no spread, no scale: GRPO's advantage is 0 there, and dividing by 1e-4 would blow up the credit
-        advantages = advantages.masked_fill(torch.isclose(std, torch.zeros_like(std)).unsqueeze(1), 0.0)
+        flat = torch.isclose(std, torch.zeros_like(std))
+        advantages = advantages.masked_fill(flat.unsqueeze(1), 0.0)
+        seq_advantages = seq_advantages.masked_fill(flat, 0.0)
+    if ended is not None:
+        rows = torch.nonzero(ended & (lengths > 0)).squeeze(1)
+        advantages[rows, lengths[rows] - 1] = seq_advantages[rows]
     advantages = advantages.masked_fill(~valid, 0.0)
-    return torch.nan_to_num(advantages, nan=0.0).to(torch.float32)
+    out = torch.nan_to_num(advantages, nan=0.0, posinf=torch.inf, neginf=-torch.inf).to(torch.float32)
+    _check_no_overflow(out, "the advantages (float32)")
+    return out
+
+
+def _as_lengths(lengths: Any, n: int, device: torch.device) -> torch.Tensor:
+    """``lengths`` as an integer tensor ``[n]`` on ``device``: TypeError for non-integers, ValueError for a
+    wrong shape or values beyond int64."""
+    if isinstance(lengths, (str, bytes)):
+        raise TypeError(f"lengths must hold integers (one completion length per row), got {type(lengths).__name__}")
+    if isinstance(lengths, (list, tuple)) and not any(isinstance(v, (list, tuple)) for v in lengths):
+        values = []
+        for v in lengths:
+            try:
+                if isinstance(v, (bool, np.bool_)):
+                    raise TypeError
+                values.append(operator.index(v))
+            except TypeError:
+                raise TypeError(f"lengths must hold integers (one completion length per row), got {v!r}") from None
+        if any(not -(2**63) <= v < 2**63 for v in values):
+            raise ValueError(f"lengths must be in [0, T]; got a value beyond int64: {max(values, key=abs)}")
+        lengths = torch.tensor(values, dtype=torch.int64).reshape(-1)
+    elif not isinstance(lengths, torch.Tensor):
+        try:
+            lengths = torch.as_tensor(lengths)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise TypeError(f"lengths must hold integers (one completion length per row): {err}") from None
+    if lengths.dtype == torch.bool or lengths.is_floating_point() or lengths.is_complex():
+        raise TypeError(f"lengths must hold integers (one completion length per row), got dtype {lengths.dtype}")
+    if lengths.shape != (n,):
+        raise ValueError(f"lengths must be [{n}], got shape {tuple(lengths.shape)}")
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def _as_ended(ended: Any, n: int, device: torch.device) -> torch.Tensor | None:
+    """``ended`` as a bool tensor ``[n]`` on ``device`` (None stays None): TypeError for non-bool values,
+    ValueError for a wrong shape."""
+    if ended is None:
+        return None
+    if not isinstance(ended, torch.Tensor):
+        try:
+            ended = torch.as_tensor(ended)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as err:
+            raise TypeError(f"ended must be a bool tensor (one flag per row): {err}") from None
+    ended = ended.to(device)
+    if ended.dtype != torch.bool:
+        raise TypeError(f"ended must be a bool tensor (one flag per row), got dtype {ended.dtype}")
+    if ended.shape != (n,):
+        raise ValueError(f"ended must be [{n}], got shape {tuple(ended.shape)}")
+    return ended
+
+
+def _check_no_overflow(values: torch.Tensor, what: str) -> None:
+    """ValueError when finite rewards were too large for ``what``: an infinity there would silently turn
+    into zero or infinite advantages."""
+    if bool(torch.isinf(values).any()):
+        raise ValueError(f"token_rewards are too large: {what} overflow")

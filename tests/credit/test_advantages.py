@@ -33,6 +33,48 @@ def test_dense_group_advantages_matches_reference(scale_rewards, std_of, baselin
 @pytest.mark.parametrize("baseline", ["position", "group"])
 @pytest.mark.parametrize("std_of", ["sequence", "token"])
 @pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+def test_ended_rows_match_reference(scale_rewards, std_of, baseline):
+    """The last token of an ended row gets the row's sequence advantage; cut rows and other tokens do not
+    change."""
+    g = torch.Generator().manual_seed(1)
+    lengths = [3, 5, 1, 4, 2, 5, 5, 3]
+    ended = [True, False, True, True, True, True, False, True]
+    rows = [torch.randn(n, generator=g, dtype=torch.float64).tolist() for n in lengths]
+    args = (padded(rows, 6), torch.tensor(lengths), 4, scale_rewards, std_of, baseline)
+    got = dense_group_advantages(*args, ended=torch.tensor(ended))
+    want = padded(reference_advantages(rows, 4, scale_rewards, std_of, baseline, ended), 6)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    plain = dense_group_advantages(*args)
+    changed = (got != plain).nonzero().tolist()
+    assert changed and all(ended[i] and t == lengths[i] - 1 for i, t in changed)
+
+
+def test_ending_tokens_are_judged_by_the_sequence_reward_not_by_length():
+    """Credit spread over the tokens with a sequence reward independent of length: without ``ended`` the
+    ending token of a short completion is compared with the credit its longer siblings still had to come,
+    so ending earlier looks worse (its advantage grows with length); with ``ended`` it is GRPO's advantage of
+    the sequence reward, unrelated to length."""
+    gen = torch.Generator().manual_seed(3)
+    n, groups = 8, 400
+    lengths = torch.randint(3, 16, (n * groups,), generator=gen)
+    r = 3.0 + 0.5 * torch.randn(n * groups, generator=gen, dtype=torch.float64)
+    valid = torch.arange(16).unsqueeze(0) < lengths.unsqueeze(1)
+    noise = torch.randn(valid.shape, generator=gen, dtype=torch.float64) * valid
+    noise = (noise - noise.sum(1, keepdim=True) / lengths.unsqueeze(1)) * valid  # sums to 0 over the row
+    rewards = (r / lengths).unsqueeze(1) * valid + 0.2 * noise
+    rows = torch.arange(n * groups)
+
+    def end_vs_length(ended):
+        a = dense_group_advantages(rewards, lengths, n, ended=ended).double()[rows, lengths - 1]
+        return float(torch.corrcoef(torch.stack([a, lengths.double()]))[0, 1])
+
+    assert end_vs_length(None) > 0.5
+    assert abs(end_vs_length(torch.ones(n * groups, dtype=torch.bool))) < 0.1
+
+
+@pytest.mark.parametrize("baseline", ["position", "group"])
+@pytest.mark.parametrize("std_of", ["sequence", "token"])
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
 def test_dense_group_advantages_sparse_is_grpo(scale_rewards, std_of, baseline):
     """Sparse credit (r on the last token) gives GRPO's advantage on every token of the completion, for
     unequal lengths too (the position baseline holds a finished completion's last return-to-go, its r)."""
@@ -41,6 +83,8 @@ def test_dense_group_advantages_sparse_is_grpo(scale_rewards, std_of, baseline):
     rewards = torch.zeros(12, 4, dtype=torch.float64)
     rewards[torch.arange(12), lengths - 1] = r
     got = dense_group_advantages(rewards, lengths, 4, scale_rewards, std_of, baseline)
+    ended = dense_group_advantages(rewards, lengths, 4, scale_rewards, std_of, baseline, ended=lengths > 2)
+    torch.testing.assert_close(ended, got)
     # GRPO's formula, as in trl's GRPOTrainer (sum_then_normalize); the last group has zero spread
     grouped = r.view(3, 4)
     grpo = (grouped - grouped.mean(1, keepdim=True)).view(-1)
@@ -150,3 +194,74 @@ def test_dense_group_advantages_bad_input():
         dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, baseline="prompt")
     with pytest.raises(ValueError, match=r"\[N, T\]"):
         dense_group_advantages(torch.zeros(4), torch.ones(4, dtype=torch.long), 4)
+    with pytest.raises(TypeError, match="ended must be a bool"):
+        dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, ended=torch.ones(4))
+    with pytest.raises(ValueError, match=r"ended must be \[4\]"):
+        dense_group_advantages(torch.zeros(4, 3), torch.ones(4, dtype=torch.long), 4, ended=torch.ones(3).bool())
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf")])
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+def test_dense_group_advantages_refuses_infinite_rewards(value, scale_rewards):
+    """An infinite reward inside a completion is an error naming where it is, never a group of zeros or
+    infinite advantages; past the completion's length it is padding and ignored."""
+    rewards = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 2.0], [0.5, 0.5, 0.5], [1.0, 0.0, 0.0]])
+    rewards[1, 1] = value
+    with pytest.raises(ValueError, match=rf"token_rewards\[1, 1\] is {value}"):
+        dense_group_advantages(rewards, torch.tensor([3, 3, 3, 1]), 2, scale_rewards)
+    ignored = dense_group_advantages(rewards, torch.tensor([3, 1, 3, 1]), 2, scale_rewards)
+    assert bool(torch.isfinite(ignored).all()) and bool((ignored[1, 1:] == 0).all())
+
+
+def test_dense_group_advantages_nan_row_is_unscorable_but_inf_is_not():
+    rewards = torch.tensor([[1.0, float("nan")], [0.0, 1.0], [0.5, 0.5], [2.0, 0.0]])
+    got = dense_group_advantages(rewards, torch.tensor([2, 2, 2, 2]), 2, "none")
+    assert bool((got[0] == 0).all()) and bool(torch.isfinite(got).all())
+
+
+@pytest.mark.parametrize("scale_rewards", ["group", "batch", "none"])
+@pytest.mark.parametrize("n,t", [(0, 0), (4, 0), (0, 3)])
+def test_dense_group_advantages_without_tokens_or_completions(n, t, scale_rewards):
+    got = dense_group_advantages(torch.zeros(n, t), torch.zeros(n, dtype=torch.long), 2, scale_rewards)
+    assert got.shape == (n, t) and got.dtype == torch.float32
+
+
+def test_dense_group_advantages_no_tokens_needs_zero_lengths():
+    with pytest.raises(ValueError, match="lengths"):
+        dense_group_advantages(torch.zeros(2, 0), torch.tensor([1, 0]), 2)
+
+
+def test_dense_group_advantages_huge_rewards_are_an_error_not_garbage():
+    """Rewards whose returns-to-go or spread overflow float64, or advantages beyond float32, raise."""
+    rewards = torch.tensor([[1e308, 1e308], [0.0, 1.0], [0.5, 0.5], [2.0, 0.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="token_rewards"):
+        dense_group_advantages(rewards, torch.tensor([2, 2, 2, 2]), 2)
+    rewards = torch.tensor([[1e200, 0.0], [-1e200, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="token_rewards"):
+        dense_group_advantages(rewards, torch.tensor([2, 2]), 2)
+    with pytest.raises(ValueError, match="token_rewards"):
+        dense_group_advantages(torch.tensor([[1e39], [0.0]], dtype=torch.float64), torch.tensor([1, 1]), 2, "none")
+
+
+@pytest.mark.parametrize(
+    "rewards,lengths,error,match",
+    [
+        ([[0.0, 1.0], [1.0, 2.0]], [2, 2], TypeError, "token_rewards must be a torch.Tensor"),
+        (torch.zeros(2, 2, dtype=torch.complex64), [2, 2], TypeError, "token_rewards must be real"),
+        (torch.zeros(2, 2, dtype=torch.bool), [2, 2], TypeError, "token_rewards must be real"),
+        (torch.zeros(2, 2), torch.tensor([1.5, 2.0]), TypeError, "lengths must hold integers"),
+        (torch.zeros(2, 2), [True, False], TypeError, "lengths must hold integers"),
+        (torch.zeros(2, 2), [2**70, 2], ValueError, "lengths"),
+        (torch.zeros(2, 2), "ab", TypeError, "lengths"),
+        (torch.zeros(2, 2), [[1, 2]], ValueError, r"lengths must be \[2\]"),
+    ],
+)
+def test_dense_group_advantages_bad_types(rewards, lengths, error, match):
+    with pytest.raises(error, match=match):
+        dense_group_advantages(rewards, lengths, 2)
+
+
+def test_dense_group_advantages_accepts_int_rewards_and_list_lengths():
+    got = dense_group_advantages(torch.tensor([[1, 2], [3, 0]]), [2, 1], 2)
+    want = dense_group_advantages(torch.tensor([[1.0, 2.0], [3.0, 0.0]]), torch.tensor([2, 1]), 2)
+    assert torch.equal(got, want)
