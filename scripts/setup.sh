@@ -9,4 +9,4 @@ PY=${PYTHON:-python3}
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade "pip>=24" "setuptools>=77" wheel "pybind11>=2.12"
 $PIP install -q "torch==2.13.0" "numpy>=1.26"
-$PIP install -q --no-build-isolation -e ".[triton,trl,data,test,bench]"
+$PIP install -q --no-build-isolation -e ".[triton,trl,data,test,bench,ray]"

@@ -4,10 +4,12 @@ Three pieces:
 
 * :class:`DenseRewardFunction` wraps a *credit provider* -- any callable
   ``credit_fn(prompts, completions, completion_ids) -> DenseRewards`` (``scar.SCAR(...)``, the ABC
-  baseline, ...) -- as an ordinary TRL reward function. Used in ``GRPOTrainer`` or ``RLOOTrainer`` it
-  returns the sequence reward ``r`` of each completion (plain GRPO / RLOO training on ``r``) and keeps the
-  batch's :class:`~scar.credit.rewards.DenseRewards` so that a trainer can fetch them for the same
-  completions.
+  baseline, :class:`scar.distributed.CreditPool`, ...) -- as an ordinary TRL reward function. Used in
+  ``GRPOTrainer`` or ``RLOOTrainer`` it returns the sequence reward ``r`` of each completion (plain GRPO /
+  RLOO training on ``r``) and keeps the batch's :class:`~scar.credit.rewards.DenseRewards` so that a trainer
+  can fetch them for the same completions. It takes text or conversational (chat-message) datasets, and
+  logs the credit statistics of each batch through TRL's ``log_metric``. :class:`AsyncDenseRewardFunction`
+  is the same as an async reward function, whose credit overlaps TRL's other async reward functions.
 * :class:`DenseGRPOConfig` is TRL's ``GRPOConfig`` with the settings of the per-token advantages.
 * :class:`DenseGRPOTrainer` is a ``GRPOTrainer`` whose advantages are per token, ``(B, T)``, built from
   the dense rewards. Only the advantages change: the KL term, clipping, loss types and loss
@@ -23,6 +25,11 @@ When several reward functions are given, the per-token reward is
 reward functions put their reward on the last completion token (TRL's completion ends with the EOS
 token when the policy stopped), exactly as in plain GRPO.
 
+Several processes (``torchrun``, ``accelerate launch``): each process scores its own completions with its
+own credit provider (the reward model lives in every process); :class:`DenseGRPOTrainer` pads the per-token
+rewards to a common length and gathers them, so the group statistics see every completion of a group even
+when the group is split across processes, and each process keeps the rows of its own completions.
+
 RLOO: :class:`DenseRewardFunction` works in ``RLOOTrainer`` as a sequence reward. RLOO's loss is built on
 the *sequence* log-ratio (one ratio and one advantage per completion), so per-token advantages have no
 place there without rewriting its loss; this module does not provide a dense RLOO trainer.
@@ -33,8 +40,12 @@ the private methods ``_calculate_rewards`` and ``_generate_and_score_completions
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import TYPE_CHECKING, Any, cast
@@ -79,13 +90,19 @@ TRL_VERSION = _check_trl_version()
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402  (after the version check: a missing TRL fails with our message)
 
 __all__ = [
+    "AsyncDenseRewardFunction",
     "CreditFn",
     "DenseRewardFunction",
     "DenseGRPOConfig",
     "DenseGRPOTrainer",
+    "FormatFn",
+    "credit_metrics",
     "TRL_TESTED_RANGE",
     "TRL_VERSION",
 ]
+
+EOS_ADVANTAGES = ("sequence", "credit")
+"""``DenseGRPOConfig.eos_advantage``: the ending EOS token's advantage, the sequence's or its own credit's."""
 
 CreditFn = Callable[[list[str], list[str], list[list[int]]], "DenseRewards"]
 """A credit provider: ``credit_fn(prompts, completions, completion_ids) -> DenseRewards``."""
@@ -101,16 +118,30 @@ class DenseGRPOConfig(GRPOConfig):
             GRPO's); see :func:`scar.credit.advantages.dense_group_advantages`.
         baseline: ``"position"`` (the group's mean return-to-go at each position; default) or ``"group"``
             (one baseline per group, GRPO's).
+        eos_advantage: the advantage of the end-of-sequence token that ends a completion:
+            ``"sequence"`` (default): the completion's sequence advantage (GRPO's), so the decision to stop
+            is judged by the whole reward; ``"credit"``: its return-to-go advantage like any token, which
+            with credit that depends on later tokens (Shapley credit does) pushes every stop down and
+            lengthens the completions. See :func:`scar.credit.advantages.dense_group_advantages`
+            (``ended``).
         (all other arguments): ``trl.GRPOConfig``'s.
     """
 
     std_of: str = field(default="token", metadata={"help": "std of the advantages' scale: 'token' or 'sequence'"})
     baseline: str = field(default="position", metadata={"help": "advantage baseline: 'position' or 'group'"})
+    eos_advantage: str = field(
+        default="sequence", metadata={"help": "advantage of the ending EOS token: 'sequence' or 'credit'"}
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(self.std_of, "std_of", STD_OF)
         check_choice(self.baseline, "baseline", BASELINES)
+        check_choice(self.eos_advantage, "eos_advantage", EOS_ADVANTAGES)
+
+
+FormatFn = Callable[[Any, Any], tuple[str, str]]
+"""A user formatting function: ``format_fn(prompt, completion) -> (prompt_text, response_text)``."""
 
 
 class DenseRewardFunction:
@@ -122,55 +153,156 @@ class DenseRewardFunction:
     ``DenseRewards`` of that call are kept, with the completion ids they were computed for, until
     :meth:`take` fetches them (``DenseGRPOTrainer`` does so once per batch).
 
+    Prompts and completions reach the credit provider as text:
+
+    * text datasets: as TRL passes them;
+    * conversational datasets (chat-message lists): the prompt through the reward tokenizer's chat template,
+      ``tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)`` (a leading BOS
+      that the template writes is dropped when the tokenizer adds it by itself, as it does to every text
+      prompt), and the response is the completion's message content (TRL decodes it from the policy's
+      ``completion_ids``, so the two match; where TRL parses responses into tool calls or reasoning, the
+      content is not the whole completion: use ``format_fn``). What the template writes after the
+      assistant's message (end-of-turn) belongs in the credit provider's ``suffix_ids``;
+    * any dataset, with ``format_fn(prompt, completion) -> (prompt_text, response_text)``: as it returns.
+
+    After each call the credit statistics of the batch go to TRL's logs through the ``log_metric`` callable
+    TRL passes to reward functions, as ``credit/<name>/<statistic>`` (averaged over the logging steps and the
+    processes): ``seconds`` (the credit provider's wall time), ``coalitions`` and ``tokens_computed`` (summed
+    over the distinct :class:`~scar.scoring.ScorerStats` in the provider's ``last_stats``, when it has
+    them), ``stderr_mean`` (the mean standard error of the players' values, when the estimator gives one).
+    They are also kept in :attr:`last_metrics`.
+
     Args:
         credit_fn: the credit provider. ``token_rewards[i]`` must have one entry per token of
             ``completion_ids[i]`` (the policy's tokens, EOS included when TRL includes it).
         name: the name TRL logs the reward under (``rewards/<name>/mean``); default the credit
             provider's ``__name__`` or class name.
+        tokenizer: the reward model's tokenizer, whose chat template formats conversational prompts;
+            default the credit provider's ``tokenizer`` attribute (``SCAR`` and ``CreditPool`` have one).
+        format_fn: turns each ``(prompt, completion)`` into ``(prompt_text, response_text)``; when given it
+            is used for every pair, text or conversational.
+        chat_template_kwargs: extra keyword arguments of ``apply_chat_template`` (e.g. ``enable_thinking``).
+        log_metrics: send the credit statistics through ``log_metric`` when TRL passes it.
+
+    Attributes:
+        last_metrics: the credit statistics of the last call (a dict of floats).
     """
 
-    def __init__(self, credit_fn: CreditFn, name: str | None = None) -> None:
+    def __init__(
+        self,
+        credit_fn: CreditFn,
+        name: str | None = None,
+        *,
+        tokenizer: Any | None = None,
+        format_fn: FormatFn | None = None,
+        chat_template_kwargs: dict[str, Any] | None = None,
+        log_metrics: bool = True,
+    ) -> None:
         if not callable(credit_fn):
             raise TypeError(f"credit_fn must be callable, got {type(credit_fn).__name__}")
         if name is None:
             name = getattr(credit_fn, "__name__", None) or type(credit_fn).__name__
         if not isinstance(name, str) or not name:
             raise TypeError(f"name must be a non-empty str, got {name!r}")
+        if format_fn is not None and not callable(format_fn):
+            raise TypeError(f"format_fn must be callable or None, got {type(format_fn).__name__}")
+        if chat_template_kwargs is not None and not isinstance(chat_template_kwargs, dict):
+            raise TypeError(f"chat_template_kwargs must be a dict or None, got {type(chat_template_kwargs).__name__}")
+        if not isinstance(log_metrics, bool):
+            raise TypeError(f"log_metrics must be a bool, got {type(log_metrics).__name__}")
         self.credit_fn = credit_fn
         self.__name__ = name  # TRL names the reward after the callable's __name__
+        self.tokenizer = tokenizer
+        self.format_fn = format_fn
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.log_metrics = log_metrics
+        self.last_metrics: dict[str, float] = {}
         self._last_ids: tuple[tuple[int, ...], ...] | None = None
         self._last_dense: DenseRewards | None = None
 
     def __repr__(self) -> str:
-        return f"DenseRewardFunction({self.__name__!r})"
+        return f"{type(self).__name__}({self.__name__!r})"
 
     def __call__(
         self,
-        prompts: Sequence[str],
-        completions: Sequence[str],
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
         completion_ids: Sequence[Sequence[int]],
         **kwargs: Any,
     ) -> list[float]:
         """Score a batch: returns the sequence rewards; the dense rewards are kept for :meth:`take`.
 
         ``kwargs`` (TRL passes the dataset's extra columns, ``trainer_state``, ``log_extra``,
-        ``log_metric``) are accepted and not forwarded to the credit provider.
+        ``log_metric``) are not forwarded to the credit provider; ``log_metric`` receives the credit
+        statistics.
         """
-        for what, items in (("prompts", prompts), ("completions", completions)):
-            if not all(isinstance(x, str) for x in items):
-                raise TypeError(
-                    f"DenseRewardFunction needs {what} as text (list[str]); conversational (chat message) "
-                    "datasets are not supported: apply the chat template to the dataset's prompts first"
-                )
+        texts, responses, ids = self._prepare(prompts, completions, completion_ids)
+        began = time.perf_counter()
+        dense = self.credit_fn(texts, responses, [list(row) for row in ids])
+        return self._finish(dense, ids, time.perf_counter() - began, kwargs.get("log_metric"))
+
+    def _prepare(
+        self, prompts: Sequence[Any], completions: Sequence[Any], completion_ids: Sequence[Sequence[int]]
+    ) -> tuple[list[str], list[str], tuple[tuple[int, ...], ...]]:
+        """The batch as (prompt texts, response texts, completion ids), checked."""
         if not (len(prompts) == len(completions) == len(completion_ids)):
             raise ValueError(
                 f"batch sizes differ: {len(prompts)} prompts, {len(completions)} completions, "
                 f"{len(completion_ids)} completion_ids"
             )
+        texts, responses = [], []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            prompt_text, response_text = self._as_text(i, prompt, completion)
+            texts.append(prompt_text)
+            responses.append(response_text)
         ids = tuple(tuple(int(t) for t in row) for row in completion_ids)
-        dense = self.credit_fn(list(prompts), list(completions), [list(row) for row in ids])
+        return texts, responses, ids
+
+    def _as_text(self, i: int, prompt: Any, completion: Any) -> tuple[str, str]:
+        """``(prompt_text, response_text)`` of pair ``i`` (see the class docstring)."""
+        if self.format_fn is not None:
+            out = self.format_fn(prompt, completion)
+            if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(x, str) for x in out)):
+                raise TypeError(
+                    f"format_fn must return (prompt_text, response_text) as two str, got {out!r:.80} for pair {i}"
+                )
+            return out
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return prompt, completion
+        if _is_messages(prompt) and _is_messages(completion):
+            return self._chat_prompt(prompt), _completion_text(i, completion)
+        raise TypeError(
+            f"DenseRewardFunction needs each prompt and completion as text, or both as chat-message lists; pair {i} "
+            f"has a {type(prompt).__name__} prompt and a {type(completion).__name__} completion (pass format_fn="
+            "lambda prompt, completion: (prompt_text, response_text) for other forms)"
+        )
+
+    def _chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        tokenizer = self.tokenizer if self.tokenizer is not None else getattr(self.credit_fn, "tokenizer", None)
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise TypeError(
+                f"reward function {self.__name__!r} got conversational prompts but "
+                + ("has no reward tokenizer" if tokenizer is None else "the reward tokenizer has no chat template")
+                + ": pass DenseRewardFunction(..., tokenizer=<a tokenizer with a chat template>) or format_fn=..."
+            )
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_template_kwargs
+        )
+        if not isinstance(text, str):
+            raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
+        bos = getattr(tokenizer, "bos_token", None)
+        if bos and text.startswith(bos) and _adds_bos(tokenizer):
+            text = text[len(bos) :]  # the prompt is encoded with the tokenizer's special tokens: one BOS
+        return text
+
+    def _finish(self, dense: Any, ids: tuple[tuple[int, ...], ...], seconds: float, log_metric: Any) -> list[float]:
+        """Check and keep the dense rewards, log the credit statistics, return the sequence rewards."""
         _check_dense(dense, ids, self.__name__)
         self._last_ids, self._last_dense = ids, dense
+        self.last_metrics = credit_metrics(self.credit_fn, dense, seconds)
+        if self.log_metrics and callable(log_metric):
+            for key, value in self.last_metrics.items():
+                log_metric(f"credit/{self.__name__}/{key}", value)
         return [float(r) for r in dense.rewards.tolist()]
 
     def take(self, completion_ids: Sequence[Sequence[int]]) -> DenseRewards:
@@ -194,6 +326,100 @@ class DenseRewardFunction:
         dense = self._last_dense
         self._last_ids, self._last_dense = None, None
         return dense
+
+
+class AsyncDenseRewardFunction(DenseRewardFunction):
+    """:class:`DenseRewardFunction` as an async reward function: the credit runs off TRL's event loop.
+
+    TRL awaits its async reward functions together on one event loop, so the credit overlaps the other
+    async reward functions (an LLM judge, a sandbox, ...). A credit provider with an ``acall`` coroutine
+    method (:class:`scar.distributed.CreditPool`) is awaited directly; any other runs in a one-thread
+    executor owned by this function (so calls of one provider never overlap each other). Everything else
+    -- text conversion, checks, :meth:`take`, the logged statistics -- is :class:`DenseRewardFunction`'s.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def __call__(  # type: ignore[override]
+        self,
+        prompts: Sequence[Any],
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]],
+        **kwargs: Any,
+    ) -> list[float]:
+        """Score a batch (awaitable): the sequence rewards; the dense rewards are kept for :meth:`take`."""
+        texts, responses, ids = self._prepare(prompts, completions, completion_ids)
+        rows = [list(row) for row in ids]
+        began = time.perf_counter()
+        acall = getattr(self.credit_fn, "acall", None)
+        if acall is not None and inspect.iscoroutinefunction(acall):
+            dense = await acall(texts, responses, rows)
+        else:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"credit-{self.__name__}")
+            loop = asyncio.get_running_loop()
+            dense = await loop.run_in_executor(self._executor, self.credit_fn, texts, responses, rows)
+        return self._finish(dense, ids, time.perf_counter() - began, kwargs.get("log_metric"))
+
+    def close(self) -> None:
+        """Shut down the executor (a later call starts a new one)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_executor"] = None  # an executor cannot be pickled; a copy starts its own
+        return state
+
+
+def _is_messages(x: Any) -> bool:
+    """A chat-message list: a list of dicts with a ``role``."""
+    return isinstance(x, list) and bool(x) and all(isinstance(m, dict) and "role" in m for m in x)
+
+
+def _completion_text(i: int, messages: list[dict[str, Any]]) -> str:
+    """The text of a conversational completion: its one message's content (text blocks joined)."""
+    content = messages[0].get("content") if len(messages) == 1 else None
+    if isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "text" for b in content):
+        content = "".join(str(b.get("text", "")) for b in content)
+    if not isinstance(content, str):
+        raise TypeError(
+            f"completion {i}: a conversational completion must be one message with text content, got "
+            f"{len(messages)} message(s) (pass format_fn=... to turn such completions into text)"
+        )
+    return content
+
+
+def _adds_bos(tokenizer: Any) -> bool:
+    """Whether encoding text with special tokens puts the BOS token in front by itself."""
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    if bos_id is None:
+        return False
+    ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos_id
+
+
+def credit_metrics(credit_fn: Any, dense: Any, seconds: float) -> dict[str, float]:
+    """Statistics of one credit call: ``seconds``; ``coalitions`` and ``tokens_computed`` from the
+    provider's ``last_stats`` (each distinct stats object counted once); ``stderr_mean`` over the players'
+    standard errors. A statistic the provider does not give is left out."""
+    out = {"seconds": float(seconds)}
+    stats = getattr(credit_fn, "last_stats", None)
+    if isinstance(stats, list):
+        distinct = list({id(s): s for s in stats if s is not None}.values())
+        if distinct and all(hasattr(s, "coalitions") and hasattr(s, "tokens_computed") for s in distinct):
+            out["coalitions"] = float(sum(s.coalitions for s in distinct))
+            out["tokens_computed"] = float(sum(s.tokens_computed for s in distinct))
+    errors = [se.double() for se in getattr(dense, "stderr", []) or [] if isinstance(se, torch.Tensor)]
+    if errors:
+        flat = torch.cat([e.flatten() for e in errors])
+        flat = flat[torch.isfinite(flat)]
+        if flat.numel():
+            out["stderr_mean"] = float(flat.mean())
+    return out
 
 
 def _check_dense(dense: Any, ids: tuple[tuple[int, ...], ...], name: str) -> None:
@@ -316,11 +542,21 @@ class DenseGRPOTrainer(GRPOTrainer):
         # group statistics need every process's completions: pad to a common T and gather
         all_rewards = self.accelerator.gather(self.accelerator.pad_across_processes(token_rewards, dim=1))
         all_lengths = self.accelerator.gather(lengths)
+        # completions that the policy ended (TRL keeps the EOS token as their last id; a cut one has none)
+        eos_ids = torch.tensor(self.eos_token_ids, dtype=completion_ids.dtype, device=device)
+        last = completion_ids[torch.arange(local_b, device=device), (lengths - 1).clamp(min=0)]
+        all_ended = self.accelerator.gather((lengths > 0) & torch.isin(last, eos_ids))
         training = self.model is not None and self.model.training
         num_generations = int(self.num_generations if training else self.num_generations_eval)  # type: ignore[arg-type]
         args = cast(DenseGRPOConfig, self.args)
         all_advantages = dense_group_advantages(
-            all_rewards, all_lengths, num_generations, self.scale_rewards, args.std_of, args.baseline
+            all_rewards,
+            all_lengths,
+            num_generations,
+            self.scale_rewards,
+            args.std_of,
+            args.baseline,
+            ended=all_ended if args.eos_advantage == "sequence" else None,
         )
 
         # TRL logged the sequence advantages of r; log the advantage of each completion's first token instead

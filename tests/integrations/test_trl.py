@@ -7,21 +7,40 @@ return real ``scar.credit.rewards.DenseRewards``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
-from datasets import Dataset
-from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2ForSequenceClassification
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from advantage_reference import padded, reference_advantages
-from tiny_tokenizers import word_level_tokenizer
+from trl_world import (
+    EOS,
+    MAX_COMPLETION,
+    NUM_GENERATIONS,
+    PAD,
+    dense_credit,
+    grpo_args,
+    length_reward,
+    make_dataset,
+    make_dense,
+    make_policy,
+    make_tokenizer,
+)
 from scar.integrations.trl import (
+    AsyncDenseRewardFunction,
     DenseGRPOConfig,
     DenseGRPOTrainer,
     DenseRewardFunction,
@@ -29,11 +48,9 @@ from scar.integrations.trl import (
 from scar.game.players import Player
 from scar.credit.rewarder import SCAR
 from scar.credit.rewards import DenseRewards, shape_rewards
+from scar.credit.advantages import dense_group_advantages
 
-WORDS = "the a cat dog sat ran on under mat log red blue big small happy sad and then it was".split()
-PAD, EOS = 0, 1  # word_level_tokenizer's special ids
-NUM_GENERATIONS = 4
-MAX_COMPLETION = 10
+HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(autouse=True)
@@ -50,47 +67,6 @@ def _quiet():
     trl_logger.setLevel(trl_level)
 
 
-def make_tokenizer() -> PreTrainedTokenizerFast:
-    return word_level_tokenizer(WORDS)
-
-
-def make_policy(vocab_size: int, directory, seed: int = 0) -> GPT2LMHeadModel:
-    """A random 2-layer GPT-2, saved to ``directory`` so TRL can load its reference copy from there."""
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-        bos_token_id=EOS, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False,
-    )
-    model = GPT2LMHeadModel(config)
-    with torch.no_grad():
-        # Give EOS a logit near +2 whatever the context (through the final layer norm's bias), so that
-        # completions end at different lengths and the padding paths are exercised.
-        bias = torch.randn(config.n_embd)
-        model.transformer.ln_f.weight.fill_(0.5)
-        model.transformer.ln_f.bias.copy_(bias)
-        model.lm_head.weight[EOS] = 2.0 * bias / bias.dot(bias)
-    model.generation_config.eos_token_id = EOS
-    model.generation_config.pad_token_id = PAD
-    model.save_pretrained(directory)
-    model.config._name_or_path = str(directory)  # TRL builds the KL reference model from this path
-    return model
-
-
-def make_dataset() -> Dataset:
-    prompts = ["the cat sat on", "a dog ran under", "the big red", "a small happy"]
-    return Dataset.from_dict({"prompt": prompts})
-
-
-def dense_credit(prompts, completions, completion_ids):
-    """Non-uniform per-token credit; the sequence reward r is *not* the sum of the token rewards."""
-    token_rewards, rewards = [], []
-    for ids in completion_ids:
-        t = torch.tensor([((tid * 7 + pos * 3) % 11 - 5) / 5.0 for pos, tid in enumerate(ids)])
-        token_rewards.append(t)
-        rewards.append(float(len(ids)) / MAX_COMPLETION)
-    return _dense(token_rewards, rewards, "test-dense")
-
-
 def sparse_credit(prompts, completions, completion_ids):
     """All reward r on the last token (what GRPO does with a sequence reward)."""
     token_rewards, rewards = [], []
@@ -100,20 +76,7 @@ def sparse_credit(prompts, completions, completion_ids):
         t[-1] = r
         token_rewards.append(t)
         rewards.append(r)
-    return _dense(token_rewards, rewards, "sparse")
-
-
-def _dense(token_rewards, rewards, method) -> DenseRewards:
-    b = len(token_rewards)
-    return DenseRewards(
-        token_rewards=token_rewards,
-        rewards=torch.tensor(rewards, dtype=torch.float64),
-        base_values=torch.full((b,), math.nan, dtype=torch.float64),
-        values=[torch.zeros(0) for _ in range(b)],
-        stderr=[None] * b,
-        players=[[] for _ in range(b)],
-        method=method,
-    )
+    return make_dense(token_rewards, rewards, "sparse")
 
 
 def additive_shapley_credit(prompts, completions, completion_ids, alpha=0.5):
@@ -134,14 +97,14 @@ def additive_shapley_credit(prompts, completions, completion_ids, alpha=0.5):
         values.append(phi)
         players.append(ps)
     return DenseRewards(
-        token_rewards=token_rewards, rewards=torch.tensor(rewards), base_values=torch.tensor(base),
-        values=values, stderr=[None] * len(values), players=players, method="scar",
+        token_rewards=token_rewards,
+        rewards=torch.tensor(rewards),
+        base_values=torch.tensor(base),
+        values=values,
+        stderr=[None] * len(values),
+        players=players,
+        method="scar",
     )
-
-
-def length_reward(prompts, completions, completion_ids, **kwargs):
-    """A plain sequence reward function, to mix with the dense one."""
-    return [0.25 * len(ids) for ids in completion_ids]
 
 
 # ---------------------------------------------------------------- DenseRewardFunction on its own
@@ -163,39 +126,18 @@ def test_reward_function_returns_r_and_keeps_dense():
 
 def test_reward_function_rejects_misaligned_credit():
     def short(prompts, completions, completion_ids):
-        return _dense([torch.zeros(len(c) - 1) for c in completion_ids], [0.0] * len(completion_ids), "bad")
+        return make_dense([torch.zeros(len(c) - 1) for c in completion_ids], [0.0] * len(completion_ids), "bad")
 
     fn = DenseRewardFunction(short, name="short")
     with pytest.raises(ValueError, match=r"token_rewards\[0\] must have one reward per completion token \(3\)"):
         fn(prompts=["p"], completions=["x"], completion_ids=[[3, 4, 1]])
-    with pytest.raises(TypeError, match="conversational"):
+    with pytest.raises(TypeError, match="chat-message lists"):
         fn(prompts=[[{"role": "user", "content": "p"}]], completions=["x"], completion_ids=[[3]])
     with pytest.raises(TypeError, match="callable"):
         DenseRewardFunction(42)
 
 
 # ---------------------------------------------------------------- real training steps
-
-
-def grpo_args(tmp_path, config_cls=DenseGRPOConfig, **kw) -> GRPOConfig:
-    base = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        max_steps=2,
-        per_device_train_batch_size=4,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=MAX_COMPLETION,
-        learning_rate=5e-2,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        seed=0,
-    )
-    base.update(kw)
-    return config_cls(**base)
 
 
 def snapshot(model):
@@ -250,8 +192,11 @@ def test_reward_function_in_grpo_and_rloo(tmp_path):
     model = make_policy(len(tokenizer), tmp_path / "policy_grpo")
     before = snapshot(model)
     trainer = GRPOTrainer(
-        model=model, reward_funcs=[fn_spy], args=grpo_args(tmp_path / "grpo"),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[fn_spy],
+        args=grpo_args(tmp_path / "grpo"),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert moved(model, before)
@@ -264,12 +209,27 @@ def test_reward_function_in_grpo_and_rloo(tmp_path):
     model = make_policy(len(tokenizer), tmp_path / "policy_rloo")
     before = snapshot(model)
     rloo_args = RLOOConfig(
-        output_dir=str(tmp_path / "rloo"), use_cpu=True, bf16=False, fp16=False, max_steps=2,
-        per_device_train_batch_size=4, num_generations=NUM_GENERATIONS, max_completion_length=MAX_COMPLETION,
-        learning_rate=5e-2, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path / "rloo"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        num_generations=NUM_GENERATIONS,
+        max_completion_length=MAX_COMPLETION,
+        learning_rate=5e-2,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        seed=0,
     )
     trainer = RLOOTrainer(
-        model=model, reward_funcs=[fn], args=rloo_args, train_dataset=make_dataset(), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[fn],
+        args=rloo_args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert moved(model, before)
@@ -313,8 +273,11 @@ def test_dense_grpo_trainer_dense_advantages_reach_loss(tmp_path):
     # two reward functions: the dense one (weight 1) and a sequence reward (weight 0.5, on the last token)
     args = grpo_args(tmp_path, steps_per_generation=2, reward_weights=[1.0, 0.5], beta=0.04)
     trainer = RecordingDenseGRPOTrainer(
-        model=model, reward_funcs=[DenseRewardFunction(dense_credit), length_reward], args=args,
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[DenseRewardFunction(dense_credit), length_reward],
+        args=args,
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert moved(model, before)
@@ -329,7 +292,8 @@ def test_dense_grpo_trainer_dense_advantages_reach_loss(tmp_path):
         r = tok.double().tolist()
         r[-1] += 0.5 * 0.25 * len(ids)
         rows.append(r)
-    want = padded(reference_advantages(rows, NUM_GENERATIONS, "group"), gen["dense"].shape[1])
+    ended = [ids[-1] == EOS for ids in scored]  # the ending EOS token gets the sequence advantage (default)
+    want = padded(reference_advantages(rows, NUM_GENERATIONS, "group", ended=ended), gen["dense"].shape[1])
     torch.testing.assert_close(gen["dense"].double(), want, rtol=1e-5, atol=1e-5)
     # the credit is non-uniform: advantages vary along the tokens of a completion
     assert any(len(set(gen["dense"][i, : len(s)].tolist())) > 1 for i, s in enumerate(scored))
@@ -343,8 +307,11 @@ def test_dense_grpo_trainer_sparse_credit_equals_grpo(tmp_path, std_of):
     tokenizer = make_tokenizer()
     model = make_policy(len(tokenizer), tmp_path / "policy", seed=1)
     trainer = RecordingDenseGRPOTrainer(
-        model=model, reward_funcs=[DenseRewardFunction(sparse_credit)], args=grpo_args(tmp_path, max_steps=2, std_of=std_of),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[DenseRewardFunction(sparse_credit)],
+        args=grpo_args(tmp_path, max_steps=2, std_of=std_of),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert len(trainer.generated) == 2
@@ -365,8 +332,11 @@ def test_dense_grpo_trainer_shapley_first_token_keeps_grpo_advantage(tmp_path):
     tokenizer = make_tokenizer()
     model = make_policy(len(tokenizer), tmp_path / "policy", seed=2)
     trainer = RecordingDenseGRPOTrainer(
-        model=model, reward_funcs=[DenseRewardFunction(additive_shapley_credit)], args=grpo_args(tmp_path, max_steps=1, std_of="sequence", baseline="group"),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[DenseRewardFunction(additive_shapley_credit)],
+        args=grpo_args(tmp_path, max_steps=1, std_of="sequence", baseline="group"),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     trainer.train()
     (gen,) = trainer.generated
@@ -376,10 +346,36 @@ def test_dense_grpo_trainer_shapley_first_token_keeps_grpo_advantage(tmp_path):
     prompts = trainer.processing_class.batch_decode(gen["prompt_ids"], skip_special_tokens=True)
     credit = additive_shapley_credit(prompts, None, gen["scored_ids"])
     std = torch.tensor(credit.rewards.tolist(), dtype=torch.float32).view(-1, NUM_GENERATIONS).std(1)
+    ended = 0
     for i, ids in enumerate(gen["scored_ids"]):
         prefix = torch.cumsum(0.5 * credit.values[i], 0)[:-1]  # alpha * credit of the tokens before t
         want = grpo[i].double() - prefix / (float(std[i // NUM_GENERATIONS]) + 1e-4)
+        if ids[-1] == EOS and len(ids) > 1:  # eos_advantage="sequence": the ending token has GRPO's advantage
+            want[-1], ended = grpo[i], ended + 1
         torch.testing.assert_close(dense[i, 1 : len(ids)].double(), want, rtol=1e-4, atol=1e-4)
+    assert ended  # the case was exercised
+
+
+def test_dense_grpo_trainer_eos_advantage_credit_keeps_the_token_formula(tmp_path):
+    """``eos_advantage="credit"``: every token, the ending EOS too, has its return-to-go advantage."""
+    tokenizer = make_tokenizer()
+    model = make_policy(len(tokenizer), tmp_path / "policy", seed=2)
+    trainer = RecordingDenseGRPOTrainer(
+        model=model,
+        reward_funcs=[DenseRewardFunction(additive_shapley_credit)],
+        args=grpo_args(tmp_path, max_steps=1, std_of="sequence", baseline="group", eos_advantage="credit"),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    (gen,) = trainer.generated
+    prompts = trainer.processing_class.batch_decode(gen["prompt_ids"], skip_special_tokens=True)
+    credit = additive_shapley_credit(prompts, None, gen["scored_ids"])
+    lengths = torch.tensor([len(ids) for ids in gen["scored_ids"]])
+    rows = padded([t.tolist() for t in credit.token_rewards], gen["dense"].shape[1])
+    want = dense_group_advantages(rows, lengths, NUM_GENERATIONS, "group", "sequence", "group")
+    assert any(ids[-1] == EOS for ids in gen["scored_ids"])
+    torch.testing.assert_close(gen["dense"], want, rtol=1e-5, atol=1e-5)
 
 
 def test_dense_grpo_trainer_with_scar_provider(tmp_path):
@@ -392,8 +388,16 @@ def test_dense_grpo_trainer_with_scar_provider(tmp_path):
     before = snapshot(model)
     torch.manual_seed(4)
     reward_model = GPT2ForSequenceClassification(
-        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=1,
-                   pad_token_id=PAD, eos_token_id=EOS)
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+        )
     ).eval()
     credit = SCAR(reward_model, tokenizer, players="span", method="exact", alpha=0.5, progress=False, seed=0)
     calls = []
@@ -403,8 +407,11 @@ def test_dense_grpo_trainer_with_scar_provider(tmp_path):
         return calls[-1][2]
 
     trainer = RecordingDenseGRPOTrainer(
-        model=model, reward_funcs=[DenseRewardFunction(spy, name="SCAR")], args=grpo_args(tmp_path, max_steps=1, std_of="sequence"),
-        train_dataset=make_dataset(), processing_class=tokenizer,
+        model=model,
+        reward_funcs=[DenseRewardFunction(spy, name="SCAR")],
+        args=grpo_args(tmp_path, max_steps=1, std_of="sequence"),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
     )
     trainer.train()
     assert moved(model, before)
@@ -431,24 +438,34 @@ def test_dense_grpo_trainer_needs_dense_reward(tmp_path):
     tokenizer = make_tokenizer()
     with pytest.raises(ValueError, match="at least one DenseRewardFunction"):
         DenseGRPOTrainer(
-            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[length_reward],
-            args=grpo_args(tmp_path), train_dataset=make_dataset(), processing_class=tokenizer,
+            model=make_policy(len(tokenizer), tmp_path / "policy"),
+            reward_funcs=[length_reward],
+            args=grpo_args(tmp_path),
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
         )
     with pytest.raises(ValueError, match="std_of"):
         grpo_args(tmp_path, std_of="tokens")
     with pytest.raises(ValueError, match="baseline"):
         grpo_args(tmp_path, baseline="prompt")
+    with pytest.raises(ValueError, match="eos_advantage"):
+        grpo_args(tmp_path, eos_advantage="token")
     plain = grpo_args(tmp_path, GRPOConfig)
     with pytest.raises(TypeError, match="DenseGRPOConfig"):
         DenseGRPOTrainer(
-            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
-            args=plain, train_dataset=make_dataset(), processing_class=tokenizer,
+            model=make_policy(len(tokenizer), tmp_path / "policy"),
+            reward_funcs=[DenseRewardFunction(dense_credit)],
+            args=plain,
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
         )
     with pytest.raises(ValueError, match="sum_then_normalize"):
         DenseGRPOTrainer(
-            model=make_policy(len(tokenizer), tmp_path / "policy"), reward_funcs=[DenseRewardFunction(dense_credit)],
+            model=make_policy(len(tokenizer), tmp_path / "policy"),
+            reward_funcs=[DenseRewardFunction(dense_credit)],
             args=grpo_args(tmp_path, multi_objective_aggregation="normalize_then_sum"),
-            train_dataset=make_dataset(), processing_class=tokenizer,
+            train_dataset=make_dataset(),
+            processing_class=tokenizer,
         )
 
 
@@ -469,3 +486,274 @@ def test_trl_version_check(monkeypatch):
     monkeypatch.setattr(integration.metadata, "version", missing)
     with pytest.raises(ImportError, match=r"scar-rlhf\[trl\]"):
         integration._check_trl_version()
+
+
+# ---------------------------------------------------------------- several processes (torchrun, gloo, CPU)
+
+
+def test_dense_grpo_trainer_two_processes_equals_the_one_process_formula(tmp_path):
+    """Two processes under torchrun, each group split across them: the advantages each process used are
+    the rows of dense_group_advantages over every process's rewards."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        "0",
+        str(HERE / "trl_two_process.py"),
+        str(tmp_path),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True
+    )
+    try:
+        log, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        log, _ = proc.communicate()
+        pytest.fail(f"the two-process training did not finish in 240 s:\n{log[-4000:]}")
+    assert proc.returncode == 0, log[-4000:]
+
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
+    assert [(d["rank"], d["world_size"], d["backend"]) for d in ranks] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert len(ranks[0]["generated"]) == len(ranks[1]["generated"]) == 2  # two steps, one generation each
+    for step in range(2):
+        gens = [d["generated"][step] for d in ranks]
+        rows = gens[0]["scored_ids"] + gens[1]["scored_ids"]  # the gather order: process 0's rows, then 1's
+        prompts = gens[0]["prompt_ids"] + gens[1]["prompt_ids"]
+        assert len(rows) == NUM_GENERATIONS and len({tuple(p) for p in prompts}) == 1  # one group, split in two
+        # the per-token rewards, built here from the completions: dense credit + 0.5 * the length reward at T
+        token_rewards = []
+        for ids, tok in zip(rows, dense_credit(None, None, rows).token_rewards):
+            r = tok.double().clone()
+            r[-1] += 0.5 * 0.25 * len(ids)
+            token_rewards.append(r)
+        length = max(len(r) for r in rows)
+        gathered = torch.zeros(len(rows), length, dtype=torch.float64)
+        for i, r in enumerate(token_rewards):
+            gathered[i, : r.numel()] = r
+        lengths = torch.tensor([len(r) for r in rows])
+        ended = [ids[-1] == EOS for ids in rows]
+        want = dense_group_advantages(
+            gathered, lengths, NUM_GENERATIONS, "group", "token", "position", ended=torch.tensor(ended)
+        ).double()
+        torch.testing.assert_close(
+            want,
+            padded(
+                reference_advantages([r.tolist() for r in token_rewards], NUM_GENERATIONS, "group", ended=ended),
+                length,
+            ),
+        )
+        for r, gen in enumerate(gens):
+            used = gen["advantages"].double()
+            width = used.shape[1]
+            assert width == max(len(c) for c in gen["scored_ids"])  # each process keeps its own (B, T)
+            torch.testing.assert_close(used, want[2 * r : 2 * r + 2, :width], rtol=1e-5, atol=1e-5)
+    # what the loss saw is what was built at generation time, row for row
+    for d in ranks:
+        assert len(d["losses"]) == 2
+        for gen, loss in zip(d["generated"], d["losses"]):  # one generation per step
+            built = {tuple(ids): adv[: len(ids)] for ids, adv in zip(gen["scored_ids"], gen["advantages"])}
+            assert sorted(map(tuple, loss["completion_ids"])) == sorted(map(tuple, gen["scored_ids"]))
+            for ids, adv in zip(loss["completion_ids"], loss["advantages"]):
+                torch.testing.assert_close(adv[: len(ids)], built[tuple(ids)])
+
+
+# ---------------------------------------------------------------- async reward function
+
+
+class Overlap:
+    """Two reward functions that can finish only if they run at the same time (timeouts, never a hang)."""
+
+    def __init__(self):
+        self.credit_running = threading.Event()
+        self.other_ran = threading.Event()
+        self.overlapped: list[bool] = []
+        self.threads: list[str] = []
+
+    def credit(self, prompts, completions, completion_ids):
+        self.threads.append(threading.current_thread().name)
+        self.credit_running.set()
+        self.overlapped.append(self.other_ran.wait(timeout=20))
+        self.other_ran.clear()
+        return dense_credit(prompts, completions, completion_ids)
+
+    async def judge(self, prompts, completions, completion_ids, **kwargs):
+        deadline = time.monotonic() + 20
+        while not self.credit_running.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        self.credit_running.clear()
+        self.other_ran.set()
+        return [0.25 * len(ids) for ids in completion_ids]
+
+
+def test_async_reward_function_overlaps_other_async_rewards_in_grpo(tmp_path):
+    tokenizer = make_tokenizer()
+    overlap = Overlap()
+    fn = AsyncDenseRewardFunction(overlap.credit, name="dense_async")
+    model = make_policy(len(tokenizer), tmp_path / "policy")
+    trainer = RecordingDenseGRPOTrainer(
+        model=model,
+        reward_funcs=[fn, overlap.judge],
+        args=grpo_args(tmp_path, max_steps=2, reward_weights=[1.0, 0.5]),
+        train_dataset=make_dataset(),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    fn.close()
+    assert overlap.overlapped == [True, True]  # the credit waited for the judge, which ran meanwhile
+    assert all(name.startswith("credit-dense_async") for name in overlap.threads)  # in the function's executor
+    for gen in trainer.generated:  # the dense advantages, as with a synchronous reward function
+        rows = []
+        for ids, tok in zip(gen["scored_ids"], dense_credit(None, None, gen["scored_ids"]).token_rewards):
+            r = tok.double().tolist()
+            r[-1] += 0.5 * 0.25 * len(ids)
+            rows.append(r)
+        ended = [ids[-1] == EOS for ids in gen["scored_ids"]]
+        want = padded(reference_advantages(rows, NUM_GENERATIONS, "group", ended=ended), gen["dense"].shape[1])
+        torch.testing.assert_close(gen["dense"].double(), want, rtol=1e-5, atol=1e-5)
+    check_alignment(trainer)
+    assert sum("credit/dense_async/seconds" in h for h in trainer.state.log_history) == 2
+
+
+def test_async_reward_function_awaits_a_provider_with_acall():
+    class Provider:
+        tokenizer = None
+
+        def __call__(self, *args):
+            raise AssertionError("the async reward function should await acall")
+
+        async def acall(self, prompts, completions, completion_ids):
+            await asyncio.sleep(0)
+            return dense_credit(prompts, completions, completion_ids)
+
+    fn = AsyncDenseRewardFunction(Provider(), name="pool")
+    ids = [[3, 4, 1], [5, 6, 7, 8]]
+    assert asyncio.run(fn(prompts=["p", "q"], completions=["x", "y"], completion_ids=ids)) == [0.3, 0.4]
+    assert [t.numel() for t in fn.take(ids).token_rewards] == [3, 4]
+    # without acall: the provider runs in the executor; the function pickles without it
+    plain = AsyncDenseRewardFunction(dense_credit)
+    assert asyncio.run(plain(prompts=["p"], completions=["x"], completion_ids=[[3]])) == [0.1]
+    import pickle
+
+    assert pickle.loads(pickle.dumps(plain))._executor is None
+    plain.close()
+
+
+# ---------------------------------------------------------------- conversational datasets
+
+CHAT_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for m in messages %}{{ m['content'] }} {% endfor %}{% if add_generation_prompt %}then{% endif %}"
+)
+
+
+def chat_tokenizer(adds_bos: bool = False):
+    """The word-level tokenizer with a tiny chat template; optionally a BOS that encoding adds by itself."""
+    from tokenizers import processors
+
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    if adds_bos:
+        tokenizer.add_special_tokens({"bos_token": "<bos>"})
+        bos = tokenizer.bos_token_id
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", special_tokens=[("<bos>", bos)]
+        )
+    return tokenizer
+
+
+def test_conversational_prompts_through_the_chat_template():
+    seen = []
+
+    def spy(prompts, completions, completion_ids):
+        seen.append((prompts, completions))
+        return dense_credit(prompts, completions, completion_ids)
+
+    chat = [[{"role": "system", "content": "a"}, {"role": "user", "content": "the cat sat on"}]]
+    answer = [[{"role": "assistant", "content": "the mat"}]]
+    fn = DenseRewardFunction(spy, tokenizer=chat_tokenizer())
+    assert fn(prompts=chat, completions=answer, completion_ids=[[3, 11, 1]]) == [0.3]
+    assert seen[-1] == (["a the cat sat on then"], ["the mat"])
+    # a tokenizer that adds its BOS by itself: the template's BOS is dropped (one BOS when encoded)
+    tokenizer = chat_tokenizer(adds_bos=True)
+    DenseRewardFunction(spy, tokenizer=tokenizer)(prompts=chat, completions=answer, completion_ids=[[3]])
+    assert seen[-1][0] == ["a the cat sat on then"]
+    assert tokenizer(seen[-1][0][0])["input_ids"][:1] == [tokenizer.bos_token_id]
+    # content blocks; the tokenizer found on the credit provider
+    spy.tokenizer = chat_tokenizer()
+    blocks = [[{"role": "assistant", "content": [{"type": "text", "text": "the "}, {"type": "text", "text": "mat"}]}]]
+    DenseRewardFunction(spy)(prompts=chat, completions=blocks, completion_ids=[[3]])
+    assert seen[-1] == (["a the cat sat on then"], ["the mat"])
+    # a user formatting function, for any form
+    fmt = DenseRewardFunction(spy, format_fn=lambda p, c: (p[-1]["content"], " " + c[0]["content"]))
+    fmt(prompts=chat, completions=answer, completion_ids=[[3]])
+    assert seen[-1] == (["the cat sat on"], [" the mat"])
+
+    with pytest.raises(TypeError, match="no chat template"):
+        DenseRewardFunction(spy, tokenizer=make_tokenizer())(prompts=chat, completions=answer, completion_ids=[[3]])
+    with pytest.raises(TypeError, match="no reward tokenizer"):
+        DenseRewardFunction(dense_credit)(prompts=chat, completions=answer, completion_ids=[[3]])
+    two = [[{"role": "assistant", "content": "the"}, {"role": "tool", "content": "mat"}]]
+    with pytest.raises(TypeError, match=r"completion 0: .* one message with text content, got 2"):
+        DenseRewardFunction(spy)(prompts=chat, completions=two, completion_ids=[[3]])
+    with pytest.raises(TypeError, match="format_fn must return"):
+        DenseRewardFunction(spy, format_fn=lambda p, c: "x")(prompts=["p"], completions=["x"], completion_ids=[[3]])
+
+
+def test_dense_grpo_trainer_on_a_conversational_dataset_logs_credit_statistics(tmp_path):
+    """Chat prompts in, SCAR on the templated text, credit statistics in TRL's logs."""
+    from datasets import Dataset
+
+    tokenizer = chat_tokenizer()
+    torch.manual_seed(4)
+    reward_model = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+        )
+    ).eval()
+    credit = SCAR(
+        reward_model, tokenizer, players="token", method="permutation", budget=2, alpha=0.5, progress=False, seed=0
+    )
+    fn = DenseRewardFunction(credit, name="SCAR")
+    dataset = Dataset.from_dict(
+        {
+            "prompt": [
+                [{"role": "user", "content": p}]
+                for p in ["the cat sat on", "a dog ran under", "the big red", "a small happy"]
+            ]
+        }
+    )
+    model = make_policy(len(tokenizer), tmp_path / "policy", seed=3)
+    trainer = RecordingDenseGRPOTrainer(
+        model=model,
+        reward_funcs=[fn],
+        args=grpo_args(tmp_path, max_steps=1),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    (gen,) = trainer.generated
+    check_alignment(trainer)
+    # the credit provider scored the templated prompt and the decoded completion
+    prompts = [tokenizer.decode(p[m.bool()]) for p, m in zip(gen["prompt_ids"], gen["prompt_mask"])]
+    assert all(p.endswith(" then") for p in prompts)  # templated: the generation prompt is there
+    completions = tokenizer.batch_decode([torch.tensor(c) for c in gen["scored_ids"]], skip_special_tokens=True)
+    want = credit(prompts, completions, gen["scored_ids"])
+    (logged,) = [h for h in trainer.state.log_history if "credit/SCAR/seconds" in h]
+    assert set(fn.last_metrics) == {"seconds", "coalitions", "tokens_computed", "stderr_mean"}
+    for key in ("coalitions", "tokens_computed", "stderr_mean"):
+        assert logged[f"credit/SCAR/{key}"] == pytest.approx(fn.last_metrics[key], rel=1e-6)
+    assert fn.last_metrics["coalitions"] > 0 and fn.last_metrics["tokens_computed"] > 0
+    assert logged["rewards/SCAR/mean"] == pytest.approx(float(want.rewards.mean()), abs=1e-5)
