@@ -4,6 +4,7 @@
     .venv/bin/python experiments/sentiment_grpo.py levers             # the budget-versus-benefit sweep
     .venv/bin/python experiments/sentiment_grpo.py compare --quick    # seconds, on the tiny world
     .venv/bin/python experiments/sentiment_grpo.py table --out DIR    # the tables of an earlier run
+    .venv/bin/python experiments/sentiment_grpo.py cost               # credit cost per batch vs exact-Shapley fit
 
 The first call builds the sentiment world (reward model and policy, trained locally) into ~/.cache/scar
 (``$SCAR_CACHE``); later calls load it. Results go to ``--out`` (``results.json``, the plot
@@ -14,17 +15,21 @@ the methods: experiments/grpo/methods.py; a measured run: bench/RESULTS_training
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
-from grpo import methods, report, train  # experiments/grpo: the script's folder is on sys.path
+from grpo import credit_cost, methods, report, train  # experiments/grpo: the script's folder is on sys.path
 
 PRESETS = {"compare": methods.COMPARISON, "levers": methods.LEVERS}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=[*PRESETS, "table"], help="which comparison to run, or the tables of --out")
+    parser.add_argument(
+        "what", choices=[*PRESETS, "table", "cost"], help="which comparison to run, the tables of --out, or the cost"
+    )
+    parser.add_argument("--batches", type=int, default=6, help="cost: batches measured (default: %(default)s)")
     parser.add_argument("--methods", nargs="+", choices=list(methods.METHODS), help="override the preset's methods")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 80; 3 with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; 0 with --quick)")
@@ -38,9 +43,26 @@ def main(argv: list[str] | None = None) -> None:
         print(report.format_table(results))
         return
     config = train.TrainConfig(threads=args.threads)
+    if args.what == "cost":
+        world = train.build_sentiment_world(size="tiny" if args.quick else "default", progress=True)
+        record = credit_cost.credit_cost(
+            world,
+            config,
+            args.methods or credit_cost.COST_METHODS,
+            n_batches=1 if args.quick else args.batches,
+            progress=True,
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cost.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        table = credit_cost.format_cost_table(record)
+        (out / "cost.md").write_text(table + "\n", encoding="utf-8")
+        print()
+        print(table)
+        return
     if args.quick:  # seconds, not minutes: short completions, small groups
-        config = train.TrainConfig(threads=args.threads, prompts_per_step=2, min_tokens=8, max_tokens=16,
-                                   eval_samples_per_prompt=1)
+        config = train.TrainConfig(
+            threads=args.threads, prompts_per_step=2, min_tokens=8, max_tokens=16, eval_samples_per_prompt=1
+        )
     logging.basicConfig(level=logging.WARNING)
     results = train.run(
         methods=args.methods or PRESETS[args.what],

@@ -30,6 +30,7 @@ class Method:
         settings: keyword arguments of the provider (SCAR's :class:`~scar.credit.config.CreditConfig` and
             :class:`~scar.scoring.ScorerConfig` fields, or the baselines' arguments).
         build: ``build(reward_model, tokenizer, seed, **settings) -> provider``.
+        trainer: extra :class:`~scar.integrations.trl.DenseGRPOConfig` fields (the advantages' settings).
     """
 
     name: str
@@ -37,6 +38,7 @@ class Method:
     dense: bool
     build: Callable[..., Any]
     settings: dict[str, Any] = field(default_factory=dict)
+    trainer: dict[str, Any] = field(default_factory=dict)
 
     def make(self, reward_model: Any, tokenizer: Any, seed: int) -> Any:
         """The method's credit provider for the world's reward model (EOS is the template's suffix)."""
@@ -80,34 +82,95 @@ METHODS: dict[str, Method] = {
     for m in (
         Method("sparse", "GRPO on the sequence reward r", False, _sparse),
         Method("abc", "attention-based credit, beta = 1 (all of r by attention)", True, _abc, {"beta": 1.0}),
-        Method("abc-0.5", "attention-based credit, beta = 0.5 (half of r on the last token)", True, _abc,
-               {"beta": 0.5}),
-        Method("scar-perm16", "SCAR, spans, 16 permutations (the earlier experiment's setting)", True, _scar,
-               {**_SPAN, "method": "permutation", "budget": 16}),
-        Method("scar-perm4", "SCAR, spans, 4 permutations", True, _scar,
-               {**_SPAN, "method": "permutation", "budget": 4}),
-        Method("scar-perm2", "SCAR, spans, 2 permutations (one antithetic pair)", True, _scar,
-               {**_SPAN, "method": "permutation", "budget": 2}),
-        Method("scar-kernel-1", "SCAR, spans, KernelSHAP with n+1 coalitions", True, _scar,
-               {**_SPAN, "method": "kernel", "budget": _coalitions(1)}),
-        Method("scar-kernel-2", "SCAR, spans, KernelSHAP with 2(n+1) coalitions", True, _scar,
-               {**_SPAN, "method": "kernel", "budget": _coalitions(2)}),
-        Method("scar-kernel-4", "SCAR, spans, KernelSHAP with 4(n+1) coalitions", True, _scar,
-               {**_SPAN, "method": "kernel", "budget": _coalitions(4)}),
+        Method(
+            "abc-0.5", "attention-based credit, beta = 0.5 (half of r on the last token)", True, _abc, {"beta": 0.5}
+        ),
+        Method(
+            "scar-perm16",
+            "SCAR, spans, 16 permutations (the earlier experiment's setting)",
+            True,
+            _scar,
+            {**_SPAN, "method": "permutation", "budget": 16},
+        ),
+        Method(
+            "scar-perm4", "SCAR, spans, 4 permutations", True, _scar, {**_SPAN, "method": "permutation", "budget": 4}
+        ),
+        Method(
+            "scar-perm2",
+            "SCAR, spans, 2 permutations (one antithetic pair)",
+            True,
+            _scar,
+            {**_SPAN, "method": "permutation", "budget": 2},
+        ),
+        Method(
+            "scar-perm2-eos-credit",
+            "as scar-perm2, the ending EOS token with its own return-to-go advantage (eos_advantage='credit')",
+            True,
+            _scar,
+            {**_SPAN, "method": "permutation", "budget": 2},
+            {"eos_advantage": "credit"},
+        ),
+        Method(
+            "scar-kernel-1",
+            "SCAR, spans, KernelSHAP with n+1 coalitions",
+            True,
+            _scar,
+            {**_SPAN, "method": "kernel", "budget": _coalitions(1)},
+        ),
+        Method(
+            "scar-kernel-2",
+            "SCAR, spans, KernelSHAP with 2(n+1) coalitions",
+            True,
+            _scar,
+            {**_SPAN, "method": "kernel", "budget": _coalitions(2)},
+        ),
+        Method(
+            "scar-kernel-4",
+            "SCAR, spans, KernelSHAP with 4(n+1) coalitions",
+            True,
+            _scar,
+            {**_SPAN, "method": "kernel", "budget": _coalitions(4)},
+        ),
         Method("scar-default", "SCAR with the library's defaults (kernel, 32(n+1) coalitions)", True, _scar, _SPAN),
-        Method("scar-owen", "SCAR, Owen values over sentences > spans, 2 permutations", True, _scar,
-               {**_SPAN, "method": "owen", "budget": 2}),
-        Method("scar-amortized", "SCAR, spans, amortized: a head on the reward model's hidden states, "
-               "trained on one antithetic permutation pair of 25% of the responses", True, _amortized, _SPAN),
-        Method("scar-amortized-0.5", "as scar-amortized, 50% of the responses labelled", True, _amortized,
-               {**_SPAN, "label_fraction": 0.5}),
-        Method("scar-training", "SCAR.for_training: the recommended configuration for RL", True,
-               _scar_for_training),
+        Method(
+            "scar-owen",
+            "SCAR, Owen values over sentences > spans, 2 permutations",
+            True,
+            _scar,
+            {**_SPAN, "method": "owen", "budget": 2},
+        ),
+        Method(
+            "scar-amortized",
+            "SCAR, spans, amortized: a head on the reward model's hidden states, "
+            "trained on one antithetic permutation pair of 25% of the responses",
+            True,
+            _amortized,
+            _SPAN,
+        ),
+        Method(
+            "scar-amortized-0.5",
+            "as scar-amortized, 50% of the responses labelled",
+            True,
+            _amortized,
+            {**_SPAN, "label_fraction": 0.5},
+        ),
+        Method("scar-training", "SCAR.for_training: the recommended configuration for RL", True, _scar_for_training),
     )
 }
 
-LEVERS = ("sparse", "scar-perm16", "scar-perm4", "scar-perm2", "scar-kernel-4", "scar-kernel-2", "scar-kernel-1",
-          "scar-owen", "scar-amortized", "scar-amortized-0.5")
+LEVERS = (
+    "sparse",
+    "scar-perm16",
+    "scar-perm4",
+    "scar-perm2",
+    "scar-perm2-eos-credit",
+    "scar-kernel-4",
+    "scar-kernel-2",
+    "scar-kernel-1",
+    "scar-owen",
+    "scar-amortized",
+    "scar-amortized-0.5",
+)
 """The budget-versus-benefit sweep."""
 
 COMPARISON = ("sparse", "abc", "abc-0.5", "scar-training")

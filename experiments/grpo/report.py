@@ -64,11 +64,21 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         wall = _curves(runs, m, "wall_s").mean(axis=0)
         step = first_step(smoothed[m])
         per_seed = [first_step(_trailing_mean(np.array([s["reward"] for s in r["steps"]]), window)) for r in mine]
-        final = {key: _mean_sd([r["final"][key] for r in mine]) for key in
-                 ("reward_mean", "vader_mean", "tokens_mean", "eos_fraction", "reference_perplexity",
-                  "distinct_bigrams")}
-        last = {key: float(np.mean([np.mean([s[key] for s in r["steps"][-window:]]) for r in mine]))
-                for key in ("kl", "completion_length")}
+        final = {
+            key: _mean_sd([r["final"][key] for r in mine])
+            for key in (
+                "reward_mean",
+                "vader_mean",
+                "tokens_mean",
+                "eos_fraction",
+                "reference_perplexity",
+                "distinct_bigrams",
+            )
+        }
+        last = {
+            key: float(np.mean([np.mean([s[key] for s in r["steps"][-window:]]) for r in mine]))
+            for key in ("kl", "completion_length")
+        }
         per_method[m] = {
             "seeds": [r["seed"] for r in mine],
             **{f"final_{k}": v[0] for k, v in final.items()},
@@ -93,9 +103,11 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             ours, theirs = s[f"{key}_to_threshold"], sparse[f"{key}_to_threshold"] if sparse else None
             s[f"{key}_ratio_to_sparse"] = ours / theirs if ours is not None and theirs else None
     initial = results.get("initial") or {}
-    return {"threshold": {"start": start, "best": best, "fraction": fraction, "value": threshold,
-                          "smooth": window},
-            "initial": initial, "methods": per_method}
+    return {
+        "threshold": {"start": start, "best": best, "fraction": fraction, "value": threshold, "smooth": window},
+        "initial": initial,
+        "methods": per_method,
+    }
 
 
 def _num(x: float | None, spec: str = ".2f", none: str = "–") -> str:
@@ -133,14 +145,16 @@ def format_table(results: dict[str, Any], summary: dict[str, Any] | None = None)
         lines.append(
             f"| pre-trained policy | {initial['reward_mean']:.3f} | {initial['vader_mean']:.3f} | "
             f"{initial['vader_positive_fraction']:.2f} | {initial['tokens_mean']:.1f} | "
-            f"{initial.get('eos_fraction', float('nan')):.2f} | 0 | {initial.get('reference_perplexity', float('nan')):.1f} "
+            f"{initial.get('eos_fraction', float('nan')):.2f} | 0 | "
+            f"{initial.get('reference_perplexity', float('nan')):.1f} "
             f"| {initial.get('distinct_bigrams', float('nan')):.3f} |"
         )
     for m, s in summary["methods"].items():
         lines.append(
             f"| {m} | {s['final_reward_mean']:.3f} ± {s['final_reward_mean_sd']:.3f} | "
-            f"{s['final_vader_mean']:.3f} ± {s['final_vader_mean_sd']:.3f} | {s['final_vader_positive_fraction']:.2f} | "
-            f"{s['final_tokens_mean']:.1f} | {s['final_eos_fraction']:.2f} | {s['last_kl']:.2f} | {s['final_reference_perplexity']:.1f} | "
+            f"{s['final_vader_mean']:.3f} ± {s['final_vader_mean_sd']:.3f} | "
+            f"{s['final_vader_positive_fraction']:.2f} | {s['final_tokens_mean']:.1f} | "
+            f"{s['final_eos_fraction']:.2f} | {s['last_kl']:.2f} | {s['final_reference_perplexity']:.1f} | "
             f"{s['final_distinct_bigrams']:.3f} |"
         )
     lines.append("")

@@ -79,14 +79,21 @@ class TrainConfig:
     fraction: float = 0.9
 
     def __post_init__(self) -> None:
-        for name in ("prompts_per_step", "num_generations", "min_tokens", "max_tokens", "eval_samples_per_prompt",
-                     "smooth"):
+        for name in (
+            "prompts_per_step",
+            "num_generations",
+            "min_tokens",
+            "max_tokens",
+            "eval_samples_per_prompt",
+            "smooth",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.num_generations < 2:
-            raise ValueError(f"num_generations must be >= 2 (GRPO compares completions of a prompt), "
-                             f"got {self.num_generations}")
+            raise ValueError(
+                f"num_generations must be >= 2 (GRPO compares completions of a prompt), got {self.num_generations}"
+            )
         if self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})")
         for name in ("learning_rate", "temperature"):
@@ -96,8 +103,9 @@ class TrainConfig:
             raise ValueError(f"kl_beta must be >= 0, got {self.kl_beta!r}")
         if not 0.0 < self.fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {self.fraction!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
 
 
@@ -177,21 +185,26 @@ def _step_recorder(timed: TimedCredit, label: str, progress: bool):
                 return
             now = time.perf_counter()
             spreads = self.trainer.spreads if self.trainer is not None else []
-            self.steps.append({
-                "step": int(state.global_step),
-                "reward": float(logs["reward"]),
-                "reward_std": float(logs.get("reward_std", math.nan)),
-                "kl": float(logs.get("kl", math.nan)),
-                "completion_length": float(logs.get("completions/mean_length", math.nan)),
-                "advantage_spread": spreads[-1] if spreads else math.nan,
-                "step_s": now - self._last,
-                "credit_s": timed.lap(),
-                "wall_s": now - self._start,
-            })
+            self.steps.append(
+                {
+                    "step": int(state.global_step),
+                    "reward": float(logs["reward"]),
+                    "reward_std": float(logs.get("reward_std", math.nan)),
+                    "kl": float(logs.get("kl", math.nan)),
+                    "completion_length": float(logs.get("completions/mean_length", math.nan)),
+                    "advantage_spread": spreads[-1] if spreads else math.nan,
+                    "step_s": now - self._last,
+                    "credit_s": timed.lap(),
+                    "wall_s": now - self._start,
+                }
+            )
             self._last = now
             last = self.steps[-1]
-            _log(progress, f"{label} step {last['step']}: reward {last['reward']:.3f}, {last['step_s']:.1f} s "
-                           f"(credit {last['credit_s']:.1f} s)")
+            _log(
+                progress,
+                f"{label} step {last['step']}: reward {last['reward']:.3f}, {last['step_s']:.1f} s "
+                f"(credit {last['credit_s']:.1f} s)",
+            )
 
     return StepRecorder()
 
@@ -232,8 +245,9 @@ def _distinct_bigrams(rows: Sequence[Sequence[int]]) -> float:
 
 
 @torch.no_grad()
-def reference_perplexity(reference: Any, prompt_ids: torch.Tensor, completions: Sequence[Sequence[int]],
-                         pad_id: int) -> float:
+def reference_perplexity(
+    reference: Any, prompt_ids: torch.Tensor, completions: Sequence[Sequence[int]], pad_id: int
+) -> float:
     """Perplexity of the completions under ``reference`` (the pre-trained policy), given their prompts."""
     total_nll, total_tokens = 0.0, 0
     for prompt, row in zip(prompt_ids.tolist(), completions):
@@ -248,8 +262,15 @@ def reference_perplexity(reference: Any, prompt_ids: torch.Tensor, completions: 
 
 
 @torch.no_grad()
-def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, config: TrainConfig,
-                    reference: Any = None, n_samples_shown: int = 4) -> dict[str, Any]:
+def evaluate_policy(
+    world: Any,
+    policy: Any,
+    tokenizer: Any,
+    reward_model: Any,
+    config: TrainConfig,
+    reference: Any = None,
+    n_samples_shown: int = 4,
+) -> dict[str, Any]:
     """Reward and VADER score of completions sampled from every held-out prompt with ``config.eval_seed``.
 
     Sampling as in training (temperature, ``min_tokens`` to ``max_tokens`` tokens) with a fixed seed, so
@@ -264,11 +285,19 @@ def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.eval_seed)
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-        out = policy.generate(**enc, do_sample=True, top_k=0, top_p=1.0, temperature=config.temperature,
-                              min_new_tokens=config.min_tokens, max_new_tokens=config.max_tokens,
-                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out = policy.generate(
+            **enc,
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=config.temperature,
+            min_new_tokens=config.min_tokens,
+            max_new_tokens=config.max_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
     policy.train(was_training)
-    new = out[:, enc["input_ids"].shape[1]:].tolist()
+    new = out[:, enc["input_ids"].shape[1] :].tolist()
     lengths, completions, rows = [], [], []
     for row in new:
         if tokenizer.eos_token_id in row:
@@ -293,13 +322,24 @@ def evaluate_policy(world: Any, policy: Any, tokenizer: Any, reward_model: Any, 
         "reference_perplexity": perplexity,
         "distinct_bigrams": _distinct_bigrams(rows),
         "n": len(prompts),
-        "examples": [{"prompt": p, "completion": c, "reward": float(r), "vader": float(v)}
-                     for p, c, r, v in list(zip(prompts, completions, rewards, vader))[:n_samples_shown]],
+        "examples": [
+            {"prompt": p, "completion": c, "reward": float(r), "vader": float(v)}
+            for p, c, r, v in list(zip(prompts, completions, rewards, vader))[:n_samples_shown]
+        ],
     }
 
 
-def train_one(world: Any, method: str, seed: int, steps: int, config: TrainConfig, work_dir: str | os.PathLike[str],
-              *, progress: bool = False, reference: Any = None) -> dict[str, Any]:
+def train_one(
+    world: Any,
+    method: str,
+    seed: int,
+    steps: int,
+    config: TrainConfig,
+    work_dir: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+    reference: Any = None,
+) -> dict[str, Any]:
     """Train the world's pre-trained policy with GRPO and ``method``'s credit; return the run's record.
 
     The record holds ``method``, ``seed``, the per-step list ``steps`` (see the module docstring),
@@ -317,17 +357,35 @@ def train_one(world: Any, method: str, seed: int, steps: int, config: TrainConfi
     reward_fn = DenseRewardFunction(timed, name="reward")
     batch = config.prompts_per_step * config.num_generations
     args = (DenseGRPOConfig if spec.dense else GRPOConfig)(
-        output_dir=str(work_dir), use_cpu=True, bf16=False, fp16=False, seed=seed, max_steps=steps,
-        per_device_train_batch_size=batch, num_generations=config.num_generations,
-        max_completion_length=config.max_tokens, generation_kwargs={"min_new_tokens": config.min_tokens},
-        temperature=config.temperature, learning_rate=config.learning_rate, beta=config.kl_beta,
-        logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True,
+        output_dir=str(work_dir),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        seed=seed,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_tokens,
+        generation_kwargs={"min_new_tokens": config.min_tokens},
+        temperature=config.temperature,
+        learning_rate=config.learning_rate,
+        beta=config.kl_beta,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        **spec.trainer,
     )
     trainer_cls = _recording(DenseGRPOTrainer if spec.dense else GRPOTrainer)
     recorder = _step_recorder(timed, f"{method} seed {seed}", progress)
-    trainer = trainer_cls(model=policy, reward_funcs=[reward_fn], args=args,
-                          train_dataset=Dataset.from_dict({"prompt": world.prompts("train")}),
-                          processing_class=tokenizer, callbacks=[recorder])
+    trainer = trainer_cls(
+        model=policy,
+        reward_funcs=[reward_fn],
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": world.prompts("train")}),
+        processing_class=tokenizer,
+        callbacks=[recorder],
+    )
     trainer.remove_callback(PrinterCallback)  # the recorder reports steps; no raw log dicts on stdout
     recorder.trainer = trainer
     t0 = time.perf_counter()
@@ -335,8 +393,14 @@ def train_one(world: Any, method: str, seed: int, steps: int, config: TrainConfi
     train_s = time.perf_counter() - t0
     change = math.sqrt(sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(policy.parameters(), initial)))
     final = evaluate_policy(world, policy, tokenizer, reward_model, config, reference)
-    return {"method": method, "seed": seed, "steps": recorder.steps, "final": final, "train_s": train_s,
-            "param_change": change}
+    return {
+        "method": method,
+        "seed": seed,
+        "steps": recorder.steps,
+        "final": final,
+        "train_s": train_s,
+        "param_change": change,
+    }
 
 
 # ---------------------------------------------------------------- the experiment
@@ -358,10 +422,18 @@ def _check_run_args(methods: Sequence[str], seeds: Sequence[int], steps: int) ->
         raise ValueError(f"steps must be a positive int, got {steps!r}")
 
 
-def run(methods: Sequence[str], seeds: Sequence[int] = (0, 1, 2), steps: int = 80,
-        size: str = "default", out_dir: str | os.PathLike[str] = "runs/sentiment_grpo", progress: bool = True,
-        *, cache_dir: str | os.PathLike[str] | None = None, config: TrainConfig | None = None,
-        world: Any | None = None) -> dict[str, Any]:
+def run(
+    methods: Sequence[str],
+    seeds: Sequence[int] = (0, 1, 2),
+    steps: int = 80,
+    size: str = "default",
+    out_dir: str | os.PathLike[str] = "runs/sentiment_grpo",
+    progress: bool = True,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    config: TrainConfig | None = None,
+    world: Any | None = None,
+) -> dict[str, Any]:
     """Train every (method, seed) pair for ``steps`` GRPO steps and compare them.
 
     Builds (or loads from ``cache_dir``) the sentiment world of ``size`` -- or uses ``world``, an
@@ -384,27 +456,48 @@ def run(methods: Sequence[str], seeds: Sequence[int] = (0, 1, 2), steps: int = 8
         world = build_sentiment_world(cache_dir, size=size, progress=progress)
     size = world.size
     results: dict[str, Any] = {
-        "config": {"methods": list(methods), "seeds": list(seeds), "steps": steps, "size": size,
-                   **asdict(config), **_environment()},
+        "config": {
+            "methods": list(methods),
+            "seeds": list(seeds),
+            "steps": steps,
+            "size": size,
+            **asdict(config),
+            **_environment(),
+        },
         "world": {"path": str(world.path), "config": world.config, "metrics": world.metrics},
-        "initial": None, "runs": [],
+        "initial": None,
+        "runs": [],
     }
     with _quiet_and_threads(config.threads):
         results["config"]["torch_threads"] = torch.get_num_threads()
         tokenizer, reward_model, reference = world.tokenizer(), world.reward_model(), world.policy()
         results["initial"] = evaluate_policy(world, reference, tokenizer, reward_model, config, reference)
-        _log(progress, f"pre-trained policy: held-out reward {results['initial']['reward_mean']:.3f}, "
-                       f"VADER {results['initial']['vader_mean']:.3f}")
+        _log(
+            progress,
+            f"pre-trained policy: held-out reward {results['initial']['reward_mean']:.3f}, "
+            f"VADER {results['initial']['vader_mean']:.3f}",
+        )
         for seed in seeds:
             for method in methods:
-                record = train_one(world, method, seed, steps, config, out / "trainer" / f"{method}-{seed}",
-                                   progress=progress, reference=reference)
+                record = train_one(
+                    world,
+                    method,
+                    seed,
+                    steps,
+                    config,
+                    out / "trainer" / f"{method}-{seed}",
+                    progress=progress,
+                    reference=reference,
+                )
                 results["runs"].append(record)
                 _write(out, results)
                 last = record["steps"][-1]
-                _log(progress, f"{method} seed {seed}: {len(record['steps'])} steps in {record['train_s']:.0f} s, "
-                               f"last train reward {last['reward']:.3f}, held-out reward "
-                               f"{record['final']['reward_mean']:.3f}, VADER {record['final']['vader_mean']:.3f}")
+                _log(
+                    progress,
+                    f"{method} seed {seed}: {len(record['steps'])} steps in {record['train_s']:.0f} s, "
+                    f"last train reward {last['reward']:.3f}, held-out reward "
+                    f"{record['final']['reward_mean']:.3f}, VADER {record['final']['vader_mean']:.3f}",
+                )
     return results
 
 
