@@ -5,6 +5,7 @@
     .venv/bin/python experiments/sentiment_grpo.py compare --quick    # seconds, on the tiny world
     .venv/bin/python experiments/sentiment_grpo.py table --out DIR    # the tables of an earlier run
     .venv/bin/python experiments/sentiment_grpo.py cost               # credit cost per batch vs exact-Shapley fit
+    .venv/bin/python experiments/sentiment_grpo.py scale --ratios-from DIR  # step cost vs policy size
 
 The first call builds the sentiment world (reward model and policy, trained locally) into ~/.cache/scar
 (``$SCAR_CACHE``); later calls load it. Results go to ``--out`` (``results.json``, the plot
@@ -19,7 +20,13 @@ import json
 import logging
 from pathlib import Path
 
-from grpo import credit_cost, methods, report, train  # experiments/grpo: the script's folder is on sys.path
+from grpo import (
+    credit_cost,
+    methods,
+    policy_scale,
+    report,
+    train,
+)  # experiments/grpo: the script's folder is on sys.path
 
 PRESETS = {"compare": methods.COMPARISON, "levers": methods.LEVERS}
 
@@ -27,9 +34,16 @@ PRESETS = {"compare": methods.COMPARISON, "levers": methods.LEVERS}
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "what", choices=[*PRESETS, "table", "cost"], help="which comparison to run, the tables of --out, or the cost"
+        "what",
+        choices=[*PRESETS, "table", "cost", "scale"],
+        help="which comparison to run, the tables of --out, the credit's cost, or the step cost by policy size",
     )
     parser.add_argument("--batches", type=int, default=6, help="cost: batches measured (default: %(default)s)")
+    parser.add_argument(
+        "--ratios-from",
+        default=None,
+        help="scale: a training run's --out; its steps-to-threshold ratios give the derived wall-time ratios",
+    )
     parser.add_argument("--methods", nargs="+", choices=list(methods.METHODS), help="override the preset's methods")
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 80; 3 with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; 0 with --quick)")
@@ -56,6 +70,32 @@ def main(argv: list[str] | None = None) -> None:
         (out / "cost.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
         table = credit_cost.format_cost_table(record)
         (out / "cost.md").write_text(table + "\n", encoding="utf-8")
+        print()
+        print(table)
+        return
+    if args.what == "scale":
+        world = train.build_sentiment_world(size="tiny" if args.quick else "default", progress=True)
+        sizes = policy_scale.SIZES[:2] if args.quick else policy_scale.SIZES
+        record = policy_scale.policy_scale(
+            world,
+            config,
+            args.methods or ("sparse", "scar-training"),
+            sizes,
+            steps=args.steps or (2 if args.quick else 6),
+            progress=True,
+        )
+        ratios = None
+        if args.ratios_from:
+            summary = report.summarise(train.load(args.ratios_from))
+            ratios = {
+                m: s["steps_ratio_to_sparse"]
+                for m, s in summary["methods"].items()
+                if s["steps_ratio_to_sparse"] is not None
+            }
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scale.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+        table = policy_scale.format_scale_table(record, ratios)
+        (out / "scale.md").write_text(table + "\n", encoding="utf-8")
         print()
         print(table)
         return

@@ -15,6 +15,7 @@ import torch
 
 from grpo import credit_cost as C
 from grpo import methods as M
+from grpo import policy_scale as P
 from grpo import report as R
 from grpo import train as E
 
@@ -151,3 +152,25 @@ def test_credit_cost_and_fit_with_exact_shapley(tiny_world):
     assert table.count("| scar-") == 3
     with pytest.raises(ValueError, match="held-out prompts"):
         C.sample_batches(tiny_world, config, n_batches=1000)
+
+
+def test_policy_scale_times_each_size_and_method(tiny_world):
+    """Step timing by policy size: a bigger random policy really replaces the world's (more parameters, the
+    world's vocabulary), every method is timed at every size, and the derived wall ratio is steps x step."""
+    config = E.TrainConfig(prompts_per_step=2, num_generations=2, min_tokens=4, max_tokens=8, threads=1)
+    sizes = (P.SIZES[0], P.PolicySize("2 x 64", 2, 64, 2))
+    record = P.policy_scale(tiny_world, config, ("sparse", "scar-perm2"), sizes, steps=2, warmup=1)
+    small, big = record["sizes"]
+    assert big["policy_parameters"] != small["policy_parameters"]
+    for row in record["sizes"]:
+        assert set(row["methods"]) == {"sparse", "scar-perm2"}
+        assert row["step_ratio"]["sparse"] == 1.0
+        for m in row["methods"].values():
+            assert m["step_s"] > 0 and m["credit_s"] > 0 and len(m["step_s_all"]) == 2
+    table = P.format_scale_table(record, {"scar-perm2": 0.5})
+    want = 0.5 * big["step_ratio"]["scar-perm2"]
+    assert table.splitlines()[-1].endswith(f"| {want:.2f} |")
+    with pytest.raises(ValueError, match="sparse"):
+        P.policy_scale(tiny_world, config, ("scar-perm2",), sizes, steps=2)
+    with pytest.raises(ValueError, match="warmup"):
+        P.policy_scale(tiny_world, config, ("sparse",), sizes, steps=1, warmup=1)

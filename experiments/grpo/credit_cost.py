@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from grpo.methods import method as get_method
+from grpo.train import quiet_and_threads
 from scar.credit.rewarder import SCAR
 from scar.game.tokens import encode_pair
 from scar.scoring.model import inspect_model
@@ -113,63 +114,65 @@ def credit_cost(
     "corr", "per_batch": [{"seconds", "cost", "corr", "coalitions"}]}}}``; ``cost`` is the median over the
     batches, ``corr`` the mean (over the last half of the batches for the amortized methods).
     """
-    torch.set_num_threads(config.threads or torch.get_num_threads())
-    tokenizer, reward_model = world.tokenizer(), world.reward_model()
-    eos = [tokenizer.eos_token_id]
-    info = inspect_model(reward_model)
-    batches = sample_batches(world, config, n_batches, seed)
+    with quiet_and_threads(config.threads):
+        tokenizer, reward_model = world.tokenizer(), world.reward_model()
+        eos = [tokenizer.eos_token_id]
+        info = inspect_model(reward_model)
+        batches = sample_batches(world, config, n_batches, seed)
 
-    record: dict[str, Any] = {"batches": [], "methods": {}}
-    exact = SCAR(reward_model, tokenizer, players="span", method="exact", suffix_ids=eos, progress=False)
-    exact_values, exact_s = [], 0.0
-    for prompts, responses, ids in batches:
-        rows = [encode_pair(tokenizer, p, r, suffix_ids=eos).ids for p, r in zip(prompts, responses)]
-        with torch.no_grad():
-            score_padded(reward_model, info, rows)  # warm-up
-            plain = min(_seconds(lambda rows=rows: score_padded(reward_model, info, rows)) for _ in range(3))
-        t0 = time.perf_counter()
-        exact_values.append(exact(prompts, responses, ids).values)
-        exact_s += time.perf_counter() - t0
-        players = [len(v) for v in exact_values[-1]]
-        record["batches"].append({"plain_s": plain, "responses": len(rows), "players": players})
-    record["exact_s"] = exact_s
-
-    for name in methods:
-        spec = get_method(name)
-        provider = spec.make(reward_model, tokenizer, seed)
-        amortized = "amortized" in name
-        if not amortized:  # the first call builds the scorer; amortized methods learn from every call
-            provider(*batches[0])
-        per_batch = []
-        for (prompts, responses, ids), want, meta in zip(batches, exact_values, record["batches"]):
+        record: dict[str, Any] = {"batches": [], "methods": {}}
+        exact = SCAR(reward_model, tokenizer, players="span", method="exact", suffix_ids=eos, progress=False)
+        exact_values, exact_s = [], 0.0
+        for prompts, responses, ids in batches:
+            rows = [encode_pair(tokenizer, p, r, suffix_ids=eos).ids for p, r in zip(prompts, responses)]
+            with torch.no_grad():
+                score_padded(reward_model, info, rows)  # warm-up
+                plain = min(_seconds(lambda rows=rows: score_padded(reward_model, info, rows)) for _ in range(3))
             t0 = time.perf_counter()
-            got = provider(prompts, responses, ids)
-            seconds = time.perf_counter() - t0
-            corrs = [
-                float(np.corrcoef(g.numpy(), w.numpy())[0, 1])
-                for g, w in zip(got.values, want)
-                if len(w) >= min_players and float(w.std()) > 0 and float(g.std()) > 0
-            ]
-            stats = {id(s): s for s in getattr(provider, "last_stats", []) if s is not None}
-            per_batch.append(
-                {
-                    "seconds": seconds,
-                    "cost": seconds / meta["plain_s"],
-                    "corr": float(np.mean(corrs)) if corrs else float("nan"),
-                    "coalitions": sum(s.distinct_coalitions for s in stats.values()),
-                }
-            )
-        scored = per_batch[len(per_batch) // 2 :] if amortized else per_batch
-        record["methods"][name] = {
-            "description": spec.description,
-            "cost": statistics.median(b["cost"] for b in per_batch),
-            "corr": float(np.nanmean([b["corr"] for b in scored])),
-            "per_batch": per_batch,
-        }
-        if progress:
-            m = record["methods"][name]
-            print(f"{name}: {m['cost']:.1f}x a plain pass, correlation with exact Shapley {m['corr']:.3f}", flush=True)
-    return record
+            exact_values.append(exact(prompts, responses, ids).values)
+            exact_s += time.perf_counter() - t0
+            players = [len(v) for v in exact_values[-1]]
+            record["batches"].append({"plain_s": plain, "responses": len(rows), "players": players})
+        record["exact_s"] = exact_s
+
+        for name in methods:
+            spec = get_method(name)
+            provider = spec.make(reward_model, tokenizer, seed)
+            amortized = "amortized" in name
+            if not amortized:  # the first call builds the scorer; amortized methods learn from every call
+                provider(*batches[0])
+            per_batch = []
+            for (prompts, responses, ids), want, meta in zip(batches, exact_values, record["batches"]):
+                t0 = time.perf_counter()
+                got = provider(prompts, responses, ids)
+                seconds = time.perf_counter() - t0
+                corrs = [
+                    float(np.corrcoef(g.numpy(), w.numpy())[0, 1])
+                    for g, w in zip(got.values, want)
+                    if len(w) >= min_players and float(w.std()) > 0 and float(g.std()) > 0
+                ]
+                stats = {id(s): s for s in getattr(provider, "last_stats", []) if s is not None}
+                per_batch.append(
+                    {
+                        "seconds": seconds,
+                        "cost": seconds / meta["plain_s"],
+                        "corr": float(np.mean(corrs)) if corrs else float("nan"),
+                        "coalitions": sum(s.distinct_coalitions for s in stats.values()),
+                    }
+                )
+            scored = per_batch[len(per_batch) // 2 :] if amortized else per_batch
+            record["methods"][name] = {
+                "description": spec.description,
+                "cost": statistics.median(b["cost"] for b in per_batch),
+                "corr": float(np.nanmean([b["corr"] for b in scored])),
+                "per_batch": per_batch,
+            }
+            if progress:
+                m = record["methods"][name]
+                print(
+                    f"{name}: {m['cost']:.1f}x a plain pass, correlation with exact Shapley {m['corr']:.3f}", flush=True
+                )
+        return record
 
 
 def format_cost_table(record: dict[str, Any]) -> str:

@@ -41,7 +41,16 @@ from scar.integrations.trl import DenseGRPOConfig, DenseGRPOTrainer, DenseReward
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainConfig", "TimedCredit", "run", "train_one", "evaluate_policy", "load", "RESULTS_FILE"]
+__all__ = [
+    "TrainConfig",
+    "TimedCredit",
+    "run",
+    "train_one",
+    "evaluate_policy",
+    "load",
+    "quiet_and_threads",
+    "RESULTS_FILE",
+]
 
 RESULTS_FILE = "results.json"
 
@@ -213,7 +222,7 @@ def _step_recorder(timed: TimedCredit, label: str, progress: bool):
 
 
 @contextlib.contextmanager
-def _quiet_and_threads(threads: int | None) -> Iterator[None]:
+def quiet_and_threads(threads: int | None) -> Iterator[None]:
     """Quiet transformers/TRL chatter and set torch's threads, restoring both afterwards."""
     from transformers.utils import logging as hf_logging
 
@@ -339,12 +348,13 @@ def train_one(
     *,
     progress: bool = False,
     reference: Any = None,
+    evaluate: bool = True,
 ) -> dict[str, Any]:
     """Train the world's pre-trained policy with GRPO and ``method``'s credit; return the run's record.
 
     The record holds ``method``, ``seed``, the per-step list ``steps`` (see the module docstring),
-    ``final`` (:func:`evaluate_policy` of the trained policy), ``train_s`` (training wall time) and
-    ``param_change`` (L2 norm of the change of the policy's parameters).
+    ``final`` (:func:`evaluate_policy` of the trained policy; ``None`` when not ``evaluate``), ``train_s``
+    (training wall time) and ``param_change`` (L2 norm of the change of the policy's parameters).
     """
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -392,7 +402,7 @@ def train_one(
     trainer.train()
     train_s = time.perf_counter() - t0
     change = math.sqrt(sum(float((p.detach() - q).pow(2).sum()) for p, q in zip(policy.parameters(), initial)))
-    final = evaluate_policy(world, policy, tokenizer, reward_model, config, reference)
+    final = evaluate_policy(world, policy, tokenizer, reward_model, config, reference) if evaluate else None
     return {
         "method": method,
         "seed": seed,
@@ -468,7 +478,7 @@ def run(
         "initial": None,
         "runs": [],
     }
-    with _quiet_and_threads(config.threads):
+    with quiet_and_threads(config.threads):
         results["config"]["torch_threads"] = torch.get_num_threads()
         tokenizer, reward_model, reference = world.tokenizer(), world.reward_model(), world.policy()
         results["initial"] = evaluate_policy(world, reference, tokenizer, reward_model, config, reference)
