@@ -12,6 +12,11 @@
 - ``scar::dense_mask(horizon, prefix_len, dtype) -> mask``: the float additive mask of a pack for
   attention implementations without tree support. CPU: torch; CUDA: the Triton kernel.
 
+Besides the ops, the same tree attention through PyTorch's FlexAttention (:mod:`scar_kernels.flex`):
+:func:`flex_block_mask` builds a pack's ``BlockMask`` from ``horizon`` in O(N) and
+:func:`flex_tree_attention` runs ``flex_attention`` with it (compiled or eager, see
+:data:`~scar_kernels.flex.COMPILE_BY_DEVICE`). It is a plain function, not a ``torch.library`` op.
+
 Every op has a fake implementation, so it traces under ``torch.compile(fullgraph=True)`` and passes
 ``torch.library.opcheck``. The Python functions below are what the library calls; :func:`implementation`
 names what each op runs on a device; :class:`~scar_kernels.layout.PackLayout` (what ``build_pack`` returns)
@@ -22,6 +27,7 @@ this package. This module imports without a GPU and without Triton.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,6 +36,8 @@ from scar_kernels import extension
 from scar_kernels.dense_mask import MASK_DTYPES
 from scar_kernels.dense_mask import dense_mask as triton_dense_mask
 from scar_kernels.extension import has_extension
+from scar_kernels.flex import COMPILE_BY_DEVICE, flex_unavailable_reason, tree_block_mask
+from scar_kernels.flex import flex_tree_attention as _flex_tree_attention
 from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
 from scar_kernels.tree_attention import tree_attention as triton_tree_attention
 from scar_kernels.tree_attention import tree_attention_reference, validate_tree_attention_inputs
@@ -39,6 +47,9 @@ __all__ = [
     "PackLayout",
     "build_pack",
     "dense_mask",
+    "flex_block_mask",
+    "flex_tree_attention",
+    "flex_unavailable_reason",
     "has_extension",
     "implementation",
     "tree_attention",
@@ -46,6 +57,8 @@ __all__ = [
 ]
 
 OPS = ("tree_attention", "build_pack", "dense_mask")
+FLEX = "flex_attention"
+"""The name :func:`implementation` takes for the FlexAttention path (not a ``torch.library`` op)."""
 
 
 @functools.cache
@@ -62,11 +75,19 @@ def triton_available() -> bool:
 def implementation(op: str, device: str | torch.device = "cpu") -> str:
     """What ``op`` runs on ``device``: ``"c++"``, ``"triton"``, ``"torch"`` (reference) or ``"none"``.
 
+    ``op`` is one of :data:`OPS`, or ``"flex_attention"`` (:data:`FLEX`), which answers
+    ``"flex-compiled"``, ``"flex-eager"`` or ``"none"`` (:func:`flex_unavailable_reason` says why).
+
     Raises:
         ValueError: an unknown op name.
     """
+    if op == FLEX:
+        kind = torch.device(device).type
+        if flex_unavailable_reason(device) is not None:
+            return "none"
+        return "flex-compiled" if COMPILE_BY_DEVICE[kind] else "flex-eager"
     if op not in OPS:
-        raise ValueError(f"unknown op {op!r}; ops: {OPS}")
+        raise ValueError(f"unknown op {op!r}; ops: {(*OPS, FLEX)}")
     kind = torch.device(device).type
     if kind == "cpu":
         if op == "dense_mask":
@@ -253,3 +274,33 @@ def dense_mask(horizon: Tensor, prefix_len: int = 0, *, dtype: torch.dtype = tor
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ValueError(f"dense_mask: dtype must be a floating torch dtype, got {dtype!r}")
     return torch.ops.scar.dense_mask(horizon, prefix_len, dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# FlexAttention
+# --------------------------------------------------------------------------------------------------
+def flex_block_mask(horizon: Tensor, prefix_len: int = 0, block_size: int | tuple[int, int] = 128) -> Any:
+    """The FlexAttention ``BlockMask`` of a pack (queries ``N``, keys ``prefix_len + N``), built from ``horizon``
+    in O(N) work without an ``N x N`` mask (:func:`scar_kernels.flex.tree_block_mask`)."""
+    return tree_block_mask(horizon, prefix_len, block_size)
+
+
+def flex_tree_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    horizon: Tensor,
+    scale: float | None = None,
+    prefix_k: Tensor | None = None,
+    prefix_v: Tensor | None = None,
+    *,
+    block_mask: Any = None,
+    compiled: bool | None = None,
+) -> Tensor:
+    """Tree attention through ``flex_attention``, with the arguments and result of :func:`tree_attention`.
+
+    ``block_mask`` (from :func:`flex_block_mask` for the same ``horizon`` and prefix length) lets the layers
+    of one forward share one mask; ``compiled`` overrides :data:`~scar_kernels.flex.COMPILE_BY_DEVICE`. See
+    :func:`scar_kernels.flex.flex_tree_attention`.
+    """
+    return _flex_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, block_mask=block_mask, compiled=compiled)

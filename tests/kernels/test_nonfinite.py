@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from scar_kernels import extension, ops
+from scar_kernels import extension, flex, ops
 from scar_kernels.tree_attention import tree_attention_reference
 
 # The Triton interpreter warns about inf - inf in its numpy arithmetic; that is the point of these tests.
@@ -84,7 +84,13 @@ def run_triton(q, k, v, horizon, scale, pk, pv, **blocks):
     return ops._tree_attention_cuda(move(q), move(k), move(v), move(horizon), scale, move(pk), move(pv)).cpu()
 
 
-IMPLS = {"reference": run_reference, "c++": run_cpp, "op": run_op, "triton": run_triton}
+def run_flex(*args, **blocks):
+    """FlexAttention (eager: the compiled run is the same call around the same guard), 16-token tiles so that
+    the packs have full, partial and empty tiles."""
+    return flex.flex_tree_attention(*args, compiled=False, block_size=16)
+
+
+IMPLS = {"reference": run_reference, "c++": run_cpp, "op": run_op, "triton": run_triton, "flex": run_flex}
 
 
 def make_inputs(h, hkv, n, d, p, dtype, seed):
@@ -143,7 +149,7 @@ def check_only_viewers_poisoned(impl, h, hkv, n, d, p, dtype, seed, where, value
     assert not torch.isfinite(out[poisoned]).any()  # every element of every row that sees the key
 
 
-@pytest.mark.parametrize("impl", ["reference", "c++", "op"])
+@pytest.mark.parametrize("impl", ["reference", "c++", "op", "flex"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("where", ["k", "v", "kv", "qkv"])
 @pytest.mark.parametrize("value", sorted(BAD_VALUES))
@@ -152,7 +158,7 @@ def test_cpu_implementations(impl, dtype, where, value):
     check_only_viewers_poisoned(impl, 2, 2, 150, 16, 0, dtype, seed, where, BAD_VALUES[value])
 
 
-@pytest.mark.parametrize("impl", ["reference", "c++"])
+@pytest.mark.parametrize("impl", ["reference", "c++", "flex"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("seed", range(3))
 def test_grouped_query_attention_and_prefix(impl, dtype, seed):
@@ -227,6 +233,8 @@ def test_float64_is_refused_with_a_pointer_to_the_mask_path():
         tree_attention_reference(q, k, v, horizon, 0.5)
     with pytest.raises(TypeError, match=r'float64.*not support.*attention="mask"'):
         ops.tree_attention(q, k, v, horizon)
+    with pytest.raises(TypeError, match=r'float64.*not support.*attention="mask"'):
+        ops.flex_tree_attention(q, k, v, horizon, compiled=False)
     if extension.has_extension():
         with pytest.raises(TypeError, match=r'float64.*not support.*attention="mask"'):
             extension.load().tree_attention(q, k, v, horizon, 0.5)
