@@ -72,3 +72,12 @@ def tiny_model() -> Callable[..., torch.nn.Module]:
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def eager_flex(monkeypatch):
+    """Run FlexAttention (``attention="flex"``) eager on CPU during the test: compiling takes seconds per shape
+    family, and the compiled path has its own test (``tests/kernels/test_flex.py``)."""
+    import scar_kernels.flex as flex
+
+    monkeypatch.setitem(flex.COMPILE_BY_DEVICE, "cpu", False)

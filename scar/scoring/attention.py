@@ -10,9 +10,12 @@ forwards ``**kwargs`` from the model's forward down to the attention function):
 - ``scar_prefix`` (optional): the cached prompt's keys/values, a ``transformers`` ``Cache``
   (e.g. a ``DynamicCache`` filled by a forward over the prompt) or a sequence of ``(key, value)`` pairs,
   one per layer, each ``[1, Hkv, P, D]``. Every packed token attends every cached key. The cache is
-  read, never extended: the attention kernel takes the prefix as a separate operand, so the prompt's
-  keys are neither copied into the packed keys nor cropped afterwards, and one cache serves any number
-  of passes.
+  read, never extended: the attention takes the prefix as a separate operand, so nothing is appended to
+  the cache nor cropped from it afterwards, and one cache serves any number of passes.
+- ``scar_block_mask`` (optional): a FlexAttention ``BlockMask`` of the pack
+  (:func:`scar_kernels.ops.flex_block_mask` of ``scar_horizon`` and the prefix length). When given, the
+  attention runs through ``flex_attention`` (:func:`scar_kernels.ops.flex_tree_attention`) instead of the
+  ``scar::tree_attention`` op; one mask serves every layer of the forward.
 
 No mask function is registered: ``"scar_tree"`` is absent from transformers' mask registry, so
 ``create_causal_mask`` returns ``None`` without building an ``N x N`` mask.
@@ -21,7 +24,8 @@ No mask function is registered: ``"scar_tree"`` is absent from transformers' mas
 or ``model.transformer`` of GPT-2) this way. It never switches the attention implementation of the model
 it is given: it runs a private view of it (:func:`scar.scoring.views.model_view`: the same parameters, its
 own config selecting ``"scar_tree"``), so other threads and the model's own forwards are unaffected. The
-attention itself is the ``scar::tree_attention`` op (Triton on CUDA, C++/torch on CPU).
+attention itself is the ``scar::tree_attention`` op (Triton on CUDA, C++/torch on CPU), or FlexAttention
+(``attention="flex"``).
 """
 
 from __future__ import annotations
@@ -34,11 +38,23 @@ import torch
 from transformers import AttentionInterface
 
 from scar.scoring.views import model_view
+from scar_kernels.ops import flex_block_mask
+from scar_kernels.ops import flex_tree_attention as _flex_attention_op
 from scar_kernels.ops import tree_attention as _tree_attention_op
 
-__all__ = ["ATTENTION_NAME", "scar_tree_attention", "register", "packed_forward", "uses_scar_tree"]
+__all__ = [
+    "ATTENTION_NAME",
+    "PACKED_ATTENTIONS",
+    "scar_tree_attention",
+    "register",
+    "packed_forward",
+    "uses_scar_tree",
+    "prefix_length",
+]
 
 ATTENTION_NAME = "scar_tree"
+PACKED_ATTENTIONS = ("kernel", "flex")
+"""What :func:`packed_forward` can run the tree attention with: the ``scar::tree_attention`` op or FlexAttention."""
 
 
 def _prefix_for_layer(prefix: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,8 +92,8 @@ def scar_tree_attention(
     """transformers attention function for a packed prefix-tree (registered as ``"scar_tree"``).
 
     Takes ``query [1, H, N, D]`` and ``key``/``value`` ``[1, Hkv, N, D]`` as transformers passes them,
-    ``scar_horizon`` (and optionally ``scar_prefix``) from ``kwargs``; returns ``([1, N, H, D], None)``
-    like transformers' own attention functions (no attention weights).
+    ``scar_horizon`` (and optionally ``scar_prefix`` and ``scar_block_mask``) from ``kwargs``; returns
+    ``([1, N, H, D], None)`` like transformers' own attention functions (no attention weights).
     """
     horizon = kwargs.get("scar_horizon")
     if horizon is None:
@@ -114,7 +130,7 @@ def scar_tree_attention(
         if pk.shape[2] > 0:
             prefix_k = pk[0].to(query.dtype).contiguous()
             prefix_v = pv[0].to(query.dtype).contiguous()
-    out = _tree_attention_op(
+    args = (
         query[0].contiguous(),
         key[0].contiguous(),
         value[0].contiguous(),
@@ -123,6 +139,11 @@ def scar_tree_attention(
         prefix_k,
         prefix_v,
     )
+    block_mask = kwargs.get("scar_block_mask")
+    if block_mask is not None:
+        out = _flex_attention_op(*args, block_mask=block_mask)
+    else:
+        out = _tree_attention_op(*args)
     # transformers expects [batch, seq, heads, head_dim].
     return out.transpose(0, 1).unsqueeze(0), None
 
@@ -137,12 +158,24 @@ def uses_scar_tree(model: torch.nn.Module) -> bool:
     return getattr(getattr(model, "config", None), "_attn_implementation", None) == ATTENTION_NAME
 
 
+def prefix_length(prefix: Any) -> int:
+    """Cached tokens of a prompt cache (a transformers ``Cache`` or per-layer ``(key, value)`` pairs)."""
+    if prefix is None:
+        return 0
+    if hasattr(prefix, "get_seq_length"):
+        return int(prefix.get_seq_length())
+    if isinstance(prefix, Sequence) and len(prefix):
+        return int(prefix[0][0].shape[2])
+    return 0
+
+
 def packed_forward(
     model_base: Any,
     input_ids: torch.Tensor,
     position_ids: torch.Tensor,
     horizon: torch.Tensor,
     past_key_values: Any = None,
+    attention: str = "kernel",
 ) -> torch.Tensor:
     """Run a transformers base model over a packed trie with tree attention; return ``last_hidden_state``.
 
@@ -157,6 +190,8 @@ def packed_forward(
         past_key_values: optional cache holding the prompt's first ``P`` tokens (a ``DynamicCache``
             or per-layer ``(key, value)`` pairs); visible to every packed token, so a pack with a
             cache must hold coalitions of that one prompt. It is read only, never modified.
+        attention: ``"kernel"`` (the ``scar::tree_attention`` op) or ``"flex"`` (FlexAttention, with one
+            ``BlockMask`` built from ``horizon`` for all layers); see :data:`PACKED_ATTENTIONS`.
 
     Returns:
         ``last_hidden_state [1, N, hidden]``.
@@ -177,6 +212,8 @@ def packed_forward(
         raise ValueError(f"packed_forward: horizon must be a 1-D tensor of {n} entries")
     if horizon.dtype.is_floating_point or horizon.dtype == torch.bool:
         raise TypeError(f"packed_forward: horizon must be an integer tensor, got {horizon.dtype}")
+    if attention not in PACKED_ATTENTIONS:
+        raise ValueError(f"packed_forward: attention must be one of {PACKED_ATTENTIONS}, got {attention!r}")
     if getattr(model_base, "config", None) is None or not hasattr(model_base, "set_attn_implementation"):
         raise TypeError("packed_forward: model_base must be a transformers PreTrainedModel")
     base = model_base if uses_scar_tree(model_base) else model_view(model_base, ATTENTION_NAME)
@@ -184,6 +221,8 @@ def packed_forward(
     kwargs: dict[str, Any] = {"scar_horizon": horizon, "use_cache": False}
     if past_key_values is not None:
         kwargs["scar_prefix"] = past_key_values
+    if attention == "flex":
+        kwargs["scar_block_mask"] = flex_block_mask(horizon, prefix_length(past_key_values))
     if "return_dict" in inspect.signature(base.forward).parameters:
         kwargs["return_dict"] = True
     return base(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state

@@ -25,8 +25,9 @@ BACKENDS = ("auto", "loop", "batched", "trie")
 padded batches; ``trie``: every coalition in one packed prefix tree; ``auto``: ``trie`` where it is exact."""
 REMOVALS = ("delete", "replace")
 """How a player is removed: its tokens deleted (positions compacted) or replaced by a filler token."""
-ATTENTIONS = ("auto", "kernel", "mask")
-"""How the ``trie`` backend applies the packed mask: the tree-attention kernel, or a dense additive mask."""
+ATTENTIONS = ("auto", "kernel", "flex", "mask")
+"""How the ``trie`` backend applies the packed mask: the tree-attention kernel, PyTorch's FlexAttention with a
+block mask built from the layout, or a dense additive mask."""
 DEFAULT_PASS_TOKENS = 8192
 DEFAULT_MASK_PASS_TOKENS = 1024
 """The dense mask grows with the square of the pass length, so on that path several short passes beat a
@@ -53,8 +54,12 @@ class ScorerConfig:
         removal: one of :data:`REMOVALS`.
         attention: one of :data:`ATTENTIONS`: ``"kernel"`` (the ``scar::tree_attention`` op through
             transformers' attention registry; needs the compiled kernels on CPU or Triton on CUDA, and a
-            model that supports attention backends), ``"mask"`` (a dense float mask, O(N^2) memory per pass)
-            or ``"auto"`` (the kernel where it can run, else the mask). Both are exact.
+            model that supports attention backends), ``"flex"`` (``torch.nn.attention.flex_attention``
+            through the same registry, with a ``BlockMask`` built from the pack's layout in O(N); compiled
+            on first use, which takes seconds to minutes once per process and shape family, see
+            :data:`scar_kernels.flex.COMPILE_BY_DEVICE`; float32/float16/bfloat16 models),
+            ``"mask"`` (a dense float mask, O(N^2) memory per pass) or ``"auto"`` (the kernel where it
+            can run, else the mask; never ``"flex"``). All are exact.
         max_tokens_per_pass: token budget of one forward (batch x padded length for ``batched``, packed
             length for ``trie``); None: :data:`DEFAULT_PASS_TOKENS`, or :data:`DEFAULT_MASK_PASS_TOKENS`
             for a trie on the dense-mask path. Memory is bounded by it, never by the number of coalitions.

@@ -38,7 +38,7 @@ from scar.scoring.loop import plain_scores, score_loop
 from scar.scoring.model import RewardModelInfo, inspect_model, model_device, model_dtype, trie_exactness
 from scar.scoring.trie import score_trie
 from scar.scoring.views import model_view
-from scar_kernels.ops import implementation
+from scar_kernels.ops import flex_unavailable_reason, implementation
 
 __all__ = ["CoalitionScorer", "ExactnessError"]
 
@@ -68,13 +68,16 @@ class ExactnessError(ValueError):
         self.fast, self.plain, self.tolerance = fast, plain, tolerance
 
 
-def _tree_kernel_support(base: nn.Module, dtype: torch.dtype) -> tuple[bool, str]:
-    """Whether the tree-attention kernel can run ``base``'s attention: (ok, reason when not)."""
+def _tree_kernel_support(base: nn.Module, dtype: torch.dtype, attention: str = "kernel") -> tuple[bool, str]:
+    """Whether ``attention`` (``"kernel"`` or ``"flex"``) can run ``base``'s attention: (ok, reason when not)."""
     if not getattr(base, "_supports_attention_backend", False):
         return False, f"{type(base).__name__} does not support transformers' attention registry"
     if dtype not in _KERNEL_DTYPES:
         return False, f"the tree-attention kernels compute in float32, float16 or bfloat16, not {dtype}"
     device = model_device(base)
+    if attention == "flex":
+        reason = flex_unavailable_reason(device)
+        return (True, "") if reason is None else (False, reason)
     impl = implementation("tree_attention", device)
     if device.type == "cpu":
         return (True, "") if impl == "c++" else (False, "the compiled kernels (scar_kernels._C) are not built")
@@ -139,7 +142,7 @@ class CoalitionScorer:
         self.backend = self._resolve_backend(config.backend)
         self.attention = self._resolve_attention(config.attention)
         self._packed_base: nn.Module | None = None
-        if self.attention == "kernel":
+        if self.attention in ("kernel", "flex"):
             self._packed_base = inspect_model(model_view(model, ATTENTION_NAME)).base
         default = DEFAULT_MASK_PASS_TOKENS if self.attention == "mask" else DEFAULT_PASS_TOKENS
         self.max_tokens_per_pass: int = config.max_tokens_per_pass or default
@@ -158,9 +161,17 @@ class CoalitionScorer:
         return self.config.score_fn
 
     def _resolve_attention(self, attention: str) -> str:
-        """The trie's attention path: ``kernel`` or ``mask`` (``none`` for the other backends)."""
+        """The trie's attention path: ``kernel``, ``flex`` or ``mask`` (``none`` for the other backends).
+
+        ``auto`` picks the kernel where it can run, else the mask; never FlexAttention.
+        """
         if self.backend != "trie":
             return "none"
+        if attention == "flex":
+            ok, reason = _tree_kernel_support(self.info.base, model_dtype(self.view), "flex")
+            if not ok:
+                raise ValueError(f"attention='flex' is not available: {reason}")
+            return attention
         ok, reason = _tree_kernel_support(self.info.base, model_dtype(self.view))
         if attention == "kernel" and not ok:
             raise ValueError(f"attention='kernel' is not available: {reason}")
@@ -285,7 +296,15 @@ class CoalitionScorer:
         if self.backend == "batched":
             return score_batched(self.view, self.info, games, self.config.score_fn, self.max_tokens_per_pass, stats)
         scores = score_trie(
-            self.view, self.info, games, layout, self._read_scores, self.max_tokens_per_pass, self._packed_base, stats
+            self.view,
+            self.info,
+            games,
+            layout,
+            self._read_scores,
+            self.max_tokens_per_pass,
+            self._packed_base,
+            stats,
+            attention=self.attention if self.attention in ("kernel", "flex") else "kernel",
         )
         self._rescore_nonfinite(games, scores, stats)
         return scores

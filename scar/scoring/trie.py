@@ -2,9 +2,10 @@
 
 The pack (:func:`scar.scoring.games.pack_games`) runs in as few passes of the base model as the token
 budget allows (:func:`scar.scoring.passes.split_passes`), with compacted ``position_ids`` and the attention
-rule of ``horizon``: either the tree-attention kernel (:func:`scar.scoring.attention.packed_forward`,
-which never builds an ``N x N`` mask and skips invisible key blocks) or a dense float mask given to the
-model's own attention. The score head is applied at the read-out rows only. A response whose tree does not
+rule of ``horizon``: either tree attention (:func:`scar.scoring.attention.packed_forward`, which never
+builds an ``N x N`` mask and skips invisible key blocks: the ``scar::tree_attention`` kernel, or
+FlexAttention with a block mask built from ``horizon``) or a dense float mask given to the model's own
+attention. The score head is applied at the read-out rows only. A response whose tree does not
 fit one pass has its prompt computed once into a ``DynamicCache`` that every pass of that response attends.
 """
 
@@ -35,16 +36,19 @@ def score_trie(
     max_tokens: int,
     packed_base: nn.Module | None,
     stats: ScorerStats,
+    attention: str = "kernel",
 ) -> list[torch.Tensor]:
     """Scores (float64 ``[C_r]`` per game) of every coalition.
 
     ``layout`` is the pack of all games with whole prompts (no cache). Whole trees that fit ``max_tokens``
-    share passes; each larger tree runs its own passes on top of its prompt's KV cache.
+    share passes; each larger tree runs its own passes on top of its prompt's KV cache. ``packed_base``
+    (a base model view selecting ``"scar_tree"``) runs the passes with tree attention, ``attention``
+    (``"kernel"`` or ``"flex"``) saying which; None: a dense mask through ``model``'s own attention.
     """
     sizes = torch.bincount(layout.tree, minlength=len(games)).tolist()
     small = [r for r, size in enumerate(sizes) if size <= max_tokens]
     big = [r for r, size in enumerate(sizes) if size > max_tokens]
-    run = _Runner(model, info, read_scores, max_tokens, packed_base, stats)
+    run = _Runner(model, info, read_scores, max_tokens, packed_base, stats, attention)
     if not big:
         return run(games, layout, 0)
     scores: list[torch.Tensor | None] = [None] * len(games)
@@ -103,9 +107,11 @@ class _Runner:
         max_tokens: int,
         packed_base: nn.Module | None,
         stats: ScorerStats,
+        attention: str = "kernel",
     ) -> None:
         self.model, self.info, self.read_scores = model, info, read_scores
         self.max_tokens, self.packed_base, self.stats = max_tokens, packed_base, stats
+        self.attention = attention
 
     def __call__(self, games: list[Game], layout: PackLayout, cached: int) -> list[torch.Tensor]:
         device, dtype = model_device(self.model), model_dtype(self.model)
@@ -157,8 +163,10 @@ class _Runner:
             ids = packed_ids[p.tokens][None].to(device)
             positions = layout.position_ids[p.tokens][None].to(device)
             if self.packed_base is not None:
-                # The cache is only read by the tree kernel: nothing to crop.
-                hidden = packed_forward(self.packed_base, ids, positions, p.horizon, past_key_values=cache)[0]
+                # The cache is only read by tree attention: nothing to crop.
+                hidden = packed_forward(
+                    self.packed_base, ids, positions, p.horizon, past_key_values=cache, attention=self.attention
+                )[0]
             else:
                 hidden = base(
                     input_ids=ids,

@@ -72,7 +72,8 @@ def build(responses, cached_len):
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "neox"])
 @pytest.mark.parametrize("cached", [0, 2])
-def test_packed_trie_equals_deleted_sequences(arch, cached, monkeypatch):
+@pytest.mark.parametrize("attention", ["kernel", "flex"])
+def test_packed_trie_equals_deleted_sequences(arch, cached, attention, monkeypatch, eager_flex):
     model = make_model(arch)
     base = model.base_model
     responses = RESPONSES if cached == 0 else RESPONSES[:1]  # a cached prompt belongs to one response
@@ -85,15 +86,17 @@ def test_packed_trie_equals_deleted_sequences(arch, cached, monkeypatch):
             base(input_ids=torch.tensor([responses[0][0][:cached]]), use_cache=True, **{cache_keyword(base): cache})
     calls = []
 
-    def counting_op(*args):
+    def counting_op(*args, **kwargs):
         calls.append(args[3].shape[0])
-        return real_op(*args)
+        return real_op(*args, **kwargs)
 
-    real_op = scar_tf._tree_attention_op
-    monkeypatch.setattr(scar_tf, "_tree_attention_op", counting_op)
+    op_name = "_tree_attention_op" if attention == "kernel" else "_flex_attention_op"
+    real_op = getattr(scar_tf, op_name)
+    monkeypatch.setattr(scar_tf, op_name, counting_op)
     before = model.config._attn_implementation
     with torch.no_grad():
-        hidden = packed_forward(base, ids, layout.position_ids, layout.horizon, past_key_values=cache)
+        hidden = packed_forward(base, ids, layout.position_ids, layout.horizon, past_key_values=cache,
+                                attention=attention)
         packed_scores = model.score(hidden[0, layout.readout]).squeeze(-1)
         for c, seq in enumerate(sequences):
             alone = base(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
@@ -106,15 +109,23 @@ def test_packed_trie_equals_deleted_sequences(arch, cached, monkeypatch):
         assert cache.get_seq_length() == cached  # the prompt cache is read, never extended
 
 
-def test_wrong_horizon_changes_the_result():
+@pytest.mark.parametrize("attention", ["kernel", "flex"])
+def test_wrong_horizon_changes_the_result(attention, eager_flex):
     # Guards against a silent fallback to plain causal attention over the pack.
     model = make_model("llama")
     ids, layout, _ = build(RESPONSES, [0, 0])
     with torch.no_grad():
-        tree = packed_forward(model.base_model, ids, layout.position_ids, layout.horizon)
+        tree = packed_forward(model.base_model, ids, layout.position_ids, layout.horizon, attention=attention)
         causal = packed_forward(model.base_model, ids, layout.position_ids,
-                                torch.full_like(layout.horizon, ids.shape[0]))
+                                torch.full_like(layout.horizon, ids.shape[0]), attention=attention)
     assert not torch.allclose(tree, causal, atol=1e-3)
+
+
+def test_unknown_packed_attention_is_refused():
+    model = make_model("gpt2")
+    ids, layout, _ = build(RESPONSES, [0, 0])
+    with pytest.raises(ValueError, match="attention must be one of"):
+        packed_forward(model.base_model, ids, layout.position_ids, layout.horizon, attention="mask")
 
 
 def test_registered_and_restored_after_errors():

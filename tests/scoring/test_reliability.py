@@ -20,7 +20,9 @@ RESPONSE = [10, 11, 50, 13, 14, 15, 16]
 PLAYERS = [(0, 2), (2, 3), (3, 5), (5, 7)]
 COALITIONS = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 1], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 0, 1], [0, 0, 1, 1],
                            [1, 0, 0, 0]], dtype=torch.bool)
-ATTENTIONS = ["kernel", "mask"] if has_extension() else ["mask"]
+ATTENTIONS = (["kernel", "mask"] if has_extension() else ["mask"]) + ["flex"]
+# attention="flex" runs eager here (the compiled run is tested in tests/kernels/test_flex.py)
+pytestmark = pytest.mark.usefixtures("eager_flex")
 
 
 def gpt2(seed: int = 0, **kw) -> tf.GPT2ForSequenceClassification:
@@ -213,6 +215,8 @@ def test_float64_models_work_under_the_defaults():
     if has_extension():
         with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
             CoalitionScorer(model, attention="kernel")
+    with pytest.raises(ValueError, match="attention='flex' is not available: .*float32, float16 or bfloat16"):
+        CoalitionScorer(model, attention="flex")
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float16, 2e-2), (torch.bfloat16, 5e-2)])

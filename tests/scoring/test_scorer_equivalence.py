@@ -1,4 +1,5 @@
-"""Acceptance: every backend equals `loop` within 1e-4 (float32) on real transformers architectures."""
+"""Acceptance: every backend (and every attention path of the trie) equals `loop` within 1e-4 (float32) on real
+transformers architectures."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import pytest
 import torch
 
 from scar.scoring import CoalitionScorer
+
+# attention="flex" runs eager here (the compiled run is tested in tests/kernels/test_flex.py)
+pytestmark = pytest.mark.usefixtures("eager_flex")
 
 DECODERS = ["gpt2", "llama", "gpt_neox", "opt"]
 ENCODERS = ["distilbert", "bert"]
@@ -69,7 +73,7 @@ def test_decoder_backends_equal_loop(tiny_model, kind: str, case_name: str) -> N
     ref, _ = score(model, "loop", case)
     assert ref.dtype == torch.float64 and ref.shape == (case["coalitions"].shape[0],)
     assert ref.std() > 0  # the coalitions really differ, so equality below means something
-    for backend, attention in (("batched", "auto"), ("trie", "mask"), ("trie", "kernel")):
+    for backend, attention in (("batched", "auto"), ("trie", "mask"), ("trie", "kernel"), ("trie", "flex")):
         got, scorer = score(model, backend, case, attention=attention)
         assert backend == "batched" or scorer.attention == attention
         torch.testing.assert_close(got, ref, atol=TOL, rtol=0, msg=f"{kind} {backend} {attention} {case_name}")
@@ -136,7 +140,7 @@ def test_split_passes_and_cached_prompt_equal_loop(tiny_model, kind: str, budget
     else:
         backends = ["batched", "trie"] if budget >= 37 else ["trie"]
     runs = [(b, "auto") for b in backends if b == "batched"]
-    runs += [("trie", a) for a in ("mask", "kernel") if "trie" in backends]
+    runs += [("trie", a) for a in ("mask", "kernel", "flex") if "trie" in backends]
     for backend, attention in runs:
         scorer = CoalitionScorer(model, backend=backend, max_tokens_per_pass=budget, attention=attention)
         got = scorer.score_many(*args)

@@ -234,7 +234,16 @@ def test_attention_path_selection(tiny_model, monkeypatch) -> None:
     assert CoalitionScorer(model, backend="batched").max_tokens_per_pass == 8192
     assert CoalitionScorer(model, backend="trie", attention="mask").max_tokens_per_pass == 1024
     assert CoalitionScorer(model, backend="trie", attention="mask", max_tokens_per_pass=4096).max_tokens_per_pass == 4096
+    flex_scorer = CoalitionScorer(model, backend="trie", attention="flex")
+    assert flex_scorer.attention == "flex" and flex_scorer.max_tokens_per_pass == 8192
+    assert CoalitionScorer(model, backend="batched", attention="flex").attention == "none"
     monkeypatch.setattr(extension, "load", lambda: None)
-    assert CoalitionScorer(model, backend="trie").attention == "mask"
+    assert CoalitionScorer(model, backend="trie").attention == "mask"  # auto never picks flex
     with pytest.raises(ValueError, match="compiled kernels"):
         CoalitionScorer(model, backend="trie", attention="kernel")
+    assert CoalitionScorer(model, backend="trie", attention="flex").attention == "flex"  # needs no extension
+    import scar_kernels.flex as flex
+
+    monkeypatch.setattr(flex, "_flex_module", lambda: None)
+    with pytest.raises(ValueError, match="attention='flex' is not available: .*flex_attention"):
+        CoalitionScorer(model, backend="trie", attention="flex")
