@@ -4,6 +4,7 @@
     .venv/bin/python experiments/sentiment_grpo.py levers             # the budget-versus-benefit sweep
     .venv/bin/python experiments/sentiment_grpo.py compare --quick    # seconds, on the tiny world
     .venv/bin/python experiments/sentiment_grpo.py table --out DIR    # the tables of an earlier run
+    .venv/bin/python experiments/sentiment_grpo.py table --out DIR --cost-from DIR2  # + cost vs benefit plot
     .venv/bin/python experiments/sentiment_grpo.py cost               # credit cost per batch vs exact-Shapley fit
     .venv/bin/python experiments/sentiment_grpo.py scale --ratios-from DIR  # step cost vs policy size
 
@@ -40,6 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batches", type=int, default=6, help="cost: batches measured (default: %(default)s)")
     parser.add_argument(
+        "--cost-from",
+        default=None,
+        help="table: a cost run's --out; plots each method's cost against its steps and wall ratios",
+    )
+    parser.add_argument(
         "--ratios-from",
         default=None,
         help="scale: a training run's --out; its steps-to-threshold ratios give the derived wall-time ratios",
@@ -54,7 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out or f"runs/sentiment_grpo_{args.what}")
     if args.what == "table":
         results = train.load(out)
-        print(report.format_table(results))
+        summary = report.summarise(results)
+        print(report.format_table(results, summary))
+        if args.cost_from:
+            cost = json.loads((Path(args.cost_from) / "cost.json").read_text(encoding="utf-8"))
+            print(f"plot: {report.plot_levers(summary, cost, out / report.LEVERS_PLOT_FILE)}")
         return
     config = train.TrainConfig(threads=args.threads)
     if args.what == "cost":

@@ -154,6 +154,20 @@ def test_credit_cost_and_fit_with_exact_shapley(tiny_world):
         C.sample_batches(tiny_world, config, n_batches=1000)
 
 
+def test_plot_levers(results, tmp_path):
+    """The cost-versus-benefit plot is drawn from a training summary and a cost record; without a method
+    in both it refuses."""
+    res, _ = results
+    summary = R.summarise(res)
+    summary["methods"]["scar-perm2"]["steps_ratio_to_sparse"] = 0.5  # two tiny steps may miss the threshold
+    summary["methods"]["scar-perm2"]["wall_ratio_to_sparse"] = 0.7
+    cost = {"methods": {"scar-perm2": {"cost": 5.0, "corr": 0.8}}}
+    path = R.plot_levers(summary, cost, tmp_path / R.LEVERS_PLOT_FILE)
+    assert path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="no method"):
+        R.plot_levers(summary, {"methods": {"scar-perm16": {"cost": 5.0, "corr": 0.8}}}, tmp_path / "x.png")
+
+
 def test_policy_scale_times_each_size_and_method(tiny_world):
     """Step timing by policy size: a bigger random policy really replaces the world's (more parameters, the
     world's vocabulary), every method is timed at every size, and the derived wall ratio is steps x step."""

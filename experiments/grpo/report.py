@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["summarise", "format_table", "plot", "PLOT_FILE"]
+__all__ = ["summarise", "format_table", "plot", "plot_levers", "PLOT_FILE", "LEVERS_PLOT_FILE"]
 
 PLOT_FILE = "training_reward.png"
+LEVERS_PLOT_FILE = "levers.png"
 
 
 def _trailing_mean(x: np.ndarray, window: int) -> np.ndarray:
@@ -199,6 +200,59 @@ def plot(results: dict[str, Any], path: str | os.PathLike[str], title: str = "")
         ax.grid(alpha=0.3)
     ax_step.legend(loc="lower right", fontsize=7)
     fig.suptitle(title or f"GRPO on the sentiment task ({config['size']} world): mean ± sd over seeds")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_levers(
+    summary: dict[str, Any],
+    cost: dict[str, Any],
+    path: str | os.PathLike[str],
+    goals: tuple[float, float] = (0.4, 0.5),
+) -> Path:
+    """What each credit method costs and gains: its steps and its wall time to the threshold over sparse
+    GRPO's (from :func:`summarise` of a training run) against its credit cost per batch in plain reward-model
+    passes (from :func:`grpo.credit_cost.credit_cost`, the point's label adds its correlation with exact
+    Shapley values). ``goals``: the steps and wall ratios drawn as dashed lines. Methods missing from either
+    record are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    names = [m for m, s in summary["methods"].items() if m in cost["methods"] and s["steps_ratio_to_sparse"]]
+    if not names:
+        raise ValueError("no method has both a cost and a steps-to-threshold ratio")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, key, goal in zip(axes, ("steps", "wall"), goals):
+        for m in names:
+            x, y = cost["methods"][m]["cost"], summary["methods"][m][f"{key}_ratio_to_sparse"]
+            if y is None:
+                continue
+            ax.scatter(x, y, s=28)
+            ax.annotate(
+                f"{m} (r={cost['methods'][m]['corr']:.2f})",
+                (x, y),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+        ax.axhline(1.0, color="grey", lw=1, label="sparse GRPO")
+        ax.axhline(goal, color="grey", ls="--", lw=1, label=f"goal {goal:g}x")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks([2, 3, 5, 10, 20, 50])
+        ax.set_xlabel("credit cost per GRPO batch (plain reward-model passes)")
+        ax.set_ylabel(f"{key} to the threshold / sparse GRPO's")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=7)
+    fig.suptitle("Credit methods: cost per batch against steps and wall time to the threshold")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
