@@ -112,14 +112,19 @@ class SCAR:
         self.last_stats: list[ScorerStats | None] = []
 
     TRAINING_SETTINGS: ClassVar[dict[str, Any]] = {"players": "span", "method": "permutation", "budget": 2}
-    """What :meth:`for_training` sets unless overridden."""
+    """What :meth:`for_training` sets unless overridden: span players, one antithetic pair of permutations."""
 
     @classmethod
     def for_training(cls, reward_model: Any, tokenizer: Any, **overrides: Any) -> SCAR:
         """SCAR configured for credit inside an RL loop: :data:`TRAINING_SETTINGS`, then ``overrides``.
 
         RL needs credit that is cheap per step and unbiased, not precise per response: the policy gradient
-        averages the noise of many responses and steps away.
+        averages the noise of many responses and steps away. One antithetic pair of permutations gives
+        every player an unbiased value whose sum is exactly ``v(N) - v(empty)``, at a few plain reward-model
+        passes per batch; the budget sweep behind this choice (estimators, budgets, amortised credit, their
+        cost per batch, correlation with exact values and steps and wall time to a reward threshold in GRPO)
+        is ``bench/RESULTS_training.md`` in the repository. Pass a seed (``seed=0``) for credit that does not
+        depend on the process or batch that computes it.
         """
         return cls(reward_model, tokenizer, **{**cls.TRAINING_SETTINGS, **overrides})
 
