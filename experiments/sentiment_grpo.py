@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         help="scale: a training run's --out; its steps-to-threshold ratios give the derived wall-time ratios",
     )
     parser.add_argument("--methods", nargs="+", choices=list(methods.METHODS), help="override the preset's methods")
-    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 80; 3 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 150; 3 with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; 0 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny world, one seed, three steps")
     parser.add_argument("--out", default=None, help="output folder (default runs/sentiment_grpo_<what>)")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     results = train.run(
         methods=args.methods or PRESETS[args.what],
         seeds=tuple(args.seeds) if args.seeds else ((0,) if args.quick else (0, 1, 2)),
-        steps=args.steps or (3 if args.quick else 80),
+        steps=args.steps or (3 if args.quick else 150),
         size="tiny" if args.quick else "default",
         out_dir=out,
         progress=True,

@@ -10,7 +10,7 @@ temperature ``config.temperature``, a fixed seed). For each method, on each batc
   call of every method precedes the batches (its first call builds the scorer).
 * ``corr``: the Pearson correlation of the method's player values with the exact Shapley values
   (``SCAR(method="exact")``, the same span players) per response, averaged over the responses with at least
-  ``min_players`` players.
+  ``min_players`` players; NaN for a method with other players (sentences), which has no span values.
 
 The table reports the median cost and the mean correlation over the batches. The amortized methods learn
 across calls (their first calls spread ``r`` evenly, see :mod:`scar.credit.amortized`), so they see the
@@ -20,6 +20,7 @@ batches in order and their correlation is reported over the last half of the bat
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Sequence
@@ -45,6 +46,7 @@ COST_METHODS = (
     "scar-kernel-2",
     "scar-kernel-1",
     "scar-owen",
+    "scar-sentence-perm2",
     "scar-default",
     "scar-amortized",
     "scar-amortized-0.5",
@@ -149,7 +151,7 @@ def credit_cost(
                 corrs = [
                     float(np.corrcoef(g.numpy(), w.numpy())[0, 1])
                     for g, w in zip(got.values, want)
-                    if len(w) >= min_players and float(w.std()) > 0 and float(g.std()) > 0
+                    if len(g) == len(w) >= min_players and float(w.std()) > 0 and float(g.std()) > 0
                 ]
                 stats = {id(s): s for s in getattr(provider, "last_stats", []) if s is not None}
                 per_batch.append(
@@ -189,5 +191,6 @@ def format_cost_table(record: dict[str, Any]) -> str:
     ]
     for name, m in sorted(record["methods"].items(), key=lambda kv: kv[1]["cost"]):
         coalitions = statistics.median(b["coalitions"] for b in m["per_batch"])
-        lines.append(f"| {name} | {m['cost']:.1f}x | {coalitions:.0f} | {m['corr']:.3f} |")
+        corr = "other players" if math.isnan(m["corr"]) else f"{m['corr']:.3f}"
+        lines.append(f"| {name} | {m['cost']:.1f}x | {coalitions:.0f} | {corr} |")
     return "\n".join(lines)

@@ -140,6 +140,13 @@ METHODS: dict[str, Method] = {
             {**_SPAN, "method": "owen", "budget": 2},
         ),
         Method(
+            "scar-sentence-perm2",
+            "SCAR, sentence players, 2 permutations (exact up to 3 sentences)",
+            True,
+            _scar,
+            {"players": "sentence", "method": "permutation", "budget": 2},
+        ),
+        Method(
             "scar-amortized",
             "SCAR, spans, amortized: a head on the reward model's hidden states, "
             "trained on one antithetic permutation pair of 25% of the responses",
@@ -173,8 +180,8 @@ LEVERS = (
 )
 """The budget-versus-benefit sweep."""
 
-COMPARISON = ("sparse", "abc", "abc-0.5", "scar-training")
-"""The headline comparison: GRPO, both ABC settings and the recommended SCAR configuration."""
+COMPARISON = ("sparse", "abc", "abc-0.5", "scar-training", "scar-amortized-0.5")
+"""The headline comparison: GRPO, both ABC settings, the recommended SCAR configuration and amortised credit."""
 
 
 def method(name: str) -> Method:

@@ -435,7 +435,7 @@ def _check_run_args(methods: Sequence[str], seeds: Sequence[int], steps: int) ->
 def run(
     methods: Sequence[str],
     seeds: Sequence[int] = (0, 1, 2),
-    steps: int = 80,
+    steps: int = 150,
     size: str = "default",
     out_dir: str | os.PathLike[str] = "runs/sentiment_grpo",
     progress: bool = True,
