@@ -188,3 +188,45 @@ class CountingValueFn:
     @property
     def rows(self) -> torch.Tensor:
         return torch.cat(self.batches)
+
+
+class SumOfUnanimityGame:
+    """``v(S) = sum_T c_T 1[T ⊆ S]`` over random carriers ``T`` of ``lo..hi`` players, ``c_T ~ N(0, 1)``.
+
+    Shapley value in closed form: ``sum_T c_T 1[i ∈ T] / |T|``; Owen value (:meth:`owen_reference`): each
+    carrier's worth is split equally among the children of a group that meet it, recursively.
+    """
+
+    def __init__(self, n: int, terms: int, lo: int, hi: int, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.n = n
+        self.carriers = torch.zeros(terms, n, dtype=torch.bool)
+        sizes = torch.randint(lo, hi + 1, (terms,), generator=gen)
+        for t in range(terms):
+            self.carriers[t, torch.randperm(n, generator=gen)[: int(sizes[t])]] = True
+        self.coef = torch.randn(terms, generator=gen, dtype=torch.float64)
+
+    def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
+        inside = (coalitions[:, None, :] | ~self.carriers[None]).all(2)
+        return inside.double() @ self.coef
+
+    def reference(self) -> torch.Tensor:
+        return (self.carriers.double() / self.carriers.sum(1, keepdim=True)).T @ self.coef
+
+    def owen_reference(self, hierarchy: Any) -> torch.Tensor:
+        phi = torch.zeros(self.n, dtype=torch.float64)
+
+        def leaves(node: Any) -> set[int]:
+            return {node} if isinstance(node, int) else set().union(*(leaves(c) for c in node))
+
+        def split(node: Any, carrier: set[int], worth: float) -> None:
+            if isinstance(node, int):
+                phi[node] += worth
+                return
+            met = [c for c in node if leaves(c) & carrier]
+            for child in met:
+                split(child, carrier, worth / len(met))
+
+        for carrier, c in zip(self.carriers, self.coef.tolist()):
+            split(hierarchy, set(torch.nonzero(carrier).flatten().tolist()), c)
+        return phi

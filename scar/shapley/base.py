@@ -8,6 +8,7 @@ dedupes the rows into a :class:`ShapleyPlan`, whose distinct coalitions a caller
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ __all__ = [
     "plan_fits",
     "cap_at_proper_coalitions",
     "capped",
+    "INTERVAL_Z",
+    "VARIANCE_PRIOR_UNITS",
+    "student_t_quantile",
+    "sample_mean_stderr",
 ]
 
 MAX_PLAN_ROWS = 2**22
@@ -42,6 +47,15 @@ MAX_PLAN_ENTRIES = 2**28
 and deduped with a few copies alive at once, so this bounds the memory of any plan to about a GiB
 whatever the budget and ``n``; it admits every exact plan and the default budgets up to a few thousand
 players."""
+
+INTERVAL_Z = 1.959963984540054
+"""The standard normal's 0.975 quantile: ``values +- INTERVAL_Z * stderr`` is the 95% interval every sampled
+method's ``stderr`` is calibrated for."""
+
+VARIANCE_PRIOR_UNITS = 2
+"""Pseudo-units of the pooled variance in :func:`sample_mean_stderr`: each player's variance is estimated
+from its own independent units plus this many units' worth of the variance pooled over all players (the
+coverage measurement behind the choice is in ``bench/RESULTS.md``)."""
 
 ValueFn = Callable[[torch.Tensor], Any]
 """``value_fn(coalitions: bool Tensor[C, n]) -> Tensor | ndarray | sequence of C numbers``."""
@@ -308,3 +322,75 @@ def bits(masks: torch.Tensor, n: int) -> torch.Tensor:
 def shapley_weights(n: int) -> torch.Tensor:
     """``w[s] = s! (n - 1 - s)! / n!`` for ``s = 0 .. n - 1`` (the weight of a coalition of size s)."""
     return torch.tensor([1.0 / (n * math.comb(n - 1, s)) for s in range(n)], dtype=torch.float64)
+
+
+def _t_two_sided(t: float, df: int) -> float:
+    """``P(|T| <= t)`` for Student's t with an integer ``df >= 1`` (the finite sums of Abramowitz and
+    Stegun 26.7.3-4; exact to rounding)."""
+    theta = math.atan(t / math.sqrt(df))
+    sin, cos2 = math.sin(theta), math.cos(theta) ** 2
+    if df % 2:
+        if df == 1:
+            return 2.0 * theta / math.pi
+        term = total = math.cos(theta)
+        for k in range(3, df - 1, 2):
+            term *= cos2 * (k - 1) / k
+            total += term
+        return 2.0 / math.pi * (theta + sin * total)
+    term = total = 1.0
+    for k in range(2, df - 1, 2):
+        term *= cos2 * (k - 1) / k
+        total += term
+    return sin * total
+
+
+@functools.lru_cache(maxsize=4096)
+def student_t_quantile(df: int, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (``df >= 1``):
+    ``P(|T| <= q) = level``. Above 10**5 degrees of freedom the normal quantile is returned (they agree
+    to about 1e-5 relative)."""
+    if df < 1:
+        raise ValueError(f"Student's t needs df >= 1, got {df}")
+    if df > 100_000:
+        return float(torch.special.ndtri(torch.tensor(0.5 + level / 2, dtype=torch.float64)))
+    lo, hi = 0.0, 1.0
+    while _t_two_sided(hi, df) < level:
+        hi *= 2.0
+    for _ in range(200):  # bisection to the last bit
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        if _t_two_sided(mid, df) < level:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def sample_mean_stderr(units: torch.Tensor) -> torch.Tensor:
+    """Calibrated standard error of the per-player means of ``units`` (float64 ``[k, n]``: ``k`` independent,
+    identically distributed unit estimates of ``n`` players' values).
+
+    With few units the plain ``std / sqrt(k)`` is too small for a 95% interval twice over: its variance
+    estimate is noisy (often zero for games with discrete marginals), and ``1.96`` is the normal quantile,
+    not Student's. Here each player's variance is moderated towards the mean variance of the players whose
+    units vary (:data:`VARIANCE_PRIOR_UNITS` pseudo-units, an empirical-Bayes estimate: a player whose units
+    all agree gets a share of the others' spread instead of a zero), and the standard error is scaled by
+    ``t / 1.96`` with ``t`` the Student quantile at the moderated degrees of freedom, so that
+    ``values +- 1.96 stderr`` is a 95% interval. Both corrections vanish as ``k`` grows. A player whose
+    marginal contribution is non-zero in only a small share of the units (rarer than about ``1 / k``) can
+    still be under-covered: no sample shows an event it never drew. NaN for ``k < 2``; zeros when no
+    player's units vary.
+    """
+    k, n = units.shape
+    if k < 2:
+        return torch.full((n,), float("nan"), dtype=torch.float64)
+    df = k - 1
+    var = units.var(0, correction=1)
+    prior = VARIANCE_PRIOR_UNITS
+    # players whose units vary beyond rounding; the others say nothing about the spread
+    varies = var > (64 * torch.finfo(torch.float64).eps * float(units.abs().max())) ** 2
+    pooled = var[varies].mean() if bool(varies.any()) else torch.zeros((), dtype=torch.float64)
+    moderated = (df * var + prior * pooled) / (df + prior)
+    scale = student_t_quantile(df + prior) / INTERVAL_Z
+    return torch.sqrt(moderated / k) * scale

@@ -1,18 +1,26 @@
 """Antithetic permutation sampling: each sampled permutation and its reverse.
 
 Efficiency holds exactly for every sampled permutation; the standard error comes from the spread of the
-antithetic pair means. A budget whose plan (``budget * (n + 1)`` prefixes) would have at least the ``2**n``
-rows of the exact plan is capped there (:func:`exact_cap`): all coalitions are enumerated and the values are
-exact. Other plans above :data:`~scar.shapley.base.MAX_PLAN_ROWS` / ``MAX_PLAN_ENTRIES`` are refused.
+antithetic pair means, calibrated for 95% intervals at small numbers of pairs
+(:func:`~scar.shapley.base.sample_mean_stderr`). A budget whose plan (``budget * (n + 1)`` prefixes) would
+have at least the ``2**n`` rows of the exact plan is capped there (:func:`exact_cap`): all coalitions are
+enumerated and the values are exact. Other plans above :data:`~scar.shapley.base.MAX_PLAN_ROWS` /
+``MAX_PLAN_ENTRIES`` are refused.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from scar.shapley.base import PlanParts, ShapleyResult, capped, check_plan_size, random_orders, with_ends
+from scar.shapley.base import (
+    PlanParts,
+    ShapleyResult,
+    capped,
+    check_plan_size,
+    random_orders,
+    sample_mean_stderr,
+    with_ends,
+)
 from scar.shapley.exact import EXACT_MAX_PLAYERS, exact_plan
 
 __all__ = ["DEFAULT_PERMUTATIONS", "permutation_plan", "antithetic_plan", "check_permutation_budget", "exact_cap"]
@@ -36,7 +44,8 @@ def antithetic_plan(perms: torch.Tensor, method: str) -> PlanParts:
     reverses ``perms[P:]``.
 
     Each permutation gives one unbiased sample (its marginal contributions); the mean of a
-    permutation and its reverse is one independent sample for the standard error.
+    permutation and its reverse is one independent unit for the standard error
+    (:func:`~scar.shapley.base.sample_mean_stderr`: moderated variance, Student-t calibrated).
     """
     m, n = perms.shape
     pairs = m // 2
@@ -48,10 +57,7 @@ def antithetic_plan(perms: torch.Tensor, method: str) -> PlanParts:
         samples.scatter_(1, perms, chain[:, 1:] - chain[:, :-1])
         pair_means = 0.5 * (samples[:pairs] + samples[pairs:])
         values = pair_means.mean(0)
-        if pairs > 1:
-            stderr = pair_means.std(0, correction=1) / math.sqrt(pairs)
-        else:
-            stderr = torch.full((n,), float("nan"), dtype=torch.float64)
+        stderr = sample_mean_stderr(pair_means)
         return ShapleyResult(values, stderr, n_evals, base, full, method, m)
 
     return with_ends(_prefix_plan(perms)), m, solve

@@ -1,0 +1,185 @@
+"""Coverage of the 95% intervals ``values +- 1.96 stderr`` of the sampled estimators, on games with known values.
+
+For every sampled method and several budgets, each game is estimated with many seeds and the coverage is the
+share of (seed, player) intervals that hold the exact value. Games: sums of unanimity games (random
+carriers of low, mixed and high order; Shapley and Owen values in closed form), a glove game with one left
+glove (closed form) and a random table game (exact values by enumeration). With ``--adaptive`` the same is
+measured at the stopping point of adaptive sampling (``tol``), where stopping when the reported error is
+small could bias the intervals.
+
+Run from the repository root::
+
+    .venv/bin/python bench/interval_coverage.py [--seeds 200] [--adaptive]
+
+It prints a markdown table (rows: game; columns: method and budget) and the overall coverage per column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from scar.shapley import shapley
+
+HIERARCHY10 = [[0, 1, 2], [3, [4, 5]], [6, 7, 8, 9]]
+"""The Owen hierarchy of the 10-player games."""
+
+
+class SumOfUnanimity:
+    """``v(S) = sum_T c_T 1[T within S]`` over random carriers ``T`` of sizes ``lo..hi``.
+
+    Shapley value: ``sum_T c_T 1[i in T] / |T|``. Owen value (hierarchy of groups): each carrier's worth is
+    split equally among the top-level groups it meets, then recursively inside each group.
+    """
+
+    def __init__(self, n: int, terms: int, lo: int, hi: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.n = n
+        self.masks = torch.zeros(terms, n, dtype=torch.bool)
+        for t in range(terms):
+            self.masks[t, rng.choice(n, int(rng.integers(lo, hi + 1)), replace=False)] = True
+        self.coef = torch.from_numpy(rng.normal(size=terms))
+
+    def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
+        inside = (coalitions[:, None, :] | ~self.masks[None]).all(2)
+        return inside.double() @ self.coef
+
+    def shapley(self) -> torch.Tensor:
+        return (self.masks.double() / self.masks.sum(1, keepdim=True)).T @ self.coef
+
+    def owen(self, hierarchy: list[Any]) -> torch.Tensor:
+        phi = torch.zeros(self.n, dtype=torch.float64)
+        for mask, c in zip(self.masks, self.coef.tolist()):
+            _split(hierarchy, set(torch.nonzero(mask).flatten().tolist()), c, phi)
+        return phi
+
+
+def _leaves(node: Any) -> set[int]:
+    return {node} if isinstance(node, int) else set().union(*(_leaves(c) for c in node))
+
+
+def _split(node: Any, carrier: set[int], worth: float, phi: torch.Tensor) -> None:
+    """Owen value of a unanimity game: equal shares among the children that meet the carrier, recursively."""
+    if isinstance(node, int):
+        phi[node] += worth
+        return
+    met = [c for c in node if _leaves(c) & carrier]
+    for child in met:
+        _split(child, carrier, worth / len(met), phi)
+
+
+class Glove:
+    """Player 0 holds the one left glove, the other ``n - 1`` right gloves: ``v(S) = min(#left, #right)``.
+    Shapley values: ``r / (r + 1)`` for the left holder and ``1 / (r (r + 1))`` for each right holder."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
+        left = coalitions[:, 0].long()
+        return torch.minimum(left, coalitions[:, 1:].sum(1)).double()
+
+    def shapley(self) -> torch.Tensor:
+        r = self.n - 1
+        return torch.tensor([r / (r + 1)] + [1 / (r * (r + 1))] * r, dtype=torch.float64)
+
+
+class Table:
+    """Values ``N(0, 1)`` per coalition; Shapley values by exact enumeration."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        gen = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(2**n, generator=gen, dtype=torch.float64)
+
+    def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
+        return self.table[(coalitions.long() << torch.arange(self.n)).sum(1)]
+
+    def shapley(self) -> torch.Tensor:
+        return shapley(self, self.n, method="exact").values
+
+
+GAMES: dict[str, Any] = {
+    "unanimity sum, n=10, order 1-3": SumOfUnanimity(10, 30, 1, 3, 1),
+    "unanimity sum, n=10, order 1-10": SumOfUnanimity(10, 30, 1, 10, 2),
+    "unanimity sum, n=10, order 6-10": SumOfUnanimity(10, 30, 6, 10, 3),
+    "unanimity sum, n=16, order 1-16": SumOfUnanimity(16, 40, 1, 16, 4),
+    "glove, n=12": Glove(12),
+    "random table, n=10": Table(10, 7),
+}
+
+COLUMNS: list[tuple[str, int]] = [
+    *(("permutation", b) for b in (4, 8, 16, 32, 64)),
+    *(("owen", b) for b in (4, 8, 16, 32)),
+    *(("kernel", b) for b in (4, 8, 16, 32)),
+]
+"""(method, budget): permutations for ``permutation`` and ``owen``, multiples of ``n`` coalitions for ``kernel``."""
+
+ADAPTIVE: list[tuple[str, float]] = [(m, tol) for m in ("permutation", "owen", "kernel") for tol in (0.05, 0.02)]
+"""(method, relative tol) of the adaptive columns."""
+
+
+def reference(game: Any, method: str) -> torch.Tensor | None:
+    if method != "owen":
+        return game.shapley()
+    return game.owen(HIERARCHY10) if isinstance(game, SumOfUnanimity) and game.n == 10 else None
+
+
+def covered(game: Any, ref: torch.Tensor, seeds: int, **kw: Any) -> tuple[int, int]:
+    """(intervals holding the exact value, intervals) over ``seeds`` seeds."""
+    hit = total = 0
+    for seed in range(seeds):
+        res = shapley(game, game.n, seed=seed, **kw)
+        assert res.stderr is not None
+        hit += int(((res.values - ref).abs() <= 1.959963984540054 * res.stderr + 1e-12).sum())
+        total += game.n
+    return hit, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=200)
+    parser.add_argument("--adaptive", action="store_true", help="also measure at adaptive stopping points")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    columns: list[tuple[str, str, dict[str, Any]]] = []
+    for method, budget in COLUMNS:
+        kw: dict[str, Any] = {"method": method}
+        if method == "owen":
+            kw["hierarchy"] = HIERARCHY10
+        columns.append((method, f"{method} {budget}{'n' if method == 'kernel' else ''}", {**kw, "budget": budget}))
+    if args.adaptive:
+        for method, tol in ADAPTIVE:
+            kw = {"method": method, "tol": tol}
+            if method == "owen":
+                kw["hierarchy"] = HIERARCHY10
+            columns.append((method, f"{method} tol {tol}", kw))
+    totals = {label: [0, 0] for _, label, _ in columns}
+    print("| game | " + " | ".join(label for _, label, _ in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, game in GAMES.items():
+        cells = []
+        for method, label, kw in columns:
+            ref = reference(game, method)
+            if ref is None:
+                cells.append("")
+                continue
+            kw = dict(kw)
+            if method == "kernel" and "budget" in kw:
+                kw["budget"] = kw["budget"] * game.n
+            hit, total = covered(game, ref, args.seeds, **kw)
+            totals[label][0] += hit
+            totals[label][1] += total
+            cells.append(f"{hit / total:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    print("| **all** | " + " | ".join(f"**{h / t:.3f}**" for h, t in totals.values()) + " |")
+    print(f"\n{args.seeds} seeds per cell; {time.time() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
