@@ -16,7 +16,8 @@ plans of many games together: :func:`scar.credit.attribution.shapley_values_many
 a whole batch of responses in one packed reward-model forest.
 
 Each method lives in its own module (:mod:`~scar.shapley.exact`, :mod:`~scar.shapley.permutation`,
-:mod:`~scar.shapley.kernel`, :mod:`~scar.shapley.owen`) over the shared :mod:`~scar.shapley.base`.
+:mod:`~scar.shapley.kernel`, :mod:`~scar.shapley.owen`, :mod:`~scar.shapley.stratified`) over the shared
+:mod:`~scar.shapley.base`.
 
 Methods (see :func:`shapley`):
 
@@ -39,6 +40,12 @@ Methods (see :func:`shapley`):
 ``owen``
     Owen values for a nested partition of the players. Exact by enumeration for small trees,
     antithetic hierarchy-consistent permutation sampling otherwise.
+``stratified``
+    Coalitions stratified by size (complementary pairs drawn without replacement, at least two per size
+    class, the extreme sizes enumerated when affordable); the unbiased stratified estimate (each coalition
+    serves every player) and KernelSHAP's regression on the same coalitions, combined with the weight
+    that minimises their jackknife variance and shrunk towards the equal split when the noise is as large
+    as the values. Exactly efficient; not linear in the values (the weights depend on them).
 
 All randomness comes from a private ``torch.Generator`` seeded with ``seed``; the global RNG is
 never touched, and the same seed gives the same plan and therefore the same values.
@@ -57,10 +64,11 @@ from scar.shapley.exact import exact_plan
 from scar.shapley.kernel import kernel_plan
 from scar.shapley.owen import owen_plan
 from scar.shapley.permutation import permutation_plan
+from scar.shapley.stratified import stratified_plan
 
 __all__ = ["METHODS", "DEFAULT_METHOD", "plan", "shapley"]
 
-METHODS = ("exact", "permutation", "kernel", "owen")
+METHODS = ("exact", "permutation", "kernel", "owen", "stratified")
 
 DEFAULT_METHOD = "kernel"
 """The default estimator: KernelSHAP had the lowest error per token computed among this package's estimators
@@ -117,6 +125,8 @@ def plan(
         rows, used, solve = permutation_plan(n, budget, gen)
     elif method == "kernel":
         rows, used, solve = kernel_plan(n, budget, gen)
+    elif method == "stratified":
+        rows, used, solve = stratified_plan(n, budget, gen)
     else:
         rows, used, solve = owen_plan(n, hierarchy, budget, gen)
     uniq, inverse = unique_rows(rows)
@@ -143,7 +153,8 @@ def shapley(
             including ∅ and the grand coalition, is passed exactly once; all of them in one call
             unless ``batch_size`` is given.
         n_players: number of players, a positive int.
-        method: ``"exact"``, ``"permutation"``, ``"kernel"`` (default) or ``"owen"`` (see the module docs).
+        method: ``"exact"``, ``"permutation"``, ``"kernel"`` (default), ``"owen"`` or ``"stratified"`` (see
+            the module docs).
         budget: sampling budget. ``permutation``: number of permutations, even and >= 2 (default
             ``DEFAULT_PERMUTATIONS`` = 32); a budget whose plan (``budget * (n + 1)`` rows) has at
             least the ``2**n`` rows of the exact plan is capped there and gives the exact values
@@ -156,7 +167,9 @@ def shapley(
             ``owen``: number of hierarchy-consistent permutations, even and >= 2, capped like
             ``permutation`` where the sampled plan would have at least the rows of the exact Owen
             plan; when omitted the Owen values are exact if the tree is small
-            (``OWEN_EXACT_MAX_TERMS``), else 32 permutations are sampled. ``exact`` takes none.
+            (``OWEN_EXACT_MAX_TERMS``), else 32 permutations are sampled. ``stratified``: as
+            ``kernel`` (coalitions besides ∅ and N, even, >= 2, same default and cap), drawn without
+            replacement, so ``n_evals == budget + 2``. ``exact`` takes none.
             Any plan is limited to ``MAX_PLAN_ROWS`` coalitions and ``MAX_PLAN_ENTRIES``
             coalitions x players.
         seed: seed of the private generator of sampled methods, an int in ``[0, 2**63)`` (same

@@ -537,7 +537,7 @@ def test_exact_refuses_too_many_players() -> None:
             as info:
         shapley(_game3, EXACT_MAX_PLAYERS + 1, method="exact")
     assert "'permutation', 'kernel' or 'owen'" in str(info.value)
-    assert set(METHODS) == {"exact", "permutation", "kernel", "owen"}
+    assert set(METHODS) == {"exact", "permutation", "kernel", "owen", "stratified"}
 
 
 def _poison(bad_players: list[int], value: float, n: int = 4):

@@ -1,0 +1,224 @@
+"""Tests of ``method="stratified"``: the plan (strata, sampling without replacement, honest evaluation count),
+unbiasedness of its stratified estimate, efficiency, exactness, the combination with the regression,
+determinism and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tiny_games import AdditiveGame, CountingValueFn, SumOfUnanimityGame, TableGame, UnanimityGame
+from scar.shapley import METHODS, plan, shapley
+from scar.shapley.base import make_generator
+from scar.shapley.kernel import KERNEL_MAX_PLAYERS
+from scar.shapley.stratified import STRATIFIED_GROUPS, stratified_design, stratified_fit, stratified_mc
+
+HIGH = SumOfUnanimityGame(10, terms=12, lo=5, hi=10, seed=1)
+LOW = SumOfUnanimityGame(10, terms=20, lo=1, hi=2, seed=2)
+MIXED = SumOfUnanimityGame(9, terms=15, lo=1, hi=9, seed=3)
+
+
+def _design_values(game, n: int, budget: int, seed: int):
+    z, strata, group = stratified_design(n, budget, make_generator(seed))
+    y = game(z).double()
+    base = float(game(torch.zeros(1, n, dtype=torch.bool))[0])
+    full = float(game(torch.ones(1, n, dtype=torch.bool))[0])
+    return z, strata, group, y, base, full
+
+
+def test_sum_of_unanimity_reference_is_the_shapley_value() -> None:
+    """The closed form (each term splits its coefficient over its carrier) agrees with the exact method."""
+    for game in (HIGH, LOW, MIXED):
+        exact = shapley(game, game.n, method="exact").values
+        torch.testing.assert_close(game.reference(), exact, rtol=0, atol=1e-12)
+
+
+def test_registered() -> None:
+    assert "stratified" in METHODS
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+def test_plan_strata_without_replacement_and_honest_count() -> None:
+    """n = 10, budget 100: classes {1, 9} (20 coalitions) are enumerated (their kernel share affords them);
+    the other 80 coalitions are 40 complementary pairs, at least two per class, drawn without replacement,
+    so every planned coalition is distinct and the plan evaluates exactly budget + 2 coalitions."""
+    z, strata, group = stratified_design(10, 100, make_generator(0))
+    assert z.shape == (100, 10)
+    assert torch.unique(z, dim=0).shape[0] == 100
+    sizes = {st.size: st for st in strata}
+    assert sizes[1].enumerated and sizes[9].enumerated and sizes[1].rows == 10
+    assert bool((group[sizes[1].start : sizes[1].stop] == -1).all())
+    for k in (2, 3, 4):
+        assert sizes[k].rows >= 2 and sizes[k].rows == sizes[10 - k].rows and not sizes[k].enumerated
+        assert torch.equal(z[sizes[10 - k].start : sizes[10 - k].stop], ~z[sizes[k].start : sizes[k].stop])
+    assert sizes[5].rows >= 2  # the middle class: pairs of two coalitions of size 5
+    for st in strata:
+        assert bool((z[st.start : st.stop].sum(1) == st.size).all())
+        assert st.population == math.comb(10, st.size)
+    sampled = group[group >= 0]
+    assert sampled.min() >= 0 and sampled.max() < STRATIFIED_GROUPS
+    p = plan(10, method="stratified", budget=100, seed=0)
+    assert p.n_evals == 102 and p.budget == 100
+
+
+@pytest.mark.parametrize("n,budget", [(10, 2), (10, 8), (12, 22), (16, 30), (20, 38)])
+def test_small_budgets_plan_exactly_their_budget(n: int, budget: int) -> None:
+    counter = CountingValueFn(TableGame.random(n, seed=0))
+    res = shapley(counter, n, method="stratified", budget=budget, seed=1)
+    assert res.n_evals == counter.rows.shape[0] == budget + 2
+    assert abs(res.efficiency_gap) < 1e-9
+
+
+def test_every_class_sampled_from_about_n_coalitions() -> None:
+    """At 2n - 2 coalitions (n - 1 pairs) every one of the n / 2 classes holds two pairs (the middle
+    class one), so every coalition size is sampled."""
+    for n in (10, 16, 20):
+        _, strata, _ = stratified_design(n, 2 * n - 2, make_generator(0))
+        assert sorted(st.size for st in strata) == list(range(1, n))
+
+
+def test_budget_above_all_coalitions_is_exact() -> None:
+    game = TableGame.random(6, seed=2)
+    res = shapley(game, 6, method="stratified", budget=1000, seed=0)
+    assert res.budget == 62 and res.n_evals == 64
+    torch.testing.assert_close(res.values, game.reference(), rtol=0, atol=1e-10)
+    assert torch.equal(res.stderr, torch.zeros(6, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- the stratified estimate
+
+
+def test_stratified_estimate_is_unbiased() -> None:
+    """Mean over 300 seeds of the stratified estimate alone, on a high-order and a low-order game (n = 10,
+    budget 60: every class sampled, none enumerated beyond sizes 1 and 9): within 4.5 standard errors of the
+    mean of the closed-form values, for every player."""
+    for game in (HIGH, LOW):
+        runs = []
+        for seed in range(300):
+            z, strata, _, y, base, full = _design_values(game, 10, 60, seed)
+            runs.append(stratified_mc(z, y, strata, torch.ones(z.shape[0], dtype=torch.bool), base, full))
+        est = torch.stack(runs)
+        se = est.std(0) / math.sqrt(est.shape[0])
+        assert bool((se > 0).all())
+        assert bool(((est.mean(0) - game.reference()).abs() <= 4.5 * se).all())
+
+
+def test_stratified_estimate_of_enumerated_strata_is_exact() -> None:
+    """Every stratum enumerated: the finite-population factor makes each stratum's covariance the
+    population's, so the estimate is the exact Shapley value (a sample covariance with m - 1 alone is
+    off by N_s / (N_s - 1))."""
+    z, strata, _, y, base, full = _design_values(MIXED, 9, 2**9 - 2, 0)
+    assert all(st.enumerated for st in strata)
+    keep = torch.ones(z.shape[0], dtype=torch.bool)
+    torch.testing.assert_close(stratified_mc(z, y, strata, keep, base, full), MIXED.reference(), rtol=0, atol=1e-12)
+    fit, identified = stratified_fit(z, y, strata, keep, base, full)
+    assert identified
+    torch.testing.assert_close(fit, MIXED.reference(), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("budget", [2, 6, 20, 60, 300])
+def test_both_estimates_are_efficient(budget: int) -> None:
+    """The stratified estimate's covariances sum to zero over players in every stratum, and the
+    regression imposes the constraint: both add up to v(N) - v(∅) for any sample."""
+    game = TableGame.random(10, seed=5)
+    for seed in range(3):
+        z, strata, _, y, base, full = _design_values(game, 10, budget, seed)
+        keep = torch.ones(z.shape[0], dtype=torch.bool)
+        assert float(stratified_mc(z, y, strata, keep, base, full).sum()) == pytest.approx(full - base, abs=1e-9)
+        assert float(stratified_fit(z, y, strata, keep, base, full)[0].sum()) == pytest.approx(full - base, abs=1e-9)
+
+
+# --------------------------------------------------------------------------- the combined estimator
+
+
+def test_combined_estimate_is_close_to_unbiased_at_moderate_budgets() -> None:
+    """Mean over 60 seeds at budget 300 of 10 players (the shrinkage is inactive at this budget): within
+    4.5 standard errors of the mean, plus 1% of the values' norm for the combination's small bias."""
+    for game in (HIGH, LOW):
+        est = torch.stack([shapley(game, 10, method="stratified", budget=300, seed=s).values for s in range(60)])
+        se = est.std(0) / math.sqrt(est.shape[0])
+        slack = 0.01 * float(game.reference().norm())
+        assert bool(((est.mean(0) - game.reference()).abs() <= 4.5 * se + slack).all())
+
+
+def test_additive_game_is_exact_through_the_regression() -> None:
+    """An additive game is fitted exactly by the regression in every jackknife replicate (zero variance),
+    so the combination puts all its weight there: the values are exact at a budget that samples."""
+    game = AdditiveGame(torch.linspace(-1.0, 2.0, 10), constant=0.3)
+    res = shapley(game, 10, method="stratified", budget=40, seed=3)
+    torch.testing.assert_close(res.values, game.reference(), rtol=0, atol=1e-9)
+    assert float(res.stderr.max()) < 1e-9
+
+
+def test_beats_kernel_on_a_high_order_game_and_matches_it_on_a_low_order_one() -> None:
+    """Root-mean-square error over 20 seeds at 8n = 80 evaluations (budget 78): on the high-order game the
+    combination follows the stratified estimate and errs less than half as much as KernelSHAP; on the
+    low-order game it follows the regression and errs at most 1.3x as much as KernelSHAP."""
+
+    def rmse(game, method: str) -> float:
+        err = torch.stack([shapley(game, 10, method=method, budget=78, seed=s).values - game.reference()
+                           for s in range(20)])
+        return float(err.pow(2).mean().sqrt())
+
+    assert rmse(HIGH, "stratified") < 0.5 * rmse(HIGH, "kernel")
+    assert rmse(LOW, "stratified") < 1.3 * rmse(LOW, "kernel")
+
+
+def test_stderr_follows_the_error() -> None:
+    """Over 40 seeds at budget 120 of 10 players the spread of the values is within [0.5, 1.5] of the mean
+    reported standard error (averaged over players), and the reported errors are finite and positive."""
+    game = MIXED
+    runs = [shapley(game, 9, method="stratified", budget=120, seed=s) for s in range(40)]
+    stderr = torch.stack([r.stderr for r in runs])
+    assert bool(torch.isfinite(stderr).all()) and bool((stderr > 0).all())
+    ratio = float((torch.stack([r.values for r in runs]).std(0) / stderr.mean(0)).mean())
+    assert 0.5 < ratio < 1.5
+
+
+def test_one_pair_has_undefined_stderr_and_is_efficient() -> None:
+    res = shapley(TableGame.random(10, seed=0), 10, method="stratified", budget=2, seed=0)
+    assert torch.isnan(res.stderr).all() and abs(res.efficiency_gap) < 1e-9
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_few_players(n: int) -> None:
+    game = UnanimityGame(n, list(range(n)))
+    res = shapley(game, n, method="stratified", seed=0)
+    torch.testing.assert_close(res.values, game.reference(), rtol=0, atol=1e-12)
+
+
+def test_seed_reproducible_and_global_rng_untouched() -> None:
+    game = TableGame.random(9, seed=0)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = shapley(game, 9, method="stratified", budget=60, seed=42)
+    assert torch.equal(torch.get_rng_state(), state)
+    again = shapley(game, 9, method="stratified", budget=60, seed=42)
+    assert torch.equal(first.values, again.values) and torch.equal(first.stderr, again.stderr)
+    assert torch.equal(plan(9, method="stratified", budget=60, seed=42).coalitions,
+                       plan(9, method="stratified", budget=60, seed=42).coalitions)
+    assert not torch.equal(first.values, shapley(game, 9, method="stratified", budget=60, seed=43).values)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"budget": 0}, ValueError, r"method='stratified' needs budget >= 2"),
+    ({"budget": 7}, ValueError, "must be even; got budget=7"),
+    ({"budget": 6.0}, TypeError, "budget must be an int"),
+    ({"hierarchy": [0, 1, 2]}, ValueError, "hierarchy is only used by method='owen'"),
+    ({"budget": 2**40}, ValueError, "MAX_PLAN_ROWS"),
+])
+def test_bad_arguments(kwargs: dict, error: type, match: str) -> None:
+    with pytest.raises(error, match=match):
+        plan(30, method="stratified", seed=0, **kwargs)
+
+
+def test_too_many_players_refused() -> None:
+    with pytest.raises(ValueError, match="KERNEL_MAX_PLAYERS"):
+        plan(KERNEL_MAX_PLAYERS + 1, method="stratified", budget=2, seed=0)
