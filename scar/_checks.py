@@ -20,6 +20,7 @@ __all__ = [
     "check_finite",
     "check_batch",
     "as_real",
+    "check_tolerance",
 ]
 
 
@@ -106,3 +107,12 @@ def check_batch(prompts: Any, responses: Any, completion_ids: Any) -> None:
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
     if completion_ids is not None and len(completion_ids) != len(responses):
         raise ValueError(f"got {len(completion_ids)} completion_ids but {len(responses)} responses")
+
+
+def check_tolerance(value: Any, name: str = "tol") -> float:
+    """A tolerance: a finite real number > 0, as a float. TypeError for a non-number (bools included),
+    ValueError for zero, a negative number, NaN or an infinity."""
+    out = as_real(value, name)
+    if not math.isfinite(out) or out <= 0.0:
+        raise ValueError(f"{name} must be a finite number > 0, got {out}")
+    return out

@@ -5,6 +5,7 @@ every coalition it needs up front (:func:`plan`), so a caller can score them all
 turns their values into Shapley values (:meth:`ShapleyPlan.finish`). :func:`shapley` does both.
 """
 
+from scar.shapley.adaptive import ADAPTIVE_METHODS, AdaptiveRun
 from scar.shapley.base import MAX_PLAN_ENTRIES, MAX_PLAN_ROWS, ShapleyPlan, ShapleyResult, ValueFn
 from scar.shapley.estimate import DEFAULT_METHOD, METHODS, plan, shapley
 from scar.shapley.exact import EXACT_MAX_PLAYERS
@@ -13,6 +14,8 @@ from scar.shapley.owen import OWEN_EXACT_MAX_TERMS
 from scar.shapley.permutation import DEFAULT_PERMUTATIONS
 
 __all__ = [
+    "ADAPTIVE_METHODS",
+    "AdaptiveRun",
     "DEFAULT_METHOD",
     "DEFAULT_PERMUTATIONS",
     "EXACT_MAX_PLAYERS",

@@ -81,7 +81,17 @@ class ShapleyResult:
             whose plan would have at least as many rows as the exact plan (``2**n`` coalitions;
             the ``2 * terms`` rows of the Owen formula) is capped there: the values are exact,
             ``stderr`` is zeros, and ``budget`` is the cap, the smallest even number of
-            permutations whose plan has that many rows.
+            permutations whose plan has that many rows. With adaptive stopping (``tol``): the
+            budget spent over all rounds, in the same unit.
+        rounds: adaptive stopping only (``tol`` given, else None): the number of sampling rounds,
+            each one batch of new coalitions to evaluate.
+        tol: adaptive stopping only: the absolute standard error every player had to reach (the
+            relative ``tol`` times ``|v(N) - v(∅)|`` unless it was absolute).
+        tol_met: adaptive stopping only: whether every player's ``stderr`` is at most :attr:`tol`
+            (False when ``max_budget`` ran out first). ``stderr`` is the standard error achieved.
+
+    Every sampled method's ``stderr`` is calibrated so that ``values +- 1.96 * stderr`` is a 95%
+    interval (:data:`INTERVAL_Z`); ``bench/RESULTS.md`` has the measured coverage.
     """
 
     values: torch.Tensor
@@ -91,6 +101,9 @@ class ShapleyResult:
     full_value: float
     method: str
     budget: int | None
+    rounds: int | None = None
+    tol: float | None = None
+    tol_met: bool | None = None
 
     @property
     def n_players(self) -> int:
@@ -108,7 +121,9 @@ class ShapleyResult:
             f"ShapleyResult(method={self.method!r}, n_players={self.n_players}, "
             f"budget={self.budget}, n_evals={self.n_evals}, base_value={self.base_value:.6g}, "
             f"full_value={self.full_value:.6g}, efficiency_gap={self.efficiency_gap:.3g}, "
-            f"max_stderr={max_se})"
+            f"max_stderr={max_se}"
+            + ("" if self.rounds is None else f", rounds={self.rounds}, tol={self.tol:.3g}, tol_met={self.tol_met}")
+            + ")"
         )
 
 
@@ -380,7 +395,7 @@ def sample_mean_stderr(units: torch.Tensor) -> torch.Tensor:
     ``values +- 1.96 stderr`` is a 95% interval. Both corrections vanish as ``k`` grows. A player whose
     marginal contribution is non-zero in only a small share of the units (rarer than about ``1 / k``) can
     still be under-covered: no sample shows an event it never drew. NaN for ``k < 2``; zeros when no
-    player's units vary.
+    player's units vary beyond rounding.
     """
     k, n = units.shape
     if k < 2:
@@ -390,6 +405,7 @@ def sample_mean_stderr(units: torch.Tensor) -> torch.Tensor:
     prior = VARIANCE_PRIOR_UNITS
     # players whose units vary beyond rounding; the others say nothing about the spread
     varies = var > (64 * torch.finfo(torch.float64).eps * float(units.abs().max())) ** 2
+    var = torch.where(varies, var, 0.0)
     pooled = var[varies].mean() if bool(varies.any()) else torch.zeros((), dtype=torch.float64)
     moderated = (df * var + prior * pooled) / (df + prior)
     scale = student_t_quantile(df + prior) / INTERVAL_Z

@@ -47,6 +47,9 @@ Methods (see :func:`shapley`):
     that minimises their jackknife variance and shrunk towards the equal split when the noise is as large
     as the values. Exactly efficient; not linear in the values (the weights depend on them).
 
+With ``tol``, :func:`shapley` samples in rounds until every player's standard error is at most ``tol``
+(:mod:`~scar.shapley.adaptive`).
+
 All randomness comes from a private ``torch.Generator`` seeded with ``seed``; the global RNG is
 never touched, and the same seed gives the same plan and therefore the same values.
 """
@@ -59,6 +62,7 @@ from typing import Any
 import torch
 
 from scar._checks import as_int, check_seed
+from scar.shapley.adaptive import AdaptiveRun
 from scar.shapley.base import ShapleyPlan, ShapleyResult, ValueFn, make_generator, to_float64, unique_rows
 from scar.shapley.exact import exact_plan
 from scar.shapley.kernel import kernel_plan
@@ -142,6 +146,9 @@ def shapley(
     seed: int | None = None,
     hierarchy: Sequence[Any] | None = None,
     batch_size: int | None = None,
+    tol: float | None = None,
+    tol_absolute: bool = False,
+    max_budget: int | None = None,
 ) -> ShapleyResult:
     """Shapley (or Owen) values of the game ``value_fn`` on ``n_players`` players.
 
@@ -178,6 +185,16 @@ def shapley(
             ``[[0, 1], [2, [3, 4]]]``; a flat list of ints is singleton groups (= Shapley). Any
             depth; a group with a single child is that child.
         batch_size: at most this many coalitions per ``value_fn`` call.
+        tol: adaptive stopping (:class:`~scar.shapley.adaptive.AdaptiveRun`): sample in rounds until every
+            player's ``stderr`` is at most ``tol`` times ``|v(N) - v(∅)|`` (or ``tol`` itself with
+            ``tol_absolute``), or ``max_budget`` is spent; each round passes only coalitions no earlier round
+            passed to ``value_fn``. ``budget`` is then the first round's budget (default 8 permutations,
+            ``4 (n + 1)`` coalitions for ``kernel``). The result's ``rounds``, ``tol`` (absolute) and
+            ``tol_met`` say how it went, ``budget`` and ``n_evals`` what it spent. ``exact`` meets any ``tol``
+            in its one round. Methods: ``exact``, ``permutation``, ``kernel``, ``owen``.
+        tol_absolute: ``tol`` is in the game's units instead of relative to ``|v(N) - v(∅)|``.
+        max_budget: with ``tol``: the most budget to spend, in ``budget``'s unit, even (default 8 times the
+            method's default budget: 256 permutations, ``256 (n + 1)`` coalitions for ``kernel``).
 
     Returns:
         A :class:`ShapleyResult`.
@@ -186,7 +203,9 @@ def shapley(
         TypeError: ``value_fn`` not callable; ``n_players``, ``budget``, ``seed`` or
             ``batch_size`` not an int; malformed hierarchy entries.
         ValueError: as :func:`plan`; ``value_fn`` returning the wrong shape, non-numeric, NaN or
-            infinite values (the message names the coalition).
+            infinite values (the message names the coalition); ``tol`` not a finite number > 0;
+            ``max_budget`` odd, below 2 or below the first round; ``max_budget`` or ``tol_absolute``
+            without ``tol``; ``tol`` with a method that does not sample in rounds.
     """
     if not callable(value_fn):
         raise TypeError(f"value_fn must be callable (bool Tensor[C, n] -> [C] values), got {type(value_fn).__name__}")
@@ -194,6 +213,27 @@ def shapley(
         batch_size = as_int(batch_size, "batch_size")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if tol is None:
+        if max_budget is not None or tol_absolute is not False:
+            raise ValueError("max_budget and tol_absolute apply to adaptive stopping: give tol as well")
+    else:
+        run = AdaptiveRun(
+            n_players,
+            method,
+            tol=tol,
+            tol_absolute=tol_absolute,
+            max_budget=max_budget,
+            budget=budget,
+            seed=seed,
+            hierarchy=hierarchy,
+        )
+        while not run.done:
+            todo = run.coalitions
+            step = todo.shape[0] if batch_size is None else min(batch_size, todo.shape[0])
+            chunks = [to_float64(value_fn(batch), batch) for batch in todo.split(step)] if step else []
+            run._feed(torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.float64))
+        assert run.result is not None
+        return run.result
     game = plan(n_players, method=method, budget=budget, seed=seed, hierarchy=hierarchy)
     coalitions = game.coalitions
     step = coalitions.shape[0] if batch_size is None else min(batch_size, coalitions.shape[0])

@@ -28,7 +28,14 @@ from scar.shapley.base import (
 )
 from scar.shapley.permutation import DEFAULT_PERMUTATIONS
 
-__all__ = ["KERNEL_MAX_PLAYERS", "kernel_default_budget", "kernel_plan", "kernel_design"]
+__all__ = [
+    "KERNEL_MAX_PLAYERS",
+    "kernel_default_budget",
+    "kernel_plan",
+    "kernel_parts",
+    "kernel_design",
+    "kernel_design_extend",
+]
 
 KERNEL_MAX_PLAYERS = 4096
 """Largest ``n`` for ``method="kernel"``. Its solve eigendecomposes an ``(n + 1) x (n + 1)`` float64
@@ -91,6 +98,34 @@ def _combinations(n: int, k: int) -> torch.Tensor:
     return torch.from_numpy(rows)
 
 
+def _class_masses(n: int) -> dict[int, float]:
+    """Kernel mass of each size class ``s = 1 .. n // 2`` (sizes ``s`` and ``n - s``), summing to 1."""
+    size_mass = {k: (n - 1) / (k * (n - k)) for k in range(1, n)}
+    total = sum(size_mass.values())
+    return {k: (size_mass[k] if 2 * k == n else 2 * size_mass[k]) / total for k in range(1, n // 2 + 1)}
+
+
+def _class_count(n: int, k: int) -> int:
+    """Coalitions of size class ``k``: ``comb(n, k)`` of each of sizes ``k`` and ``n - k``."""
+    return math.comb(n, k) * (1 if 2 * k == n else 2)
+
+
+def _enumerated_classes(n: int, budget: int) -> list[int]:
+    """The size classes a budget enumerates, from the extremes inwards: a class is enumerated while the
+    budget left, spread by kernel mass over the classes left, gives it at least one sample per coalition."""
+    mass = _class_masses(n)
+    enumerated: list[int] = []
+    left, mass_left = budget, 1.0
+    for k in range(1, n // 2 + 1):
+        count = _class_count(n, k)
+        if left * mass[k] / mass_left < count - 1e-8:
+            break
+        enumerated.append(k)
+        left -= count
+        mass_left -= mass[k]
+    return enumerated
+
+
 def kernel_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int, float]:
     """Coalitions and regression weights of hybrid paired KernelSHAP (as shap's KernelExplainer).
 
@@ -113,24 +148,50 @@ def kernel_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tens
     if budget < 0:
         raise ValueError(f"method='kernel' needs budget >= 0, got budget={budget}")
     check_plan_size("kernel", n, budget, cap_at_proper_coalitions(budget, n) + 2)
-    classes = list(range(1, n // 2 + 1))  # class s holds sizes s and n - s (just s when 2s == n)
-    size_mass = {k: (n - 1) / (k * (n - k)) for k in range(1, n)}
-    total = sum(size_mass.values())
-    mass = {k: (size_mass[k] if 2 * k == n else 2 * size_mass[k]) / total for k in classes}
-    enumerated: list[int] = []
-    left, mass_left = budget, 1.0
-    while classes:
-        k = classes[0]
-        count = math.comb(n, k) * (1 if 2 * k == n else 2)
-        if left * mass[k] / mass_left < count - 1e-8:
+    enumerated = _enumerated_classes(n, budget)
+    left = budget - sum(_class_count(n, k) for k in enumerated)
+    return _design(n, enumerated, torch.zeros(0, n, dtype=torch.bool), left // 2, gen)
+
+
+def kernel_design_extend(
+    n: int, budget: int, previous: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """:func:`kernel_design` at a larger ``budget`` that keeps the sampled pairs of an earlier design.
+
+    ``previous``: bool ``[p, n]``, the first coalition of each sampled pair of the earlier design (its
+    rows ``e .. e + p``). Classes are enumerated as :func:`kernel_design` would, except that a class is
+    left sampled when enumerating it would leave too little budget for the kept pairs. Earlier pairs of
+    an enumerated class are among its enumerated coalitions; the others are kept as sampled pairs (they
+    are draws from the kernel restricted to the classes still sampled), and new pairs fill the budget.
+    So every coalition of the earlier design is a coalition of this one, and the design has at most
+    ``budget`` rows besides the ends. Returns as :func:`kernel_design`, kept pairs before new ones.
+    """
+    _check_kernel_players(n)
+    check_plan_size("kernel", n, budget, cap_at_proper_coalitions(budget, n) + 2)
+    sizes = previous.sum(1)
+    classes = torch.minimum(sizes, n - sizes)
+    enumerated = _enumerated_classes(n, budget)
+    while True:
+        kept = previous[~torch.isin(classes, torch.tensor(enumerated, dtype=classes.dtype))]
+        left = budget - sum(_class_count(n, k) for k in enumerated)
+        if 2 * kept.shape[0] <= left:
             break
-        enumerated.append(k)
-        left -= count
-        mass_left -= mass[k]
-        classes.pop(0)
-    pairs = left // 2 if classes else 0
+        enumerated.pop()  # the earlier design's own enumeration always fits
+    return _design(n, enumerated, kept, left // 2 - kept.shape[0], gen)
+
+
+def _design(
+    n: int, enumerated: list[int], kept: torch.Tensor, new_pairs: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    """The design of :func:`kernel_design`: ``enumerated`` classes in full, then the sampled pairs (the
+    ``kept`` first coalitions, then ``new_pairs`` drawn from the other classes)."""
+    mass = _class_masses(n)
+    classes = [k for k in range(1, n // 2 + 1) if k not in enumerated]
+    mass_left = 1.0 - sum(mass[k] for k in enumerated)
+    pairs = kept.shape[0] + new_pairs if classes else 0
+    enum_rows = sum(_class_count(n, k) for k in enumerated)
     # the design is written in place: no block of it is ever held twice
-    z = torch.empty(budget - left + 2 * pairs, n, dtype=torch.bool)
+    z = torch.empty(enum_rows + 2 * pairs, n, dtype=torch.bool)
     weights, at = [], 0
     for k in enumerated:
         c = math.comb(n, k)
@@ -139,19 +200,24 @@ def kernel_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tens
         members.scatter_(1, _combinations(n, k), True)
         if 2 * k != n:
             torch.logical_not(members, out=z[at + c : at + 2 * c])
-        count = c * (1 if 2 * k == n else 2)
+        count = _class_count(n, k)
         weights.append(torch.full((count,), mass[k] / count, dtype=torch.float64))
         at += count
     if pairs:
-        class_mass = torch.tensor([mass[k] for k in classes], dtype=torch.float64)
-        size = torch.tensor(classes)[torch.multinomial(class_mass, pairs, replacement=True, generator=gen)]
-        # The positions holding 0 .. size-1 in a uniform random order form a uniform subset. The orders
-        # are drawn in chunks (the same draws as one call) so that only the bool result is full size.
-        step = max(1, _ORDER_CHUNK // n)
-        for i in range(0, pairs, step):
-            picked = random_orders(min(step, pairs - i), n, gen) < size[i : i + step, None]
-            z[at + i : at + i + picked.shape[0]] = picked
-            torch.logical_not(picked, out=z[at + pairs + i : at + pairs + i + picked.shape[0]])
+        first = kept.shape[0]
+        z[at : at + first] = kept
+        torch.logical_not(kept, out=z[at + pairs : at + pairs + first])
+        if new_pairs:
+            class_mass = torch.tensor([mass[k] for k in classes], dtype=torch.float64)
+            size = torch.tensor(classes)[torch.multinomial(class_mass, new_pairs, replacement=True, generator=gen)]
+            # The positions holding 0 .. size-1 in a uniform random order form a uniform subset. The orders
+            # are drawn in chunks (the same draws as one call) so that only the bool result is full size.
+            step = max(1, _ORDER_CHUNK // n)
+            for i in range(0, new_pairs, step):
+                picked = random_orders(min(step, new_pairs - i), n, gen) < size[i : i + step, None]
+                lo = at + first + i
+                z[lo : lo + picked.shape[0]] = picked
+                torch.logical_not(picked, out=z[lo + pairs : lo + pairs + picked.shape[0]])
         weights.append(torch.full((2 * pairs,), mass_left / (2 * pairs), dtype=torch.float64))
     else:
         mass_left = 0.0
@@ -242,7 +308,11 @@ def kernel_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanParts:
                 f"budget={budget}"
             )
         budget = cap_at_proper_coalitions(budget, n)
-    z, w, pairs, sampled_mass = kernel_design(n, budget, gen)
+    return kernel_parts(n, budget, *kernel_design(n, budget, gen))
+
+
+def kernel_parts(n: int, budget: int, z: torch.Tensor, w: torch.Tensor, pairs: int, sampled_mass: float) -> PlanParts:
+    """Plan rows, budget and solver of a :func:`kernel_design` (``z``, ``w``, ``pairs``, ``sampled_mass``)."""
 
     def solve(v: torch.Tensor, n_evals: int) -> ShapleyResult:
         base, full = float(v[-2]), float(v[-1])

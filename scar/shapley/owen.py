@@ -28,7 +28,14 @@ from scar.shapley.base import (
 )
 from scar.shapley.permutation import DEFAULT_PERMUTATIONS, antithetic_plan, check_permutation_budget, exact_cap
 
-__all__ = ["OWEN_EXACT_MAX_TERMS", "owen_plan", "parse_hierarchy"]
+__all__ = [
+    "OWEN_EXACT_MAX_TERMS",
+    "owen_plan",
+    "parse_hierarchy",
+    "owen_orders",
+    "owen_exact_cap",
+    "owen_exact_parts",
+]
 
 OWEN_EXACT_MAX_TERMS = 2**18
 """``method="owen"`` without a budget is exact when the number of (player, coalition) terms of the
@@ -223,7 +230,14 @@ def _owen_exact(n: int, paths: list) -> PlanParts:
 
 
 def _owen_sampled(tree: list, n: int, budget: int, gen: torch.Generator) -> PlanParts:
-    """Plan rows, budget and solver of antithetic sampling of hierarchy-consistent permutations.
+    """Plan rows, budget and solver of antithetic sampling of hierarchy-consistent permutations."""
+    order = owen_orders(tree, n, budget // 2, gen)
+    return antithetic_plan(torch.cat([order, order.flip(1)]), "owen")
+
+
+def owen_orders(tree: list, n: int, half: int, gen: torch.Generator) -> torch.Tensor:
+    """``half`` uniform hierarchy-consistent permutations of the players of ``tree`` (a parsed hierarchy),
+    int64 ``[half, n]``; their reverses are the antithetic halves.
 
     Every tree node below the root gets a uniform random key per sample; ordering players by the
     keys of their ancestors (root's child first, lexicographically) orders the children of every
@@ -255,7 +269,6 @@ def _owen_sampled(tree: list, n: int, budget: int, gen: torch.Generator) -> Plan
     # A player that is a leaf above the deepest level is alone below its last ancestor, so any
     # constant key (the extra node n_nodes, whose key is 0) is fine for the missing levels.
     anc = torch.tensor([a + [n_nodes] * (depth - len(a)) for a in ancestors], dtype=torch.int64)
-    half = budget // 2
     keys = torch.rand(half, n_nodes + 1, generator=gen, dtype=torch.float64)
     keys[:, n_nodes] = 0.0
     order = torch.arange(n, dtype=torch.int64).expand(half, n).clone()
@@ -263,8 +276,21 @@ def _owen_sampled(tree: list, n: int, budget: int, gen: torch.Generator) -> Plan
         level_keys = keys[:, anc[:, d]].gather(1, order)
         by_key = np.argsort(level_keys.numpy(), axis=1, kind="stable")
         order = order.gather(1, torch.from_numpy(by_key))
-    perms = torch.cat([order, order.flip(1)])
-    return antithetic_plan(perms, "owen")
+    return order
+
+
+def owen_exact_cap(tree: list, n: int) -> int | None:
+    """The number of permutations from which the sampled plan of ``tree`` would have at least the rows of
+    the exact Owen plan (see :func:`owen_plan`), or None when the exact plan is beyond the plan limits."""
+    terms = _owen_terms(tree, MAX_PLAN_ROWS)
+    if terms <= MAX_PLAN_ROWS and plan_fits(n, 2 * terms + 2):
+        return exact_cap(2 * terms, n)
+    return None
+
+
+def owen_exact_parts(tree: list, n: int) -> PlanParts:
+    """Plan rows, budget (None) and solver of the exact Owen values of ``tree`` (a parsed hierarchy)."""
+    return _owen_exact(n, _owen_paths(tree, n))
 
 
 def owen_plan(n: int, hierarchy: Any, budget: int | None, gen: torch.Generator) -> PlanParts:
