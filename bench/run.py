@@ -4,6 +4,7 @@
     python bench/run.py equal-error [--quick]
     python bench/run.py grid [--methods M1,M2] [--workloads SUBSTRING] [--out PATH] [--max-minutes MIN] [--rounds N]
     python bench/run.py markdown [--out PATH] > bench/RESULTS_grid.md
+    python bench/run.py games [--quick] [--plot PATH]
 
 The harness (``bench/scar_bench``) is not installed with the library: this script puts its own folder
 first on ``sys.path`` and runs :func:`scar_bench.cli.main`.

@@ -12,6 +12,8 @@ Modules, each importing only the ones listed before it:
 - :mod:`scar_bench.methods`: :func:`~scar_bench.methods.run_method` over peers and this project's engines,
   exact Shapley references and the trie lower bound;
 - :mod:`scar_bench.accuracy`: accuracy per unit of compute (study, summary, table, plot);
+- :mod:`scar_bench.games`: accuracy per evaluation on sums of unanimity games against shapiq (imports none of
+  the modules above);
 - :mod:`scar_bench.tables`: engine-table rows, under pytest-benchmark or driven directly;
 - :mod:`scar_bench.equal_error`: time per response at equal or lower error than the authors' path;
 - :mod:`scar_bench.grid`: the resumable grid driver and its markdown report;

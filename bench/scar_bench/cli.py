@@ -8,7 +8,9 @@
 - ``grid [--methods M1,M2] [--workloads SUBSTRING] [--out PATH] [--max-minutes MIN] [--rounds N]``:
   measure the grid's (workload, method) rows missing from ``--out`` (default ``bench/results/grid.jsonl``),
   appending one JSON line per row;
-- ``markdown [--out PATH]``: print the markdown report of the rows in ``--out`` without running anything.
+- ``markdown [--out PATH]``: print the markdown report of the rows in ``--out`` without running anything;
+- ``games [--quick] [--plot PATH]``: accuracy per evaluation on sums of unanimity games against shapiq's
+  approximators (:mod:`scar_bench.games`), printed as a markdown table; ``--quick``: one small game, seconds.
 """
 
 from __future__ import annotations
@@ -85,6 +87,26 @@ def _cmd_markdown(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_games(args: argparse.Namespace) -> int:
+    from scar_bench.games import (
+        GAMES,
+        MULTIPLIERS,
+        TINY_GAMES,
+        TINY_MULTIPLIERS,
+        format_games_table,
+        game_study,
+        plot_games,
+        summarize_games,
+    )
+
+    games, mults, seeds = (TINY_GAMES, TINY_MULTIPLIERS, range(2)) if args.quick else (GAMES, MULTIPLIERS, range(10))
+    summary = summarize_games(game_study(games, multipliers=mults, seeds=seeds))
+    if args.plot:
+        plot_games(summary, args.plot)
+    print(format_games_table(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=COMMAND, description="SCAR benchmarks: engine table, equal-error "
                                      "comparison, the resumable grid and its markdown report.")
@@ -117,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="PATH",
                    help="grid JSON-lines file (default: bench/results/grid.jsonl)")
     p.set_defaults(func=_cmd_markdown, parser=p)
+
+    p = sub.add_parser("games", help="accuracy per evaluation on sums of unanimity games against shapiq's "
+                                     "approximators (markdown table)")
+    p.add_argument("--quick", action="store_true", help="one small game, two budgets, two seeds")
+    p.add_argument("--plot", default=None, metavar="PATH", help="also write the plot (error vs evaluations) here")
+    p.set_defaults(func=_cmd_games, parser=p)
     return parser
 
 
