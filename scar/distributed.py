@@ -154,6 +154,9 @@ def _concat(parts: Sequence[DenseRewards]) -> DenseRewards:
         [s for p in parts for s in p.stderr],
         [pl for p in parts for pl in p.players],
         parts[0].method if parts else "scar",
+        [e for p in parts for e in (p.estimates or [])]
+        if parts and all(p.estimates is not None for p in parts)
+        else None,
     )
 
 

@@ -149,8 +149,8 @@ class AmortizedSCAR(SCAR):
         labelled = [k for k, e in enumerate(encs) if self._labelled(e)]
         if labelled:
             estimates = super()._shapley_chunk([pending[k] for k in labelled])
-            for k in labelled:
-                self._stats[k] = self.scorer.stats
+            for k, cost in zip(labelled, super()._chunk_stats(len(labelled))):
+                self._stats[k] = cost
             with self._lock:
                 for k, res in zip(labelled, estimates):
                     self._add_label(features[k], res.values)

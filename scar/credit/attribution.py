@@ -1,7 +1,8 @@
 """Shapley values of responses' players, scored by a :class:`~scar.scoring.CoalitionScorer`.
 
 :func:`shapley_values` does one response; :func:`shapley_values_many` does a batch with one scorer
-call for all of it (one packed forest for the ``trie`` backend).
+call for all of it (one packed forest for the ``trie`` backend), or, with a tolerance, one scorer call per
+round for the responses whose standard errors are not yet within it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 import torch
 
 from scar.game.tokens import IdsLike
-from scar.scoring import CoalitionScorer
-from scar.shapley import DEFAULT_METHOD, ShapleyResult, plan, shapley
+from scar.scoring import CoalitionScorer, ScorerStats
+from scar.shapley import DEFAULT_METHOD, AdaptiveRun, ShapleyResult, plan, shapley
 
 __all__ = ["ResponseError", "shapley_values", "shapley_values_many"]
 
@@ -93,6 +94,10 @@ def shapley_values_many(
     seed: int | Sequence[int | None] | None = None,
     hierarchies: Sequence[Sequence[Any] | None] | None = None,
     suffixes_ids: Sequence[IdsLike | None] | None = None,
+    tol: float | None = None,
+    tol_absolute: bool = False,
+    max_budget: int | Sequence[int | None] | None = None,
+    round_stats: list[ScorerStats] | None = None,
 ) -> list[ShapleyResult]:
     """:func:`shapley_values` of a batch of responses, with ONE scorer call for all their coalitions.
 
@@ -111,10 +116,20 @@ def shapley_values_many(
         seed: an int or None (used for every response), or a list with one int or None per response.
         hierarchies: ``owen`` only: None, or one hierarchy (or None) per response.
         suffixes_ids: None, or one suffix (token ids or None) per response.
+        tol: adaptive stopping per response (:class:`scar.shapley.AdaptiveRun`, as ``tol`` of
+            :func:`scar.shapley.shapley`): the responses are sampled in rounds, and each round scores the new
+            coalitions of every response whose standard errors are not yet within ``tol`` in ONE scorer call;
+            a response drops out of the rounds once it meets ``tol``, reaches its exact plan or spends its
+            ``max_budget``. ``budget`` is then each response's first round.
+        tol_absolute, max_budget: as :func:`scar.shapley.shapley` (``max_budget``: an int or None for every
+            response, or one per response).
+        round_stats: when a list, the :class:`~scar.scoring.ScorerStats` of every scorer call is appended
+            to it (one call without ``tol``; one per round with it).
 
     Returns:
         One :class:`scar.shapley.ShapleyResult` per response, in order (an empty list for no
-        responses, without calling the scorer).
+        responses, without calling the scorer); with ``tol`` each has ``rounds``, ``tol`` and ``tol_met``
+        set, and ``budget`` and ``n_evals`` are what that response spent.
 
     Raises:
         TypeError: ``scorer`` is not a CoalitionScorer; a per-response argument is not a list; bad
@@ -140,8 +155,26 @@ def shapley_values_many(
     )
     trees = _per_response("hierarchies", hierarchies, n)
     suffixes = _per_response("suffixes_ids", suffixes_ids, n)
+    if tol is None and (max_budget is not None or tol_absolute is not False):
+        raise ValueError("max_budget and tol_absolute apply to adaptive stopping: give tol as well")
     if n == 0:
         return []
+    if tol is not None:
+        caps = _per_response("max_budget", max_budget, n) if isinstance(max_budget, (list, tuple)) else [max_budget] * n
+        return _adaptive_many(
+            scorer,
+            list(prompts_ids),
+            list(responses_ids),
+            list(players_list),
+            suffixes,
+            [
+                dict(method=method, budget=b, seed=s, hierarchy=tree, max_budget=cap)
+                for s, b, tree, cap in zip(seeds, budgets, trees, caps)
+            ],
+            tol,
+            tol_absolute,
+            round_stats,
+        )
     plans = []
     for i, (players, s, b, tree) in enumerate(zip(players_list, seeds, budgets, trees)):
         try:
@@ -154,6 +187,8 @@ def shapley_values_many(
     scores = scorer.score_many(
         list(prompts_ids), list(responses_ids), list(players_list), [p.coalitions for p in plans], suffixes
     )
+    if round_stats is not None:
+        round_stats.append(scorer.stats)
     results = []
     for i, (p, values) in enumerate(zip(plans, scores)):
         try:
@@ -161,3 +196,50 @@ def shapley_values_many(
         except ValueError as err:  # e.g. NaN scores from the reward model
             raise ResponseError(i, str(err)) from err
     return results
+
+
+def _adaptive_many(
+    scorer: CoalitionScorer,
+    prompts: list[IdsLike],
+    responses: list[IdsLike],
+    players: list[Any],
+    suffixes: list[IdsLike | None],
+    settings: list[dict[str, Any]],
+    tol: float,
+    tol_absolute: bool,
+    round_stats: list[ScorerStats] | None,
+) -> list[ShapleyResult]:
+    """:func:`shapley_values_many` with ``tol``: one :class:`AdaptiveRun` per response, and per round ONE
+    scorer call for the new coalitions of the responses that are not done."""
+    runs = []
+    for i, (p, kw) in enumerate(zip(players, settings)):
+        try:
+            n_players = len(p.tolist() if isinstance(p, torch.Tensor) else list(p))
+            runs.append(AdaptiveRun(n_players, tol=tol, tol_absolute=tol_absolute, **kw))
+        except ValueError as err:
+            raise ResponseError(i, str(err)) from err
+        except TypeError as err:
+            raise TypeError(f"response {i}: {err}") from err
+    while True:
+        active = [i for i, run in enumerate(runs) if not run.done]
+        if not active:
+            break
+        scored = [i for i in active if runs[i].coalitions.shape[0]]
+        values: dict[int, Any] = {}
+        if scored:
+            scores = scorer.score_many(
+                [prompts[i] for i in scored],
+                [responses[i] for i in scored],
+                [players[i] for i in scored],
+                [runs[i].coalitions for i in scored],
+                [suffixes[i] for i in scored],
+            )
+            if round_stats is not None:
+                round_stats.append(scorer.stats)
+            values = dict(zip(scored, scores))
+        for i in active:
+            try:
+                runs[i].feed(values.get(i, torch.zeros(0, dtype=torch.float64)))
+            except ValueError as err:  # e.g. NaN scores from the reward model
+                raise ResponseError(i, str(err)) from err
+    return [run.result for run in runs if run.result is not None]

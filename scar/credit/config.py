@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
-from scar._checks import check_choice, check_positive_int, check_seed, check_unit_interval
+from scar._checks import check_choice, check_positive_int, check_seed, check_tolerance, check_unit_interval
 from scar.credit.rewards import PLACEMENTS
 from scar.game.players import KINDS
 from scar.game.tokens import as_token_ids
-from scar.shapley import DEFAULT_METHOD, METHODS
+from scar.shapley import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 
 __all__ = ["CreditConfig"]
 
@@ -36,6 +36,15 @@ class CreditConfig:
         batch_size: responses whose coalitions are scored in one scorer call (one packed forest, split into
             passes by the scorer's token budget).
         progress: show a progress bar over responses.
+        tol: adaptive stopping (None: off): each response is sampled in rounds until every player's standard
+            error is at most ``tol`` times ``|r - v(∅)|`` (absolute with ``tol_absolute``), its exact plan is
+            reached or ``max_budget`` is spent; ``budget`` is then the first round. Each round scores the
+            unfinished responses of a chunk of ``batch_size`` together (:func:`scar.shapley.shapley` and
+            :func:`scar.credit.attribution.shapley_values_many` say more). Methods: those of
+            :data:`scar.shapley.ADAPTIVE_METHODS`.
+        tol_absolute: ``tol`` is in the reward model's units.
+        max_budget: with ``tol``: the most budget one response may spend (the estimator's unit): an even int,
+            a function of the response's number of players, or None for 8 times the estimator's default.
     """
 
     players: str = "span"
@@ -48,6 +57,9 @@ class CreditConfig:
     suffix_ids: Sequence[int] | None = None
     batch_size: int = 8
     progress: bool = True
+    tol: float | None = None
+    tol_absolute: bool = False
+    max_budget: int | Callable[[int], int] | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.players, "player kind", KINDS)
@@ -66,12 +78,32 @@ class CreditConfig:
         self.batch_size = check_positive_int(self.batch_size, "batch_size")
         if not isinstance(self.progress, bool):
             raise TypeError(f"progress must be a bool, got {type(self.progress).__name__}")
+        if not isinstance(self.tol_absolute, bool):
+            raise TypeError(f"tol_absolute must be a bool, got {type(self.tol_absolute).__name__}")
+        if self.tol is None:
+            if self.max_budget is not None or self.tol_absolute:
+                raise ValueError("max_budget and tol_absolute apply to adaptive stopping: set tol as well")
+        else:
+            self.tol = check_tolerance(self.tol, "tol")
+            if self.method not in ADAPTIVE_METHODS:
+                raise ValueError(
+                    f"tol (adaptive stopping) works with methods {', '.join(ADAPTIVE_METHODS)}; "
+                    f"got method={self.method!r}"
+                )
+            if self.max_budget is not None and not callable(self.max_budget):
+                self.max_budget = check_positive_int(self.max_budget, "max_budget")
 
     def budget_for(self, n_players: int) -> int | None:
         """The estimator budget for a response of ``n_players`` players (see :attr:`budget`)."""
         if self.budget is None or not callable(self.budget):
             return self.budget
         return check_positive_int(self.budget(n_players), "budget(n_players)")
+
+    def max_budget_for(self, n_players: int) -> int | None:
+        """The adaptive ``max_budget`` for a response of ``n_players`` players (see :attr:`max_budget`)."""
+        if self.max_budget is None or not callable(self.max_budget):
+            return self.max_budget
+        return check_positive_int(self.max_budget(n_players), "max_budget(n_players)")
 
     @classmethod
     def field_names(cls) -> frozenset[str]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import threading
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -40,7 +41,7 @@ from scar.scoring import CoalitionScorer, ScorerConfig, ScorerStats
 from scar.scoring.padded import score_padded
 from scar.shapley import ShapleyResult
 
-__all__ = ["SCAR", "response_seed"]
+__all__ = ["SCAR", "response_seed", "total_stats"]
 
 _SCORER_FIELDS = frozenset(f.name for f in dataclasses.fields(ScorerConfig))
 
@@ -54,6 +55,21 @@ def response_seed(seed: int, prompt_ids: Sequence[int], response_ids: Sequence[i
     for part in (seed, len(prompt_ids), *prompt_ids, len(response_ids), *response_ids):
         h.update(int(part).to_bytes(9, "little", signed=True))
     return int.from_bytes(h.digest(), "little") >> 1
+
+
+def total_stats(calls: Sequence[ScorerStats], backend: str) -> ScorerStats:
+    """The cost of several scorer calls as one :class:`~scar.scoring.ScorerStats`: counts summed, the longest
+    pass and the largest verification error kept (``backend`` when there are no calls)."""
+    out = ScorerStats(backend=calls[0].backend if calls else backend)
+    for call in calls:
+        for field in dataclasses.fields(ScorerStats):
+            name = field.name
+            if name == "backend":
+                continue
+            mine, theirs = getattr(out, name), getattr(call, name)
+            keep_max = name in ("peak_pack_tokens", "verify_max_error")
+            setattr(out, name, max(mine, theirs) if keep_max else mine + theirs)
+    return out
 
 
 class SCAR:
@@ -78,7 +94,12 @@ class SCAR:
         last_stats: after a call, one entry per response: the :class:`~scar.scoring.ScorerStats` of the
             scorer call that scored it. The responses of one chunk of ``batch_size`` share that call, so
             they share one stats object (count distinct objects, never sum over responses); an empty
-            response's single forward of prompt + suffix has its own stats with backend ``"plain"``.
+            response's single forward of prompt + suffix has its own stats with backend ``"plain"``. With
+            adaptive stopping (``tol``) a chunk makes one scorer call per round, and its stats object is
+            the total over the rounds (passes, tokens and coalitions summed; the longest pass). What each
+            response spent and achieved is in :attr:`DenseRewards.estimates
+            <scar.credit.rewards.DenseRewards.estimates>` (``budget``, ``n_evals``, ``rounds``,
+            ``stderr``, ``tol_met``).
 
     Raises:
         TypeError / ValueError: on bad settings (naming the problem) or a tokenizer without offsets.
@@ -110,6 +131,7 @@ class SCAR:
         self.policy_tokenizer = policy_tokenizer
         self.scorer = CoalitionScorer(reward_model, scorer_config)
         self.last_stats: list[ScorerStats | None] = []
+        self._local = threading.local()  # the last chunk's cost, per thread (as the scorer's stats)
 
     TRAINING_SETTINGS: ClassVar[dict[str, Any]] = {"players": "span", "method": "permutation", "budget": 2}
     """What :meth:`for_training` sets unless overridden: span players, one antithetic pair of permutations."""
@@ -142,9 +164,10 @@ class SCAR:
                 by them (decoded with ``policy_tokenizer``, or the reward model's tokenizer when None).
 
         Returns:
-            :class:`~scar.credit.rewards.DenseRewards` with ``method="scar"``. An empty response (allowed
-            only with ``completion_ids``; see the module docstring) has no players, no values, ``stderr``
-            None and ``rewards == base_values == v(∅)``.
+            :class:`~scar.credit.rewards.DenseRewards` with ``method="scar"`` and ``estimates`` (each
+            response's :class:`~scar.shapley.ShapleyResult`). An empty response (allowed only with
+            ``completion_ids``; see the module docstring) has no players, no values, ``stderr`` None,
+            ``estimates`` None and ``rewards == base_values == v(∅)``.
         """
         check_batch(prompts, responses, completion_ids)
         policy_tokenizer = self.policy_tokenizer
@@ -152,7 +175,7 @@ class SCAR:
             policy_tokenizer = self.tokenizer  # the policy shares the reward model's tokenizer
         cfg = self.config
         n = len(responses)
-        # per response: (token rewards, r, v(∅), values, stderr, players)
+        # per response: (token rewards, r, v(∅), values, stderr, players, Shapley result)
         out: list[tuple[Any, ...]] = [()] * n
         self.last_stats = [None] * n
         with tqdm(total=n, desc="SCAR credit", unit="response", disable=not cfg.progress) as bar:
@@ -173,7 +196,7 @@ class SCAR:
                             ids,
                             final_reward=(1.0 - cfg.alpha) * v0,
                         )
-                        out[i] = (rewards, v0, v0, torch.zeros(0, dtype=torch.float64), None, [])
+                        out[i] = (rewards, v0, v0, torch.zeros(0, dtype=torch.float64), None, [], None)
                         continue
                     players = self._segment(enc)
                     tree = self._hierarchy(enc, players) if cfg.method == "owen" else None
@@ -186,8 +209,8 @@ class SCAR:
                         ids = None if completion_ids is None else completion_ids[i]
                         out[i] = self._shaped(i, enc, players, res, policy_tokenizer, ids)
                 bar.update(min(n, start + cfg.batch_size) - start)
-        columns = [list(col) for col in zip(*out)] if n else [[] for _ in range(6)]
-        token_rewards, seq_rewards, empty_values, values, stderr, all_players = columns
+        columns = [list(col) for col in zip(*out)] if n else [[] for _ in range(7)]
+        token_rewards, seq_rewards, empty_values, values, stderr, all_players, estimates = columns
         return DenseRewards(
             token_rewards,
             torch.tensor(seq_rewards, dtype=torch.float64),
@@ -196,17 +219,25 @@ class SCAR:
             stderr,
             all_players,
             "scar",
+            estimates,
         )
 
     def _chunk_stats(self, n: int) -> list[ScorerStats]:
-        """The cost of the last :meth:`_shapley_chunk` per response: here the one scorer call they shared."""
-        return [self.scorer.stats] * n
+        """The cost of the last :meth:`_shapley_chunk` per response: here the scorer call (or, with ``tol``,
+        the total of the rounds' calls) they shared."""
+        return [getattr(self._local, "chunk_cost", None) or self.scorer.stats] * n
 
     def _shapley_chunk(self, pending: list[tuple[int, Encoded, list[Player], Any, int | None]]) -> list[ShapleyResult]:
         """Shapley values of a chunk's non-empty responses, all scored in ONE scorer call (one forest)."""
         cfg = self.config
+        adaptive: dict[str, Any] = {}
+        if cfg.tol is not None:
+            adaptive = dict(
+                tol=cfg.tol, tol_absolute=cfg.tol_absolute, max_budget=[cfg.max_budget_for(len(p[2])) for p in pending]
+            )
+        calls: list[ScorerStats] = []
         try:
-            return shapley_values_many(
+            results = shapley_values_many(
                 self.scorer,
                 [p[1].prompt_ids for p in pending],
                 [p[1].response_ids for p in pending],
@@ -216,9 +247,13 @@ class SCAR:
                 seed=[p[4] for p in pending],
                 hierarchies=[p[3] for p in pending],
                 suffixes_ids=[p[1].suffix_ids or None for p in pending],
+                round_stats=calls,
+                **adaptive,
             )
         except ResponseError as err:  # e.g. NaN scores from the reward model: say which response
             raise ValueError(f"Shapley credit of response {pending[err.index][0]}: {err.reason}") from err
+        self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, self.scorer.backend)
+        return results
 
     def _shaped(
         self,
@@ -229,7 +264,8 @@ class SCAR:
         policy_tokenizer: Any | None,
         ids: Sequence[int] | None,
     ) -> tuple[Any, ...]:
-        """Response ``i``'s ``(token rewards, r, v(∅), values, stderr, players)`` from its Shapley result."""
+        """Response ``i``'s ``(token rewards, r, v(∅), values, stderr, players, result)`` from its Shapley
+        result."""
         alpha = self.config.alpha
         r = check_finite(res.full_value, f"response {i} (full response, v(N))")
         v0 = check_finite(res.base_value, f"response {i} (prompt only, v(empty))")
@@ -239,7 +275,7 @@ class SCAR:
             res.values, players, placement=self.config.placement, n_tokens=len(enc.response_ids)
         )
         token_rewards = to_policy_tokens(credit, enc, policy_tokenizer, ids, final_reward=(1.0 - alpha) * r)
-        return token_rewards, r, v0, res.values, res.stderr, players
+        return token_rewards, r, v0, res.values, res.stderr, players, res
 
     def _empty_value(self, enc: Encoded, index: int) -> float:
         """``r = v(∅)`` of an empty response: one plain forward of ``prompt ⊕ suffix``."""

@@ -30,6 +30,7 @@ import torch
 
 from scar._checks import as_int, as_real, check_choice, check_unit_interval
 from scar.game.players import Player, as_ranges
+from scar.shapley import ShapleyResult
 
 __all__ = ["DenseRewards", "shape_rewards", "place_credit", "sparse_rewards", "PLACEMENTS"]
 
@@ -49,6 +50,9 @@ class DenseRewards:
         stderr: per response ``[n_i]`` float64 standard errors of ``values``, or None.
         players: per response, the players (:class:`scar.game.players.Player`) the values belong to.
         method: ``"scar"``, ``"abc"`` or ``"sparse"`` (free text for other credit methods).
+        estimates: per response, the :class:`~scar.shapley.ShapleyResult` its ``values`` come from (what
+            was spent: ``budget``, ``n_evals``, ``rounds``; what was achieved: ``stderr``, ``tol_met``), or
+            None (an empty response); None for credit methods without one.
 
     Tensors are coerced to the documented dtypes on construction; inconsistent batch sizes raise
     ``ValueError``.
@@ -61,6 +65,7 @@ class DenseRewards:
     stderr: list[torch.Tensor | None]
     players: list[list[Player]]
     method: str
+    estimates: list[ShapleyResult | None] | None = None
 
     def __post_init__(self) -> None:
         for name in ("token_rewards", "values", "stderr", "players"):
@@ -79,6 +84,15 @@ class DenseRewards:
                 raise ValueError(
                     f"DenseRewards: {name} has {len(getattr(self, name))} entries but token_rewards has {b}"
                 )
+        if self.estimates is not None:
+            self.estimates = _as_list(self.estimates, "estimates", "one entry per response")
+            if len(self.estimates) != b:
+                raise ValueError(f"DenseRewards: estimates has {len(self.estimates)} entries but token_rewards has {b}")
+            for i, est in enumerate(self.estimates):
+                if est is not None and not isinstance(est, ShapleyResult):
+                    raise TypeError(
+                        f"DenseRewards: estimates[{i}] must be a ShapleyResult or None, got {type(est).__name__}"
+                    )
         for i in range(b):
             n = len(self.players[i])
             if self.values[i].numel() != n:
