@@ -11,8 +11,9 @@ Run from the repository root::
 
     .venv/bin/python bench/interval_coverage.py [--seeds 200] [--adaptive]
 
-It prints a markdown table (rows: game; columns: method and budget) and the overall coverage per column.
-Adaptive cells read ``coverage (mean budget spent, share of runs that ended at the exact values)``.
+It prints a markdown table (rows: game; columns: method and budget) and the overall coverage per column, and
+with ``--adaptive`` a second one over more games. Adaptive cells read ``coverage (mean budget spent, share
+of runs that ended at the exact values)``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from scar.shapley import shapley
+from scar.shapley import METHODS, shapley
 
 HIERARCHY10 = [[0, 1, 2], [3, [4, 5]], [6, 7, 8, 9]]
 """The Owen hierarchy of the 10-player games."""
@@ -113,12 +114,22 @@ GAMES: dict[str, Any] = {
     "random table, n=10": Table(10, 7),
 }
 
+LARGER_GAMES: dict[str, Any] = {
+    "unanimity sum, n=16, order 1-3": SumOfUnanimity(16, 40, 1, 3, 5),
+    "unanimity sum, n=16, order 10-16": SumOfUnanimity(16, 40, 10, 16, 6),
+}
+"""More games of 16 players for the adaptive table, where most tolerances stop before the exact plan."""
+
+COALITION_METHODS = [m for m in ("kernel", "stratified") if m in METHODS]
+"""Methods whose budget counts coalitions (the others count permutations)."""
+
 COLUMNS: list[tuple[str, int]] = [
     *(("permutation", b) for b in (4, 8, 16, 32, 64)),
     *(("owen", b) for b in (4, 8, 16, 32)),
-    *(("kernel", b) for b in (4, 8, 16, 32)),
+    *((m, b) for m in COALITION_METHODS for b in (4, 8, 16, 32)),
 ]
-"""(method, budget): permutations for ``permutation`` and ``owen``, multiples of ``n`` coalitions for ``kernel``."""
+"""(method, budget): permutations for ``permutation`` and ``owen``, multiples of ``n`` coalitions for the
+:data:`COALITION_METHODS`."""
 
 ADAPTIVE: list[tuple[str, float]] = [(m, tol) for m in ("permutation", "owen", "kernel") for tol in (0.1, 0.05, 0.02)]
 """(method, relative tol) of the adaptive columns."""
@@ -145,6 +156,32 @@ def covered(game: Any, ref: torch.Tensor, seeds: int, **kw: Any) -> tuple[int, i
     return hit, total, float(np.mean(budgets)), exact / seeds
 
 
+def table(games: dict[str, Any], columns: list[tuple[str, str, dict[str, Any]]], seeds: int) -> None:
+    """Print one markdown table: a row per game, a column per (method, settings), and the overall coverage."""
+    totals = {label: [0, 0] for _, label, _ in columns}
+    print("| game | " + " | ".join(label for _, label, _ in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for name, game in games.items():
+        cells = []
+        for method, label, kw in columns:
+            ref = reference(game, method)
+            if ref is None:
+                cells.append("")
+                continue
+            kw = dict(kw)
+            if method in COALITION_METHODS and "budget" in kw:
+                kw["budget"] = kw["budget"] * game.n
+            hit, total, budget, exact = covered(game, ref, seeds, **kw)
+            totals[label][0] += hit
+            totals[label][1] += total
+            if "tol" in kw:  # adaptive: coverage (mean budget spent, share of runs that reached the exact values)
+                cells.append(f"{hit / total:.3f} ({budget:.0f}, {exact:.0%})")
+            else:
+                cells.append(f"{hit / total:.3f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    print("| **all** | " + " | ".join(f"**{h / t:.3f}**" if t else "" for h, t in totals.values()) + " |\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=200)
@@ -157,36 +194,18 @@ def main() -> None:
         kw: dict[str, Any] = {"method": method}
         if method == "owen":
             kw["hierarchy"] = HIERARCHY10
-        columns.append((method, f"{method} {budget}{'n' if method == 'kernel' else ''}", {**kw, "budget": budget}))
+        unit = "n" if method in COALITION_METHODS else ""
+        columns.append((method, f"{method} {budget}{unit}", {**kw, "budget": budget}))
+    table(GAMES, columns, args.seeds)
     if args.adaptive:
+        adaptive = []
         for method, tol in ADAPTIVE:
             kw = {"method": method, "tol": tol}
             if method == "owen":
                 kw["hierarchy"] = HIERARCHY10
-            columns.append((method, f"{method} tol {tol}", kw))
-    totals = {label: [0, 0] for _, label, _ in columns}
-    print("| game | " + " | ".join(label for _, label, _ in columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name, game in GAMES.items():
-        cells = []
-        for method, label, kw in columns:
-            ref = reference(game, method)
-            if ref is None:
-                cells.append("")
-                continue
-            kw = dict(kw)
-            if method == "kernel" and "budget" in kw:
-                kw["budget"] = kw["budget"] * game.n
-            hit, total, budget, exact = covered(game, ref, args.seeds, **kw)
-            totals[label][0] += hit
-            totals[label][1] += total
-            if "tol" in kw:  # adaptive: coverage (mean budget spent, share of runs that reached the exact values)
-                cells.append(f"{hit / total:.3f} ({budget:.0f}, {exact:.0%})")
-            else:
-                cells.append(f"{hit / total:.3f}")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-    print("| **all** | " + " | ".join(f"**{h / t:.3f}**" for h, t in totals.values()) + " |")
-    print(f"\n{args.seeds} seeds per cell; {time.time() - start:.0f} s")
+            adaptive.append((method, f"{method} tol {tol}", kw))
+        table({**GAMES, **LARGER_GAMES}, adaptive, args.seeds)
+    print(f"{args.seeds} seeds per cell; {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":
