@@ -29,6 +29,8 @@ import torch
 
 from scar._checks import as_int, check_tolerance
 from scar.shapley.base import (
+    MAX_PLAN_ENTRIES,
+    MAX_PLAN_ROWS,
     PlanParts,
     ShapleyResult,
     _pack_rows,
@@ -36,6 +38,7 @@ from scar.shapley.base import (
     capped,
     check_plan_size,
     make_generator,
+    plan_fits,
     random_orders,
     to_float64,
     unique_rows,
@@ -147,6 +150,16 @@ class AdaptiveRun:
             raise ValueError(f"hierarchy is only used by method='owen', got method={method!r}")
         self.n_players, self.method = n, method
         self._gen = make_generator(seed)
+        self._tree: list | None = None
+        self._owen_cap: int | None = None
+        if method == "owen":
+            if hierarchy is None:
+                raise ValueError(
+                    "method='owen' needs a hierarchy: nested lists of player indices that "
+                    "partition range(n_players), e.g. [[0, 1], [2, [3, 4]]]"
+                )
+            self._tree = parse_hierarchy(hierarchy, n)
+            self._owen_cap = owen_exact_cap(self._tree, n)
         if method == "exact":
             for name, value in (("budget", budget), ("max_budget", max_budget)):
                 if value is not None:
@@ -162,7 +175,7 @@ class AdaptiveRun:
                 first = as_int(budget, "budget")
                 _check_even_budget(first, "budget", method)
             if max_budget is None:
-                self.max_budget = max(default_max_budget(method, n), first)
+                self.max_budget = max(min(default_max_budget(method, n), self._largest_plan()), first)
             else:
                 self.max_budget = as_int(max_budget, "max_budget")
                 _check_even_budget(self.max_budget, "max_budget", method)
@@ -171,16 +184,8 @@ class AdaptiveRun:
                         f"max_budget={self.max_budget} is below the first round's budget={first}; "
                         "raise max_budget or lower budget"
                     )
-        self._tree: list | None = None
-        self._owen_cap: int | None = None
-        if method == "owen":
-            if hierarchy is None:
-                raise ValueError(
-                    "method='owen' needs a hierarchy: nested lists of player indices that "
-                    "partition range(n_players), e.g. [[0, 1], [2, [3, 4]]]"
-                )
-            self._tree = parse_hierarchy(hierarchy, n)
-            self._owen_cap = owen_exact_cap(self._tree, n)
+                if self.max_budget > self._largest_plan():  # refused before anything is evaluated
+                    check_plan_size(method, n, self.max_budget, self._rows(self.max_budget))
         self._halves = torch.zeros(0, n, dtype=torch.int64)  # permutation / owen: the sampled halves
         self._kernel_pairs = torch.zeros(0, n, dtype=torch.bool)  # kernel: first coalition of each pair
         self._index: dict[bytes, int] = {}  # packed coalition -> its slot in _values
@@ -191,6 +196,28 @@ class AdaptiveRun:
         self.done = False
         self.result: ShapleyResult | None = None
         self._plan_round(first)
+
+    def _exact_cap(self) -> int | None:
+        """The budget from which the method's plan is the exact one (None: never, or ``kernel``)."""
+        if self.method == "permutation":
+            return exact_cap(2**self.n_players, self.n_players) if self.n_players <= EXACT_MAX_PLAYERS else None
+        return self._owen_cap if self.method == "owen" else None
+
+    def _rows(self, total: int) -> int:
+        """Rows (∅ and N included, before dedupe) of the plan of a budget of ``total``."""
+        if self.method == "kernel":
+            return cap_at_proper_coalitions(total, self.n_players) + 2
+        return total * (self.n_players + 1) + 2
+
+    def _largest_plan(self) -> int:
+        """The largest even budget whose plan is within the plan limits (any budget, when the exact plan caps
+        it first)."""
+        n, cap = self.n_players, self._exact_cap()
+        if cap is not None or (self.method == "kernel" and plan_fits(n, self._rows(2**62))):
+            return 2**62
+        per_budget = 1 if self.method == "kernel" else n + 1
+        largest = (min(MAX_PLAN_ROWS, MAX_PLAN_ENTRIES // n) - 2) // per_budget
+        return max(2, largest - largest % 2)
 
     @property
     def n_evals(self) -> int:
@@ -211,7 +238,7 @@ class AdaptiveRun:
             parts = kernel_parts(n, total, z, w, pairs, mass)
             self._exact = pairs == 0
         else:
-            cap = exact_cap(2**n, n) if self.method == "permutation" and n <= EXACT_MAX_PLAYERS else self._owen_cap
+            cap = self._exact_cap()
             if cap is not None and total >= cap:
                 exact = exact_plan(n) if self.method == "permutation" else owen_exact_parts(self._tree or [], n)
                 parts = capped(exact, self.method, cap)
@@ -244,7 +271,7 @@ class AdaptiveRun:
             ValueError: values of the wrong shape, non-numeric, NaN or infinite (the message names the
                 coalition).
         """
-        self._feed(to_float64(values, self.coalitions, from_value_fn=False))
+        self._feed(to_float64(values, self.coalitions, from_value_fn=False, receiver="AdaptiveRun"))
 
     def _feed(self, values: torch.Tensor) -> None:
         """:meth:`feed` for float64 ``[U]`` values that are already validated."""

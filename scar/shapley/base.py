@@ -277,19 +277,23 @@ def _players(row: torch.Tensor) -> list[int]:
     return torch.nonzero(row).flatten().tolist()
 
 
-def to_float64(raw: Any, batch: torch.Tensor, *, from_value_fn: bool = True) -> torch.Tensor:
+def to_float64(
+    raw: Any, batch: torch.Tensor, *, from_value_fn: bool = True, receiver: str = "ShapleyPlan"
+) -> torch.Tensor:
     """Validate the values of the coalitions ``batch`` and return them as float64 ``[C]`` on the CPU.
 
     ``from_value_fn``: the values are one ``value_fn`` answer (inside :func:`shapley`), else the
-    values handed to :meth:`ShapleyPlan.finish` for the whole plan; only the messages differ.
+    values handed to :meth:`ShapleyPlan.finish` for the whole plan (or to ``AdaptiveRun.feed`` for a round,
+    ``receiver="AdaptiveRun"``); only the messages differ.
     """
     c = batch.shape[0]
     if from_value_fn:
         got, needs = "value_fn returned", "value_fn must return"
         where = f"the batch of {c} coalitions starting with coalition {_players(batch[0])}"
     else:
-        got, needs = "ShapleyPlan.finish got", "ShapleyPlan.finish needs"
-        where = f"the plan's {c} coalitions (ShapleyPlan.coalitions)"
+        method = "finish" if receiver == "ShapleyPlan" else "feed"
+        got, needs = f"{receiver}.{method} got", f"{receiver}.{method} needs"
+        where = f"the {c} coalitions of {receiver}.coalitions"
     if isinstance(raw, torch.Tensor):
         if raw.is_complex():
             raise ValueError(f"{got} non-numeric values (dtype {raw.dtype}) for {where}")

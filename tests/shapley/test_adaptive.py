@@ -202,3 +202,21 @@ def test_feed_checks_values_and_refuses_after_done() -> None:
     assert run.done and run.coalitions.shape == (0, 4)
     with pytest.raises(RuntimeError, match="done"):
         run.feed([])
+
+
+def test_plan_limits_are_checked_before_anything_is_evaluated() -> None:
+    from scar.shapley import MAX_PLAN_ENTRIES, MAX_PLAN_ROWS
+
+    with pytest.raises(ValueError, match="MAX_PLAN_ROWS"):
+        AdaptiveRun(3000, "permutation", tol=0.1, max_budget=10**6, seed=0)
+    run = AdaptiveRun(3000, "permutation", tol=0.1, seed=0)  # the default shrinks to fit
+    rows = run.max_budget * 3001 + 2
+    assert run.max_budget % 2 == 0 and rows <= MAX_PLAN_ROWS and rows * 3000 <= MAX_PLAN_ENTRIES
+    # a budget capped by the exact plan needs no limit
+    assert AdaptiveRun(12, "permutation", tol=0.1, max_budget=10**9, seed=0).max_budget == 10**9
+
+
+def test_feed_errors_name_the_adaptive_run() -> None:
+    run = AdaptiveRun(4, "kernel", tol=0.1, seed=0)
+    with pytest.raises(ValueError, match="AdaptiveRun.feed needs one value per coalition"):
+        run.feed([0.0])
