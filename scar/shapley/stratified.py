@@ -35,7 +35,9 @@ games close to additive and the stratified estimate on games with high-order int
 follows whichever the sample shows to vary less. The result is then shrunk towards the equal split
 ``(v(N) - v(∅)) / n`` by a James-Stein factor (:data:`STRATIFIED_SHRINK`), which only acts when the noise is
 as large as the values' spread. ``stderr`` is the grouped jackknife's standard error of the combined estimate
-before shrinking (NaN with fewer than two groups sampled, zeros when every coalition is enumerated). The
+before shrinking, scaled by Student's quantile at the jackknife's degrees of freedom (groups sampled minus
+one) over the normal's, so that ``values +- 1.96 stderr`` is meant as a 95% interval (NaN with fewer than two
+groups sampled, zeros when every coalition is enumerated). The
 combination and the shrinkage make the result slightly biased at small budgets; the stratified estimate
 alone (:func:`stratified_mc`) is unbiased.
 
@@ -53,11 +55,13 @@ import numpy as np
 import torch
 
 from scar.shapley.base import (
+    INTERVAL_Z,
     PlanParts,
     ShapleyResult,
     cap_at_proper_coalitions,
     check_plan_size,
     random_orders,
+    student_t_quantile,
     unique_rows,
     with_ends,
 )
@@ -343,13 +347,15 @@ def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanPar
         lam = min(1.0, max(0.0, (var_mc - cov) / denom)) if denom > 0 else 0.0
         values = lam * fit + (1 - lam) * mc
         d = lam * d_fit + (1 - lam) * d_mc
-        stderr = torch.sqrt(scale * (d**2).sum(0))
+        jackknife = torch.sqrt(scale * (d**2).sum(0))
         # shrunk towards the equal split, which is efficient and has no variance (see STRATIFIED_SHRINK)
         equal = (full - base) / n
         signal = float(((values - equal) ** 2).sum())
-        kept = max(0.0, 1.0 - STRATIFIED_SHRINK * float((stderr**2).sum()) / signal) if signal > 0 else 0.0
+        kept = max(0.0, 1.0 - STRATIFIED_SHRINK * float((jackknife**2).sum()) / signal) if signal > 0 else 0.0
         values = equal + kept * (values - equal)
         values += ((full - base) - values.sum()) / n
+        # the jackknife's variance has len(used) - 1 degrees of freedom: Student's quantile, not the normal's
+        stderr = jackknife * (student_t_quantile(len(used) - 1) / INTERVAL_Z)
         return ShapleyResult(values, stderr, n_evals, base, full, "stratified", budget)
 
     return with_ends(z), budget, solve
