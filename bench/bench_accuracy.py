@@ -31,13 +31,15 @@ FULL_WORKLOADS = {"trained": Workload("small", 256, 64, 12, 32, weights="trained
 PERMS = [2, 4, 8, 16, 32, 64, 128]
 KERNEL = [26, 50, 100, 200, 400, 800, 1600]
 FULL_BUDGETS = {
-    "scar-permutation": PERMS, "scar-kernel": KERNEL, "shap-permutation": PERMS, "captum-svs": PERMS,
+    "scar-permutation": PERMS, "scar-kernel": KERNEL, "scar-stratified": KERNEL, "shap-permutation": PERMS,
+    "captum-svs": PERMS,
     "shapiq-kernel": KERNEL, "shapiq-permutation": [26, 52, 104, 208, 416, 832, 1664],
     "shap-partition": [125, 250, 500, 1000], "scar-owen": [None, 8, 32, 128],
 }
 TINY_WORKLOAD = Workload("tiny", 16, 10, 5, 4)
 TINY_BUDGETS = {
-    "scar-permutation": [2, 8], "scar-kernel": [10, 30], "shap-permutation": [2, 8], "captum-svs": [2, 8],
+    "scar-permutation": [2, 8], "scar-kernel": [10, 30], "scar-stratified": [10, 30], "shap-permutation": [2, 8],
+    "captum-svs": [2, 8],
     "shapiq-kernel": [10, 30], "shapiq-permutation": [12, 48], "shap-partition": [40],
     "scar-owen": [None, 4],
 }

@@ -33,8 +33,8 @@ __all__ = [
     "plot_accuracy",
 ]
 
-ACCURACY_METHODS = ("scar-permutation", "scar-kernel", "scar-owen", "shap-partition", "shap-permutation", "captum-svs",
-                    "shapiq-kernel", "shapiq-permutation")
+ACCURACY_METHODS = ("scar-permutation", "scar-kernel", "scar-owen", "scar-stratified", "shap-partition",
+                    "shap-permutation", "captum-svs", "shapiq-kernel", "shapiq-permutation")
 DEFAULT_ESTIMATOR = "scar-kernel"
 """The project's default estimator: KernelSHAP (``scar.shapley.DEFAULT_METHOD``)."""
 
@@ -55,7 +55,7 @@ class _TableGame:
 
 def estimate_from_table(inst: Instance, table: np.ndarray, method: str, *, budget: int | None,
                         seed: int) -> RunResult:
-    """This project's estimator ``method`` (``permutation``, ``kernel`` or ``owen`` over
+    """This project's estimator ``method`` (``permutation``, ``kernel``, ``stratified`` or ``owen`` over
     :func:`~scar_bench.workloads.binary_hierarchy`) on the span game served from the exact ``table`` of
     :func:`~scar_bench.methods.exact_shapley` (the numbers the reward model gives), charged the trie
     tokens of its plan (what the ``trie`` engines compute, up to pass splitting)."""
@@ -101,7 +101,7 @@ def accuracy_study(inst: Instance, *, budgets: dict[str, Sequence[int]], seeds: 
         for budget in method_budgets:
             deterministic = method == "shap-partition" or (method == "scar-owen" and budget is None)
             for seed in (seeds[:1] if deterministic else seeds):
-                if method in ("scar-permutation", "scar-kernel", "scar-owen"):
+                if method in ("scar-permutation", "scar-kernel", "scar-owen", "scar-stratified"):
                     r = estimate_from_table(inst, table, method.split("-")[1], budget=budget, seed=seed)
                 elif method == "shap-partition":
                     r = run_method(inst, method, budget=budget)
