@@ -259,8 +259,7 @@ class AdaptiveRun:
         self._keys = keys
         fresh = [k not in self._index for k in keys]
         self._fresh = torch.tensor(fresh, dtype=torch.bool)
-        self.coalitions = uniq[self._fresh]
-        """bool ``[U, n]``: the coalitions this round needs that no earlier round evaluated."""
+        self.coalitions = uniq[self._fresh]  # what this round needs that no earlier round evaluated
 
     def feed(self, values: Any) -> None:
         """Give the values of :attr:`coalitions` (``U`` finite numbers, any tensor, array or sequence): the
