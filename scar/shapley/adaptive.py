@@ -109,7 +109,8 @@ class AdaptiveRun:
         n_players: number of players, a positive int.
         method: one of :data:`ADAPTIVE_METHODS`.
         tol: the standard error every player must reach: a finite number > 0, relative to
-            ``|v(N) - v(∅)|`` unless ``tol_absolute``.
+            ``|v(N) - v(∅)|`` unless ``tol_absolute`` (a relative ``tol`` of a game with ``v(N) = v(∅)`` is
+            met by exact values only).
         tol_absolute: ``tol`` is absolute (in the game's units).
         max_budget: the most budget to spend, in the method's unit (permutations; ``kernel``: coalitions
             besides ∅ and N), even and at least the first round; default :func:`default_max_budget`.
