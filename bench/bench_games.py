@@ -1,6 +1,7 @@
 """Accuracy per evaluation on sums of unanimity games (known Shapley values): this project's estimators
 (``kernel``, ``permutation``, ``stratified``) against shapiq's approximators (KernelSHAP, paired KernelSHAP,
-kADD-SHAP, SVARM, unbiased KernelSHAP, permutation sampling) at equal, honestly counted evaluations
+kADD-SHAP, SVARM, unbiased KernelSHAP, permutation sampling) and shap's Kernel and Permutation explainers at
+equal, honestly counted evaluations
 (``scar_bench.games`` says how).
 
 Full run (``pytest bench/bench_games.py --benchmark-only``, or ``python bench/run.py games``): the six games
@@ -24,6 +25,7 @@ from scar_bench.games import (
     format_games_table,
     game_study,
     plot_games,
+    runs_at,
     summarize_games,
 )
 
@@ -45,7 +47,8 @@ def test_games_accuracy(benchmark, bench_full, tmp_path):
         json.dump({"rows": rows, "summary": summary, "table": table}, f)
     benchmark.extra_info["table"] = table
     assert os.path.getsize(path) > 0
-    assert len(rows) == len(games) * len(GAME_METHODS) * len(mults) * len(seeds)
+    runs = sum(runs_at(m, spec.n, k * spec.n) for spec in games for m in GAME_METHODS for k in mults)
+    assert len(rows) == runs * len(seeds)
     for r in rows:  # honest counting: no run used more distinct coalitions than its budget
         assert 0 < r["evaluations"] <= r["budget"] and r["rel_l2_error"] >= 0
     for spec in games:

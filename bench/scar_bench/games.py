@@ -11,8 +11,9 @@ Every method gets the same budget ``B`` of evaluations (``B = multiplier * n``),
 distinct coalitions it asks the game for, ∅ and N included (:class:`CountingGame`). This project's estimators
 are given the largest budget whose plan stays within ``B`` (``kernel`` and ``stratified``: ``B - 2``
 coalitions besides ∅ and N; ``permutation``: the largest even number of permutations ``P`` with
-``P (n - 1) + 2 <= B``); shapiq's approximators get ``B`` itself. The study records the distinct evaluations of
-every run and refuses a run that used more than ``B``.
+``P (n - 1) + 2 <= B``); shapiq's approximators get ``B`` itself, and so do shap's explainers
+(:data:`SHAP_METHODS`). The study records the distinct evaluations of every run and refuses a run that used
+more than ``B``.
 
 The error is the relative L2 distance to the exact values; the summary is the median over seeds per
 (game, method, budget), with each method's ratio to the best shapiq approximator at that game and budget.
@@ -42,8 +43,10 @@ __all__ = [
     "TINY_MULTIPLIERS",
     "SCAR_METHODS",
     "SHAPIQ_METHODS",
+    "SHAP_METHODS",
     "GAME_METHODS",
     "scar_budget",
+    "runs_at",
     "run_game_method",
     "game_study",
     "summarize_games",
@@ -143,6 +146,9 @@ MULTIPLIERS = (2, 4, 8, 32, 128)
 TINY_MULTIPLIERS = (2, 8)
 
 SCAR_METHODS = ("scar-kernel", "scar-permutation", "scar-stratified")
+SHAP_METHODS = ("shap-kernel", "shap-permutation")
+"""shap's ``KernelExplainer`` (``nsamples = B - 2``, its default regularisation) and ``PermutationExplainer``
+(``max_evals = B``; it needs ``B >= 2n + 1``, so it has no 2n row)."""
 SHAPIQ_METHODS = (
     "shapiq-kernel",
     "shapiq-kernel-paired",
@@ -151,7 +157,7 @@ SHAPIQ_METHODS = (
     "shapiq-unbiased-kernel",
     "shapiq-permutation",
 )
-GAME_METHODS = SCAR_METHODS + SHAPIQ_METHODS
+GAME_METHODS = SCAR_METHODS + SHAPIQ_METHODS + SHAP_METHODS
 
 
 def scar_budget(method: str, n: int, evaluations: int) -> int:
@@ -178,6 +184,31 @@ def _shapiq(method: str, n: int, seed: int) -> Any:
     return makers[method]()
 
 
+def runs_at(method: str, n: int, evaluations: int) -> bool:
+    """Whether ``method`` can run within ``evaluations`` (shap's Permutation explainer needs ``2n + 1``)."""
+    return not (method == "shap-permutation" and evaluations < 2 * n + 1)
+
+
+def _shap_run(method: str, counter: CountingGame, n: int, evaluations: int, seed: int) -> np.ndarray:
+    import shap  # optional peer (bench extra); slow to import
+
+    np.random.seed(seed)  # shap's samplers draw from numpy's global generator
+
+    def model(x: np.ndarray) -> np.ndarray:
+        return counter(np.asarray(x) > 0.5)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if method == "shap-kernel":
+            explainer = shap.KernelExplainer(model, np.zeros((1, n)))
+            return np.asarray(explainer.shap_values(np.ones((1, n)), nsamples=evaluations - 2, silent=True),
+                              dtype=np.float64).reshape(-1)
+        masker = shap.maskers.Independent(np.zeros((1, n)), max_samples=1)
+        explanation = shap.PermutationExplainer(model, masker, seed=seed)(np.ones((1, n)), max_evals=evaluations,
+                                                                          silent=True)
+        return np.asarray(explanation.values, dtype=np.float64).reshape(-1)
+
+
 def run_game_method(game: SumOfUnanimity, method: str, evaluations: int, seed: int) -> tuple[np.ndarray, int]:
     """One run of ``method`` on ``game`` within ``evaluations`` distinct coalitions: ``(values, distinct
     coalitions evaluated)``. RuntimeError if the run used more."""
@@ -192,6 +223,8 @@ def run_game_method(game: SumOfUnanimity, method: str, evaluations: int, seed: i
             warnings.simplefilter("ignore")
             iv = _shapiq(method, game.n, seed).approximate(evaluations, counter)
         values = np.asarray(iv.get_n_order_values(1), dtype=np.float64).reshape(-1)
+    elif method in SHAP_METHODS:
+        values = _shap_run(method, counter, game.n, evaluations, seed)
     else:
         raise ValueError(f"unknown method {method!r}; known: {', '.join(GAME_METHODS)}")
     if counter.evaluations > evaluations:
@@ -202,7 +235,8 @@ def run_game_method(game: SumOfUnanimity, method: str, evaluations: int, seed: i
 def game_study(games: Sequence[GameSpec] = GAMES, *, methods: Sequence[str] = GAME_METHODS,
                multipliers: Sequence[int] = MULTIPLIERS, seeds: Sequence[int] = range(10)) -> list[dict]:
     """Relative L2 error of every (game, method, budget, seed); one dict each: game, n, method, multiplier,
-    budget (evaluations allowed), evaluations (distinct coalitions used), seed, rel_l2_error."""
+    budget (evaluations allowed), evaluations (distinct coalitions used), seed, rel_l2_error. Budgets a method
+cannot run at (:func:`runs_at`) have no rows."""
     rows = []
     for spec in games:
         game = spec.build()
@@ -210,6 +244,8 @@ def game_study(games: Sequence[GameSpec] = GAMES, *, methods: Sequence[str] = GA
         for method in methods:
             for mult in multipliers:
                 budget = mult * spec.n
+                if not runs_at(method, spec.n, budget):
+                    continue
                 for seed in seeds:
                     values, used = run_game_method(game, method, budget, seed)
                     rows.append({"game": spec.name, "n": spec.n, "method": method, "multiplier": mult,
@@ -268,7 +304,7 @@ def format_games_table(summary: Sequence[dict], *, methods: Sequence[str] | None
 
 def format_ratio_table(summary: Sequence[dict], methods: Sequence[str] = SCAR_METHODS) -> str:
     """Markdown: per game, the best shapiq approximator and its median error per budget, then each of
-    ``methods``' ratio to it (below 1: this project's method errs less)."""
+    ``methods``' ratio to it (below 1: the method errs less; ``–``: the method cannot run at that budget)."""
     mults = sorted({r["multiplier"] for r in summary})
     cell = {(r["game"], r["method"], r["multiplier"]): r for r in summary}
     lines = ["| game | row | " + " | ".join(f"{m}n" for m in mults) + " |", "|---|---|" + "---|" * len(mults)]
@@ -277,9 +313,9 @@ def format_ratio_table(summary: Sequence[dict], methods: Sequence[str] = SCAR_ME
         lines.append(f"| {g} | best shapiq (error) | " + " | ".join(
             f"{b['method'].removeprefix('shapiq-')} ({b['rel_l2_error']:.3f})" for b in best) + " |")
         for m in methods:
-            ratios = [cell[(g, m, k)]["ratio_to_best_shapiq"] for k in mults]
+            ratios = [cell[(g, m, k)]["ratio_to_best_shapiq"] if (g, m, k) in cell else None for k in mults]
             lines.append(f"| {g} | {m.removeprefix('scar-')} | " + " | ".join(
-                f"**{x:.2f}**" if x <= 0.8 else f"{x:.2f}" for x in ratios) + " |")
+                "–" if x is None else f"**{x:.2f}**" if x <= 0.8 else f"{x:.2f}" for x in ratios) + " |")
     return "\n".join(lines)
 
 
