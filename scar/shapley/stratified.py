@@ -37,9 +37,9 @@ follows whichever the sample shows to vary less. The result is then shrunk towar
 as large as the values' spread. ``stderr`` is the grouped jackknife's standard error of the combined estimate
 before shrinking, scaled by Student's quantile at the jackknife's degrees of freedom (groups sampled minus
 one) over the normal's, so that ``values +- 1.96 stderr`` is meant as a 95% interval (NaN with fewer than two
-groups sampled, zeros when every coalition is enumerated). The
-combination and the shrinkage make the result slightly biased at small budgets; the stratified estimate
-alone (:func:`stratified_mc`) is unbiased.
+groups sampled, zeros when every coalition is enumerated). The combination and the shrinkage make the result
+slightly biased at small budgets and not linear in the values; the stratified estimate alone
+(:func:`stratified_mc`) is unbiased once every class is sampled.
 
 A budget of ``2**n - 2`` or more enumerates every coalition and gives the exact values; plans above
 :data:`~scar.shapley.base.MAX_PLAN_ROWS` / ``MAX_PLAN_ENTRIES`` and more than
