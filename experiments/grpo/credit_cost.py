@@ -47,6 +47,7 @@ COST_METHODS = (
     "scar-kernel-1",
     "scar-owen",
     "scar-sentence-perm2",
+    "scar-adaptive",
     "scar-default",
     "scar-amortized",
     "scar-amortized-0.5",

@@ -140,6 +140,13 @@ METHODS: dict[str, Method] = {
             {**_SPAN, "method": "owen", "budget": 2},
         ),
         Method(
+            "scar-adaptive",
+            "SCAR, spans, 4 permutations, then more in rounds until every stderr <= 0.5 |r - v(empty)| (at most 16)",
+            True,
+            _scar,
+            {**_SPAN, "method": "permutation", "budget": 4, "tol": 0.5, "max_budget": 16},
+        ),
+        Method(
             "scar-sentence-perm2",
             "SCAR, sentence players, 2 permutations (exact up to 3 sentences)",
             True,
