@@ -54,6 +54,7 @@ __all__ = [
     "tree_block_tables",
     "tree_block_mask",
     "flex_tree_attention",
+    "flex_attention_function",
 ]
 
 DEFAULT_BLOCK_SIZE = 128
@@ -243,8 +244,9 @@ def tree_block_mask(
 # --------------------------------------------------------------------------------------------------
 # Attention
 # --------------------------------------------------------------------------------------------------
-def _flex_function(compiled: bool) -> Callable[..., Any]:
-    """``flex_attention``, compiled once per process (``dynamic=True``: one graph for every pack length)."""
+def flex_attention_function(compiled: bool) -> Callable[..., Any]:
+    """``flex_attention`` itself, or compiled once per process (``dynamic=True``: one graph for every pack
+    length); every compiled call of this module goes through the one cached compiled function."""
     module = _flex_module()
     if module is None:
         raise RuntimeError(flex_unavailable_reason("cpu"))
@@ -323,12 +325,18 @@ def flex_tree_attention(
     keys, values = k, v
     if prefix_k is not None and prefix_v is not None and prefix_len:
         keys, values = torch.cat([prefix_k, k], dim=1), torch.cat([prefix_v, v], dim=1)
-    bad = ~(torch.isfinite(keys).all(dim=-1) & torch.isfinite(values).all(dim=-1))  # [Hkv, P + N]
-    has_bad = bool(bad.any())
+    # One cheap reduction first: a sum is finite unless some element is not (or the sum overflows, which only
+    # sends this call down the exact per-key check below).
+    total = keys.sum(dtype=torch.float32) + values.sum(dtype=torch.float32)
+    has_bad = not bool(torch.isfinite(total))
+    bad = torch.zeros(0, dtype=torch.bool)
+    if has_bad:
+        bad = ~(torch.isfinite(keys).all(dim=-1) & torch.isfinite(values).all(dim=-1))  # [Hkv, P + N]
+        has_bad = bool(bad.any())
     if has_bad:
         keys = keys.masked_fill(bad[..., None], 0.0)
         values = values.masked_fill(bad[..., None], 0.0)
-    fn = _flex_function(compiled)
+    fn = flex_attention_function(compiled)
     try:
         with warnings.catch_warnings():
             # The eager run is chosen on purpose here; torch warns that it is unfused.

@@ -18,6 +18,9 @@ from scar_kernels.tree_attention import tree_attention_reference
 
 fa = pytest.importorskip("torch.nn.attention.flex_attention")
 
+# Compiling flex_attention imports parts of torch that warn about their own deprecations.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit._script")
+
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
