@@ -163,7 +163,8 @@ class CoalitionScorer:
     def _resolve_attention(self, attention: str) -> str:
         """The trie's attention path: ``kernel``, ``flex`` or ``mask`` (``none`` for the other backends).
 
-        ``auto`` picks the kernel where it can run, else the mask; never FlexAttention.
+        ``auto`` picks the kernel where it can run, else the mask; never FlexAttention, which measured level
+        with the kernel on CPU and compiles on first use (``bench/RESULTS.md``).
         """
         if self.backend != "trie":
             return "none"

@@ -1,0 +1,230 @@
+"""Tree attention side by side on CPU: the C++ kernel, FlexAttention and SDPA with a dense mask (pytest-benchmark).
+
+    pytest bench/bench_flex_cpu.py --benchmark-only --benchmark-json=flex.json   # N ~ 2k, 8k, 16k
+    pytest bench/bench_flex_cpu.py --benchmark-disable                           # tiny pack, correctness only (CI)
+
+Packs come from permutation sampling (antithetic pairs of 16 span players, prompt 256, response 64, suffix
+1: the target workload's shape), 4 heads of dimension 64, float32, torch's intra-op threads set to
+:data:`THREADS` (2, or the environment's ``SCAR_BENCH_THREADS``). Each row times one way to run the pack's
+attention from its ``horizon``:
+
+- ``cpp``: the C++ tree-attention kernel (``scar_kernels.ops.tree_attention``), no mask to build;
+- ``flex_create_block_mask``: compiled ``flex_attention`` with the ``BlockMask`` of ``create_block_mask``
+  over ``mask_mod = (kv <= q) & (q < horizon[kv])`` (what a PyTorch user writes);
+- ``flex_builder``: ``attention="flex"``: the O(N) builder (``ops.flex_block_mask``) and
+  ``ops.flex_tree_attention`` compiled;
+- ``flex_builder_eager``: the same, eager (``flex_attention``'s unfused path; not at the largest N, whose
+  ``N x N`` scores per head do not fit comfortably);
+- ``sdpa_dense``: ``scaled_dot_product_attention`` with the dense float mask (``ops.dense_mask``).
+
+The benchmark's own timing is end to end (mask built, then attention), in wall time. ``extra_info`` holds the
+phases, each the median of separate timed calls, in wall and in CPU seconds of this process (``*_cpu_s``,
+all threads: steadier than wall time on a shared machine): ``mask_s`` (build the mask), ``attention_s``
+(attention given the mask), ``end_to_end_cpu_s``, ``first_call_s`` (the first end-to-end call in this
+process, compiling for the flex rows), ``n_tokens`` and the mask's bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from bench_kernels_cpu import pack_args, permutation_prefixes
+
+from scar_kernels import extension, flex
+from scar_kernels.ops import build_pack, dense_mask, flex_block_mask, flex_tree_attention, tree_attention
+from scar_kernels.tree_attention import tree_attention_reference
+
+fa = pytest.importorskip("torch.nn.attention.flex_attention")
+# The eager flex rows are eager on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+
+THREADS = int(os.environ.get("SCAR_BENCH_THREADS", "2"))
+HEADS, HEAD_DIM = 4, 64
+# Antithetic permutation pairs of 16 players: packs of N = 2,162, about 8k and about 16k tokens.
+SIZES = {"2k": 4, "8k": 24, "16k": 55}
+EAGER_SIZES = ("2k", "8k")
+METHODS = ("cpp", "flex_create_block_mask", "flex_builder", "flex_builder_eager", "sdpa_dense")
+SLOW_METHODS = ("flex_builder_eager", "sdpa_dense")  # O(N^2) work: 2 timed rounds past the smallest pack
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield THREADS
+    torch.set_num_threads(before)
+
+
+def inputs(pairs: int) -> tuple[torch.Tensor, ...]:
+    layout = build_pack(*pack_args(permutation_prefixes(16, pairs), prompt=256, response=64, suffix=1))
+    n = layout.n_tokens
+    gen = torch.Generator().manual_seed(pairs)
+    q, k, v = (torch.randn(HEADS, n, HEAD_DIM, generator=gen) for _ in range(3))
+    return q, k, v, layout.horizon
+
+
+def create_block_mask_of(horizon: torch.Tensor) -> Any:
+    """FlexAttention's own route: evaluate the mask_mod on every (query, key) pair."""
+    n = horizon.numel()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx < horizon[kv_idx])
+
+    return fa.create_block_mask(mask_mod, None, None, n, n, device="cpu")
+
+
+def phases(method: str, q, k, v, horizon, compiled: bool) -> tuple[Callable[[], Any], Callable[[Any], torch.Tensor]]:
+    """(build the mask, attention given the mask) of one method."""
+    scale = HEAD_DIM**-0.5
+    if method == "cpp":
+        return (lambda: None), (lambda _: tree_attention(q, k, v, horizon, scale))
+    if method == "flex_create_block_mask":
+        run = flex.flex_attention_function(compiled)  # the compiled flex_attention every flex row shares
+        return (
+            lambda: create_block_mask_of(horizon),
+            lambda bm: run(q[None], k[None], v[None], block_mask=bm, scale=scale)[0],
+        )
+    if method in ("flex_builder", "flex_builder_eager"):
+        return (
+            lambda: flex_block_mask(horizon),
+            lambda bm: flex_tree_attention(q, k, v, horizon, scale, block_mask=bm, compiled=compiled),
+        )
+    if method == "sdpa_dense":
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+        return (lambda: dense_mask(horizon)), (lambda mask: sdpa(q, k, v, attn_mask=mask, scale=scale))
+    raise ValueError(method)
+
+
+def median_time(fn: Callable[[], Any], rounds: int) -> tuple[float, float]:
+    """Median wall and median CPU seconds (this process, all threads) of ``rounds`` calls."""
+    wall, cpu = [], []
+    for _ in range(rounds):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def mask_bytes(mask: Any) -> int:
+    if mask is None:
+        return 0
+    if isinstance(mask, torch.Tensor):
+        return mask.numel() * mask.element_size()
+    return sum(t.numel() * t.element_size() for t in mask.as_tuple() if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("method", METHODS)  # innermost: the methods of one size run one after the other
+@pytest.mark.parametrize("size", list(SIZES))
+def test_tree_attention_side_by_side(benchmark, threads, method: str, size: str) -> None:
+    if method == "cpp" and not extension.has_extension():
+        pytest.skip(f"C++ extension {extension.MODULE_NAME} is not built")
+    if benchmark.disabled and size != "2k":
+        pytest.skip("correctness-only runs use the tiny pack once")
+    if not benchmark.disabled and method == "flex_builder_eager" and size not in EAGER_SIZES:
+        pytest.skip(f"eager flex_attention materialises {HEADS} x N x N scores")
+    if method.startswith("flex") and flex.flex_unavailable_reason("cpu", compiled=False) is not None:
+        pytest.skip(flex.flex_unavailable_reason("cpu", compiled=False))
+    # Correctness-only runs: a pack of a few hundred tokens, and flex eager (compiling takes seconds).
+    pairs = 1 if benchmark.disabled else SIZES[size]
+    compiled = method != "flex_builder_eager" and not benchmark.disabled
+    if compiled and method.startswith("flex") and flex.flex_unavailable_reason("cpu", compiled=True) is not None:
+        pytest.skip(flex.flex_unavailable_reason("cpu", compiled=True))
+    q, k, v, horizon = inputs(pairs)
+    n = horizon.numel()
+    build, attend = phases(method, q, k, v, horizon, compiled)
+
+    def end_to_end() -> torch.Tensor:
+        return attend(build())
+
+    start = time.perf_counter()
+    out = end_to_end()
+    first_call = time.perf_counter() - start
+    if benchmark.disabled or n <= 2200:  # the dense check itself costs O(N^2) memory
+        torch.testing.assert_close(out, tree_attention_reference(q, k, v, horizon, HEAD_DIM**-0.5), atol=1e-5, rtol=0)
+    rounds = 1 if benchmark.disabled else (2 if method in SLOW_METHODS and size != "2k" else 5)
+    benchmark.group = f"tree attention N={n}"
+    result = benchmark.pedantic(end_to_end, rounds=rounds, iterations=1)
+    assert result.shape == q.shape and torch.isfinite(result).all()
+    mask = build()
+    mask_s, mask_cpu_s = median_time(build, rounds)
+    attention_s, attention_cpu_s = median_time(lambda: attend(mask), rounds)
+    benchmark.extra_info.update(
+        method=method,
+        n_tokens=n,
+        threads=threads,
+        first_call_s=first_call,
+        mask_s=mask_s,
+        mask_cpu_s=mask_cpu_s,
+        attention_s=attention_s,
+        attention_cpu_s=attention_cpu_s,
+        end_to_end_cpu_s=median_time(end_to_end, rounds)[1],
+        mask_bytes=mask_bytes(mask),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The scorer end to end: one CoalitionScorer.score call of the target workload per attention path
+# --------------------------------------------------------------------------------------------------
+SCORER_ATTENTIONS = ("kernel", "flex", "mask")
+
+
+@pytest.mark.parametrize("attention", SCORER_ATTENTIONS)
+def test_scorer_attention_paths(benchmark, threads, attention: str) -> None:
+    """``CoalitionScorer(backend="trie", attention=...)`` on the target workload (random-weight GPT-2 "small",
+    prompt 256, response 64, 16 span players, 16 antithetic permutation pairs: one pass of about 6.4k tokens);
+    a tiny model and pack when benchmarking is disabled. ``first_call_s`` includes flex's compilation."""
+    from scar.scoring import CoalitionScorer
+    from scar_bench.workloads import build_reward_model, span_players
+
+    if attention == "kernel" and not extension.has_extension():
+        pytest.skip(f"C++ extension {extension.MODULE_NAME} is not built")
+    if attention == "flex" and flex.flex_unavailable_reason("cpu", compiled=not benchmark.disabled) is not None:
+        pytest.skip(flex.flex_unavailable_reason("cpu", compiled=not benchmark.disabled))
+    if benchmark.disabled:
+        model = build_reward_model("tiny", vocab_size=100)
+        prompt, response, n_players, pairs = 12, 8, 4, 2
+    else:
+        model = build_reward_model("small", vocab_size=100)
+        prompt, response, n_players, pairs = 256, 64, 16, 16
+    gen = torch.Generator().manual_seed(0)
+    prompt_ids = torch.randint(3, 100, (prompt,), generator=gen).tolist()
+    response_ids = torch.randint(3, 100, (response,), generator=gen).tolist()
+    players = span_players(response, n_players)
+    coalitions = permutation_prefixes(n_players, pairs)
+    compiled_before = flex.COMPILE_BY_DEVICE["cpu"]
+    flex.COMPILE_BY_DEVICE["cpu"] = compiled_before and not benchmark.disabled
+    try:
+        scorer = CoalitionScorer(model, backend="trie", attention=attention, verify=0, max_tokens_per_pass=8192)
+
+        def score() -> torch.Tensor:
+            return scorer.score(prompt_ids, response_ids, players, coalitions, [2])
+
+        start = time.perf_counter()
+        first = score()
+        first_call = time.perf_counter() - start
+        reference = CoalitionScorer(model, backend="trie", attention="mask", verify=0).score(
+            prompt_ids, response_ids, players, coalitions, [2]
+        )
+        torch.testing.assert_close(first, reference, atol=1e-4, rtol=0)
+        benchmark.group = "scorer, trie backend, target workload"
+        rounds = 1 if benchmark.disabled else 3
+        values = benchmark.pedantic(score, rounds=rounds, iterations=1)
+        score_cpu_s = median_time(score, rounds)[1]
+    finally:
+        flex.COMPILE_BY_DEVICE["cpu"] = compiled_before
+    assert torch.equal(values, first)
+    benchmark.extra_info.update(
+        attention=attention,
+        n_tokens=scorer.stats.tokens_computed,
+        passes=scorer.stats.passes,
+        threads=threads,
+        first_call_s=first_call,
+        cpu_s=score_cpu_s,
+    )
