@@ -5,10 +5,13 @@ Run by ``scripts/gpu_check.sh`` on a CUDA machine (about two minutes on one GPU)
 1. **kernels**: the ``scar::tree_attention`` and ``scar::dense_mask`` ops on CUDA (the Triton kernels)
    against the torch references, over dtypes, grouped-query heads, a cached prefix and odd lengths;
 2. **exactness**: a random-weight GPT-2 and Llama reward model on the GPU, the ``trie`` backend with the
-   tree-attention kernel and with a dense mask against ``loop`` (plain deletion), in fp32 and bf16;
+   tree-attention kernel, with FlexAttention and with a dense mask against ``loop`` (plain deletion), in fp32
+   and bf16;
 3. **speed**: tree attention against ``scaled_dot_product_attention`` with the pack's dense additive mask
-   on permutation-sampling packs (prompt 256, response 64, 16 players; 8, 32 and 64 permutations), CUDA
-   events, median of repeats; with the fraction of 64x64 tiles the kernel's block skipping leaves out.
+   and against compiled FlexAttention (its ``BlockMask`` from ``scar_kernels.flex``'s O(N) builder and from
+   ``create_block_mask``, build times reported) on permutation-sampling packs (prompt 256, response 64, 16
+   players; 8, 32 and 64 permutations), CUDA events, median of repeats; with the fraction of 64x64 tiles
+   the kernel's block skipping leaves out.
 
 Exit status 1 when a check fails. ``--dry-run`` runs the same code on the CPU under the Triton interpreter
 at toy sizes (no timings), to check the script itself on a machine without a GPU.
@@ -39,7 +42,7 @@ if ARGS.dry_run:
 
 import torch  # noqa: E402
 
-from scar_kernels import ops  # noqa: E402
+from scar_kernels import flex, ops  # noqa: E402
 from scar_kernels.layout import additive_mask  # noqa: E402
 from scar_kernels.tree_attention import block_skip_stats, tree_attention_reference  # noqa: E402
 
@@ -49,6 +52,8 @@ DEVICE = "cpu" if ARGS.dry_run else "cuda"
 TREE_ATTENTION = ops._tree_attention_cuda if ARGS.dry_run else ops.tree_attention
 DENSE_MASK = ops._dense_mask_cuda if ARGS.dry_run else (lambda h, p, dt: ops.dense_mask(h, p, dtype=dt))
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+if ARGS.dry_run:
+    flex.COMPILE_BY_DEVICE["cpu"] = False  # compiling FlexAttention on the CPU takes minutes; the GPU run compiles
 rows: list[tuple[str, str, str, str]] = []  # (part, case, result, verdict)
 failed = False
 
@@ -126,7 +131,7 @@ def check_exactness() -> None:
         for dtype in (torch.float32, torch.bfloat16):
             model = model.to(device=DEVICE, dtype=dtype)
             loop = CoalitionScorer(model, backend="loop").score(prompt, response, players, coalitions, [2])
-            for attention in ("kernel", "mask"):
+            for attention in ("kernel", "flex", "mask"):
                 try:
                     scorer = CoalitionScorer(model, backend="trie", attention=attention, max_tokens_per_pass=128)
                 except ValueError as err:
@@ -175,6 +180,9 @@ def check_speed() -> None:
         skip = block_skip_stats(horizon).skipped_vs_dense
         if ARGS.dry_run:
             record("speed", f"{n_perms} permutations: N={n}", f"{skip:.1%} of dense tiles skipped (no timing)", None)
+            partial, full = flex.tree_block_tables(horizon)
+            record("speed", f"{n_perms} permutations: flex tiles", f"{int(partial.sum())} partial, "
+                   f"{int(full.sum())} full of {partial.numel()}", None)
             continue
         gen = torch.Generator(device="cuda").manual_seed(n)
         q, k, v = (torch.randn(heads, n, dim, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
@@ -191,6 +199,38 @@ def check_speed() -> None:
                f"tree {tree_ms:.3f} ms, SDPA+mask {sdpa_ms:.3f} ms ({sdpa_ms / tree_ms:.1f}x)", err <= 2e-2)
         record("speed", f"{n_perms} perms: tiles skipped / mask MiB",
                f"{skip:.1%} / {mask.numel() * mask.element_size() / 2**20:.0f} MiB", None)
+        try:
+            check_flex_speed(q, k, v, hz, tree_ms)
+        except Exception as err:  # FlexAttention failing must not hide the other speed rows
+            record("speed", f"N={n}: FlexAttention", f"crashed: {type(err).__name__}: {err}"[:200], False)
+
+
+def check_flex_speed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, horizon: torch.Tensor, tree_ms: float) -> None:
+    """Compiled FlexAttention on the same pack: mask build times (O(N) builder, create_block_mask) and attention."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    n = int(horizon.numel())
+    reason = flex.flex_unavailable_reason("cuda")
+    if reason is not None:
+        record("speed", f"N={n}: FlexAttention", f"unavailable: {reason}"[:60], None)
+        return
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx < horizon[kv_idx])
+
+    builder_ms = time_cuda(lambda: ops.flex_block_mask(horizon), 5)
+    create_ms = time_cuda(lambda: create_block_mask(mask_mod, None, None, n, n, device="cuda"), 5)
+    block_mask = ops.flex_block_mask(horizon)
+    start = time.perf_counter()
+    out = ops.flex_tree_attention(q, k, v, horizon, block_mask=block_mask)
+    torch.cuda.synchronize()
+    first_s = time.perf_counter() - start
+    flex_ms = time_cuda(lambda: ops.flex_tree_attention(q, k, v, horizon, block_mask=block_mask), ARGS.repeats)
+    err = float((out.float() - ops.tree_attention(q, k, v, horizon).float()).abs().max())
+    record("speed", f"N={n}: flex (O(N) mask) vs Triton tree",
+           f"flex {flex_ms:.3f} ms, tree {tree_ms:.3f} ms ({flex_ms / tree_ms:.2f}x)", err <= 2e-2)
+    record("speed", f"N={n}: BlockMask build, first flex call",
+           f"builder {builder_ms:.2f} ms, create_block_mask {create_ms:.2f} ms, first {first_s:.1f} s", None)
 
 
 def main() -> int:

@@ -14,4 +14,5 @@ def test_gpu_check_dry_run_passes():
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "| kernels | tree_attention float32" in run.stdout
     assert "| exactness | llama bfloat16 trie/kernel vs loop" in run.stdout
+    assert "| exactness | llama bfloat16 trie/flex vs loop" in run.stdout
     assert " 0 failed" in run.stdout and "crashed" not in run.stdout
