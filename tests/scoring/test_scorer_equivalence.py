@@ -205,3 +205,17 @@ def test_all_pad_sequence_reads_out_first_token(tiny_model) -> None:
     for backend in ("batched", "trie"):
         got, _ = score(model, backend, case)
         torch.testing.assert_close(got, ref, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind, overrides", [("qwen2", {}), ("mistral", {"sliding_window": None})])
+def test_other_served_decoders_equal_loop(tiny_model, kind: str, overrides: dict) -> None:
+    """The other decoders the trie serves (grouped-query attention, RoPE), through every attention path, in
+    passes on top of a cached prompt (the pack of 58 tokens does not fit the budget of 24)."""
+    model = tiny_model(kind, **overrides)
+    case = make_case("basic", seed=31)
+    ref, _ = score(model, "loop", case)
+    assert ref.std() > 0
+    for attention in ("mask", "kernel", "flex"):
+        got, scorer = score(model, "trie", case, attention=attention, max_tokens_per_pass=24)
+        assert scorer.attention == attention and scorer.stats.prompt_cache_tokens > 0
+        torch.testing.assert_close(got, ref, atol=TOL, rtol=0, msg=f"{kind} {attention}")
