@@ -120,13 +120,17 @@ def mask_bytes(mask: Any) -> int:
     return sum(t.numel() * t.element_size() for t in mask.as_tuple() if isinstance(t, torch.Tensor))
 
 
-@pytest.mark.parametrize("method", METHODS)  # innermost: the methods of one size run one after the other
-@pytest.mark.parametrize("size", list(SIZES))
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every size when timing; only the smallest in correctness-only runs (no rows skipped there)."""
+    if "size" in metafunc.fixturenames:
+        disabled = metafunc.config.getoption("benchmark_disable", default=False)
+        metafunc.parametrize("size", list(SIZES)[:1] if disabled else list(SIZES))
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_tree_attention_side_by_side(benchmark, threads, method: str, size: str) -> None:
     if method == "cpp" and not extension.has_extension():
         pytest.skip(f"C++ extension {extension.MODULE_NAME} is not built")
-    if benchmark.disabled and size != "2k":
-        pytest.skip("correctness-only runs use the tiny pack once")
     if not benchmark.disabled and method == "flex_builder_eager" and size not in EAGER_SIZES:
         pytest.skip(f"eager flex_attention materialises {HEADS} x N x N scores")
     if method.startswith("flex") and flex.flex_unavailable_reason("cpu", compiled=False) is not None:
