@@ -2,7 +2,14 @@
 import pytest
 
 from scar_bench import workloads as W
-from scar_bench.equal_error import EqualErrorReport, equal_error
+from scar_bench.equal_error import (
+    EqualErrorReport,
+    equal_error,
+    format_equal_error,
+    select_by_mean,
+    select_per_response,
+    summarize_equal_error,
+)
 
 
 def _inst(**kw):
@@ -36,3 +43,62 @@ def test_speedups_follow_the_chosen_row():
     assert report.speedup_wall == 20.0 and report.speedup_cpu == 20.0
     none = EqualErrorReport("w", [], [], None, authors_error=0.2, authors_wall=10.0, authors_cpu=5.0)
     assert none.speedup_wall != none.speedup_wall  # nan when no budget is accurate enough
+
+
+def _row(estimator, budget, by_response, wall):
+    return {"estimator": estimator, "budget": budget, "error": sum(by_response) / len(by_response),
+            "error_by_response": by_response, "wall": wall, "cpu": wall}
+
+
+def test_per_response_selection_rejects_a_budget_that_fails_on_one_response():
+    # Authors' errors 0.2, 0.4, 0.6 (mean 0.4). The cheap row is below the mean and below the authors on two
+    # responses but above them on the first; the per-response choice must be the dearer row that is at or
+    # below on every response (ties count as at or below).
+    authors = [0.2, 0.4, 0.6]
+    cheap = _row("kernel", 100, [0.25, 0.3, 0.3], wall=0.1)
+    dear = _row("kernel", 272, [0.2, 0.35, 0.5], wall=0.4)
+    dearest = _row("stratified", 544, [0.1, 0.1, 0.1], wall=0.9)
+    sweep = [dearest, cheap, dear]
+    assert select_by_mean(sweep, sum(authors) / len(authors)) is cheap
+    assert select_per_response(sweep, authors) is dear
+    assert select_per_response([cheap], authors) is None
+    assert select_by_mean([_row("kernel", 34, [0.5, 0.5, 0.5], 0.01)], 0.4) is None
+
+
+def test_per_response_selection_checks_lengths():
+    with pytest.raises(ValueError, match="2 per-response errors for 3 responses"):
+        select_per_response([_row("kernel", 100, [0.1, 0.1], 0.1)], [0.2, 0.4, 0.6])
+
+
+def _measured(authors_error, errors_by_config, walls, owen_distance):
+    return {"authors": {"wall": 20.0, "cpu": 19.0, "tokens": 1000, "error": authors_error},
+            "response": {"v_full": 1.0, "v_empty": 0.0, "exact": [0.5, 0.5], "uniform_split_error": 0.0,
+                         "owen": [0.5, 0.5], "owen_shapley": owen_distance, "authors_owen": 0.0},
+            "configs": [{"estimator": m, "budget": b, "errors": errs, "coalitions": [b, b], "tokens": [10 * b] * 2,
+                         "wall": w, "cpu": w} for (m, b, errs), w in zip(errors_by_config, walls)]}
+
+
+def test_summary_chooses_by_mean_and_on_every_response():
+    # Response 0 is easy for the authors (0.1); kernel 100 beats their mean error but not response 0.
+    r0 = _measured(0.1, [("kernel", 100, [0.2, 0.2]), ("kernel", 272, [0.05, 0.1])], [0.1, 0.2], 0.3)
+    r1 = _measured(0.7, [("kernel", 100, [0.2, 0.3]), ("kernel", 272, [0.1, 0.1])], [0.1, 0.3], 0.1)
+    report = summarize_equal_error("w", [r0, r1], seeds=2, rounds=1)
+    by_budget = {r["budget"]: r for r in report.sweep}
+    assert by_budget[100]["error_by_response"] == [0.2, 0.25]
+    assert by_budget[100]["responses_at_most_authors"] == 1 and by_budget[100]["runs_at_most_authors"] == 0.5
+    assert by_budget[272]["wall"] == 0.25 and by_budget[272]["wall_by_response"] == [0.2, 0.3]
+    assert report.chosen is by_budget[100] and report.speedup_wall == 20.0 / 0.1
+    assert report.chosen_each is by_budget[272] and report.speedup_wall_each == 20.0 / 0.25
+    assert report.owen_shapley() == {"mean": 0.2, "min": 0.1, "max": 0.3}
+    table = format_equal_error(report)
+    assert "(chosen by mean)" in table and "(chosen on every response)" in table
+    assert "80.0x by wall time" in table and "Owen values" in table
+
+
+def test_summary_rejects_responses_with_different_rows():
+    r0 = _measured(0.1, [("kernel", 100, [0.2])], [0.1], 0.3)
+    r1 = _measured(0.1, [("kernel", 136, [0.2])], [0.1], 0.3)
+    with pytest.raises(ValueError, match="same \\(estimator, budget\\) rows"):
+        summarize_equal_error("w", [r0, r1], seeds=1, rounds=1)
+    with pytest.raises(ValueError, match="at least one measured response"):
+        summarize_equal_error("w", [], seeds=1, rounds=1)

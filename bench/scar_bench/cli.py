@@ -2,9 +2,10 @@
 
 - ``table [--quick]``: the engine table of the target workload (every peer and engine, errors against
   exact Shapley values); ``--quick`` runs the tiny workload in seconds;
-- ``equal-error [--quick]``: time per response at equal or lower error than the authors' path, on the
-  trained reward model (five responses; trains the model on first use); ``--quick``: a tiny
-  random-weight workload;
+- ``equal-error [--quick] [--responses N] [--rounds N] [--seeds N] [--max-minutes MIN] [--record PATH]``:
+  time per response at equal or lower error than the authors' path (by mean error and on every
+  response), on the trained reward model (five responses by default; trains the model on first use);
+  ``--quick``: a tiny random-weight workload; ``--record``: the JSON record, rewritten after each response;
 - ``grid [--methods M1,M2] [--workloads SUBSTRING] [--out PATH] [--max-minutes MIN] [--rounds N]``:
   measure the grid's (workload, method) rows missing from ``--out`` (default ``bench/results/grid.jsonl``),
   appending one JSON line per row;
@@ -17,7 +18,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 
 from transformers.utils import logging as hf_logging
@@ -39,15 +43,46 @@ def _cmd_table(args: argparse.Namespace) -> int:
 
 
 def _cmd_equal_error(args: argparse.Namespace) -> int:
-    """The headline comparison of ``bench/bench_equal_error.py``: the trained reward model and five
-    responses, or with ``--quick`` a tiny random-weight workload and two."""
+    """The headline comparison of ``bench/bench_equal_error.py``: the trained reward model and
+    ``--responses`` responses (default five), or with ``--quick`` a tiny random-weight workload and two."""
+    for flag, value, low in (("--responses", args.responses, 1), ("--rounds", args.rounds, 1),
+                             ("--seeds", args.seeds, 1)):
+        if value is not None and value < low:
+            args.parser.error(f"{flag} must be >= {low}, got {value}")
+    if args.max_minutes is not None and args.max_minutes < 0:
+        args.parser.error(f"--max-minutes must be >= 0, got {args.max_minutes}")
     if args.quick:
-        workload, kwargs = QUICK_WORKLOAD, {"candidates": {"permutation": [2, 8], "kernel": [4, 14]},
+        workload, kwargs = QUICK_WORKLOAD, {"candidates": {"permutation": [2, 8], "kernel": [4, 14],
+                                                           "stratified": [6, 14]},
                                             "seeds": range(2), "rounds": 1, "authors_evals": 40}
     else:
         workload, kwargs = TRAINED_TARGET_WORKLOAD, {}
-    instances = [make_instance(dataclasses.replace(workload, seed=s)) for s in range(2 if args.quick else 5)]
-    print(format_equal_error(equal_error(instances, progress=True, **kwargs)))
+    if args.rounds is not None:
+        kwargs["rounds"] = args.rounds
+    if args.seeds is not None:
+        kwargs["seeds"] = range(args.seeds)
+    responses = args.responses or (2 if args.quick else 5)
+    instances = [make_instance(dataclasses.replace(workload, seed=s)) for s in range(responses)]
+    command = f"{COMMAND} equal-error" + "".join(
+        f" {flag} {value}" for flag, value in (("--responses", args.responses), ("--rounds", args.rounds),
+                                               ("--seeds", args.seeds), ("--max-minutes", args.max_minutes),
+                                               ("--record", args.record)) if value is not None) + (
+        " --quick" if args.quick else "")
+
+    def save(report) -> None:
+        if args.record:
+            os.makedirs(os.path.dirname(os.path.abspath(args.record)), exist_ok=True)
+            tmp = args.record + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"command": command, "responses_requested": responses, **dataclasses.asdict(report),
+                           "table": format_equal_error(report)}, f, indent=1)
+            os.replace(tmp, args.record)
+
+    deadline = None if args.max_minutes is None else time.time() + 60 * args.max_minutes
+    report = equal_error(instances, progress=True, on_response=save, deadline=deadline, **kwargs)
+    if len(report.authors) < responses:
+        print(f"--max-minutes reached: {len(report.authors)} of {responses} responses measured")
+    print(format_equal_error(report))
     return 0
 
 
@@ -119,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("equal-error", help="time per response at equal or lower error than the authors' path, "
                                            "on the trained reward model (the headline of bench/RESULTS.md)")
     p.add_argument("--quick", action="store_true", help="a tiny random-weight workload, for a smoke run")
+    p.add_argument("--responses", type=int, default=None,
+                   help="responses (seeds 0..N-1) of the workload (default: 5; 2 with --quick)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="timed runs per (estimator, budget, response) after one warm-up (default: 3)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per error estimate (default: 5)")
+    p.add_argument("--max-minutes", type=float, default=None, metavar="MIN",
+                   help="start no new response after this many minutes (at least one is measured)")
+    p.add_argument("--record", default=None, metavar="PATH",
+                   help="write the JSON record here after every response (the report so far)")
     p.set_defaults(func=_cmd_equal_error, parser=p)
 
     p = sub.add_parser("grid", help="measure the grid's (workload, method) rows missing from --out, appending "

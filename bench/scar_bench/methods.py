@@ -77,12 +77,14 @@ def run_method(inst: Instance, method: str, *, budget: int | None = None, seed: 
     Args:
         method: one of :data:`ENGINE_METHODS`, ``"scar-kernel"`` (this project's KernelSHAP),
             ``"scar-owen"`` (its Owen values over :func:`~scar_bench.workloads.binary_hierarchy`: exact
-            without a budget, else that many hierarchy-consistent permutations), both on the
+            without a budget, else that many hierarchy-consistent permutations), ``"scar-stratified"``
+            (stratified sampling combined with KernelSHAP), all three on the
             ``trie-kernel`` engine, or the exact references ``"captum-exact"`` / ``"shapiq-exact"``.
         budget: ``shap-partition``: max_evals (default 500); ``shap-permutation``, ``captum-svs``,
             ``scar-*``: permutations (default: the workload's ``n_perms``); ``shapiq-*``: coalitions
             (default: the workload's ``n_perms * (n + 1)``); ``scar-kernel``: sampled coalitions;
-            ``scar-owen``: permutations (``None``: exact Owen values).
+            ``scar-owen``: permutations (``None``: exact Owen values); ``scar-stratified``:
+            sampled coalitions.
         seed: seed of the method's sampler.
         value_table, token_cost: peers on the span game only: take values from a table instead of the
             model (accuracy study) and charge ``token_cost(coalitions)`` tokens.
@@ -108,11 +110,13 @@ def run_method(inst: Instance, method: str, *, budget: int | None = None, seed: 
             return _scar(inst, "trie-kernel", "kernel", budget, seed)
         if backend == "owen":
             return _scar(inst, "trie-kernel", "owen", budget, seed)
+        if backend == "stratified":
+            return _scar(inst, "trie-kernel", "stratified", budget, seed)
         if backend not in ("loop", "batched", "trie", "trie-kernel"):
             raise ValueError(f"unknown method {method!r}")
         return _scar(inst, backend, "permutation", budget or w.n_perms, seed)
     raise ValueError(f"unknown method {method!r}; known: {', '.join(ENGINE_METHODS)}, scar-kernel, scar-owen, "
-                     "captum-exact, shapiq-exact")
+                     "scar-stratified, captum-exact, shapiq-exact")
 
 
 def exact_shapley(inst: Instance, *, max_tokens: int = 4096) -> tuple[np.ndarray, np.ndarray]:
