@@ -6,6 +6,7 @@ from scar_bench.equal_error import (
     EqualErrorReport,
     equal_error,
     format_equal_error,
+    report_from_record,
     select_by_mean,
     select_per_response,
     summarize_equal_error,
@@ -102,3 +103,14 @@ def test_summary_rejects_responses_with_different_rows():
         summarize_equal_error("w", [r0, r1], seeds=1, rounds=1)
     with pytest.raises(ValueError, match="at least one measured response"):
         summarize_equal_error("w", [], seeds=1, rounds=1)
+
+
+def test_report_round_trips_through_its_json_record():
+    import dataclasses
+    import json
+
+    r0 = _measured(0.1, [("kernel", 100, [0.2, 0.2]), ("kernel", 272, [0.05, 0.1])], [0.1, 0.2], 0.3)
+    report = summarize_equal_error("w", [r0], seeds=2, rounds=1)
+    back = report_from_record(json.loads(json.dumps({**dataclasses.asdict(report), "table": "t", "command": "c"})))
+    assert back.chosen is back.sweep[1] and back.chosen_each is back.sweep[1]
+    assert format_equal_error(back) == format_equal_error(report)

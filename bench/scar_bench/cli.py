@@ -2,7 +2,8 @@
 
 - ``table [--quick]``: the engine table of the target workload (every peer and engine, errors against
   exact Shapley values); ``--quick`` runs the tiny workload in seconds;
-- ``equal-error [--quick] [--responses N] [--rounds N] [--seeds N] [--max-minutes MIN] [--record PATH]``:
+- ``equal-error [--quick] [--responses N] [--rounds N] [--seeds N] [--max-minutes MIN] [--record PATH]
+  [--plot PATH]``:
   time per response at equal or lower error than the authors' path (by mean error and on every
   response), on the trained reward model (five responses by default; trains the model on first use);
   ``--quick``: a tiny random-weight workload; ``--record``: the JSON record, rewritten after each response;
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 
 from transformers.utils import logging as hf_logging
 
-from scar_bench.equal_error import equal_error, format_equal_error
+from scar_bench.equal_error import equal_error, format_equal_error, plot_equal_error
 from scar_bench.grid import DEFAULT_OUT, format_grid_markdown, load_rows, parse_methods, run_grid, select_workloads
 from scar_bench.tables import run_table
 from scar_bench.workloads import QUICK_WORKLOAD, TRAINED_TARGET_WORKLOAD, make_instance
@@ -82,6 +83,8 @@ def _cmd_equal_error(args: argparse.Namespace) -> int:
     report = equal_error(instances, progress=True, on_response=save, deadline=deadline, **kwargs)
     if len(report.authors) < responses:
         print(f"--max-minutes reached: {len(report.authors)} of {responses} responses measured")
+    if args.plot:
+        plot_equal_error(report, args.plot)
     print(format_equal_error(report))
     return 0
 
@@ -163,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start no new response after this many minutes (at least one is measured)")
     p.add_argument("--record", default=None, metavar="PATH",
                    help="write the JSON record here after every response (the report so far)")
+    p.add_argument("--plot", default=None, metavar="PATH", help="also write the plot (error vs wall time) here")
     p.set_defaults(func=_cmd_equal_error, parser=p)
 
     p = sub.add_parser("grid", help="measure the grid's (workload, method) rows missing from --out, appending "

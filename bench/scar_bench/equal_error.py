@@ -29,7 +29,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,7 +42,7 @@ from scar_bench.tables import REFERENCE_MAX_PLAYERS
 from scar_bench.workloads import Instance
 
 __all__ = ["CANDIDATES", "EqualErrorReport", "equal_error", "format_equal_error", "measure_response",
-           "plot_equal_error", "select_by_mean", "select_per_response", "summarize_equal_error"]
+           "plot_equal_error", "report_from_record", "select_by_mean", "select_per_response", "summarize_equal_error"]
 
 CANDIDATES: dict[str, tuple[int, ...]] = {
     "permutation": (2, 4, 6, 8, 12, 16, 24, 32),
@@ -284,6 +284,19 @@ def equal_error(instances: Sequence[Instance], *, candidates: dict[str, Sequence
     return report
 
 
+def report_from_record(record: dict) -> EqualErrorReport:
+    """The :class:`EqualErrorReport` of a JSON record (``dataclasses.asdict`` of one, plus any other keys),
+    with ``chosen`` and ``chosen_each`` pointing at their rows of ``sweep``."""
+    names = {f.name for f in fields(EqualErrorReport)}
+    report = EqualErrorReport(**{k: v for k, v in record.items() if k in names})
+    for attr in ("chosen", "chosen_each"):
+        c = getattr(report, attr)
+        if c is not None:
+            setattr(report, attr, next(r for r in report.sweep
+                                       if (r["estimator"], r["budget"]) == (c["estimator"], c["budget"])))
+    return report
+
+
 def format_equal_error(report: EqualErrorReport) -> str:
     """Markdown: the authors' row, the sweep, the two verdicts (by mean error, on every response), the
     per-response table of the authors' path and the per-response choice, and the Owen-Shapley distances."""
@@ -349,7 +362,8 @@ def format_equal_error(report: EqualErrorReport) -> str:
 
 
 def plot_equal_error(report: EqualErrorReport, path: str) -> None:
-    """Error against wall time per response, one line per estimator, the authors' point and the 50x line."""
+    """Error against wall time per response, one line per estimator, the authors' point, the 50x and 100x
+    lines and the two choices (by mean error, on every response)."""
     import matplotlib  # optional (bench extra), needed for plots only
 
     matplotlib.use("Agg")
@@ -362,10 +376,14 @@ def plot_equal_error(report: EqualErrorReport, path: str) -> None:
     ax.plot([report.authors_wall], [report.authors_error], marker="*", markersize=14, linestyle="none",
             color="black", label="shap Partition, 500 evals (authors)")
     ax.axvline(report.authors_wall / 50, color="grey", linestyle="--", label="50x less wall time")
+    ax.axvline(report.authors_wall / 100, color="grey", linestyle="-.", label="100x less wall time")
     ax.axhline(report.authors_error, color="grey", linestyle=":", label="authors' error")
     if report.chosen is not None:
         ax.plot([report.chosen["wall"]], [report.chosen["error"]], marker="o", markersize=12, fillstyle="none",
-                color="red", linestyle="none", label="fastest at equal error")
+                color="red", linestyle="none", label="fastest at equal mean error")
+    if report.chosen_each is not None:
+        ax.plot([report.chosen_each["wall"]], [report.chosen_each["error"]], marker="s", markersize=12,
+                fillstyle="none", color="blue", linestyle="none", label="fastest at or below on every response")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("wall seconds per response")
