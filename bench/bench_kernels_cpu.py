@@ -107,12 +107,14 @@ def test_tree_attention_cpp(benchmark, pairs):
     benchmark.group = f"tree attention, {pairs} permutation pairs"
     rounds = 1 if benchmark.disabled else 5
     out = benchmark.pedantic(tree_attention, args=(q, k, v, horizon), rounds=rounds, iterations=1)
-    block = 64
+    block_q, block_k = 32, 48  # the kernel's defaults (its vector sub-block is 32 queries wide on AVX-512)
     benchmark.extra_info.update(
         n_tokens=n,
         dense_mask_bytes=n * n * 4,
-        # transposed key copy (O(N * D)) + per-thread scratch (O(block * (block + D))): no N x N term
-        kernel_extra_bytes=HEADS * n * HEAD_DIM * 4 + torch.get_num_threads() * block * (block + HEAD_DIM + 2) * 4,
+        # one flag byte per key and kv head, the horizon maxima per 64 keys, and per thread a key list (3 int32 per
+        # key of the pack at most) and float scratch O(block_k * (block_q + D) + block_q * D): no N x N term
+        kernel_extra_bytes=HEADS * n + n // 16
+        + torch.get_num_threads() * (12 * n + 4 * (block_k * (block_q + HEAD_DIM) + 2 * block_q * HEAD_DIM)),
     )
     if benchmark.disabled or n <= 4000:  # the dense check itself costs O(N^2) memory
         expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(horizon))

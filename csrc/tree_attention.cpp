@@ -3,20 +3,32 @@
 //   out = softmax(q k^T * scale + mask) v,   query q may attend key k  <=>  k <= q < horizon[k]
 //   (plus every key of an optional cached prefix, visible to all queries).
 //
-// Flash-style: for each (head, query block) an online softmax runs over key blocks, so the extra memory is
-// a block-transposed copy of the keys (O(N * D) per kv head) plus O(threads * block * (block + D)) scratch;
-// no N x N mask or score matrix is ever built. A key block [k0, k1) is skipped for the query
-// block [q0, q1) unless k0 <= q1 - 1 and max(horizon[k0:k1]) > q0; it needs no per-element mask when
-// k1 - 1 <= q0 and min(horizon[k0:k1]) >= q1. Scores and the weighted sum of values are register-tiled
-// micro-kernels on 8-float vectors (at::native::cpublas::gemm would be the alternative, but libtorch does
-// not export it to extensions); exp is a branch-free polynomial so the softmax loop vectorises too.
+// Flash-style, with the keys of each query block listed rather than tiled. A work item is a block of
+// block_q queries [q0, q1) and one kv head (every query head of its group, so a grouped kv head is read once
+// for all of them, never repeated). Its key list is the cached prefix, then every packed key j < q1 with
+// horizon[j] > q0: in a preorder forest, the tokens on the path from the root to q0's node and the block's
+// own tokens, found by scanning only the 64-key blocks whose largest horizon exceeds q0. No other key is
+// visible to any query of the block, so the work is (list length) x (block rows): about 1.1-1.2x the visible
+// (query, key) pairs on the packs of permutation sampling, against 1.7x for 64 x 64 tiles skipped by
+// their horizon bounds (at N ~ 8k-16k). The list is cut into segments of block_k keys, one online-softmax step
+// each; a segment needs no per-element mask when its last key is <= the first query and its smallest
+// horizon >= the block's end (the prompt, for every query block past it).
+//
+// Layout: each block's queries are transposed and pre-scaled (q^T [D][BQ]), so scores come out as
+// s^T [keys][queries] from register micro-tiles that broadcast one key element against vectors of queries;
+// key rows are read in place when a segment is a run of consecutive keys (the prompt, the block's own
+// tokens) and from a per-segment copy of the rows otherwise: no transposed copy of k. The softmax statistics
+// are then vectors over queries, and p v runs on micro-tiles of query rows x value dims with the value rows
+// read in place and the rescale by exp(old max - new max) folded into the accumulator load. The vector code
+// is built for AVX-512, AVX2 and baseline x86-64 and picked at run time (setup.py builds for the baseline;
+// the levels name ISA levels, not CPU models). exp is a branch-free polynomial so the softmax loops vectorise.
 //
 // Non-finite keys: a key whose k or v row holds an inf or NaN must not reach a query that may not see it
 // (masking its score to -inf is not enough: p = 0 times v = NaN is NaN), and must make every query that
-// does see it non-finite (an inf key can also score -inf and silently get p = 0). The pass that transposes
-// the keys checks each k and v row once; such a key's k and v are replaced by zeros in the kernel's copies,
-// so attend_block only ever reads finite keys and its vectorised path is unchanged, and every query that
-// sees the key (the horizon rule, or any query of the head for a prefix key) is set to NaN at the end.
+// does see it non-finite (an inf key can also score -inf and silently get p = 0). One pass flags such keys;
+// the kernel reads a row of zeros in place of their k and v (the key lists and segments do not change, so
+// every other output is bit-identical to the one with finite values there), and every query that sees one
+// (the horizon rule, or any query of the head for a prefix key) is set to NaN at the end.
 #include "scar_ext.h"
 
 #include <ATen/Parallel.h>
@@ -26,165 +38,269 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <string>
 #include <vector>
 
 namespace scar {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr int32_t kNoEnd = std::numeric_limits<int32_t>::max();  // horizon of a cached-prefix key
+constexpr int64_t kScanBlock = 64;  // keys per block of the horizon maxima that the key-list scan skips by
 
-// exp(x) for x <= 0 (scores minus their running maximum), exact to a couple of ulp; 0 for x < -87
-// (including -inf, i.e. masked keys). Written without branches or calls so the loops using it vectorise.
-__attribute__((always_inline)) inline float exp_nonpositive(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float fx = std::floor(xc * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
-  float r = xc - fx * 0.693359375f;                               // Cody-Waite range reduction
-  r = r - fx * -2.12194440e-4f;
-  float y = 1.9875691500e-4f;  // Cephes expf minimax polynomial on [-ln2/2, ln2/2]
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fx) + 127) << 23;  // 2^fx, fx in [-126, 0]
-  return x < -87.0f ? 0.0f : y * __builtin_bit_cast(float, bits);
-}
-
-// Helpers are always_inline so that they are compiled into each ISA clone of attend_block (GCC does not
-// otherwise inline baseline-target functions into a clone built for another -march).
-// 8-float vectors (GCC vector extension): AVX registers in the AVX2/AVX-512 clones below, pairs of SSE
-// registers in the baseline clone. Loads and stores go through memcpy (no alignment assumption).
+// Helpers are always_inline templates so that they are compiled into each ISA build of run_block (GCC does
+// not otherwise inline baseline-target functions into a function built for another -march). Vectors are GCC
+// vector extensions; loads and stores go through unaligned vector types and vectors are passed by reference
+// (no vector-ABI dependence between the builds).
+typedef float vf4 __attribute__((vector_size(16)));
 typedef float vf8 __attribute__((vector_size(32)));
-__attribute__((always_inline)) inline vf8 load8(const float* p) {
-  vf8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
+typedef float vf16 __attribute__((vector_size(64)));
+typedef int32_t vi4 __attribute__((vector_size(16)));
+typedef int32_t vi8 __attribute__((vector_size(32)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+
+// Unaligned, aliasing views of the same vectors for loads and stores from float arrays.
+typedef float vf4u __attribute__((vector_size(16), aligned(4), may_alias));
+typedef float vf8u __attribute__((vector_size(32), aligned(4), may_alias));
+typedef float vf16u __attribute__((vector_size(64), aligned(4), may_alias));
+
+template <class V>
+struct Unaligned;
+template <>
+struct Unaligned<vf4> {
+  using type = vf4u;
+};
+template <>
+struct Unaligned<vf8> {
+  using type = vf8u;
+};
+template <>
+struct Unaligned<vf16> {
+  using type = vf16u;
+};
+
+template <class V>
+__attribute__((always_inline)) inline void load(V& v, const float* p) {
+  v = *reinterpret_cast<const typename Unaligned<V>::type*>(p);
 }
-__attribute__((always_inline)) inline void store8(float* p, vf8 v) {
-  std::memcpy(p, &v, sizeof(v));
+template <class V>
+__attribute__((always_inline)) inline void store(float* p, const V& v) {
+  *reinterpret_cast<typename Unaligned<V>::type*>(p) = v;
 }
 
-constexpr int64_t kKeyTile = 32;  // keys per score micro-tile; key blocks are padded to a multiple of it
+// Tile shapes per instruction set: vectors of W floats; a query sub-block is QV vectors (BQ = QV * W
+// queries); score micro-tiles are KR keys x BQ queries (KR * QV accumulators) and p v micro-tiles IR query
+// rows x NV vectors of value dims (IR * NV accumulators): about 3/4 of the vector registers.
+struct Avx512 {
+  using V = vf16;
+  using VI = vi16;
+  static constexpr int W = 16, QV = 2, KR = 12, NV = 4, IR = 6;
+};
+struct Avx2 {
+  using V = vf8;
+  using VI = vi8;
+  static constexpr int W = 8, QV = 2, KR = 5, NV = 2, IR = 6;
+};
+struct Baseline {
+  using V = vf4;
+  using VI = vi4;
+  static constexpr int W = 4, QV = 4, KR = 3, NV = 2, IR = 6;
+};
 
-// Scores of RB query rows against a 32-key tile: s[r][j0 + j] = q[r] . k[j0 + j], accumulated in registers.
-template <int RB>
-__attribute__((always_inline)) inline void score_tile(const float* q, int64_t D, const float* kt, int64_t ldk,
-                                                      int64_t j0, float* s, int64_t lds) {
-  vf8 acc[RB][4] = {};
+// s^T[r][0:BQ] = k[r] . q^T[:, 0:BQ] for R key rows (row stride ldk), accumulated in registers.
+template <class C, int R>
+__attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D, const float* kr, int64_t ldk,
+                                                      float* s) {
+  using V = typename C::V;
+  constexpr int QV = C::QV, W = C::W, BQ = QV * W;
+  V acc[R][QV] = {};
   for (int64_t d = 0; d < D; ++d) {
-    const float* kd = kt + d * ldk + j0;
-    const vf8 k0 = load8(kd), k1 = load8(kd + 8), k2 = load8(kd + 16), k3 = load8(kd + 24);
-    for (int r = 0; r < RB; ++r) {
-      const float qv = q[r * D + d];
-      acc[r][0] += qv * k0;
-      acc[r][1] += qv * k1;
-      acc[r][2] += qv * k2;
-      acc[r][3] += qv * k3;
+    V qv[QV];
+    for (int b = 0; b < QV; ++b) load(qv[b], qt + d * BQ + b * W);
+    for (int r = 0; r < R; ++r) {
+      const float kv = kr[r * ldk + d];
+      for (int b = 0; b < QV; ++b) acc[r][b] += kv * qv[b];
     }
   }
-  for (int r = 0; r < RB; ++r) {
-    for (int t = 0; t < 4; ++t) store8(s + r * lds + j0 + 8 * t, acc[r][t]);
+  for (int r = 0; r < R; ++r) {
+    for (int b = 0; b < QV; ++b) store(s + r * BQ + b * W, acc[r][b]);
   }
 }
 
-// acc[r][d0:d0+16] += sum_j p[r][j] * v[j][d0:d0+16] for RB rows, accumulated in registers.
-template <int RB>
-__attribute__((always_inline)) inline void value_tile(const float* p, int64_t lds, const float* v, int64_t D,
-                                                      int64_t bk, int64_t d0, float* acc) {
-  vf8 a[RB][2];
-  for (int r = 0; r < RB; ++r) {
-    a[r][0] = load8(acc + r * D + d0);
-    a[r][1] = load8(acc + r * D + d0 + 8);
-  }
-  for (int64_t j = 0; j < bk; ++j) {
-    const vf8 v0 = load8(v + j * D + d0), v1 = load8(v + j * D + d0 + 8);
-    for (int r = 0; r < RB; ++r) {
-      const float pr = p[r * lds + j];
-      a[r][0] += pr * v0;
-      a[r][1] += pr * v1;
+// The last n < KR key rows of a segment: one tile of exactly n rows.
+template <class C, int R>
+__attribute__((always_inline)) inline void score_tail(const float* qt, int64_t D, const float* kr, int64_t ldk,
+                                                      float* s, int64_t n) {
+  if constexpr (R >= 1) {
+    if (n == R) {
+      score_tile<C, R>(qt, D, kr, ldk, s);
+    } else {
+      score_tail<C, R - 1>(qt, D, kr, ldk, s, n);
     }
-  }
-  for (int r = 0; r < RB; ++r) {
-    store8(acc + r * D + d0, a[r][0]);
-    store8(acc + r * D + d0 + 8, a[r][1]);
   }
 }
 
-// One flash-attention step: a query block (bq rows of q) against one key block of bk keys, updating the
-// running max `m`, sum `l` and unnormalised output `acc` ([bq][D]) of every query row.
-// `kt` is the key block transposed and zero padded ([D][ldk], ldk a multiple of kKeyTile, so scores are
-// unit-stride vector multiply-adds), `v` the value rows ([bk][D]), `s` scratch of bq * ldk floats.
-// `hor` (horizon of the block's keys) is null when every query of the block sees every key.
-// Compiled for several ISAs with runtime dispatch because setup.py builds for baseline x86-64. The clones
-// name ISA levels, not CPU models: "arch=<cpu model>" clones dispatch on the CPU model and are never
-// picked on, e.g., AMD processors.
-__attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"))) void attend_block(
-    const float* q, int64_t bq, int64_t D, const float* kt, int64_t ldk, const float* v, int64_t bk, const int32_t* hor,
-    int64_t q0, int64_t k0, float scale, float* m, float* l, float* acc, float* s) {
-  // 1. raw scores, two query rows per micro-tile (the register budget of AVX2).
-  for (int64_t j0 = 0; j0 < ldk; j0 += kKeyTile) {
-    int64_t i = 0;
-    for (; i + 2 <= bq; i += 2) score_tile<2>(q + i * D, D, kt, ldk, j0, s + i * ldk, ldk);
-    if (i < bq) score_tile<1>(q + i * D, D, kt, ldk, j0, s + i * ldk, ldk);
+// acc[r][d0:d0+NV*W] = alpha[r] * acc[r][...] + sum_c p[c][r] * v_c[d0:d0+NV*W] for IR query rows.
+template <class C, int NV, int IR>
+__attribute__((always_inline)) inline void value_tile(const float* p, const float* const* vrow, int64_t cnt, int64_t d0,
+                                                      float* acc, int64_t D, const float* alpha) {
+  using V = typename C::V;
+  constexpr int W = C::W, BQ = C::QV * W;
+  V a[IR][NV];
+  for (int r = 0; r < IR; ++r) {
+    for (int b = 0; b < NV; ++b) {
+      load(a[r][b], acc + r * D + d0 + b * W);
+      a[r][b] *= alpha[r];
+    }
   }
-  // 2. mask, online softmax; rescale each row's accumulator by exp(old max - new max).
-  for (int64_t i = 0; i < bq; ++i) {
-    float* row = s + i * ldk;
-    const int64_t qpos = q0 + i;
-    float mx = kNegInf;
-    if (hor != nullptr) {
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < bk; ++j) {
-        const bool visible = (k0 + j <= qpos) & (qpos < hor[j]);
-        const float val = visible ? row[j] * scale : kNegInf;
-        row[j] = val;
-        mx = std::max(mx, val);
+  for (int64_t c = 0; c < cnt; ++c) {
+    const float* vr = vrow[c] + d0;
+    V vv[NV];
+    for (int b = 0; b < NV; ++b) load(vv[b], vr + b * W);
+    for (int r = 0; r < IR; ++r) {
+      const float pr = p[c * BQ + r];
+      for (int b = 0; b < NV; ++b) a[r][b] += pr * vv[b];
+    }
+  }
+  for (int r = 0; r < IR; ++r) {
+    for (int b = 0; b < NV; ++b) store(acc + r * D + d0 + b * W, a[r][b]);
+  }
+}
+
+// The last n < IR query rows: one tile of exactly n rows.
+template <class C, int NV, int IR>
+__attribute__((always_inline)) inline void value_tail(const float* p, const float* const* vrow, int64_t cnt, int64_t d0,
+                                                      float* acc, int64_t D, const float* alpha, int64_t n) {
+  if constexpr (IR >= 1) {
+    if (n == IR) {
+      value_tile<C, NV, IR>(p, vrow, cnt, d0, acc, D, alpha);
+    } else {
+      value_tail<C, NV, IR - 1>(p, vrow, cnt, d0, acc, D, alpha, n);
+    }
+  }
+}
+
+// Value dims [d0, d0 + NV * W) of the first nr query rows.
+template <class C, int NV>
+__attribute__((always_inline)) inline void value_chunk(const float* p, const float* const* vrow, int64_t cnt,
+                                                       int64_t d0, float* acc, int64_t D, const float* alpha,
+                                                       int64_t nr) {
+  int64_t i = 0;
+  for (; i + C::IR <= nr; i += C::IR) value_tile<C, NV, C::IR>(p + i, vrow, cnt, d0, acc + i * D, D, alpha + i);
+  if (i < nr) value_tail<C, NV, C::IR - 1>(p + i, vrow, cnt, d0, acc + i * D, D, alpha + i, nr - i);
+}
+
+// acc = alpha * acc + p v over every value dim of the first nr query rows (p is s^T: p[c * BQ + row]).
+template <class C>
+__attribute__((always_inline)) inline void value_update(const float* p, const float* const* vrow, int64_t cnt,
+                                                        float* acc, int64_t D, const float* alpha, int64_t nr) {
+  constexpr int64_t W = C::W, BQ = C::QV * W, WIDE = C::NV * W;
+  int64_t d0 = 0;
+  for (; d0 + WIDE <= D; d0 += WIDE) value_chunk<C, C::NV>(p, vrow, cnt, d0, acc, D, alpha, nr);
+  for (; d0 + W <= D; d0 += W) value_chunk<C, 1>(p, vrow, cnt, d0, acc, D, alpha, nr);
+  if (d0 < D) {  // odd head dims
+    for (int64_t i = 0; i < nr; ++i) {
+      float* a = acc + i * D;
+      for (int64_t d = d0; d < D; ++d) a[d] *= alpha[i];
+      for (int64_t c = 0; c < cnt; ++c) {
+        const float pr = p[c * BQ + i];
+        for (int64_t d = d0; d < D; ++d) a[d] += pr * vrow[c][d];
+      }
+    }
+  }
+}
+
+// y = exp(x) for x <= 0 (scores minus their running maximum), exact to a couple of ulp; 0 for x < -87
+// (including -inf, i.e. masked keys). Cephes' expf: x = n ln2 + r with n = round(x / ln2) (the float
+// magic-number rounding), a minimax polynomial for exp(r) on [-ln2/2, ln2/2], 2^n from the exponent bits.
+template <class C>
+__attribute__((always_inline)) inline void exp_nonpositive(typename C::V& y, const typename C::V& x) {
+  using V = typename C::V;
+  using VI = typename C::VI;
+  const V zero = {}, lowest = zero - 87.0f, magic = zero + 12582912.0f;  // 1.5 * 2^23
+  const VI small = x < lowest;
+  const V xc = small ? lowest : x;
+  const V n = (xc * 1.44269504088896341f + magic) - magic;
+  V r = xc - n * 0.693359375f;  // Cody-Waite range reduction
+  r = r - n * -2.12194440e-4f;
+  V p = zero + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;  // 2^n, n in [-126, 0]
+  V scale;
+  std::memcpy(&scale, &bits, sizeof(V));
+  y = small ? zero : p * scale;
+}
+
+// One online-softmax step over a segment's scores s^T [cnt][BQ] (already scaled): mask unless `full`, then
+// replace the scores by p = exp(s - new max), update the running max m and sum l of every query, and return
+// in alpha the factor exp(old max - new max) that the accumulators still have to be rescaled by. Vectors run
+// over queries.
+template <class C>
+__attribute__((always_inline)) inline void softmax_step(float* s, int64_t cnt, const int32_t* kpos, const int32_t* khz,
+                                                        bool full, int64_t r0, float* m, float* l, float* alpha) {
+  using V = typename C::V;
+  using VI = typename C::VI;
+  constexpr int QV = C::QV, W = C::W, BQ = QV * W;
+  const V zero = {}, neg_inf = zero + kNegInf;
+  V mt[QV], mu[QV], sum[QV];
+  VI lane[QV];  // query index within the sub-block
+  for (int b = 0; b < QV; ++b) {
+    mt[b] = neg_inf;
+    sum[b] = zero;
+    for (int i = 0; i < W; ++i) lane[b][i] = b * W + i;
+  }
+  for (int64_t c = 0; c < cnt; ++c) {
+    float* row = s + c * BQ;
+    if (full) {
+      for (int b = 0; b < QV; ++b) {
+        V x;
+        load(x, row + b * W);
+        mt[b] = mt[b] < x ? x : mt[b];
       }
     } else {
-#pragma omp simd reduction(max : mx)
-      for (int64_t j = 0; j < bk; ++j) {
-        const float val = row[j] * scale;
-        row[j] = val;
-        mx = std::max(mx, val);
+      // query r0 + i sees the key iff kpos <= r0 + i < khz; both bounds relative to r0, clamped to int32
+      const VI lo = VI{} + static_cast<int32_t>(std::clamp<int64_t>(kpos[c] - r0, -1, BQ));
+      const VI hi = VI{} + static_cast<int32_t>(std::clamp<int64_t>(khz[c] - r0, -1, BQ));
+      for (int b = 0; b < QV; ++b) {
+        V x;
+        load(x, row + b * W);
+        x = (lo <= lane[b]) & (lane[b] < hi) ? x : neg_inf;
+        store(row + b * W, x);
+        mt[b] = mt[b] < x ? x : mt[b];
       }
     }
-    if (mx == kNegInf) {  // this query sees no key of the block: it adds nothing
-      std::fill(row, row + bk, 0.0f);
-      continue;
-    }
-    const float m_new = std::max(m[i], mx);
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t j = 0; j < bk; ++j) {
-      const float p = exp_nonpositive(row[j] - m_new);
-      row[j] = p;
-      sum += p;
-    }
-    const float alpha = m[i] == kNegInf ? 0.0f : std::exp(m[i] - m_new);
-    if (alpha != 1.0f) {
-      float* a = acc + i * D;
-#pragma omp simd
-      for (int64_t d = 0; d < D; ++d) a[d] *= alpha;
-    }
-    l[i] = l[i] * alpha + sum;
-    m[i] = m_new;
   }
-  // 3. acc += p v: four query rows x 16 value dims per micro-tile, then the odd value dims.
-  const int64_t d_vec = D - D % 16;
-  for (int64_t d0 = 0; d0 < d_vec; d0 += 16) {
-    int64_t i = 0;
-    for (; i + 4 <= bq; i += 4) value_tile<4>(s + i * ldk, ldk, v, D, bk, d0, acc + i * D);
-    for (; i < bq; ++i) value_tile<1>(s + i * ldk, ldk, v, D, bk, d0, acc + i * D);
+  for (int b = 0; b < QV; ++b) {
+    V m_old, a;
+    load(m_old, m + b * W);
+    const V m_new = m_old < mt[b] ? mt[b] : m_old;
+    mu[b] = m_new == neg_inf ? zero : m_new;  // a query that has seen no key yet: p = exp(-inf) = 0
+    const V diff = m_old - mu[b];
+    exp_nonpositive<C>(a, diff);
+    store(alpha + b * W, a);
+    store(m + b * W, m_new);
   }
-  if (d_vec < D) {
-    for (int64_t i = 0; i < bq; ++i) {
-      const float* p = s + i * ldk;
-      float* a = acc + i * D;
-      for (int64_t j = 0; j < bk; ++j) {
-        for (int64_t d = d_vec; d < D; ++d) a[d] += p[j] * v[j * D + d];
-      }
+  for (int64_t c = 0; c < cnt; ++c) {
+    float* row = s + c * BQ;
+    for (int b = 0; b < QV; ++b) {
+      V x, p;
+      load(x, row + b * W);
+      x -= mu[b];
+      exp_nonpositive<C>(p, x);
+      store(row + b * W, p);
+      sum[b] += p;
     }
+  }
+  for (int b = 0; b < QV; ++b) {
+    V l_old, a;
+    load(l_old, l + b * W);
+    load(a, alpha + b * W);
+    store(l + b * W, l_old * a + sum[b]);
   }
 }
 
@@ -200,59 +316,187 @@ inline bool all_finite(const float* x, int64_t n) {
   return (top & 0x80000000u) == 0;
 }
 
-// Keys of [n_heads, n, D] prepared for attend_block: transposed block-wise to [n_heads][n_blocks][D][ld]
-// (ld = block rounded up to kKeyTile, zero padded) so that attend_block reads each key dimension with unit
-// stride. A key whose k or v row holds an inf or NaN is "bad": its column of `kt` and its row of `v` are
-// zeros, and `bad` / `block_bad` mark it so that the queries that see it are poisoned instead.
-struct KeyBlocks {
-  std::vector<float> kt;           // [n_heads][n_blocks][D][ld]
-  at::Tensor v;                    // [n_heads, n, D]: the values, a zeroed copy of bad rows when there are any
-  std::vector<uint8_t> bad;        // [n_heads][n]: the key is bad
-  std::vector<uint8_t> block_bad;  // [n_heads][n_blocks]: the block holds a bad key
-  std::vector<uint8_t> head_bad;   // [n_heads]: the head holds a bad key
+// What every work item reads (fp32, contiguous).
+struct Inputs {
+  const float* q;   // [H, N, D]
+  const float* k;   // [Hkv, N, D]
+  const float* v;   // [Hkv, N, D]
+  const float* pk;  // [Hkv, P, D] or null
+  const float* pv;
+  const int32_t* hz;          // [N]
+  const int32_t* scan_max;    // [ceil(N / kScanBlock)]: the largest horizon of each block of keys
+  const uint8_t* bad;         // [Hkv][N]: the key's k or v row holds an inf or NaN
+  const uint8_t* prefix_bad;  // [Hkv][P]
+  const uint8_t* head_bad;    // [Hkv]: the kv head holds such a key (packed or prefix)
+  int64_t N, P, D, group, block_q, block_k;
+  float scale;
+  float* out;  // [H, N, D]
 };
 
-KeyBlocks prepare_key_blocks(const at::Tensor& k_t, const at::Tensor& v_t, int64_t block, int64_t ld) {
-  const int64_t n_heads = k_t.size(0), n = k_t.size(1), D = k_t.size(2);
-  const int64_t n_blocks = (n + block - 1) / block;
-  const float* k = k_t.data_ptr<float>();
-  const float* v = v_t.data_ptr<float>();
-  KeyBlocks out;
-  out.kt.assign(static_cast<size_t>(n_heads * n_blocks * D * ld), 0.0f);
-  out.bad.assign(static_cast<size_t>(n_heads * n), 0);
-  out.block_bad.assign(static_cast<size_t>(n_heads * n_blocks), 0);
-  out.head_bad.assign(static_cast<size_t>(n_heads), 0);
-  at::parallel_for(0, n_heads * n_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t hb = begin; hb < end; ++hb) {
-      const int64_t h = hb / n_blocks, b = hb % n_blocks;
-      const int64_t k0 = b * block, k1 = std::min(n, k0 + block);
-      float* dst = out.kt.data() + hb * D * ld;
-      for (int64_t j = k0; j < k1; ++j) {
-        const float* src = k + (h * n + j) * D;
-        if (!(all_finite(src, D) && all_finite(v + (h * n + j) * D, D))) {
-          out.bad[h * n + j] = 1;  // its column stays zero
-          out.block_bad[hb] = 1;
-          continue;
-        }
-        for (int64_t d = 0; d < D; ++d) dst[d * ld + (j - k0)] = src[d];
+// Per-thread scratch, grown on demand.
+struct Scratch {
+  int64_t list_q0 = -1, list_q1 = -1;  // the query block whose key list src/kpos/khz hold
+  std::vector<int32_t> src;            // the key: prefix row (< P) or packed row + P
+  std::vector<int32_t> kpos, khz;      // its packed index (-1 for prefix keys) and horizon (kNoEnd for prefix)
+  std::vector<float> qt;               // [group][D][BQ]: the sub-block's queries, transposed and scaled
+  std::vector<float> s;                // [block_k][BQ]: scores, then probabilities
+  std::vector<float> acc;              // [group][BQ][D]: unnormalised outputs
+  std::vector<float> m, l;             // [group][BQ]: running max and sum
+  std::vector<float> kbuf;             // [block_k][D]: key rows of a segment that is not one run
+  std::vector<float> zero;             // [D]: the row read in place of a non-finite key's k and v
+  std::vector<const float*> vrow;      // [block_k]: value rows of the segment
+  std::vector<uint8_t> poisoned;       // [BQ]: the query sees a non-finite key
+};
+
+void build_key_list(const Inputs& in, Scratch& sc, int64_t q0, int64_t q1) {
+  if (sc.list_q0 == q0 && sc.list_q1 == q1) return;  // the previous work item had the same query block
+  sc.list_q0 = q0;
+  sc.list_q1 = q1;
+  sc.src.clear();
+  sc.kpos.clear();
+  sc.khz.clear();
+  auto add = [&](int64_t src, int64_t pos, int32_t end) {
+    sc.src.push_back(static_cast<int32_t>(src));
+    sc.kpos.push_back(static_cast<int32_t>(pos));
+    sc.khz.push_back(end);
+  };
+  for (int64_t p = 0; p < in.P; ++p) add(p, -1, kNoEnd);
+  for (int64_t b0 = 0; b0 < q0; b0 += kScanBlock) {  // earlier keys whose subtree reaches the block
+    if (in.scan_max[b0 / kScanBlock] <= q0) continue;
+    for (int64_t j = b0; j < std::min(q0, b0 + kScanBlock); ++j) {
+      if (in.hz[j] > q0) add(in.P + j, j, in.hz[j]);
+    }
+  }
+  for (int64_t j = q0; j < q1; ++j) add(in.P + j, j, in.hz[j]);  // the block's own keys (hz[j] > j >= q0)
+}
+
+// One work item: query block qb (block_q queries, in sub-blocks of BQ) of every query head of kv head hk.
+template <class C>
+__attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
+  constexpr int64_t W = C::W, BQ = C::QV * W, KR = C::KR;
+  const int64_t N = in.N, P = in.P, D = in.D, G = in.group, KS = in.block_k;
+  const int64_t q0 = qb * in.block_q, q1 = std::min(N, q0 + in.block_q);
+  build_key_list(in, sc, q0, q1);
+  const int64_t L = static_cast<int64_t>(sc.src.size());
+  sc.qt.resize(G * D * BQ);
+  sc.s.resize(KS * BQ);
+  sc.acc.resize(G * BQ * D);
+  sc.m.resize(G * BQ);
+  sc.l.resize(G * BQ);
+  sc.kbuf.resize(KS * D);
+  sc.zero.assign(D, 0.0f);
+  sc.vrow.resize(KS);
+  sc.poisoned.resize(BQ);
+  const bool head_bad = in.head_bad[hk] != 0;
+  const uint8_t* bad = in.bad + hk * N;
+  const uint8_t* prefix_bad = in.prefix_bad + hk * P;
+  const float* kh = in.k + hk * N * D;
+  const float* vh = in.v + hk * N * D;
+  const float* pkh = in.pk + hk * P * D;
+  const float* pvh = in.pv + hk * P * D;
+  auto is_bad = [&](int32_t src) { return head_bad && (src < P ? prefix_bad[src] : bad[src - P]) != 0; };
+
+  for (int64_t r0 = q0; r0 < q1; r0 += BQ) {
+    const int64_t r1 = std::min(q1, r0 + BQ), nr = r1 - r0;
+    for (int64_t g = 0; g < G; ++g) {
+      float* qt = sc.qt.data() + g * D * BQ;
+      const float* qh = in.q + ((hk * G + g) * N + r0) * D;
+      for (int64_t i = 0; i < BQ; ++i) {
+        for (int64_t d = 0; d < D; ++d) qt[d * BQ + i] = i < nr ? qh[i * D + d] * in.scale : 0.0f;
+      }
+      std::fill_n(sc.m.data() + g * BQ, BQ, kNegInf);
+      std::fill_n(sc.l.data() + g * BQ, BQ, 0.0f);
+      std::fill_n(sc.acc.data() + g * BQ * D, BQ * D, 0.0f);
+    }
+    std::fill_n(sc.poisoned.data(), BQ, uint8_t{0});
+    if (head_bad) {  // rare path: mark the queries that see a non-finite key (kpos <= q < khz)
+      for (int64_t e = 0; e < L; ++e) {
+        if (!is_bad(sc.src[e])) continue;
+        const int64_t lo = std::max<int64_t>(sc.kpos[e], r0), hi = std::min<int64_t>(sc.khz[e], r1);
+        for (int64_t i = lo; i < hi; ++i) sc.poisoned[i - r0] = 1;
       }
     }
-  });
-  bool any_bad = false;
-  for (int64_t h = 0; h < n_heads; ++h) {
-    for (int64_t b = 0; b < n_blocks; ++b) out.head_bad[h] |= out.block_bad[h * n_blocks + b];
-    any_bad = any_bad || out.head_bad[h];
+    for (int64_t e0 = 0; e0 < L; e0 += KS) {
+      if (sc.kpos[e0] >= r1) break;  // this and every later segment start past the sub-block's last query
+      const int64_t cnt = std::min(KS, L - e0);
+      const int32_t* src = sc.src.data() + e0;
+      const int32_t* kpos = sc.kpos.data() + e0;
+      const int32_t* khz = sc.khz.data() + e0;
+      int32_t hz_min = kNoEnd;
+      for (int64_t c = 0; c < cnt; ++c) hz_min = std::min(hz_min, khz[c]);
+      const bool full = kpos[cnt - 1] <= r0 && hz_min >= r1;
+      bool any_bad = false;
+      for (int64_t c = 0; head_bad && c < cnt; ++c) any_bad = any_bad || is_bad(src[c]);
+      const bool run = !any_bad && src[cnt - 1] - src[0] == cnt - 1 && (src[0] >= P || src[cnt - 1] < P);
+      auto krow = [&](int32_t j) { return j < P ? pkh + j * D : kh + (j - P) * D; };
+      const float* keys = sc.kbuf.data();
+      if (run) {
+        keys = krow(src[0]);
+      } else {
+        for (int64_t c = 0; c < cnt; ++c) {
+          std::memcpy(sc.kbuf.data() + c * D, is_bad(src[c]) ? sc.zero.data() : krow(src[c]), D * sizeof(float));
+        }
+      }
+      for (int64_t c = 0; c < cnt; ++c) {
+        sc.vrow[c] = is_bad(src[c]) ? sc.zero.data() : (src[c] < P ? pvh + src[c] * D : vh + (src[c] - P) * D);
+      }
+      for (int64_t g = 0; g < G; ++g) {
+        const float* qt = sc.qt.data() + g * D * BQ;
+        float* s = sc.s.data();
+        int64_t c0 = 0;
+        for (; c0 + KR <= cnt; c0 += KR) score_tile<C, KR>(qt, D, keys + c0 * D, D, s + c0 * BQ);
+        if (c0 < cnt) score_tail<C, KR - 1>(qt, D, keys + c0 * D, D, s + c0 * BQ, cnt - c0);
+        float alpha[BQ];
+        softmax_step<C>(s, cnt, kpos, khz, full, r0, sc.m.data() + g * BQ, sc.l.data() + g * BQ, alpha);
+        value_update<C>(s, sc.vrow.data(), cnt, sc.acc.data() + g * BQ * D, D, alpha, nr);
+      }
+    }
+    constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+    for (int64_t g = 0; g < G; ++g) {
+      const float* acc = sc.acc.data() + g * BQ * D;
+      const float* l = sc.l.data() + g * BQ;
+      float* out = in.out + ((hk * G + g) * N + r0) * D;
+      for (int64_t i = 0; i < nr; ++i) {
+        const float inv = sc.poisoned[i] ? kNaN : 1.0f / l[i];  // l > 0: every query sees at least itself
+        for (int64_t d = 0; d < D; ++d) out[i * D + d] = acc[i * D + d] * inv;
+      }
+    }
   }
-  if (!any_bad) {
-    out.v = v_t;
-    return out;
-  }
-  out.v = v_t.clone();  // rare path: never write into the caller's tensor
-  float* vc = out.v.data_ptr<float>();
-  for (int64_t t = 0; t < n_heads * n; ++t) {
-    if (out.bad[t]) std::fill(vc + t * D, vc + (t + 1) * D, 0.0f);
-  }
-  return out;
+}
+
+using BlockFn = void (*)(const Inputs&, Scratch&, int64_t, int64_t);
+
+#if defined(__x86_64__)
+__attribute__((target("arch=x86-64-v4"))) void run_block_avx512(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
+  run_block<Avx512>(in, sc, qb, hk);
+}
+__attribute__((target("arch=x86-64-v3,tune=haswell"))) void run_block_avx2(const Inputs& in, Scratch& sc, int64_t qb,
+                                                                           int64_t hk) {
+  run_block<Avx2>(in, sc, qb, hk);
+}
+#endif
+void run_block_baseline(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
+  run_block<Baseline>(in, sc, qb, hk);
+}
+
+// The build of run_block for `isa` ("auto": the widest this CPU runs; "avx512", "avx2", "baseline": that one,
+// refused when this CPU cannot run it, so that tests reach every build).
+BlockFn pick_block_fn(const std::string& isa) {
+  TORCH_CHECK_VALUE(isa == "auto" || isa == "avx512" || isa == "avx2" || isa == "baseline",
+                    "tree_attention: isa must be \"auto\", \"avx512\", \"avx2\" or \"baseline\", got \"", isa, "\"");
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  const bool avx512 = __builtin_cpu_supports("x86-64-v4"), avx2 = __builtin_cpu_supports("x86-64-v3");
+#else
+  const bool avx512 = false, avx2 = false;
+#endif
+  TORCH_CHECK_VALUE(isa != "avx512" || avx512, "tree_attention: isa=\"avx512\" is not supported by this CPU");
+  TORCH_CHECK_VALUE(isa != "avx2" || avx2, "tree_attention: isa=\"avx2\" is not supported by this CPU");
+#if defined(__x86_64__)
+  if (avx512 && (isa == "auto" || isa == "avx512")) return run_block_avx512;
+  if (avx2 && (isa == "auto" || isa == "avx2")) return run_block_avx2;
+#endif
+  return run_block_baseline;
 }
 
 void check_qkv(const at::Tensor& t, const char* name) {
@@ -271,7 +515,8 @@ void check_qkv(const at::Tensor& t, const char* name) {
 
 at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                           const at::Tensor& horizon, double scale_d, const std::optional<at::Tensor>& prefix_k_in,
-                          const std::optional<at::Tensor>& prefix_v_in, int64_t block_q, int64_t block_k) {
+                          const std::optional<at::Tensor>& prefix_v_in, int64_t block_q, int64_t block_k,
+                          const std::string& isa) {
   check_qkv(q_in, "q");
   check_qkv(k_in, "k");
   check_qkv(v_in, "v");
@@ -317,6 +562,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
     P = prefix_k_in->size(1);
   }
 
+  const BlockFn run_block_fn = pick_block_fn(isa);
+
   // fp16 / bf16: compute in fp32 and return the input dtype.
   const at::Tensor q = q_in.to(at::kFloat).contiguous();
   const at::Tensor k = k_in.to(at::kFloat).contiguous();
@@ -329,73 +576,53 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   at::Tensor out = at::empty({H, N, D}, q.options());
   if (N == 0 || H == 0) return out.to(dtype);
 
-  const int64_t BQ = std::min(block_q, N), BK = std::min(block_k, N);
-  const int64_t n_qb = (N + BQ - 1) / BQ, n_kb = (N + BK - 1) / BK;
-  std::vector<int32_t> hmax(n_kb), hmin(n_kb);
-  for (int64_t kb = 0; kb < n_kb; ++kb) {
-    const int64_t k0 = kb * BK, k1 = std::min(N, k0 + BK);
-    hmax[kb] = *std::max_element(hz + k0, hz + k1);
-    hmin[kb] = *std::min_element(hz + k0, hz + k1);
+  // Keys whose k or v row holds an inf or NaN (read as zeros; their viewers are set to NaN).
+  const float* kp = k.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  const float* pkp = P > 0 ? pk.data_ptr<float>() : nullptr;
+  const float* pvp = P > 0 ? pv.data_ptr<float>() : nullptr;
+  std::vector<uint8_t> bad(Hkv * N), prefix_bad(Hkv * P), head_bad(Hkv, 0);
+  at::parallel_for(0, Hkv * N, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) bad[t] = !(all_finite(kp + t * D, D) && all_finite(vp + t * D, D));
+  });
+  for (int64_t t = 0; t < Hkv * P; ++t) prefix_bad[t] = !(all_finite(pkp + t * D, D) && all_finite(pvp + t * D, D));
+  for (int64_t hk = 0; hk < Hkv; ++hk) {
+    for (int64_t t = 0; t < N; ++t) head_bad[hk] |= bad[hk * N + t];
+    for (int64_t t = 0; t < P; ++t) head_bad[hk] |= prefix_bad[hk * P + t];
   }
-  const float scale = static_cast<float>(scale_d);
-  const float* qp = q.data_ptr<float>();
-  float* op = out.data_ptr<float>();
-  const int64_t group = H / Hkv;
-  const int64_t PB = std::min(std::max<int64_t>(P, 1), BK);  // prefix key block size
+  std::vector<int32_t> scan_max((N + kScanBlock - 1) / kScanBlock);
+  for (size_t b = 0; b < scan_max.size(); ++b) {
+    const int64_t k0 = static_cast<int64_t>(b) * kScanBlock;
+    scan_max[b] = *std::max_element(hz + k0, hz + std::min(N, k0 + kScanBlock));
+  }
 
-  auto padded = [](int64_t b) { return (b + kKeyTile - 1) / kKeyTile * kKeyTile; };
-  const int64_t ldk = padded(BK), ldp = padded(PB);
-  const KeyBlocks keys = prepare_key_blocks(k, v, BK, ldk);
-  const KeyBlocks prefix = P > 0 ? prepare_key_blocks(pk, pv, PB, ldp) : KeyBlocks();
-  const float* kt = keys.kt.data();
-  const float* vp = keys.v.data_ptr<float>();
-  const uint8_t* bad = keys.bad.data();
-  const float* pkt = P > 0 ? prefix.kt.data() : nullptr;
-  const float* pvp = P > 0 ? prefix.v.data_ptr<float>() : nullptr;
-  const int64_t n_pb = P > 0 ? (P + PB - 1) / PB : 0;
-  constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+  Inputs in;
+  in.q = q.data_ptr<float>();
+  in.k = kp;
+  in.v = vp;
+  in.pk = pkp;
+  in.pv = pvp;
+  in.hz = hz;
+  in.scan_max = scan_max.data();
+  in.bad = bad.data();
+  in.prefix_bad = prefix_bad.data();
+  in.head_bad = head_bad.data();
+  in.N = N;
+  in.P = P;
+  in.D = D;
+  in.group = H / Hkv;
+  in.block_q = std::min(block_q, N);
+  in.block_k = std::min(block_k, P + N);  // no segment is longer than the longest key list
+  in.scale = static_cast<float>(scale_d);
+  in.out = out.data_ptr<float>();
 
+  const int64_t n_items = (N + in.block_q - 1) / in.block_q * Hkv;  // (query block, kv head), kv head fastest
   const int n_threads = std::max(1, at::get_num_threads());
 #pragma omp parallel num_threads(n_threads)
   {
-    std::vector<float> s(BQ * std::max(ldk, ldp)), m(BQ), l(BQ), acc(BQ * D);
-    std::vector<uint8_t> poisoned(BQ);  // the query sees a key with an inf or NaN
-#pragma omp for schedule(dynamic, 1) collapse(2)
-    for (int64_t h = 0; h < H; ++h) {
-      for (int64_t qb = 0; qb < n_qb; ++qb) {
-        const int64_t hk = h / group;
-        const int64_t q0 = qb * BQ, q1 = std::min(N, q0 + BQ), bq = q1 - q0;
-        const float* qblk = qp + (h * N + q0) * D;
-        std::fill(m.begin(), m.begin() + bq, kNegInf);
-        std::fill(l.begin(), l.begin() + bq, 0.0f);
-        std::fill(acc.begin(), acc.begin() + bq * D, 0.0f);
-        std::fill(poisoned.begin(), poisoned.begin() + bq, P > 0 ? prefix.head_bad[hk] : 0);
-        for (int64_t pb = 0; pb < n_pb; ++pb) {  // cached prefix: visible to every query
-          const int64_t p0 = pb * PB, bk = std::min(P, p0 + PB) - p0;
-          attend_block(qblk, bq, D, pkt + (hk * n_pb + pb) * D * ldp, ldp, pvp + (hk * P + p0) * D, bk, nullptr, q0, 0,
-                       scale, m.data(), l.data(), acc.data(), s.data());
-        }
-        const int64_t last_kb = (q1 - 1) / BK;  // key blocks past the last query are never visible
-        for (int64_t kb = 0; kb <= last_kb; ++kb) {
-          if (hmax[kb] <= q0) continue;  // every key's subtree ends before this query block
-          const int64_t k0 = kb * BK, k1 = std::min(N, k0 + BK);
-          const bool full = (k1 - 1 <= q0) && (hmin[kb] >= q1);
-          attend_block(qblk, bq, D, kt + (hk * n_kb + kb) * D * ldk, ldk, vp + (hk * N + k0) * D, k1 - k0,
-                       full ? nullptr : hz + k0, q0, k0, scale, m.data(), l.data(), acc.data(), s.data());
-          if (keys.block_bad[hk * n_kb + kb]) {  // rare path: mark the queries that see a bad key (j <= q < hz)
-            for (int64_t j = k0; j < k1; ++j) {
-              if (!bad[hk * N + j]) continue;
-              for (int64_t i = std::max(j, q0); i < std::min<int64_t>(hz[j], q1); ++i) poisoned[i - q0] = 1;
-            }
-          }
-        }
-        float* oblk = op + (h * N + q0) * D;
-        for (int64_t i = 0; i < bq; ++i) {
-          const float inv = poisoned[i] ? kNaN : 1.0f / l[i];  // l > 0: every query sees at least itself
-          for (int64_t d = 0; d < D; ++d) oblk[i * D + d] = acc[i * D + d] * inv;
-        }
-      }
-    }
+    Scratch scratch;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < n_items; ++item) run_block_fn(in, scratch, item / Hkv, item % Hkv);
   }
   return dtype == at::kFloat ? out : out.to(dtype);
 }

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from layout_problems import forests, to_args
 
 from scar_kernels import extension, ops
+from scar_kernels.layout import build_pack_reference
 
 pytestmark = pytest.mark.skipif(not extension.has_extension(), reason="the compiled scar_kernels._C is not built")
 
@@ -225,3 +229,94 @@ def test_good_arguments_are_accepted():
     out = extension.load().tree_attention(**args)
     torch.testing.assert_close(out.double(), dense_reference(args["q"], args["k"], args["v"], args["horizon"], 0.5),
                                atol=1e-5, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# The kernel's key lists (per query block: the prefix, then every key j < q1 with horizon[j] > q0), cut into
+# segments that are fully visible (no mask), masked, a run of consecutive keys read in place, or scattered keys
+# copied; and its three vector builds. Tolerance: 1e-5 absolute against the float64 dense reference (fp32
+# accumulation over a few hundred keys of unit-variance data).
+# --------------------------------------------------------------------------------------------------
+ISAS = ("avx512", "avx2", "baseline")
+# (block_q, block_k): one-key segments, ragged blocks, the defaults, a query block wider than the vector
+# sub-block, and one key list for the whole pack.
+BLOCKS = [(1, 1), (3, 5), (32, 48), (64, 7), (40, 13), (10_000, 10_000)]
+
+
+def isa_supported(isa: str) -> bool:
+    x = torch.zeros(1, 1, 1)
+    try:
+        extension.load().tree_attention(x, x, x, torch.ones(1, dtype=torch.int32), 1.0, isa=isa)
+    except ValueError as exc:
+        assert "not supported by this CPU" in str(exc)
+        return False
+    return True
+
+
+def require_isa(isa: str) -> None:
+    if not isa_supported(isa):
+        pytest.skip(f"this CPU cannot run the {isa} build")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    forests(max_responses=4, max_coalitions=14),
+    st.integers(0, 3),
+    st.sampled_from(BLOCKS),
+    st.sampled_from([(2, 2), (4, 2), (3, 1)]),
+    st.sampled_from([1, 8, 20, 64]),
+)
+def test_key_lists_on_random_forests_match_the_reference(problem, prefix, blocks, heads, d):
+    """Packs of the builder (several responses, duplicate coalitions, responses without players) against the
+    dense float64 reference."""
+    horizon = build_pack_reference(*to_args(*problem)).horizon.to(torch.int32)
+    n = horizon.numel()
+    if n == 0:
+        return
+    n_heads, n_kv = heads
+    gen = torch.Generator().manual_seed(n * 31 + prefix)
+    q = torch.randn(n_heads, n, d, generator=gen)
+    k, v = (torch.randn(n_kv, n, d, generator=gen) for _ in range(2))
+    pk, pv = (torch.randn(n_kv, prefix, d, generator=gen) if prefix else None for _ in range(2))
+    expected = dense_reference(q, k, v, horizon, d**-0.5, pk, pv)
+    block_q, block_k = blocks
+    out = compiled_tree_attention(q, k, v, horizon, d**-0.5, pk, pv, block_q=block_q, block_k=block_k)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("blocks", BLOCKS)
+@pytest.mark.parametrize("d", [7, 16, 40, 64, 80])
+def test_every_vector_build_matches_dense(isa, blocks, d):
+    """Each build (AVX-512, AVX2, baseline x86-64) with GQA, a prefix and head dims off the vector widths."""
+    require_isa(isa)
+    gen = torch.Generator().manual_seed(d)
+    horizon = random_forest_horizon(211, gen)
+    block_q, block_k = blocks
+    out, expected = run_case(horizon, n_heads=6, n_kv=2, d=d, prefix=9, block_q=block_q, block_k=block_k, isa=isa)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_vector_builds_on_a_permutation_pack_with_a_long_prompt(isa):
+    """The target workload's shape: a long shared prompt (fully visible segments read in place) and short
+    player nodes (masked, copied segments), 4 heads of 64."""
+    require_isa(isa)
+    gen = torch.Generator().manual_seed(4)
+    rows = []
+    for _ in range(2):
+        perm = torch.randperm(16, generator=gen)
+        for order in (perm, perm.flip(0)):
+            rows += [torch.isin(torch.arange(16), order[:size]) for size in range(17)]
+    coal = torch.stack(rows)
+    c = coal.shape[0]
+    layout = build_pack_reference(coal, torch.zeros(c, dtype=torch.long), torch.tensor([0, 16]), torch.arange(16),
+                                  torch.full((16,), 4), torch.tensor([256]), torch.tensor([1]), torch.tensor([0]))
+    out, expected = run_case(layout.horizon.to(torch.int32), n_heads=4, n_kv=4, d=64, isa=isa)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)
+
+
+def test_unknown_isa_is_refused():
+    x = torch.zeros(1, 1, 1)
+    with pytest.raises(ValueError, match="isa must be"):
+        extension.load().tree_attention(x, x, x, torch.ones(1, dtype=torch.int32), 1.0, isa="sse9")

@@ -177,6 +177,24 @@ def test_cpp_block_sizes(block_q, block_k, seed):
         )
 
 
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("block_q,block_k", [(32, 48), (5, 7)])
+def test_cpp_vector_builds(isa, block_q, block_k):
+    """Every vector build of the C++ kernel (skipped where this CPU cannot run it), with GQA and a prefix: the
+    zero rows read for a bad key leave every other output bit-identical."""
+    if not extension.has_extension():
+        pytest.skip("scar_kernels._C is not built")
+    x = torch.zeros(1, 1, 1)
+    try:
+        extension.load().tree_attention(x, x, x, torch.ones(1, dtype=torch.int32), 1.0, isa=isa)
+    except ValueError:
+        pytest.skip(f"this CPU cannot run the {isa} build")
+    blocks = {"block_q": block_q, "block_k": block_k, "isa": isa}
+    for seed, (where, value) in enumerate((("v", float("nan")), ("k", float("inf")), ("kv", float("-inf")))):
+        check_only_viewers_poisoned("c++", 4, 2, 120, 20, 3, torch.float32, seed, where, value, kv_head=1, **blocks)
+        check_only_viewers_poisoned("c++", 2, 1, 100, 64, 0, torch.float32, seed, where, value, **blocks)
+
+
 @pytest.mark.parametrize("where", ["k", "v", "qkv"])
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_triton(where, value):
