@@ -560,6 +560,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
     TORCH_CHECK_VALUE(prefix_k_in->size(0) == Hkv && prefix_k_in->size(2) == D, "tree_attention: prefix_k must be [",
                       Hkv, ", P, ", D, "], got ", prefix_k_in->sizes());
     P = prefix_k_in->size(1);
+    TORCH_CHECK_VALUE(P < std::numeric_limits<int32_t>::max() - N,
+                      "tree_attention: too many prefix and packed tokens for int32 key indices");
   }
 
   const BlockFn run_block_fn = pick_block_fn(isa);
