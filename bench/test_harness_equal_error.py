@@ -114,3 +114,19 @@ def test_report_round_trips_through_its_json_record():
     back = report_from_record(json.loads(json.dumps({**dataclasses.asdict(report), "table": "t", "command": "c"})))
     assert back.chosen is back.sweep[1] and back.chosen_each is back.sweep[1]
     assert format_equal_error(back) == format_equal_error(report)
+
+
+@pytest.mark.parametrize("argv", [["--responses", "0"], ["--rounds", "0"], ["--seeds", "0"], ["--max-minutes", "-1"]])
+def test_cli_rejects_bad_counts(argv, capsys):
+    from scar_bench.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["equal-error", "--quick", *argv])
+    assert "must be >=" in capsys.readouterr().err
+
+
+def test_cli_parses_the_per_response_options():
+    from scar_bench.cli import build_parser
+
+    args = build_parser().parse_args(["equal-error", "--responses", "20", "--rounds", "1", "--record", "r.json"])
+    assert (args.responses, args.rounds, args.seeds, args.record, args.plot) == (20, 1, None, "r.json", None)

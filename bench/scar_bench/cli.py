@@ -67,7 +67,8 @@ def _cmd_equal_error(args: argparse.Namespace) -> int:
     command = f"{COMMAND} equal-error" + "".join(
         f" {flag} {value}" for flag, value in (("--responses", args.responses), ("--rounds", args.rounds),
                                                ("--seeds", args.seeds), ("--max-minutes", args.max_minutes),
-                                               ("--record", args.record)) if value is not None) + (
+                                               ("--record", args.record), ("--plot", args.plot))
+        if value is not None) + (
         " --quick" if args.quick else "")
 
     def save(report) -> None:
