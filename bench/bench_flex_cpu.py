@@ -1,6 +1,6 @@
 """Tree attention side by side on CPU: the C++ kernel, FlexAttention and SDPA with a dense mask (pytest-benchmark).
 
-    pytest bench/bench_flex_cpu.py --benchmark-only --benchmark-json=flex.json   # N ~ 2k, 8k, 16k
+    pytest bench/bench_flex_cpu.py --benchmark-only --benchmark-json=flex.json   # N ~ 2k, 8k, 16k, 32k
     pytest bench/bench_flex_cpu.py --benchmark-disable                           # tiny pack, correctness only (CI)
 
 Packs come from permutation sampling (antithetic pairs of 16 span players, prompt 256, response 64, suffix
@@ -15,17 +15,40 @@ attention from its ``horizon``:
   ``ops.flex_tree_attention`` compiled;
 - ``flex_builder_eager``: the same, eager (``flex_attention``'s unfused path; not at the largest N, whose
   ``N x N`` scores per head do not fit comfortably);
-- ``sdpa_dense``: ``scaled_dot_product_attention`` with the dense float mask (``ops.dense_mask``).
+- ``sdpa_dense``: ``scaled_dot_product_attention`` with the dense float mask (``ops.dense_mask``; not at
+  32k, whose ``N x N`` float mask and ``4 x N x N`` scores (about 21 GB) do not fit this machine);
+- ``triton_interpreter``: the Triton kernel (``scar_kernels.tree_attention.tree_attention``) under Triton's
+  CPU interpreter, only at the smallest pack when timing (the interpreter costs about 10 ms per 64 x 64 tile:
+  minutes per call past 2k). It says what the Triton kernel costs here, not on a GPU.
+
+How the Triton row gets the interpreter without changing the other rows: Triton reads ``TRITON_INTERPRET``
+when ``@triton.jit`` runs (``triton.knobs`` reads the environment on each access), and scar_kernels defines
+its kernel lazily on first launch and caches it in ``tree_attention._KERNEL``. The row therefore sets
+``TRITON_INTERPRET=1`` and empties that cache for its own duration only (:func:`triton_interpreter`), so the
+kernel is defined under the interpreter; afterwards the variable and the cache are restored. No other row or
+benchmark in the process sees the variable or the interpreted kernel (a subprocess would also work, but its
+timings could not go through pytest-benchmark).
 
 The benchmark's own timing is end to end (mask built, then attention), in wall time. ``extra_info`` holds the
 phases, each the median of separate timed calls, in wall and in CPU seconds of this process (``*_cpu_s``,
 all threads: steadier than wall time on a shared machine): ``mask_s`` (build the mask), ``attention_s``
 (attention given the mask), ``end_to_end_cpu_s``, ``first_call_s`` (the first end-to-end call in this
-process, compiling for the flex rows), ``n_tokens`` and the mask's bytes.
+process, compiling for the flex rows), ``n_tokens``, the mask's bytes, and ``peak_extra_bytes``.
+
+``peak_extra_bytes`` is the memory one end-to-end call takes beyond what the process held before it (inputs
+included there): the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` just
+before the call, after ``gc.collect()`` and glibc's ``malloc_trim(0)``) minus its resident set then. It counts
+everything the call touches (the mask, scratch tensors, the output, the C++ kernel's per-thread buffers,
+the interpreter's numpy copies), measured in a separate call after the first (so it excludes compilation).
+It is a lower bound where the allocator reuses memory that is already resident; ``None`` where
+``/proc/self/clear_refs`` cannot be written (not Linux).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 import os
 import statistics
 import time
@@ -36,6 +59,7 @@ import pytest
 import torch
 from bench_kernels_cpu import pack_args, permutation_prefixes
 
+import scar_kernels.tree_attention as triton_tree_attention
 from scar_kernels import extension, flex
 from scar_kernels.ops import build_pack, dense_mask, flex_block_mask, flex_tree_attention, tree_attention
 from scar_kernels.tree_attention import tree_attention_reference
@@ -46,11 +70,53 @@ pytestmark = pytest.mark.filterwarnings("ignore:flex_attention called without to
 
 THREADS = int(os.environ.get("SCAR_BENCH_THREADS", "2"))
 HEADS, HEAD_DIM = 4, 64
-# Antithetic permutation pairs of 16 players: packs of N = 2,162, about 8k and about 16k tokens.
-SIZES = {"2k": 4, "8k": 24, "16k": 55}
+# Antithetic permutation pairs of 16 players: packs of N = 2,162, about 8k, 16k and 32k tokens.
+SIZES = {"2k": 4, "8k": 24, "16k": 55, "32k": 135}
 EAGER_SIZES = ("2k", "8k")
-METHODS = ("cpp", "flex_create_block_mask", "flex_builder", "flex_builder_eager", "sdpa_dense")
+DENSE_SIZES = ("2k", "8k", "16k")  # SDPA's N x N float mask and 4 x N x N scores: about 21 GB at 32k
+TRITON_SIZES = ("2k",)
+METHODS = ("cpp", "flex_create_block_mask", "flex_builder", "flex_builder_eager", "sdpa_dense", "triton_interpreter")
 SLOW_METHODS = ("flex_builder_eager", "sdpa_dense")  # O(N^2) work: 2 timed rounds past the smallest pack
+
+
+@contextlib.contextmanager
+def triton_interpreter():
+    """TRITON_INTERPRET=1 and a fresh kernel definition for the duration; both restored afterwards."""
+    before_env = os.environ.get("TRITON_INTERPRET")
+    before_kernel = triton_tree_attention._KERNEL
+    os.environ["TRITON_INTERPRET"] = "1"
+    triton_tree_attention._KERNEL = None
+    try:
+        yield
+    finally:
+        triton_tree_attention._KERNEL = before_kernel
+        if before_env is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before_env
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def peak_extra_bytes(fn: Callable[[], Any]) -> int | None:
+    """Peak resident memory of one ``fn()`` call beyond the process's resident set before it (Linux)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM to the current resident set
+        before = _status_bytes("VmRSS")
+    except (OSError, KeyError):
+        return None
+    fn()
+    return max(0, _status_bytes("VmHWM") - before)
 
 
 @pytest.fixture
@@ -95,6 +161,8 @@ def phases(method: str, q, k, v, horizon, compiled: bool) -> tuple[Callable[[], 
             lambda: flex_block_mask(horizon),
             lambda bm: flex_tree_attention(q, k, v, horizon, scale, block_mask=bm, compiled=compiled),
         )
+    if method == "triton_interpreter":
+        return (lambda: None), (lambda _: triton_tree_attention.tree_attention(q, k, v, horizon, scale))
     if method == "sdpa_dense":
         sdpa = torch.nn.functional.scaled_dot_product_attention
         return (lambda: dense_mask(horizon)), (lambda mask: sdpa(q, k, v, attn_mask=mask, scale=scale))
@@ -133,6 +201,12 @@ def test_tree_attention_side_by_side(benchmark, threads, method: str, size: str)
         pytest.skip(f"C++ extension {extension.MODULE_NAME} is not built")
     if not benchmark.disabled and method == "flex_builder_eager" and size not in EAGER_SIZES:
         pytest.skip(f"eager flex_attention materialises {HEADS} x N x N scores")
+    if not benchmark.disabled and method == "sdpa_dense" and size not in DENSE_SIZES:
+        pytest.skip(f"the dense N x N float mask and {HEADS} x N x N scores take about 21 GB at N ~ 32k")
+    if method == "triton_interpreter":
+        pytest.importorskip("triton")
+        if not benchmark.disabled and size not in TRITON_SIZES:
+            pytest.skip("the Triton interpreter costs about 10 ms per 64 x 64 tile: minutes per call past 2k")
     if method.startswith("flex") and flex.flex_unavailable_reason("cpu", compiled=False) is not None:
         pytest.skip(flex.flex_unavailable_reason("cpu", compiled=False))
     # Correctness-only runs: a pack of a few hundred tokens, and flex eager (compiling takes seconds).
@@ -141,6 +215,12 @@ def test_tree_attention_side_by_side(benchmark, threads, method: str, size: str)
     if compiled and method.startswith("flex") and flex.flex_unavailable_reason("cpu", compiled=True) is not None:
         pytest.skip(flex.flex_unavailable_reason("cpu", compiled=True))
     q, k, v, horizon = inputs(pairs)
+    context = triton_interpreter() if method == "triton_interpreter" else contextlib.nullcontext()
+    with context:
+        run_side_by_side(benchmark, threads, method, size, q, k, v, horizon, compiled)
+
+
+def run_side_by_side(benchmark, threads, method, size, q, k, v, horizon, compiled) -> None:
     n = horizon.numel()
     build, attend = phases(method, q, k, v, horizon, compiled)
 
@@ -152,13 +232,20 @@ def test_tree_attention_side_by_side(benchmark, threads, method: str, size: str)
     first_call = time.perf_counter() - start
     if benchmark.disabled or n <= 2200:  # the dense check itself costs O(N^2) memory
         torch.testing.assert_close(out, tree_attention_reference(q, k, v, horizon, HEAD_DIM**-0.5), atol=1e-5, rtol=0)
-    rounds = 1 if benchmark.disabled else (2 if method in SLOW_METHODS and size != "2k" else 5)
+    if benchmark.disabled or method == "triton_interpreter":
+        rounds = 1
+    elif size == "32k" or (method in SLOW_METHODS and size != "2k"):
+        rounds = 2
+    else:
+        rounds = 5
     benchmark.group = f"tree attention N={n}"
     result = benchmark.pedantic(end_to_end, rounds=rounds, iterations=1)
     assert result.shape == q.shape and torch.isfinite(result).all()
     mask = build()
     mask_s, mask_cpu_s = median_time(build, rounds)
     attention_s, attention_cpu_s = median_time(lambda: attend(mask), rounds)
+    built_bytes = mask_bytes(mask)
+    mask = out = result = None  # released before the memory measurement
     benchmark.extra_info.update(
         method=method,
         n_tokens=n,
@@ -169,7 +256,8 @@ def test_tree_attention_side_by_side(benchmark, threads, method: str, size: str)
         attention_s=attention_s,
         attention_cpu_s=attention_cpu_s,
         end_to_end_cpu_s=median_time(end_to_end, rounds)[1],
-        mask_bytes=mask_bytes(mask),
+        mask_bytes=built_bytes,
+        peak_extra_bytes=peak_extra_bytes(end_to_end),
     )
 
 
