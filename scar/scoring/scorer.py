@@ -163,8 +163,9 @@ class CoalitionScorer:
     def _resolve_attention(self, attention: str) -> str:
         """The trie's attention path: ``kernel``, ``flex`` or ``mask`` (``none`` for the other backends).
 
-        ``auto`` picks the kernel where it can run, else the mask; never FlexAttention, which measured level
-        with the kernel on CPU and compiles on first use (``bench/RESULTS.md``).
+        ``auto`` picks the kernel where it can run, else the mask; never FlexAttention, which is slower than
+        the kernel on CPU in steady state and compiles on first use (``bench/RESULTS.md``). On CUDA the
+        Triton kernel and FlexAttention have not been compared yet (``scripts/gpu_check.py`` does).
         """
         if self.backend != "trie":
             return "none"
