@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from scar_kernels.layout import check_horizon
 from scar_kernels.tree_attention import validate_tree_attention_inputs
 
 __all__ = [
@@ -118,22 +119,6 @@ def _block_sizes(block_size: int | tuple[int, int]) -> tuple[int, int]:
     return block_q, block_kv
 
 
-def _check_horizon(horizon: Tensor, prefix_len: int) -> None:
-    if not isinstance(horizon, Tensor):
-        raise TypeError(f"horizon must be a torch.Tensor, got {type(horizon).__name__}")
-    if horizon.dtype.is_floating_point or horizon.dtype == torch.bool or horizon.dim() != 1:
-        raise ValueError(f"horizon must be a 1-D integer tensor, got {horizon.dtype} {tuple(horizon.shape)}")
-    if isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or prefix_len < 0:
-        raise ValueError(f"prefix_len must be an int >= 0, got {prefix_len!r}")
-    n = horizon.shape[0]
-    if n:
-        idx = torch.arange(n, device=horizon.device)
-        bad = (horizon <= idx) | (horizon > n)
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0, 0])
-            raise ValueError(f"horizon must satisfy k < horizon[k] <= N={n}; horizon[{i}] = {int(horizon[i])}")
-
-
 def key_intervals(horizon: Tensor, prefix_len: int = 0, padded_len: int | None = None) -> tuple[Tensor, Tensor]:
     """The query interval ``[lo[j], hi[j])`` that sees key ``j`` of ``prefix ⊕ pack``, as int32 vectors.
 
@@ -170,7 +155,7 @@ def tree_block_tables(
         query of the tile sees every key of it, ``partial`` where some but not all pairs are visible; a tile
         in neither is empty. A tile holding padding (past ``N`` queries or ``P + N`` keys) is never full.
     """
-    _check_horizon(horizon, prefix_len)
+    check_horizon(horizon, prefix_len, values=True)
     block_q, block_kv = _block_sizes(block_size)
     n = horizon.shape[0]
     total = prefix_len + n

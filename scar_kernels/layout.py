@@ -23,7 +23,14 @@ from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["PackLayout", "BUILD_PACK_FIELDS", "build_pack_reference", "visibility", "additive_mask"]
+__all__ = [
+    "PackLayout",
+    "BUILD_PACK_FIELDS",
+    "build_pack_reference",
+    "check_horizon",
+    "visibility",
+    "additive_mask",
+]
 
 ROOT_SEGMENT = -1
 SUFFIX_SEGMENT = -2
@@ -290,18 +297,31 @@ def build_pack_reference(
     )
 
 
-def visibility(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
-    """Dense boolean visibility ``[n, prefix_len + n]`` of a pack: True where query row may attend key column.
-
-    Column ``prefix_len + k`` is visible to row ``q`` iff ``k <= q < horizon[k]``; the first ``prefix_len``
-    columns (a cached prompt every packed token sees) are all True.
-    """
+def check_horizon(horizon: torch.Tensor, prefix_len: int = 0, *, values: bool = False) -> None:
+    """Raise a clear error unless ``horizon`` is a 1-D integer tensor and ``prefix_len`` an int >= 0; with
+    ``values``, also unless every ``k < horizon[k] <= N`` (the pack's invariant)."""
     if not isinstance(horizon, torch.Tensor):
         raise TypeError(f"horizon must be a torch.Tensor, got {type(horizon).__name__}")
     if horizon.dtype.is_floating_point or horizon.dtype == torch.bool or horizon.dim() != 1:
         raise ValueError(f"horizon must be a 1-D integer tensor, got {horizon.dtype} {tuple(horizon.shape)}")
     if isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or prefix_len < 0:
         raise ValueError(f"prefix_len must be an int >= 0, got {prefix_len!r}")
+    n = horizon.shape[0]
+    if values and n:
+        idx = torch.arange(n, device=horizon.device)
+        bad = (horizon <= idx) | (horizon > n)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"horizon must satisfy k < horizon[k] <= N={n}; horizon[{i}] = {int(horizon[i])}")
+
+
+def visibility(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
+    """Dense boolean visibility ``[n, prefix_len + n]`` of a pack: True where query row may attend key column.
+
+    Column ``prefix_len + k`` is visible to row ``q`` iff ``k <= q < horizon[k]``; the first ``prefix_len``
+    columns (a cached prompt every packed token sees) are all True.
+    """
+    check_horizon(horizon, prefix_len)
     n = horizon.shape[0]
     idx = torch.arange(n, device=horizon.device)
     query = idx[:, None]

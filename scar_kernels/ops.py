@@ -36,7 +36,7 @@ from scar_kernels import extension
 from scar_kernels.dense_mask import MASK_DTYPES
 from scar_kernels.dense_mask import dense_mask as triton_dense_mask
 from scar_kernels.extension import has_extension
-from scar_kernels.flex import COMPILE_BY_DEVICE, flex_unavailable_reason, tree_block_mask
+from scar_kernels.flex import COMPILE_BY_DEVICE, DEFAULT_BLOCK_SIZE, flex_unavailable_reason, tree_block_mask
 from scar_kernels.flex import flex_tree_attention as _flex_tree_attention
 from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
 from scar_kernels.tree_attention import tree_attention as triton_tree_attention
@@ -279,7 +279,9 @@ def dense_mask(horizon: Tensor, prefix_len: int = 0, *, dtype: torch.dtype = tor
 # --------------------------------------------------------------------------------------------------
 # FlexAttention
 # --------------------------------------------------------------------------------------------------
-def flex_block_mask(horizon: Tensor, prefix_len: int = 0, block_size: int | tuple[int, int] = 128) -> Any:
+def flex_block_mask(
+    horizon: Tensor, prefix_len: int = 0, block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE
+) -> Any:
     """The FlexAttention ``BlockMask`` of a pack (queries ``N``, keys ``prefix_len + N``), built from ``horizon``
     in O(N) work without an ``N x N`` mask (:func:`scar_kernels.flex.tree_block_mask`)."""
     return tree_block_mask(horizon, prefix_len, block_size)
