@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from grpo.methods import method as get_method
-from grpo.train import quiet_and_threads
+from grpo.train import quiet_and_threads, sample_completions
 from scar.credit.rewarder import SCAR
 from scar.game.tokens import encode_pair
 from scar.scoring.model import inspect_model
@@ -75,23 +75,7 @@ def sample_batches(
         torch.manual_seed(seed)
         for b in range(n_batches):
             prompts = [p for p in held_out[b * per_batch : (b + 1) * per_batch] for _ in range(config.num_generations)]
-            enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-            out = policy.generate(
-                **enc,
-                do_sample=True,
-                top_k=0,
-                top_p=1.0,
-                temperature=config.temperature,
-                min_new_tokens=config.min_tokens,
-                max_new_tokens=config.max_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            ids = []
-            for row in out[:, enc["input_ids"].shape[1] :].tolist():
-                if tokenizer.eos_token_id in row:
-                    row = row[: row.index(tokenizer.eos_token_id) + 1]
-                ids.append([t for t in row if t != tokenizer.pad_token_id])
+            _, ids = sample_completions(policy, tokenizer, prompts, config)
             batches.append((prompts, tokenizer.batch_decode(ids, skip_special_tokens=True), ids))
     return batches
 

@@ -49,6 +49,7 @@ __all__ = [
     "evaluate_policy",
     "load",
     "quiet_and_threads",
+    "sample_completions",
     "RESULTS_FILE",
 ]
 
@@ -271,6 +272,35 @@ def reference_perplexity(
 
 
 @torch.no_grad()
+def sample_completions(
+    policy: Any, tokenizer: Any, prompts: Sequence[str], config: TrainConfig
+) -> tuple[torch.Tensor, list[list[int]]]:
+    """Sample one completion per prompt as training does (temperature, ``min_tokens`` to ``max_tokens``
+    tokens), from the caller's random state.
+
+    Returns the left-padded prompt ids ``[B, P]`` and each completion's ids, padding removed, ending with the
+    EOS token where the policy stopped (like TRL's completion ids).
+    """
+    enc = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    out = policy.generate(
+        **enc,
+        do_sample=True,
+        top_k=0,
+        top_p=1.0,
+        temperature=config.temperature,
+        min_new_tokens=config.min_tokens,
+        max_new_tokens=config.max_tokens,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    rows = []
+    for row in out[:, enc["input_ids"].shape[1] :].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id) + 1]
+        rows.append([t for t in row if t != tokenizer.pad_token_id])
+    return enc["input_ids"], rows
+
+
 def evaluate_policy(
     world: Any,
     policy: Any,
@@ -293,30 +323,14 @@ def evaluate_policy(
     policy.eval()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.eval_seed)
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left")
-        out = policy.generate(
-            **enc,
-            do_sample=True,
-            top_k=0,
-            top_p=1.0,
-            temperature=config.temperature,
-            min_new_tokens=config.min_tokens,
-            max_new_tokens=config.max_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
+        prompt_ids, sampled = sample_completions(policy, tokenizer, prompts, config)
     policy.train(was_training)
-    new = out[:, enc["input_ids"].shape[1] :].tolist()
-    lengths, completions, rows = [], [], []
-    for row in new:
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        row = [t for t in row if t != tokenizer.pad_token_id]
-        lengths.append(len(row))
-        rows.append(row)
-        completions.append(tokenizer.decode(row, skip_special_tokens=True))
+    # the evaluation measures the text: the ending EOS is not part of it
+    rows = [row[:-1] if row and row[-1] == tokenizer.eos_token_id else row for row in sampled]
+    lengths = [len(row) for row in rows]
+    completions = [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
     reference = reference if reference is not None else world.policy()
-    perplexity = reference_perplexity(reference.eval(), enc["input_ids"], rows, tokenizer.pad_token_id)
+    perplexity = reference_perplexity(reference.eval(), prompt_ids, rows, tokenizer.pad_token_id)
     # Score the text as the training reward functions do (SCAR's tokenization: prompt, response, EOS).
     rewards = np.array(world.score(prompts, completions, model=reward_model, tokenizer=tokenizer))
     vader = np.array(world.vader_score(completions))
