@@ -167,6 +167,18 @@ def format_table(results: dict[str, Any], summary: dict[str, Any] | None = None)
     return "\n".join(lines)
 
 
+def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out ``fig``, write it to ``path`` (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(results: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
     """Training reward against step and against wall time, and completion length against step: seed mean
     with a ±1 sd band, per method."""
@@ -200,12 +212,7 @@ def plot(results: dict[str, Any], path: str | os.PathLike[str], title: str = "")
         ax.grid(alpha=0.3)
     ax_step.legend(loc="lower right", fontsize=7)
     fig.suptitle(title or f"GRPO on the sentiment task ({config['size']} world): mean ± sd over seeds")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_levers(
@@ -253,9 +260,4 @@ def plot_levers(
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", fontsize=7)
     fig.suptitle("Credit methods: cost per batch against steps and wall time to the threshold")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
