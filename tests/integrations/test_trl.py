@@ -21,27 +21,24 @@ from pathlib import Path
 import pytest
 import torch
 
-from transformers import GPT2Config, GPT2ForSequenceClassification
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
 from advantage_reference import padded, reference_advantages
 from trl_world import (
     EOS,
-    MAX_COMPLETION,
     NUM_GENERATIONS,
-    PAD,
     dense_credit,
     grpo_args,
     length_reward,
     make_dataset,
     make_dense,
     make_policy,
+    make_reward_model,
     make_tokenizer,
 )
 from scar.integrations.trl import (
     AsyncDenseRewardFunction,
-    DenseGRPOConfig,
     DenseGRPOTrainer,
     DenseRewardFunction,
 )
@@ -208,22 +205,7 @@ def test_reward_function_in_grpo_and_rloo(tmp_path):
 
     model = make_policy(len(tokenizer), tmp_path / "policy_rloo")
     before = snapshot(model)
-    rloo_args = RLOOConfig(
-        output_dir=str(tmp_path / "rloo"),
-        use_cpu=True,
-        bf16=False,
-        fp16=False,
-        max_steps=2,
-        per_device_train_batch_size=4,
-        num_generations=NUM_GENERATIONS,
-        max_completion_length=MAX_COMPLETION,
-        learning_rate=5e-2,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        seed=0,
-    )
+    rloo_args = grpo_args(tmp_path / "rloo", config_cls=RLOOConfig)
     trainer = RLOOTrainer(
         model=model,
         reward_funcs=[fn],
@@ -386,19 +368,7 @@ def test_dense_grpo_trainer_with_scar_provider(tmp_path):
     tokenizer = make_tokenizer()
     model = make_policy(len(tokenizer), tmp_path / "policy", seed=3)
     before = snapshot(model)
-    torch.manual_seed(4)
-    reward_model = GPT2ForSequenceClassification(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=64,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            num_labels=1,
-            pad_token_id=PAD,
-            eos_token_id=EOS,
-        )
-    ).eval()
+    reward_model = make_reward_model(len(tokenizer))
     credit = SCAR(reward_model, tokenizer, players="span", method="exact", alpha=0.5, progress=False, seed=0)
     calls = []
 
@@ -710,19 +680,7 @@ def test_dense_grpo_trainer_on_a_conversational_dataset_logs_credit_statistics(t
     from datasets import Dataset
 
     tokenizer = chat_tokenizer()
-    torch.manual_seed(4)
-    reward_model = GPT2ForSequenceClassification(
-        GPT2Config(
-            vocab_size=len(tokenizer),
-            n_positions=64,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            num_labels=1,
-            pad_token_id=PAD,
-            eos_token_id=EOS,
-        )
-    ).eval()
+    reward_model = make_reward_model(len(tokenizer))
     credit = SCAR(
         reward_model, tokenizer, players="token", method="permutation", budget=2, alpha=0.5, progress=False, seed=0
     )

@@ -11,7 +11,7 @@ import math
 
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedTokenizerFast
 from trl import GRPOConfig
 
 from scar.credit.rewards import DenseRewards
@@ -49,6 +49,16 @@ def make_policy(vocab_size: int, directory, seed: int = 0) -> GPT2LMHeadModel:
     model.save_pretrained(directory)
     model.config._name_or_path = str(directory)  # TRL builds the KL reference model from this path
     return model
+
+
+def make_reward_model(vocab_size: int, seed: int = 4) -> GPT2ForSequenceClassification:
+    """A random 2-layer GPT-2 reward model over the same vocabulary, in eval mode."""
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2, num_labels=1,
+        pad_token_id=PAD, eos_token_id=EOS,
+    )
+    return GPT2ForSequenceClassification(config).eval()
 
 
 def make_dataset() -> Dataset:
