@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from hypothesis import strategies as st
 
@@ -84,3 +86,21 @@ def path_tokens(layout: PackLayout, k: int) -> list[int]:
         out = list(range(s, s + n)) + out
         u = int(layout.node_parent[u])
     return out
+
+
+def random_forest(n: int, seed: int, max_node: int = 4) -> torch.Tensor:
+    """Horizon of a random preorder forest of ``n`` tokens (nodes of 1..max_node tokens)."""
+    rng = random.Random(seed)
+    horizon = torch.empty(n, dtype=torch.int32)
+
+    def fill(start: int, end: int) -> None:
+        pos = start
+        while pos < end:
+            length = rng.randint(1, min(max_node, end - pos))
+            sub_end = rng.randint(pos + length, end)
+            horizon[pos : pos + length] = sub_end
+            fill(pos + length, sub_end)
+            pos = sub_end
+
+    fill(0, n)
+    return horizon

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import random
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from hypothesis import strategies as st
 
 import scar_kernels.flex as flex
 import scar_kernels.ops as ops
-from layout_problems import forests, to_args
+from layout_problems import forests, random_forest, to_args
 from scar_kernels.layout import build_pack_reference, visibility
 from scar_kernels.tree_attention import tree_attention_reference
 
@@ -22,24 +21,6 @@ fa = pytest.importorskip("torch.nn.attention.flex_attention")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit._script")
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def random_forest(n: int, seed: int, max_node: int = 4) -> torch.Tensor:
-    """Horizon of a random preorder forest of ``n`` tokens (nodes of 1..max_node tokens)."""
-    rng = random.Random(seed)
-    horizon = torch.empty(n, dtype=torch.int32)
-
-    def fill(start: int, end: int) -> None:
-        pos = start
-        while pos < end:
-            length = rng.randint(1, min(max_node, end - pos))
-            sub_end = rng.randint(pos + length, end)
-            horizon[pos : pos + length] = sub_end
-            fill(pos + length, sub_end)
-            pos = sub_end
-
-    fill(0, n)
-    return horizon
 
 
 def dense_tables(horizon: torch.Tensor, prefix_len: int, block_q: int, block_kv: int):

@@ -15,6 +15,7 @@ import random
 import pytest
 import torch
 
+from layout_problems import random_forest
 from scar_kernels import extension, flex, ops
 from scar_kernels.tree_attention import tree_attention_reference
 
@@ -22,24 +23,6 @@ from scar_kernels.tree_attention import tree_attention_reference
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 
 BAD_VALUES = {"inf": float("inf"), "-inf": float("-inf"), "nan": float("nan")}
-
-
-def random_forest(n: int, seed: int, max_node: int = 4) -> torch.Tensor:
-    """Horizon of a random preorder forest of ``n`` tokens (nodes of 1..max_node tokens)."""
-    rng = random.Random(seed)
-    horizon = torch.empty(n, dtype=torch.int32)
-
-    def fill(start: int, end: int) -> None:
-        pos = start
-        while pos < end:
-            length = rng.randint(1, min(max_node, end - pos))
-            sub_end = rng.randint(pos + length, end)
-            horizon[pos : pos + length] = sub_end
-            fill(pos + length, sub_end)
-            pos = sub_end
-
-    fill(0, n)
-    return horizon
 
 
 def sees(horizon: torch.Tensor, t: int) -> torch.Tensor:

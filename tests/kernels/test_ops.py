@@ -1,13 +1,13 @@
 """torch.library ops scar::tree_attention, scar::build_pack and scar::dense_mask: CPU implementations, opcheck,
 torch.compile, and which implementation runs where."""
 import os
-import random
 import subprocess
 import sys
 
 import pytest
 import torch
 
+import layout_problems
 import scar_kernels.ops as ops
 from scar_kernels import extension
 from scar_kernels.layout import BUILD_PACK_FIELDS, additive_mask, build_pack_reference
@@ -16,21 +16,8 @@ from scar_kernels.tree_attention import tree_attention_reference
 
 
 def random_forest(n: int, seed: int) -> torch.Tensor:
-    """Horizon of a random preorder forest of ``n`` tokens."""
-    rng = random.Random(seed)
-    horizon = torch.empty(n, dtype=torch.int32)
-
-    def fill(start, end):
-        pos = start
-        while pos < end:
-            length = rng.randint(1, min(3, end - pos))
-            sub_end = rng.randint(pos + length, end)
-            horizon[pos:pos + length] = sub_end
-            fill(pos + length, sub_end)
-            pos = sub_end
-
-    fill(0, n)
-    return horizon
+    """Horizon of a random preorder forest of ``n`` tokens (nodes of 1..3 tokens)."""
+    return layout_problems.random_forest(n, seed, max_node=3)
 
 
 def qkv(h=4, hkv=2, n=12, d=16, p=0, dtype=torch.float32, seed=0):

@@ -7,13 +7,13 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-import random  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 pytest.importorskip("triton")
 
+from layout_problems import random_forest  # noqa: E402
 from scar_kernels.dense_mask import dense_mask  # noqa: E402
 from scar_kernels.layout import additive_mask  # noqa: E402
 from scar_kernels.tree_attention import (  # noqa: E402
@@ -22,24 +22,6 @@ from scar_kernels.tree_attention import (  # noqa: E402
     tree_attention,
     tree_attention_reference,
 )
-
-
-def random_forest(n: int, seed: int, max_node: int = 4) -> torch.Tensor:
-    """Horizon of a random preorder forest of ``n`` tokens (nodes of 1..max_node tokens)."""
-    rng = random.Random(seed)
-    horizon = torch.empty(n, dtype=torch.int32)
-
-    def fill(start: int, end: int) -> None:
-        pos = start
-        while pos < end:
-            length = rng.randint(1, min(max_node, end - pos))
-            sub_end = rng.randint(pos + length, end)
-            horizon[pos:pos + length] = sub_end
-            fill(pos + length, sub_end)
-            pos = sub_end
-
-    fill(0, n)
-    return horizon
 
 
 def make_qkv(h, hkv, n, d, p=0, dtype=torch.float32, seed=0):
