@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from tiny_tokenizers import build_tokenizer
 from scar.credit.config import CreditConfig
 from scar.credit.rewarder import SCAR, total_stats
 from scar.scoring import ScorerStats
@@ -19,19 +17,6 @@ RESPONSES = [
     " The music is lovely. The actors were wonderful, and the story, for once, was sharp.",
 ]
 KW = dict(players="span", method="permutation", seed=5, progress=False, tol=0.1, max_budget=256)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(300)
-
-
-@pytest.fixture(scope="module")
-def rm():
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=300, n_positions=128, num_labels=1,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    return GPT2ForSequenceClassification(cfg).eval()
 
 
 def recording(scar: SCAR) -> list[int]:

@@ -6,28 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from scar.credit.amortized import AmortizedConfig, AmortizedSCAR
 from scar.credit.rewarder import SCAR
-from tiny_tokenizers import build_tokenizer
 
 PROMPTS = ["Review:", "Q: opinion?", "Tell me:", "Review:"]
 RESPONSES = [" It was great, and lovely! The end was sad.", " Boring, slow and long.",
              " I did not like the ending; the plot is thin.", " Fine, I guess; nothing more."]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(300)
-
-
-@pytest.fixture(scope="module")
-def rm():
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=300, n_positions=128, num_labels=1,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    return GPT2ForSequenceClassification(cfg).eval()
 
 
 def test_before_any_label_the_credit_is_an_even_split(rm, tokenizer):

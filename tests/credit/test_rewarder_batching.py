@@ -5,28 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from tiny_tokenizers import build_tokenizer
 from scar.credit.rewarder import SCAR
 from scar.scoring import CoalitionScorer
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Q: opinion?", "Review:"]
 RESPONSES = [" It was great, and lovely!", " Boring, slow.", " I did not like the ending; the plot is thin.",
              " The music is lovely. The actors were wonderful."]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(300)
-
-
-@pytest.fixture(scope="module")
-def rm():
-    torch.manual_seed(0)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=4, vocab_size=300, n_positions=128, num_labels=1,
-                     pad_token_id=0, bos_token_id=1, eos_token_id=1)
-    return GPT2ForSequenceClassification(cfg).eval()
 
 
 KW = dict(players="span", method="permutation", budget=8, seed=5, progress=False)
