@@ -59,8 +59,8 @@ class ScorerConfig:
             on first use, which takes seconds to minutes once per process and shape family, see
             :data:`scar_kernels.flex.COMPILE_BY_DEVICE`; float32/float16/bfloat16 models),
             ``"mask"`` (a dense float mask, O(N^2) memory per pass) or ``"auto"`` (the kernel where it
-            can run, else the mask; never ``"flex"``, which is about 4x slower than the kernel in steady
-            state on CPU and compiles on first use: ``bench/RESULTS.md``). All are exact.
+            can run, else the mask; never ``"flex"``, which is slower than the kernel in steady state on
+            CPU and compiles on first use: ``bench/RESULTS.md``). All are exact.
         max_tokens_per_pass: token budget of one forward (batch x padded length for ``batched``, packed
             length for ``trie``); None: :data:`DEFAULT_PASS_TOKENS`, or :data:`DEFAULT_MASK_PASS_TOKENS`
             for a trie on the dense-mask path. Memory is bounded by it, never by the number of coalitions.
