@@ -218,17 +218,65 @@ def _offsets_of_ids(
         enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
         if enc_ids == ids:
             return text, enc_offsets
+    backend = _plain_backend(tokenizer)
+    if backend is not None:  # what tokenizer.decode returns, without its per-call Python overhead
+        decode = backend.decode
+    else:
+        decode = tokenizer.decode
     offsets: list[tuple[int, int]] = []
     prev = 0
     for i in range(len(ids)):
-        part = tokenizer.decode(ids[: i + 1], skip_special_tokens=skip_special_tokens)
-        k, limit = 0, min(len(part), len(text))
-        while k < limit and part[k] == text[k]:
-            k += 1
+        part = decode(ids[: i + 1], skip_special_tokens=skip_special_tokens)
+        if text.startswith(part):  # the common case: the prefix decodes to a prefix of the text
+            k = len(part)
+        else:
+            k, limit = 0, min(len(part), len(text))
+            while k < limit and part[k] == text[k]:
+                k += 1
         k = max(prev, k)
         offsets.append((prev, k))
         prev = k
     return text, offsets
+
+
+def _stock_decode_methods() -> tuple[Any, ...]:
+    """transformers' own ``decode`` and fast ``_decode`` (empty when transformers lacks them)."""
+    try:
+        from transformers import PreTrainedTokenizerFast
+        from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return ()
+    decode = PreTrainedTokenizerBase.__dict__.get("decode")
+    fast = next((c.__dict__["_decode"] for c in PreTrainedTokenizerFast.__mro__ if "_decode" in c.__dict__), None)
+    return () if decode is None or fast is None else (decode, fast)
+
+
+_STOCK_DECODE: tuple[Any, ...] | None = None
+
+
+def _plain_backend(tokenizer: Any) -> Any | None:
+    """The ``tokenizers.Tokenizer`` whose ``decode`` gives exactly what ``tokenizer.decode`` gives, or None.
+
+    That is a transformers fast tokenizer whose ``decode`` and ``_decode`` are transformers' own (no
+    subclass overrides them) and that does not clean up tokenization spaces: its ``decode`` then returns
+    the backend's decoding unchanged.
+    """
+    global _STOCK_DECODE
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or type(backend).__module__.split(".")[0] != "tokenizers" or not hasattr(backend, "decode"):
+        return None
+    if getattr(tokenizer, "clean_up_tokenization_spaces", True) is not False:
+        return None
+    if _STOCK_DECODE is None:
+        _STOCK_DECODE = _stock_decode_methods()
+    if not _STOCK_DECODE:
+        return None
+    cls = type(tokenizer)
+    decode = next((c.__dict__["decode"] for c in cls.__mro__ if "decode" in c.__dict__), None)
+    private = next((c.__dict__["_decode"] for c in cls.__mro__ if "_decode" in c.__dict__), None)
+    if (decode, private) != _STOCK_DECODE or "decode" in vars(tokenizer) or "_decode" in vars(tokenizer):
+        return None
+    return backend
 
 
 def encode_pair(
@@ -315,20 +363,9 @@ def _offsets_tensor(offsets: Any, name: str) -> torch.Tensor:
         if isinstance(offsets, (str, bytes)) or not hasattr(offsets, "__iter__"):
             raise TypeError(f"{name} must be a list of (char_start, char_end) pairs, got {type(offsets).__name__}")
         rows = list(offsets.tolist() if isinstance(offsets, np.ndarray) else offsets)
-        pairs = []
-        for i, pair in enumerate(rows):
-            if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
-                width = len(pair) if hasattr(pair, "__len__") else "no"
-                raise ValueError(f"{name} must be a list of (char_start, char_end) pairs; entry {i} has {width} values")
-            try:
-                if any(isinstance(x, (bool, np.bool_)) for x in pair):
-                    raise TypeError
-                a, b = (operator.index(x) for x in pair)
-            except TypeError:
-                raise TypeError(f"{name} must hold integer character offsets; entry {i} is {pair!r}") from None
-            if not (-(2**63) <= a < 2**63 and -(2**63) <= b < 2**63):
-                raise ValueError(f"{name} entry {i} = ({a}, {b}) is beyond int64")
-            pairs.append((a, b))
+        pairs = _int_pairs(rows)
+        if pairs is None:
+            pairs = _checked_pairs(rows, name)
         t = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
     if t.numel() == 0:
         return t.reshape(0, 2)
@@ -337,6 +374,37 @@ def _offsets_tensor(offsets: Any, name: str) -> torch.Tensor:
     if bool((t[:, 1] < t[:, 0]).any()) or bool((t < 0).any()):
         raise ValueError(f"{name} has a pair with char_end < char_start or a negative offset")
     return t
+
+
+def _int_pairs(rows: list[Any]) -> list[Any] | None:
+    """``rows`` when every entry is a tuple of two ints within int64 (what this module's offsets are), so
+    they need no per-entry checks; None otherwise."""
+    for pair in rows:
+        if type(pair) is not tuple or len(pair) != 2:
+            return None
+        a, b = pair
+        if type(a) is not int or type(b) is not int or not (-(2**63) <= a < 2**63 and -(2**63) <= b < 2**63):
+            return None
+    return rows
+
+
+def _checked_pairs(rows: list[Any], name: str) -> list[tuple[int, int]]:
+    """``rows`` as ``(int, int)`` pairs, each entry checked (see :func:`_offsets_tensor`)."""
+    checked: list[tuple[int, int]] = []
+    for i, pair in enumerate(rows):
+        if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
+            width = len(pair) if hasattr(pair, "__len__") else "no"
+            raise ValueError(f"{name} must be a list of (char_start, char_end) pairs; entry {i} has {width} values")
+        try:
+            if any(isinstance(x, (bool, np.bool_)) for x in pair):
+                raise TypeError
+            a, b = (operator.index(x) for x in pair)
+        except TypeError:
+            raise TypeError(f"{name} must hold integer character offsets; entry {i} is {pair!r}") from None
+        if not (-(2**63) <= a < 2**63 and -(2**63) <= b < 2**63):
+            raise ValueError(f"{name} entry {i} = ({a}, {b}) is beyond int64")
+        checked.append((a, b))
+    return checked
 
 
 def map_to_tokens(

@@ -214,3 +214,41 @@ def test_map_to_tokens_refuses_non_integer_offsets_and_non_real_values():
         map_to_tokens([1.0], None, [(0, 2)])
     with pytest.raises(ValueError, match="token_rewards_src"):
         map_to_tokens([1e308, 1e308], [(0, 1), (1, 2)], [(0, 2)])
+
+
+
+def _prefix_decode_offsets(tokenizer, ids, skip):
+    """The prefix-decode rule of token_offsets spelled out with ``tokenizer.decode`` alone."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip)
+    offsets, prev = [], 0
+    for i in range(len(ids)):
+        part = tokenizer.decode(ids[: i + 1], skip_special_tokens=skip)
+        k = 0
+        while k < min(len(part), len(text)) and part[k] == text[k]:
+            k += 1
+        offsets.append((prev, max(prev, k)))
+        prev = max(prev, k)
+    return text, offsets
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_token_offsets_of_sampled_ids_follow_the_prefix_decode_rule(tokenizer, skip):
+    """Ids that are not the tokenizer's own split of their text (sampled ids, split multi-byte characters,
+    special tokens mid-text) get the offsets of decoding every prefix with ``tokenizer.decode``."""
+    gen = torch.Generator().manual_seed(0)
+    text_ids = tokenizer(" Café naïve — 😀 great! 日本 🎬", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    cases = [text_ids + [eos], [eos] + text_ids[:5] + [0] + text_ids[5:], text_ids[3:] + text_ids[:3]]
+    cases += [torch.randint(0, tokenizer.vocab_size, (12,), generator=gen).tolist() for _ in range(30)]
+    words = word_level_tokenizer(["good", "film"])
+    for tok, ids in [(tokenizer, ids) for ids in cases] + [(words, [3, 1, 4]), (words, [1, 1]), (words, [4, 3])]:
+        text = tok.decode(ids, skip_special_tokens=skip)
+        if not skip and tok(text, add_special_tokens=False)["input_ids"] == ids:
+            continue  # the tokenizer's own split: its own offsets are used
+        assert token_offsets(tok, ids, skip_special_tokens=skip) == _prefix_decode_offsets(tok, ids, skip)
+    # a character split into its UTF-8 bytes: the pieces before the last get empty ranges
+    byte_ids = [tokenizer.convert_tokens_to_ids(c) for c in "ðŁĺĢ"]  # the four bytes of 😀
+    assert token_offsets(tokenizer, byte_ids + [eos], skip_special_tokens=True) == (
+        "😀",
+        [(0, 0), (0, 0), (0, 0), (0, 1), (1, 1)],
+    )
