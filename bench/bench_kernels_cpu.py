@@ -19,23 +19,10 @@ import torch
 from scar_kernels import extension
 from scar_kernels.layout import build_pack_reference
 from scar_kernels.ops import build_pack, tree_attention
+from scar_kernels.selection import permutation_prefixes
 
 pytestmark = pytest.mark.skipif(not extension.has_extension(),
                                 reason=f"C++ extension {extension.MODULE_NAME} is not built")
-
-
-def permutation_prefixes(n_players: int, n_pairs: int, seed: int = 0) -> torch.Tensor:
-    """bool[2 * n_pairs * (n_players + 1), n_players]: every prefix of each antithetic permutation pair."""
-    gen = torch.Generator().manual_seed(seed)
-    ranks = torch.arange(n_players + 1)
-    rows = []
-    for _ in range(n_pairs):
-        perm = torch.randperm(n_players, generator=gen)
-        for order in (perm, perm.flip(0)):
-            position = torch.empty(n_players, dtype=torch.long)
-            position[order] = torch.arange(n_players)
-            rows.append(position[None, :] < ranks[:, None])  # row m keeps the first m players of `order`
-    return torch.cat(rows)
 
 
 def pack_args(coalitions: torch.Tensor, prompt: int, response: int, suffix: int) -> tuple[torch.Tensor, ...]:

@@ -10,6 +10,8 @@
 - :mod:`scar_kernels.dense_mask`: the Triton kernel writing a pack's additive mask.
 - :mod:`scar_kernels.flex`: the same tree attention through PyTorch's FlexAttention, with a ``BlockMask``
   built from ``horizon`` in O(N).
+- :mod:`scar_kernels.selection`: which tree attention (the op or FlexAttention) is faster on a device,
+  timed on a scoring-shaped pack (re-exported by :mod:`scar_kernels.ops`).
 - :mod:`scar_kernels.extension`: the one loader of the compiled module ``scar_kernels._C`` (``csrc/``).
 
 Nothing here needs a GPU or Triton at import time; Triton is imported when a kernel is first launched.

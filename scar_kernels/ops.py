@@ -16,6 +16,8 @@ Besides the ops, the same tree attention through PyTorch's FlexAttention (:mod:`
 :func:`flex_block_mask` builds a pack's ``BlockMask`` from ``horizon`` in O(N) and
 :func:`flex_tree_attention` runs ``flex_attention`` with it (compiled or eager, see
 :data:`~scar_kernels.flex.COMPILE_BY_DEVICE`). It is a plain function, not a ``torch.library`` op.
+Which of the two is faster on a device is measured, not assumed: :func:`fastest_tree_attention` times both
+on :func:`permutation_pack` (:mod:`scar_kernels.selection` holds the timing and :data:`MEASURE_BY_DEVICE`).
 
 Every op has a fake implementation, so it traces under ``torch.compile(fullgraph=True)`` and passes
 ``torch.library.opcheck``. The Python functions below are what the library calls; :func:`implementation`
@@ -27,6 +29,8 @@ this package. This module imports without a GPU and without Triton.
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,19 +43,24 @@ from scar_kernels.extension import has_extension
 from scar_kernels.flex import COMPILE_BY_DEVICE, DEFAULT_BLOCK_SIZE, flex_unavailable_reason, tree_block_mask
 from scar_kernels.flex import flex_tree_attention as _flex_tree_attention
 from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
+from scar_kernels.selection import AGREEMENT, MEASURE_BY_DEVICE, AttentionChoice, permutation_prefixes, time_candidates
 from scar_kernels.tree_attention import tree_attention as triton_tree_attention
 from scar_kernels.tree_attention import tree_attention_reference, validate_tree_attention_inputs
 
 __all__ = [
+    "MEASURE_BY_DEVICE",
     "OPS",
+    "AttentionChoice",
     "PackLayout",
     "build_pack",
     "dense_mask",
+    "fastest_tree_attention",
     "flex_block_mask",
     "flex_tree_attention",
     "flex_unavailable_reason",
     "has_extension",
     "implementation",
+    "permutation_pack",
     "tree_attention",
     "triton_available",
 ]
@@ -306,3 +315,127 @@ def flex_tree_attention(
     :func:`scar_kernels.flex.flex_tree_attention`.
     """
     return _flex_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, block_mask=block_mask, compiled=compiled)
+
+
+# --------------------------------------------------------------------------------------------------
+# The faster tree attention, measured
+# --------------------------------------------------------------------------------------------------
+def permutation_pack(
+    n_players: int = 16,
+    n_pairs: int = 16,
+    prompt: int = 257,
+    response: int = 64,
+    suffix: int = 1,
+    cached: bool = True,
+    seed: int = 0,
+) -> PackLayout:
+    """The pack of one response's antithetic permutation prefixes (:func:`.selection.permutation_prefixes`).
+
+    The response's ``response`` tokens are split evenly into ``n_players`` contiguous players; every
+    coalition sequence is ``prompt ⊕ kept players ⊕ suffix``. With ``cached`` the prompt's first
+    ``prompt - 1`` tokens are not packed (the attention sees them as cached keys, as the scorer runs a
+    prompt cache) and its last token is the trie's root; otherwise the whole prompt is the root.
+    """
+    if response < n_players:
+        raise ValueError(f"response ({response} tokens) must hold at least one token per player ({n_players})")
+    coalitions = permutation_prefixes(n_players, n_pairs, seed)
+    seg_len = torch.full((n_players,), response // n_players, dtype=torch.long)
+    seg_len[: response % n_players] += 1
+    c = coalitions.shape[0]
+    return build_pack(
+        coalitions,
+        torch.zeros(c, dtype=torch.long),
+        torch.tensor([0, n_players]),
+        torch.arange(n_players),
+        seg_len,
+        torch.tensor([prompt]),
+        torch.tensor([suffix]),
+        torch.tensor([prompt - 1 if cached else 0]),
+    )
+
+
+_CHOICES: dict[tuple, AttentionChoice] = {}
+_CHOICES_LOCK = threading.Lock()
+
+
+def fastest_tree_attention(
+    device: str | torch.device,
+    dtype: torch.dtype,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    *,
+    horizon: Tensor | None = None,
+    prefix_len: int = 256,
+    warmup: int = 2,
+    repeats: int = 5,
+    timer: Callable[[str, Callable[[], Tensor]], float] | None = None,
+    remeasure: bool = False,
+) -> AttentionChoice:
+    """Time :func:`tree_attention` and :func:`flex_tree_attention` on a scoring-shaped pack; the faster one.
+
+    Args:
+        device: where to measure (the model's device).
+        dtype: the attention's dtype (float32, float16 or bfloat16).
+        num_heads, num_kv_heads, head_dim: the model's attention layout (``num_heads % num_kv_heads == 0``).
+        horizon: the pack to time (default: :func:`permutation_pack`'s, 16 players, 16 antithetic pairs,
+            response 64 tokens, prompt ``prefix_len + 1`` tokens of which ``prefix_len`` cached).
+        prefix_len: cached keys every query sees (random like ``q``/``k``/``v``).
+        warmup, repeats: untimed calls first (compilation happens there), then the timed ones (median).
+        timer: ``timer(name, fn) -> milliseconds`` replacing the wall-clock timing (tests, or a caller's own
+            profiler); it is given each candidate's zero-argument call.
+        remeasure: measure again even when an answer is cached.
+
+    Returns:
+        The :class:`~scar_kernels.selection.AttentionChoice`; answers for the default ``horizon`` and
+        ``timer`` are cached per process by ``(device, dtype, heads, kv heads, head_dim, prefix_len)``.
+
+    Raises:
+        ValueError: a head layout, prefix length or dtype the kernels do not take.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if dtype not in AGREEMENT:
+        raise ValueError(f"tree attention runs in float32, float16 or bfloat16, not {dtype}")
+    if min(num_heads, num_kv_heads, head_dim) < 1 or num_heads % num_kv_heads:
+        raise ValueError(
+            f"need num_heads % num_kv_heads == 0 and positive sizes, got heads={num_heads}, "
+            f"kv heads={num_kv_heads}, head_dim={head_dim}"
+        )
+    if prefix_len < 0:
+        raise ValueError(f"prefix_len must be >= 0, got {prefix_len}")
+    key = (str(device), dtype, num_heads, num_kv_heads, head_dim, prefix_len)
+    cacheable = horizon is None and timer is None
+    if cacheable and not remeasure:
+        with _CHOICES_LOCK:
+            if key in _CHOICES:
+                return _CHOICES[key]
+    if horizon is None:
+        horizon = permutation_pack(prompt=prefix_len + 1, cached=True).horizon
+    horizon = horizon.to(device=device, dtype=torch.int32)
+    n = int(horizon.numel())
+    gen = torch.Generator(device="cpu").manual_seed(n)
+
+    def rand(heads: int, length: int) -> Tensor:
+        return torch.randn(heads, length, head_dim, generator=gen).to(device=device, dtype=dtype)
+
+    q, k, v = rand(num_heads, n), rand(num_kv_heads, n), rand(num_kv_heads, n)
+    pk, pv = (rand(num_kv_heads, prefix_len), rand(num_kv_heads, prefix_len)) if prefix_len else (None, None)
+    scale = head_dim**-0.5
+    answer = time_candidates(
+        lambda: tree_attention(q, k, v, horizon, scale, pk, pv),
+        lambda: flex_tree_attention(q, k, v, horizon, scale, pk, pv, block_mask=flex_block_mask(horizon, prefix_len)),
+        device,
+        dtype,
+        n_tokens=n,
+        prefix_len=prefix_len,
+        flex_reason=flex_unavailable_reason(device),
+        warmup=warmup,
+        repeats=repeats,
+        timer=timer,
+    )
+    if cacheable:
+        with _CHOICES_LOCK:
+            _CHOICES[key] = answer
+    return answer

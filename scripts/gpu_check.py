@@ -1,6 +1,6 @@
 """The prepared GPU check: Triton kernels against their references, tree attention against SDPA, one table.
 
-Run by ``scripts/gpu_check.sh`` on a CUDA machine (about two minutes on one GPU). Three parts:
+Run by ``scripts/gpu_check.sh`` on a CUDA machine (about two minutes on one GPU). Four parts:
 
 1. **kernels**: the ``scar::tree_attention`` and ``scar::dense_mask`` ops on CUDA (the Triton kernels)
    against the torch references, over dtypes, grouped-query heads, a cached prefix and odd lengths;
@@ -11,7 +11,9 @@ Run by ``scripts/gpu_check.sh`` on a CUDA machine (about two minutes on one GPU)
    and against compiled FlexAttention (its ``BlockMask`` from ``scar_kernels.flex``'s O(N) builder and from
    ``create_block_mask``, build times reported) on permutation-sampling packs (prompt 256, response 64, 16
    players; 8, 32 and 64 permutations), CUDA events, median of repeats; with the fraction of 64x64 tiles
-   the kernel's block skipping leaves out.
+   the kernel's block skipping leaves out;
+4. **auto**: what ``attention="auto"`` picks on this GPU (:func:`scar_kernels.ops.fastest_tree_attention`
+   for two head layouts, bf16 and fp32).
 
 Exit status 1 when a check fails. ``--dry-run`` runs the same code on the CPU under the Triton interpreter
 at toy sizes (no timings), to check the script itself on a machine without a GPU.
@@ -146,15 +148,7 @@ def check_exactness() -> None:
 
 def permutation_pack(n_perms: int) -> torch.Tensor:
     """The horizon of one response's permutation-sampling pack: prompt 256, response 64, 16 players."""
-    from scar.shapley import plan
-
-    players, span = 16, 4
-    coal = plan(players, method="permutation", budget=n_perms, seed=0).coalitions
-    c = coal.shape[0]
-    layout = ops.build_pack(coal, torch.zeros(c, dtype=torch.int64), torch.tensor([0, players]),
-                            torch.arange(players), torch.full((players,), span), torch.tensor([256]),
-                            torch.tensor([1]), torch.tensor([0]))
-    return layout.horizon
+    return ops.permutation_pack(16, n_perms // 2, prompt=256, response=64, suffix=1, cached=False).horizon
 
 
 def time_cuda(fn, repeats: int) -> float:
@@ -233,6 +227,20 @@ def check_flex_speed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, horizon:
            f"builder {builder_ms:.2f} ms, create_block_mask {create_ms:.2f} ms, first {first_s:.1f} s", None)
 
 
+def check_auto() -> None:
+    """What ``attention="auto"`` runs on this device: the kernel or FlexAttention, timed as the scorer times it."""
+    layouts = ((16, 16, 64), (32, 8, 128))
+    for dtype in (torch.bfloat16, torch.float32):
+        for heads, kv_heads, dim in layouts:
+            kwargs = {}
+            if ARGS.dry_run:  # a toy pack; eager FlexAttention on the CPU
+                kwargs = dict(horizon=ops.permutation_pack(6, 2, prompt=9, response=12).horizon, prefix_len=8)
+            choice = ops.fastest_tree_attention(DEVICE, dtype, heads, kv_heads, dim, **kwargs)
+            flex_ms = f"{choice.flex_ms:.3f} ms" if choice.flex_ms is not None else f"not timed: {choice.reason}"[:80]
+            record("auto", f"H={heads}, Hkv={kv_heads}, D={dim}, {str(dtype)[6:]}, N={choice.n_tokens}",
+                   f"kernel {choice.kernel_ms:.3f} ms, flex {flex_ms} -> {choice.choice}", None)
+
+
 def main() -> int:
     if not ARGS.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA device (use --dry-run to check the script on the CPU)", file=sys.stderr)
@@ -240,7 +248,7 @@ def main() -> int:
     t0 = time.perf_counter()
     where = "CPU, Triton interpreter (dry run)" if ARGS.dry_run else torch.cuda.get_device_name()
     print(f"gpu_check on {where}; torch {torch.__version__}", flush=True)
-    for part in (check_kernels, check_exactness, check_speed):
+    for part in (check_kernels, check_exactness, check_speed, check_auto):
         try:
             part()
         except Exception as err:  # a crash is a failed check, reported with the others

@@ -15,4 +15,5 @@ def test_gpu_check_dry_run_passes():
     assert "| kernels | tree_attention float32" in run.stdout
     assert "| exactness | llama bfloat16 trie/kernel vs loop" in run.stdout
     assert "| exactness | llama bfloat16 trie/flex vs loop" in run.stdout
+    assert "| auto | H=32, Hkv=8, D=128, float32" in run.stdout and "-> kernel" in run.stdout
     assert " 0 failed" in run.stdout and "crashed" not in run.stdout

@@ -58,9 +58,10 @@ class ScorerConfig:
             through the same registry, with a ``BlockMask`` built from the pack's layout in O(N); compiled
             on first use, which takes seconds to minutes once per process and shape family, see
             :data:`scar_kernels.flex.COMPILE_BY_DEVICE`; float32/float16/bfloat16 models),
-            ``"mask"`` (a dense float mask, O(N^2) memory per pass) or ``"auto"`` (the kernel where it
-            can run, else the mask; never ``"flex"``, which is slower than the kernel in steady state on
-            CPU and compiles on first use: ``bench/RESULTS.md``). All are exact.
+            ``"mask"`` (a dense float mask, O(N^2) memory per pass) or ``"auto"`` (the mask where the
+            kernel cannot run; on CUDA the faster of the kernel and ``"flex"``, timed once per process for
+            the model's head layout by :func:`scar_kernels.ops.fastest_tree_attention`; on CPU the
+            kernel, ahead of compiled FlexAttention in ``bench/RESULTS.md``). All are exact.
         max_tokens_per_pass: token budget of one forward (batch x padded length for ``batched``, packed
             length for ``trie``); None: :data:`DEFAULT_PASS_TOKENS`, or :data:`DEFAULT_MASK_PASS_TOKENS`
             for a trie on the dense-mask path. Memory is bounded by it, never by the number of coalitions.

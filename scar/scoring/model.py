@@ -20,6 +20,7 @@ from scar_kernels.ops import dense_mask
 
 __all__ = [
     "RewardModelInfo",
+    "attention_layout",
     "cache_keyword",
     "inspect_model",
     "trie_exactness",
@@ -154,6 +155,26 @@ def model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def attention_layout(model: nn.Module) -> tuple[int, int, int] | None:
+    """``(query heads, key/value heads, head dim)`` from the model's config, or None where it does not say.
+
+    Reads transformers' common names (``num_attention_heads``, ``num_key_value_heads``, ``head_dim``,
+    ``hidden_size``); a config without key/value heads has as many as query heads.
+    """
+    config = _text_config(model)
+    heads = _first_int(getattr(config, "num_attention_heads", None))
+    if not heads or heads < 1:
+        return None
+    kv_heads = _first_int(getattr(config, "num_key_value_heads", None)) or heads
+    head_dim = _first_int(getattr(config, "head_dim", None))
+    if head_dim is None:
+        hidden = _first_int(getattr(config, "hidden_size", None))
+        head_dim = hidden // heads if hidden and hidden % heads == 0 else None
+    if not head_dim or kv_heads < 1 or heads % kv_heads:
+        return None
+    return heads, kv_heads, head_dim
 
 
 class evaluation_mode:

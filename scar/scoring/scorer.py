@@ -35,10 +35,17 @@ from scar.scoring.config import (
 )
 from scar.scoring.games import Game, build_game, pack_games
 from scar.scoring.loop import plain_scores, score_loop
-from scar.scoring.model import RewardModelInfo, inspect_model, model_device, model_dtype, trie_exactness
+from scar.scoring.model import (
+    RewardModelInfo,
+    attention_layout,
+    inspect_model,
+    model_device,
+    model_dtype,
+    trie_exactness,
+)
 from scar.scoring.trie import score_trie
 from scar.scoring.views import model_view
-from scar_kernels.ops import flex_unavailable_reason, implementation
+from scar_kernels.ops import MEASURE_BY_DEVICE, fastest_tree_attention, flex_unavailable_reason, implementation
 
 __all__ = ["CoalitionScorer", "ExactnessError"]
 
@@ -163,9 +170,11 @@ class CoalitionScorer:
     def _resolve_attention(self, attention: str) -> str:
         """The trie's attention path: ``kernel``, ``flex`` or ``mask`` (``none`` for the other backends).
 
-        ``auto`` picks the kernel where it can run, else the mask; never FlexAttention, which is slower than
-        the kernel on CPU in steady state and compiles on first use (``bench/RESULTS.md``). On CUDA the
-        Triton kernel and FlexAttention have not been compared yet (``scripts/gpu_check.py`` does).
+        ``auto``: where the kernel cannot run, the mask. Otherwise, on a device type that
+        :data:`scar_kernels.ops.MEASURE_BY_DEVICE` marks (CUDA), the faster of the kernel and
+        FlexAttention as timed once per process on a scoring-shaped pack with the model's head layout and
+        dtype (:func:`scar_kernels.ops.fastest_tree_attention`, logged at INFO); on the others (CPU),
+        the kernel, which the benchmark finds ahead of compiled FlexAttention there.
         """
         if self.backend != "trie":
             return "none"
@@ -180,8 +189,22 @@ class CoalitionScorer:
         if attention == "auto":
             if not ok:
                 logger.info("CoalitionScorer: the trie uses a dense mask: %s", reason)
-            return "kernel" if ok else "mask"
+                return "mask"
+            return self._measured_attention()
         return attention
+
+    def _measured_attention(self) -> str:
+        """``auto``'s choice between the kernel and FlexAttention where the kernel can run."""
+        device = model_device(self.info.base)
+        if not MEASURE_BY_DEVICE.get(device.type, False):
+            return "kernel"
+        layout = attention_layout(self.model)
+        if layout is None:
+            logger.info("CoalitionScorer: the config does not give the attention heads; attention='kernel' unmeasured")
+            return "kernel"
+        choice = fastest_tree_attention(device, model_dtype(self.view), *layout)
+        logger.info("CoalitionScorer: attention='auto': %s", choice.describe())
+        return choice.choice
 
     def _resolve_backend(self, backend: str) -> str:
         if not self.info.is_classifier:  # read through score_fn: one unpadded sequence at a time

@@ -238,7 +238,7 @@ def test_attention_path_selection(tiny_model, monkeypatch) -> None:
     assert flex_scorer.attention == "flex" and flex_scorer.max_tokens_per_pass == 8192
     assert CoalitionScorer(model, backend="batched", attention="flex").attention == "none"
     monkeypatch.setattr(extension, "load", lambda: None)
-    assert CoalitionScorer(model, backend="trie").attention == "mask"  # auto never picks flex
+    assert CoalitionScorer(model, backend="trie").attention == "mask"  # auto does not measure flex on CPU
     with pytest.raises(ValueError, match="compiled kernels"):
         CoalitionScorer(model, backend="trie", attention="kernel")
     assert CoalitionScorer(model, backend="trie", attention="flex").attention == "flex"  # needs no extension
@@ -247,3 +247,45 @@ def test_attention_path_selection(tiny_model, monkeypatch) -> None:
     monkeypatch.setattr(flex, "_flex_module", lambda: None)
     with pytest.raises(ValueError, match="attention='flex' is not available: .*flex_attention"):
         CoalitionScorer(model, backend="trie", attention="flex")
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_auto_attention_follows_the_measurement(tiny_model, monkeypatch, eager_flex, kind: str) -> None:
+    """Where auto measures (CUDA; forced on CPU here), the scorer runs what the measurement chose, exactly."""
+    import functools
+
+    import scar.scoring.scorer as scorer_module
+    from scar_kernels import extension, ops, selection
+
+    if not extension.has_extension():
+        pytest.skip("the C++ extension is not built")
+    model = tiny_model(kind)
+    monkeypatch.setitem(selection.MEASURE_BY_DEVICE, "cpu", True)
+    monkeypatch.setattr(ops, "permutation_pack", functools.partial(ops.permutation_pack, 6, 2, response=12))
+    monkeypatch.setattr(ops, "_CHOICES", {})
+    measured = CoalitionScorer(model, backend="trie")
+    heads, kv_heads = (4, 4) if kind == "gpt2" else (4, 2)
+    choice = ops.fastest_tree_attention("cpu", torch.float32, heads, kv_heads, 8)  # the scorer's, cached
+    assert measured.attention == choice.choice and choice.flex_ms is not None
+    reference = CoalitionScorer(model, backend="loop").score(*ARGS, COALITIONS)
+    for winner in selection.CANDIDATES:
+        forced = selection.AttentionChoice(winner, "cpu", 1, 0, 1.0, 1.0)
+        monkeypatch.setattr(scorer_module, "fastest_tree_attention", lambda *args, forced=forced: forced)
+        scorer = CoalitionScorer(model, backend="trie")
+        assert scorer.attention == winner
+        torch.testing.assert_close(scorer.score(*ARGS, COALITIONS), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_layout_reads_the_config(tiny_model) -> None:
+    from scar.scoring.model import attention_layout
+
+    assert attention_layout(tiny_model("gpt2")) == (4, 4, 8)
+    assert attention_layout(tiny_model("llama")) == (4, 2, 8)  # grouped-query attention
+    model = tiny_model("gpt2")
+    config = model.config
+    original = config.num_attention_heads
+    try:
+        config.n_head = 5  # 32 wide, 5 heads: no integer head dim
+        assert attention_layout(model) is None
+    finally:
+        config.n_head = original
