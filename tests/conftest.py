@@ -30,6 +30,9 @@ _CONFIGS = {
                               word_embed_proj_dim=32, max_position_embeddings=256, **_COMMON)),
     "qwen2": ("Qwen2Config", dict(num_key_value_heads=2, **_DECODER)),
     "mistral": ("MistralConfig", dict(num_key_value_heads=2, **_DECODER)),
+    # decoders outside the scorer's list of known model types: classified by its causality probe
+    "olmo": ("OlmoConfig", dict(**_DECODER)),
+    "starcoder2": ("Starcoder2Config", dict(num_key_value_heads=2, **_DECODER)),
     "bloom": ("BloomConfig", dict(n_layer=2, hidden_size=32, n_head=4, **_COMMON)),
     "distilbert": ("DistilBertConfig", dict(n_layers=2, dim=32, hidden_dim=64, n_heads=4,
                                             max_position_embeddings=256, vocab_size=VOCAB, pad_token_id=PAD)),

@@ -21,6 +21,7 @@ from scar_kernels.ops import dense_mask
 __all__ = [
     "RewardModelInfo",
     "attention_layout",
+    "base_model",
     "cache_keyword",
     "inspect_model",
     "trie_exactness",
@@ -213,7 +214,12 @@ def cache_keyword(base: nn.Module) -> str:
     raise TypeError(f"{type(base).__name__}.forward takes no KV cache (neither `cache` nor `past_key_values`)")
 
 
-def _base_model(model: nn.Module) -> nn.Module:
+def base_model(model: nn.Module) -> nn.Module:
+    """The base model under a ``*ForSequenceClassification`` head (``model.model``, ``model.transformer``, ...).
+
+    Raises:
+        ValueError: ``model`` names no base model (``base_model_prefix``).
+    """
     prefix = getattr(model, "base_model_prefix", "")
     base = getattr(model, prefix, None) if prefix else None
     if not isinstance(base, nn.Module):
@@ -254,7 +260,7 @@ def inspect_model(model: nn.Module) -> RewardModelInfo:
         )
     config = _text_config(model)
     model_type = str(getattr(config, "model_type", ""))
-    base = _base_model(model)
+    base = base_model(model)
     vocab = _first_int(getattr(config, "vocab_size", None))
     if model_type in _ENCODER_MODEL_TYPES:
         is_causal = False

@@ -38,6 +38,7 @@ from scar.scoring.loop import plain_scores, score_loop
 from scar.scoring.model import (
     RewardModelInfo,
     attention_layout,
+    base_model,
     inspect_model,
     model_device,
     model_dtype,
@@ -150,7 +151,8 @@ class CoalitionScorer:
         self.attention = self._resolve_attention(config.attention)
         self._packed_base: nn.Module | None = None
         if self.attention in ("kernel", "flex"):
-            self._packed_base = inspect_model(model_view(model, ATTENTION_NAME)).base
+            # Not inspect_model: its causality probe would run the view's tree attention without a pack.
+            self._packed_base = base_model(model_view(model, ATTENTION_NAME))
         default = DEFAULT_MASK_PASS_TOKENS if self.attention == "mask" else DEFAULT_PASS_TOKENS
         self.max_tokens_per_pass: int = config.max_tokens_per_pass or default
         self._local = threading.local()
