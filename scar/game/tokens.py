@@ -102,6 +102,8 @@ def as_token_ids(value: Any, name: str, *, vocab_size: int | None = None, allow_
                 f"of shape {tuple(value.shape)}"
             )
         ids = [int(v) for v in value.tolist()]
+    elif type(value) is list and all(type(v) is int for v in value):  # already a list of ints (bools excluded)
+        ids = list(value)
     else:
         if not hasattr(value, "__len__") or not hasattr(value, "__iter__"):
             raise TypeError(f"{name} must be a 1-D integer tensor or a list of ints, got {type(value).__name__}")
