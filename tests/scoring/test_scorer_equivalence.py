@@ -207,10 +207,18 @@ def test_all_pad_sequence_reads_out_first_token(tiny_model) -> None:
         torch.testing.assert_close(got, ref, atol=TOL, rtol=0)
 
 
-@pytest.mark.parametrize("kind, overrides", [("qwen2", {}), ("mistral", {"sliding_window": None})])
+OTHER_DECODERS = [("qwen2", {}), ("mistral", {"sliding_window": None})] + [
+    (kind, {})
+    for kind in ("phi", "phi3", "gemma", "qwen3", "gptj", "olmo", "olmo2", "starcoder2", "mixtral", "gpt_bigcode",
+                 "smollm3", "glm")
+]
+
+
+@pytest.mark.parametrize("kind, overrides", OTHER_DECODERS)
 def test_other_served_decoders_equal_loop(tiny_model, kind: str, overrides: dict) -> None:
-    """The other decoders the trie serves (grouped-query attention, RoPE), through every attention path, in
-    passes on top of a cached prompt (the pack of 58 tokens does not fit the budget of 24)."""
+    """The other decoders the trie serves (grouped-query and multi-query attention, RoPE variants, partial
+    rotary, mixture of experts, model types the scorer classifies by its probe), through every attention
+    path, in passes on top of a cached prompt (the pack of 58 tokens does not fit the budget of 24)."""
     model = tiny_model(kind, **overrides)
     case = make_case("basic", seed=31)
     ref, _ = score(model, "loop", case)
