@@ -38,7 +38,7 @@ import torch
 from transformers import AttentionInterface
 
 from scar.scoring.views import model_view
-from scar_kernels import ops as _scar_ops
+from scar_kernels.ops import _tree_attention_cpu as _tree_attention_custom_op
 from scar_kernels.ops import flex_block_mask
 from scar_kernels.ops import flex_tree_attention as _flex_attention_op
 from scar_kernels.ops import tree_attention as _tree_attention_through_op
@@ -53,7 +53,7 @@ __all__ = [
     "prefix_length",
 ]
 
-_CPU_TREE_ATTENTION = getattr(_scar_ops._tree_attention_cpu, "_init_fn", None)
+_CPU_TREE_ATTENTION = getattr(_tree_attention_custom_op, "_init_fn", None)
 """The function behind the ``scar::tree_attention`` op's CPU kernel (None when torch keeps it elsewhere)."""
 
 
