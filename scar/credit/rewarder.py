@@ -178,14 +178,23 @@ class SCAR:
         # per response: (token rewards, r, v(∅), values, stderr, players, Shapley result)
         out: list[tuple[Any, ...]] = [()] * n
         self.last_stats = [None] * n
+        prompt_ids: dict[str, list[int]] = {}  # a prompt text repeated in the batch (GRPO groups) is encoded once
         with tqdm(total=n, desc="SCAR credit", unit="response", disable=not cfg.progress) as bar:
             for start in range(0, n, cfg.batch_size):
                 pending = []  # (index, encoding, players, hierarchy, seed) of the chunk's non-empty responses
                 for i in range(start, min(n, start + cfg.batch_size)):
                     ids = None if completion_ids is None else completion_ids[i]
+                    prompt = prompts[i]
+                    known = prompt_ids.get(prompt) if isinstance(prompt, str) else None
                     enc = encode_pair(
-                        self.tokenizer, prompts[i], responses[i], suffix_ids=cfg.suffix_ids, allow_empty=ids is not None
+                        self.tokenizer,
+                        prompt if known is None else known,
+                        responses[i],
+                        suffix_ids=cfg.suffix_ids,
+                        allow_empty=ids is not None,
                     )
+                    if isinstance(prompt, str):
+                        prompt_ids.setdefault(prompt, list(enc.prompt_ids))
                     check_length(self.scorer.info.max_positions, enc, i, self.scorer.info.vocab_size)
                     if not enc.response_ids:
                         v0 = self._empty_value(enc, i)

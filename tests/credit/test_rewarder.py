@@ -330,3 +330,25 @@ def test_sequence_reward_sits_on_the_eos(rm, tokenizer, policy_tokenizer):
         assert abc.token_rewards[i][:-1].sum().item() == pytest.approx(0.25 * r, abs=1e-5)
 
 
+
+
+def test_a_repeated_prompt_is_encoded_once_with_the_same_ids(rm, tokenizer, monkeypatch):
+    """GRPO batches repeat each prompt: its text is tokenized once per call, and the rewards are those of
+    encoding it for every response."""
+    prompts, responses = [PROMPTS[1]] * 3 + [PROMPTS[0]], RESPONSES + [" Fine."]
+    kw = dict(players="span", method="permutation", budget=2, seed=0, progress=False)
+    ids = [tokenizer(p)["input_ids"] for p in prompts]
+    expected = SCAR(rm, tokenizer, **kw)(ids, responses)
+    seen = []
+    real = type(tokenizer).__call__
+
+    def counting(self, text, *args, **kwargs):
+        seen.append(text)
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "__call__", counting)
+    got = SCAR(rm, tokenizer, **kw)(prompts, responses)
+    assert seen.count(PROMPTS[1]) == 1 and seen.count(PROMPTS[0]) == 1
+    for a, b in zip(got.token_rewards, expected.token_rewards):
+        assert torch.equal(a, b)
+    assert torch.equal(got.rewards, expected.rewards)
