@@ -74,6 +74,20 @@ def split_passes(layout: PackLayout, max_tokens: int) -> list[Pass]:
     """
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if 0 < layout.n_tokens <= max_tokens:
+        return [_whole_layout(layout)]
+    return _greedy_passes(layout, max_tokens)
+
+
+def _whole_layout(layout: PackLayout) -> Pass:
+    """The one pass of a layout that fits the budget: what :func:`_greedy_passes` gives then (every node,
+    every token, the layout's own horizons), without walking the nodes."""
+    nodes = torch.arange(layout.n_nodes, dtype=torch.int64)
+    return Pass(torch.arange(layout.n_tokens, dtype=torch.int64), layout.horizon.to(torch.int32), nodes, nodes.clone())
+
+
+def _greedy_passes(layout: PackLayout, max_tokens: int) -> list[Pass]:
+    """:func:`split_passes` by walking the subtrees in preorder."""
     start = layout.node_start.tolist()
     length = layout.node_len.tolist()
     parent = layout.node_parent.tolist()

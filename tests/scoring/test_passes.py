@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layout_problems import forests, to_args
-from scar.scoring.passes import split_passes, subset_layout
+from scar.scoring.passes import _greedy_passes, split_passes, subset_layout
 from scar_kernels.layout import additive_mask, build_pack_reference
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -47,6 +47,11 @@ def test_split_passes_bounded_ancestor_closed_and_exact(problem, budget) -> None
     # when the whole forest fits, one pass computes exactly the trie
     if layout.n_tokens <= budget and layout.n_tokens:
         assert len(passes) == 1 and passes[0].n_tokens == layout.n_tokens
+        # the shortcut for a layout that fits gives the pass the subtree walk gives
+        (walked,) = _greedy_passes(layout, budget)
+        for name in ("tokens", "horizon", "nodes", "owned"):
+            a, b = getattr(passes[0], name), getattr(walked, name)
+            assert a.dtype == b.dtype and torch.equal(a, b), name
 
 
 def test_split_passes_packs_whole_small_trees_together() -> None:
