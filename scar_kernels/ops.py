@@ -113,8 +113,7 @@ def implementation(op: str, device: str | torch.device = "cpu") -> str:
 # --------------------------------------------------------------------------------------------------
 # scar::tree_attention
 # --------------------------------------------------------------------------------------------------
-@torch.library.custom_op("scar::tree_attention", mutates_args=(), device_types="cpu")
-def _tree_attention_cpu(
+def _tree_attention_cpu_kernel(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -129,6 +128,11 @@ def _tree_attention_cpu(
         assert module is not None
         return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v)
     return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v)
+
+
+_tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_args=(), device_types="cpu")(
+    _tree_attention_cpu_kernel
+)
 
 
 @_tree_attention_cpu.register_kernel("cuda")
@@ -163,9 +167,19 @@ def tree_attention(
 
     Returns:
         ``[H, N, D]`` in ``q``'s dtype.
+
+    Plain CPU tensors outside autograd and ``torch.compile`` (reward-model scoring) call the op's CPU kernel
+    function directly: the same function the dispatcher would run, without the round trip through it.
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
+    tensors = (q, k, v, horizon) + tuple(t for t in (prefix_k, prefix_v) if t is not None)
+    if (
+        all(type(t) is Tensor and t.device.type == "cpu" for t in tensors)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        and not torch.compiler.is_compiling()
+    ):
+        return _tree_attention_cpu_kernel(q, k, v, horizon, float(scale), prefix_k, prefix_v)
     return torch.ops.scar.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v)
 
 

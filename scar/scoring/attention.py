@@ -38,10 +38,9 @@ import torch
 from transformers import AttentionInterface
 
 from scar.scoring.views import model_view
-from scar_kernels.ops import _tree_attention_cpu as _tree_attention_custom_op
 from scar_kernels.ops import flex_block_mask
 from scar_kernels.ops import flex_tree_attention as _flex_attention_op
-from scar_kernels.ops import tree_attention as _tree_attention_through_op
+from scar_kernels.ops import tree_attention as _tree_attention_op
 
 __all__ = [
     "ATTENTION_NAME",
@@ -52,33 +51,6 @@ __all__ = [
     "uses_scar_tree",
     "prefix_length",
 ]
-
-_CPU_TREE_ATTENTION = getattr(_tree_attention_custom_op, "_init_fn", None)
-"""The function behind the ``scar::tree_attention`` op's CPU kernel (None when torch keeps it elsewhere)."""
-
-
-def _tree_attention_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    horizon: torch.Tensor,
-    scale: float,
-    prefix_k: torch.Tensor | None = None,
-    prefix_v: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The ``scar::tree_attention`` op; plain CPU tensors that need no gradient, outside ``torch.compile``,
-    go straight to the op's CPU kernel function (what the dispatcher would run) without the round trip
-    through the dispatcher and the custom op's autograd and compile wrappers."""
-    tensors = (q, k, v, horizon) + tuple(t for t in (prefix_k, prefix_v) if t is not None)
-    if (
-        _CPU_TREE_ATTENTION is not None
-        and all(type(t) is torch.Tensor and t.device.type == "cpu" for t in tensors)
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and not torch.compiler.is_compiling()
-    ):
-        return _CPU_TREE_ATTENTION(q, k, v, horizon, float(scale), prefix_k, prefix_v)
-    return _tree_attention_through_op(q, k, v, horizon, scale, prefix_k, prefix_v)
-
 
 ATTENTION_NAME = "scar_tree"
 PACKED_ATTENTIONS = ("kernel", "flex")

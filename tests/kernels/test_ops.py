@@ -249,3 +249,20 @@ def test_triton_kernels_compile_for_cuda(tmp_path):
     res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "compiled" in res.stdout
+
+
+def test_scoring_calls_skip_the_dispatcher_with_the_same_result(monkeypatch):
+    """Plain CPU tensors under no_grad reach the op's CPU kernel function directly; with a gradient to track
+    they go through the registered op; both give the op's output."""
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(4, 9, 8, generator=gen) for _ in range(3))
+    horizon = torch.tensor([9, 3, 3, 9, 6, 6, 9, 8, 9], dtype=torch.int32)
+    direct_calls = []
+    real = ops._tree_attention_cpu_kernel
+    monkeypatch.setattr(ops, "_tree_attention_cpu_kernel", lambda *a: direct_calls.append(1) or real(*a))
+    through_op = torch.ops.scar.tree_attention(q, k, v, horizon, 0.3, None, None)
+    with torch.no_grad():
+        direct = ops.tree_attention(q, k, v, horizon, 0.3)
+    assert direct_calls == [1] and torch.equal(direct, through_op)
+    tracked = ops.tree_attention(q.clone().requires_grad_(), k, v, horizon, 0.3)
+    assert direct_calls == [1] and torch.equal(tracked.detach(), through_op)

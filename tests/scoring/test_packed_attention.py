@@ -153,19 +153,3 @@ def test_missing_horizon_and_bad_shapes():
         packed_forward(base, ids, layout.position_ids, layout.horizon[:-1])
     with pytest.raises(ValueError, match=r"input_ids must be \[N\] or \[1, N\]"):
         packed_forward(base, ids.expand(2, -1), layout.position_ids.expand(2, -1), layout.horizon)
-
-
-def test_tree_attention_without_the_dispatcher_is_the_op(monkeypatch):
-    """Under no_grad on CPU the attention calls the op's CPU kernel function directly: same output as the op;
-    with a gradient to track it goes through the op."""
-    gen = torch.Generator().manual_seed(3)
-    q, k, v = (torch.randn(4, 9, 8, generator=gen) for _ in range(3))
-    horizon = torch.tensor([9, 3, 3, 9, 6, 6, 9, 8, 9], dtype=torch.int32)
-    through_op = []
-    real = scar_tf._tree_attention_through_op
-    monkeypatch.setattr(scar_tf, "_tree_attention_through_op", lambda *a: through_op.append(1) or real(*a))
-    with torch.no_grad():
-        direct = scar_tf._tree_attention_op(q, k, v, horizon, 0.3)
-    assert not through_op and torch.equal(direct, real(q, k, v, horizon, 0.3))
-    tracked = scar_tf._tree_attention_op(q.requires_grad_(), k, v, horizon, 0.3)
-    assert through_op and tracked.requires_grad and torch.equal(tracked.detach(), direct)
