@@ -17,11 +17,14 @@
 // Layout: each block's queries are transposed and pre-scaled (q^T [D][BQ]), so scores come out as
 // s^T [keys][queries] from register micro-tiles that broadcast one key element against vectors of queries;
 // key rows are read in place when a segment is a run of consecutive keys (the prompt, the block's own
-// tokens) and from a per-segment copy of the rows otherwise: no transposed copy of k. The softmax statistics
-// are then vectors over queries, and p v runs on micro-tiles of query rows x value dims with the value rows
-// read in place and the rescale by exp(old max - new max) folded into the accumulator load. The vector code
-// is built for AVX-512, AVX2 and baseline x86-64 and picked at run time (setup.py builds for the baseline;
-// the levels name ISA levels, not CPU models). exp is a branch-free polynomial so the softmax loops vectorise.
+// tokens) and from a per-segment copy of the rows otherwise: no transposed copy of k. The mask and the
+// segment's running maximum per query are applied to each score micro-tile while it is still in registers,
+// so the softmax statistics are vectors over queries and one pass over the scores (exp and sum) remains; p v
+// runs on micro-tiles of query rows x value dims with the value rows read in place and the rescale by
+// exp(old max - new max) folded into the accumulator load. The vector code is built for AVX-512, AVX2 and
+// baseline x86-64 and picked at run time (setup.py builds for the baseline; the levels name ISA levels, not
+// CPU models), each with the head dim as a compile-time constant for 64 and 128. exp is a branch-free
+// polynomial so the softmax loops vectorise.
 //
 // Non-finite keys: a key whose k or v row holds an inf or NaN must not reach a query that may not see it
 // (masking its score to -inf is not enough: p = 0 times v = NaN is NaN), and must make every query that
@@ -58,6 +61,9 @@ typedef float vf16 __attribute__((vector_size(64)));
 typedef int32_t vi4 __attribute__((vector_size(16)));
 typedef int32_t vi8 __attribute__((vector_size(32)));
 typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef uint32_t vu4 __attribute__((vector_size(16)));
+typedef uint32_t vu8 __attribute__((vector_size(32)));
+typedef uint32_t vu16 __attribute__((vector_size(64)));
 
 // Unaligned, aliasing views of the same vectors for loads and stores from float arrays.
 typedef float vf4u __attribute__((vector_size(16), aligned(4), may_alias));
@@ -94,24 +100,37 @@ __attribute__((always_inline)) inline void store(float* p, const V& v) {
 struct Avx512 {
   using V = vf16;
   using VI = vi16;
+  using VU = vu16;
   static constexpr int W = 16, QV = 2, KR = 12, NV = 4, IR = 6;
 };
 struct Avx2 {
   using V = vf8;
   using VI = vi8;
+  using VU = vu8;
   static constexpr int W = 8, QV = 2, KR = 5, NV = 2, IR = 6;
 };
 struct Baseline {
   using V = vf4;
   using VI = vi4;
+  using VU = vu4;
   static constexpr int W = 4, QV = 4, KR = 3, NV = 2, IR = 6;
 };
 
-// s^T[r][0:BQ] = k[r] . q^T[:, 0:BQ] for R key rows (row stride ldk), accumulated in registers.
-template <class C, int R>
+// The largest score of each query so far in the segment (QV vectors over queries).
+template <class C>
+struct RowMax {
+  typename C::V v[C::QV];
+};
+
+// s^T[r][0:BQ] = k[r] . q^T[:, 0:BQ] for R key rows (row stride ldk), accumulated in registers; then, if MASK,
+// the scores of queries that may not see key r set to -inf (query r0 + i sees it iff kpos[r] <= r0 + i <
+// khz[r]), and every score folded into the running maxima mt.
+template <class C, int R, bool MASK>
 __attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D, const float* kr, int64_t ldk,
-                                                      float* s) {
+                                                      const int32_t* kpos, const int32_t* khz, int64_t r0, float* s,
+                                                      RowMax<C>& mt) {
   using V = typename C::V;
+  using VI = typename C::VI;
   constexpr int QV = C::QV, W = C::W, BQ = QV * W;
   V acc[R][QV] = {};
   for (int64_t d = 0; d < D; ++d) {
@@ -122,22 +141,60 @@ __attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D
       for (int b = 0; b < QV; ++b) acc[r][b] += kv * qv[b];
     }
   }
+  using VU = typename C::VU;
+  const V neg_inf = V{} + kNegInf;
   for (int r = 0; r < R; ++r) {
-    for (int b = 0; b < QV; ++b) store(s + r * BQ + b * W, acc[r][b]);
+    int32_t lo = 0;
+    uint32_t width = 0;
+    if constexpr (MASK) {  // [lo, lo + width): the queries that see the key, relative to r0, clamped to [-1, BQ]
+      const int64_t a = kpos[r] - r0, e = khz[r] - r0;
+      lo = static_cast<int32_t>(a < -1 ? -1 : a > BQ ? BQ : a);
+      const int32_t hi = static_cast<int32_t>(e < -1 ? -1 : e > BQ ? BQ : e);
+      width = hi > lo ? static_cast<uint32_t>(hi - lo) : 0u;
+    }
+    for (int b = 0; b < QV; ++b) {
+      V x = acc[r][b];
+      if constexpr (MASK) {
+        // lane - lo < width as unsigned: one compare per vector (this form stays vectorised where GCC lowers
+        // the helper before inlining it into a wider build, which two compares and a constant lane vector
+        // would not)
+        VI lane;  // query index within the sub-block
+        for (int i = 0; i < W; ++i) lane[i] = b * W + i;
+        lane -= lo;
+        const VI seen = reinterpret_cast<const VU&>(lane) < (VU{} + width);
+        x = seen ? x : neg_inf;
+      }
+      store(s + r * BQ + b * W, x);
+      mt.v[b] = mt.v[b] < x ? x : mt.v[b];
+    }
   }
 }
 
 // The last n < KR key rows of a segment: one tile of exactly n rows.
-template <class C, int R>
+template <class C, int R, bool MASK>
 __attribute__((always_inline)) inline void score_tail(const float* qt, int64_t D, const float* kr, int64_t ldk,
-                                                      float* s, int64_t n) {
+                                                      const int32_t* kpos, const int32_t* khz, int64_t r0, float* s,
+                                                      RowMax<C>& mt, int64_t n) {
   if constexpr (R >= 1) {
     if (n == R) {
-      score_tile<C, R>(qt, D, kr, ldk, s);
+      score_tile<C, R, MASK>(qt, D, kr, ldk, kpos, khz, r0, s, mt);
     } else {
-      score_tail<C, R - 1>(qt, D, kr, ldk, s, n);
+      score_tail<C, R - 1, MASK>(qt, D, kr, ldk, kpos, khz, r0, s, mt, n);
     }
   }
+}
+
+// Scores s^T [cnt][BQ] of a segment's keys (rows of `keys`, stride D) and their maxima per query.
+template <class C, bool MASK>
+__attribute__((always_inline)) inline void score_segment(const float* qt, int64_t D, const float* keys,
+                                                         const int32_t* kpos, const int32_t* khz, int64_t r0,
+                                                         int64_t cnt, float* s, RowMax<C>& mt) {
+  constexpr int64_t KR = C::KR, BQ = C::QV * C::W;
+  int64_t c0 = 0;
+  for (; c0 + KR <= cnt; c0 += KR) {
+    score_tile<C, KR, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt);
+  }
+  if (c0 < cnt) score_tail<C, KR - 1, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt, cnt - c0);
 }
 
 // acc[r][d0:d0+NV*W] = alpha[r] * acc[r][...] + sum_c p[c][r] * v_c[d0:d0+NV*W] for IR query rows.
@@ -236,54 +293,27 @@ __attribute__((always_inline)) inline void exp_nonpositive(typename C::V& y, con
   y = small ? zero : p * scale;
 }
 
-// One online-softmax step over a segment's scores s^T [cnt][BQ] (already scaled): mask unless `full`, then
-// replace the scores by p = exp(s - new max), update the running max m and sum l of every query, and return
-// in alpha the factor exp(old max - new max) that the accumulators still have to be rescaled by. Vectors run
-// over queries.
+// One online-softmax step over a segment's scores s^T [cnt][BQ] (scaled and masked), whose largest score per
+// query is mt: replace the scores by p = exp(s - new max), update the running max m and sum l of every query,
+// and return in alpha the factor exp(old max - new max) that the accumulators still have to be rescaled by.
+// Vectors run over queries.
 template <class C>
-__attribute__((always_inline)) inline void softmax_step(float* s, int64_t cnt, const int32_t* kpos, const int32_t* khz,
-                                                        bool full, int64_t r0, float* m, float* l, float* alpha) {
+__attribute__((always_inline)) inline void softmax_step(float* s, int64_t cnt, const RowMax<C>& mt, float* m, float* l,
+                                                        float* alpha) {
   using V = typename C::V;
-  using VI = typename C::VI;
   constexpr int QV = C::QV, W = C::W, BQ = QV * W;
   const V zero = {}, neg_inf = zero + kNegInf;
-  V mt[QV], mu[QV], sum[QV];
-  VI lane[QV];  // query index within the sub-block
-  for (int b = 0; b < QV; ++b) {
-    mt[b] = neg_inf;
-    sum[b] = zero;
-    for (int i = 0; i < W; ++i) lane[b][i] = b * W + i;
-  }
-  for (int64_t c = 0; c < cnt; ++c) {
-    float* row = s + c * BQ;
-    if (full) {
-      for (int b = 0; b < QV; ++b) {
-        V x;
-        load(x, row + b * W);
-        mt[b] = mt[b] < x ? x : mt[b];
-      }
-    } else {
-      // query r0 + i sees the key iff kpos <= r0 + i < khz; both bounds relative to r0, clamped to int32
-      const VI lo = VI{} + static_cast<int32_t>(std::clamp<int64_t>(kpos[c] - r0, -1, BQ));
-      const VI hi = VI{} + static_cast<int32_t>(std::clamp<int64_t>(khz[c] - r0, -1, BQ));
-      for (int b = 0; b < QV; ++b) {
-        V x;
-        load(x, row + b * W);
-        x = (lo <= lane[b]) & (lane[b] < hi) ? x : neg_inf;
-        store(row + b * W, x);
-        mt[b] = mt[b] < x ? x : mt[b];
-      }
-    }
-  }
+  V mu[QV], sum[QV];
   for (int b = 0; b < QV; ++b) {
     V m_old, a;
     load(m_old, m + b * W);
-    const V m_new = m_old < mt[b] ? mt[b] : m_old;
+    const V m_new = m_old < mt.v[b] ? mt.v[b] : m_old;
     mu[b] = m_new == neg_inf ? zero : m_new;  // a query that has seen no key yet: p = exp(-inf) = 0
     const V diff = m_old - mu[b];
     exp_nonpositive<C>(a, diff);
     store(alpha + b * W, a);
     store(m + b * W, m_new);
+    sum[b] = zero;
   }
   for (int64_t c = 0; c < cnt; ++c) {
     float* row = s + c * BQ;
@@ -371,10 +401,10 @@ void build_key_list(const Inputs& in, Scratch& sc, int64_t q0, int64_t q1) {
 }
 
 // One work item: query block qb (block_q queries, in sub-blocks of BQ) of every query head of kv head hk.
-template <class C>
+template <class C, int DC>
 __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
-  constexpr int64_t W = C::W, BQ = C::QV * W, KR = C::KR;
-  const int64_t N = in.N, P = in.P, D = in.D, G = in.group, KS = in.block_k;
+  constexpr int64_t W = C::W, BQ = C::QV * W;
+  const int64_t N = in.N, P = in.P, D = DC > 0 ? DC : in.D, G = in.group, KS = in.block_k;
   const int64_t q0 = qb * in.block_q, q1 = std::min(N, q0 + in.block_q);
   build_key_list(in, sc, q0, q1);
   const int64_t L = static_cast<int64_t>(sc.src.size());
@@ -443,11 +473,15 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
       for (int64_t g = 0; g < G; ++g) {
         const float* qt = sc.qt.data() + g * D * BQ;
         float* s = sc.s.data();
-        int64_t c0 = 0;
-        for (; c0 + KR <= cnt; c0 += KR) score_tile<C, KR>(qt, D, keys + c0 * D, D, s + c0 * BQ);
-        if (c0 < cnt) score_tail<C, KR - 1>(qt, D, keys + c0 * D, D, s + c0 * BQ, cnt - c0);
+        RowMax<C> mt;
+        for (int b = 0; b < C::QV; ++b) mt.v[b] = typename C::V{} + kNegInf;
+        if (full) {
+          score_segment<C, false>(qt, D, keys, kpos, khz, r0, cnt, s, mt);
+        } else {
+          score_segment<C, true>(qt, D, keys, kpos, khz, r0, cnt, s, mt);
+        }
         float alpha[BQ];
-        softmax_step<C>(s, cnt, kpos, khz, full, r0, sc.m.data() + g * BQ, sc.l.data() + g * BQ, alpha);
+        softmax_step<C>(s, cnt, mt, sc.m.data() + g * BQ, sc.l.data() + g * BQ, alpha);
         value_update<C>(s, sc.vrow.data(), cnt, sc.acc.data() + g * BQ * D, D, alpha, nr);
       }
     }
@@ -466,22 +500,47 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
 
 using BlockFn = void (*)(const Inputs&, Scratch&, int64_t, int64_t);
 
+// Each build comes with the head dim as a constant for the common sizes (the score and p v micro-tiles then
+// address their rows by constant offsets) and as a run-time value otherwise (DC = 0).
 #if defined(__x86_64__)
+template <int DC>
 __attribute__((target("arch=x86-64-v4"))) void run_block_avx512(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
-  run_block<Avx512>(in, sc, qb, hk);
+  run_block<Avx512, DC>(in, sc, qb, hk);
 }
-__attribute__((target("arch=x86-64-v3,tune=haswell"))) void run_block_avx2(const Inputs& in, Scratch& sc, int64_t qb,
-                                                                           int64_t hk) {
-  run_block<Avx2>(in, sc, qb, hk);
+template <int DC>
+__attribute__((target("arch=x86-64-v3"))) void run_block_avx2(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
+  run_block<Avx2, DC>(in, sc, qb, hk);
 }
 #endif
+template <int DC>
 void run_block_baseline(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
-  run_block<Baseline>(in, sc, qb, hk);
+  run_block<Baseline, DC>(in, sc, qb, hk);
 }
+
+template <template <int> class Fn>
+BlockFn for_head_dim(int64_t D) {
+  if (D == 64) return Fn<64>::fn;
+  if (D == 128) return Fn<128>::fn;
+  return Fn<0>::fn;
+}
+#if defined(__x86_64__)
+template <int DC>
+struct Avx512Fn {
+  static constexpr BlockFn fn = run_block_avx512<DC>;
+};
+template <int DC>
+struct Avx2Fn {
+  static constexpr BlockFn fn = run_block_avx2<DC>;
+};
+#endif
+template <int DC>
+struct BaselineFn {
+  static constexpr BlockFn fn = run_block_baseline<DC>;
+};
 
 // The build of run_block for `isa` ("auto": the widest this CPU runs; "avx512", "avx2", "baseline": that one,
 // refused when this CPU cannot run it, so that tests reach every build).
-BlockFn pick_block_fn(const std::string& isa) {
+BlockFn pick_block_fn(const std::string& isa, int64_t D) {
   TORCH_CHECK_VALUE(isa == "auto" || isa == "avx512" || isa == "avx2" || isa == "baseline",
                     "tree_attention: isa must be \"auto\", \"avx512\", \"avx2\" or \"baseline\", got \"", isa, "\"");
 #if defined(__x86_64__)
@@ -493,10 +552,10 @@ BlockFn pick_block_fn(const std::string& isa) {
   TORCH_CHECK_VALUE(isa != "avx512" || avx512, "tree_attention: isa=\"avx512\" is not supported by this CPU");
   TORCH_CHECK_VALUE(isa != "avx2" || avx2, "tree_attention: isa=\"avx2\" is not supported by this CPU");
 #if defined(__x86_64__)
-  if (avx512 && (isa == "auto" || isa == "avx512")) return run_block_avx512;
-  if (avx2 && (isa == "auto" || isa == "avx2")) return run_block_avx2;
+  if (avx512 && (isa == "auto" || isa == "avx512")) return for_head_dim<Avx512Fn>(D);
+  if (avx2 && (isa == "auto" || isa == "avx2")) return for_head_dim<Avx2Fn>(D);
 #endif
-  return run_block_baseline;
+  return for_head_dim<BaselineFn>(D);
 }
 
 void check_qkv(const at::Tensor& t, const char* name) {
@@ -564,7 +623,7 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
                       "tree_attention: too many prefix and packed tokens for int32 key indices");
   }
 
-  const BlockFn run_block_fn = pick_block_fn(isa);
+  const BlockFn run_block_fn = pick_block_fn(isa, D);
 
   // fp16 / bf16: compute in fp32 and return the input dtype.
   const at::Tensor q = q_in.to(at::kFloat).contiguous();

@@ -286,7 +286,7 @@ def test_key_lists_on_random_forests_match_the_reference(problem, prefix, blocks
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("blocks", BLOCKS)
-@pytest.mark.parametrize("d", [7, 16, 40, 64, 80])
+@pytest.mark.parametrize("d", [7, 16, 40, 64, 80, 128])
 def test_every_vector_build_matches_dense(isa, blocks, d):
     """Each build (AVX-512, AVX2, baseline x86-64) with GQA, a prefix and head dims off the vector widths."""
     require_isa(isa)
