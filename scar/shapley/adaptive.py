@@ -4,13 +4,15 @@ Each round adds samples of the method's unit to those of the rounds before (anti
 ``permutation`` and ``owen``, complementary coalition pairs for ``kernel``), and the estimate of a round uses
 every sample drawn so far. A round hands out only the coalitions no earlier round evaluated, so no
 coalition is ever evaluated twice. Sampling stops when every player's ``stderr`` is at most the tolerance
-(relative to ``|v(N) - v(∅)|`` by default, or absolute), when the budget would reach the exact plan (the
-values are then exact), or when ``max_budget`` is spent.
+(relative to ``|v(N) - v(∅)|`` by default, or absolute) and the budget is at least the smallest one the
+tolerance is tested at (:data:`MIN_STOP_FACTOR`), when the budget would reach the exact plan (the values are
+then exact), or when ``max_budget`` is spent.
 
 The size of the next round comes from the standard error just measured: it falls like one over the square
 root of the budget, so the budget that meets the tolerance is predicted and the next round reaches it, at
-least one unit more and at most :data:`MAX_GROWTH` times the budget so far (a noisy early estimate
-cannot send the budget far past what is needed).
+least one unit more (and at least the smallest budget the tolerance is tested at) and at most
+:data:`MAX_GROWTH` times the budget so far (a noisy early estimate cannot send the budget far past what is
+needed).
 
 :class:`AdaptiveRun` is the round-by-round protocol (:attr:`AdaptiveRun.coalitions` to evaluate,
 :meth:`AdaptiveRun.feed` their values), so a caller can evaluate the rounds of many games together, as
@@ -53,6 +55,7 @@ __all__ = [
     "FIRST_ROUND_PERMUTATIONS",
     "MAX_BUDGET_FACTOR",
     "MAX_GROWTH",
+    "MIN_STOP_FACTOR",
     "AdaptiveRun",
     "first_round_budget",
     "default_max_budget",
@@ -71,6 +74,16 @@ coalitions for ``kernel``, at most the ``2**n - 2`` of the exact answer)."""
 
 MAX_GROWTH = 4
 """A round takes the budget to at most this many times the budget so far."""
+
+MIN_STOP_FACTOR = 2
+"""The tolerance is tested only from this many times the default first round's budget on (16 permutations,
+8 antithetic pairs; ``8 (n + 1)`` coalitions for ``kernel``), or from ``max_budget`` when that is lower.
+
+A standard error estimated from the few samples of a first round is itself noisy. Where a game needs more
+than one round, the runs whose first round meets the tolerance are those whose error came out too small by
+chance, and their intervals are too short (optional stopping). From this budget on the estimate is steady
+enough that stopping on it keeps the intervals' coverage; a first round of at least this budget (``budget``)
+can stop at once."""
 
 
 def first_round_budget(method: str, n: int) -> int:
@@ -103,7 +116,9 @@ class AdaptiveRun:
     The protocol: while not :attr:`done`, evaluate :attr:`coalitions` (the coalitions of this round that no
     earlier round evaluated; ∅ and N in the first) and pass their values to :meth:`feed`. Then
     :attr:`result` is the estimate from every sample drawn, with ``rounds``, ``tol`` (absolute) and
-    ``tol_met`` set; ``budget`` is the budget spent and ``n_evals`` the distinct coalitions evaluated.
+    ``tol_met`` set; ``budget`` is the budget spent and ``n_evals`` the distinct coalitions evaluated. The
+    tolerance is tested from :data:`MIN_STOP_FACTOR` times the default first round's budget on (or from
+    ``max_budget``, when lower), so a small first round is always followed by another.
 
     Args:
         n_players: number of players, a positive int.
@@ -196,6 +211,7 @@ class AdaptiveRun:
         self.rounds = 0
         self.done = False
         self.result: ShapleyResult | None = None
+        self._min_stop = min(MIN_STOP_FACTOR * first_round_budget(method, n), self.max_budget)
         self._plan_round(first)
 
     def _exact_cap(self) -> int | None:
@@ -291,6 +307,8 @@ class AdaptiveRun:
             # event it never drew, so it meets no tolerance (the budget grows until one varies).
             se = torch.full_like(se, math.inf)
         met = se is None or bool((se <= target).all())
+        if met and not self._exact and self._spent < self._min_stop:
+            met = False
         res = dataclasses.replace(res, rounds=self.rounds, tol=target, tol_met=met)
         self.result = res
         if met or self._exact or self._spent >= self.max_budget:
@@ -301,14 +319,15 @@ class AdaptiveRun:
 
     def _next_total(self, se: torch.Tensor | None, target: float) -> int:
         """The budget after the next round: the one predicted to meet ``target`` (standard errors fall like
-        one over the square root of the budget), at least one unit more, at most :data:`MAX_GROWTH` times."""
+        one over the square root of the budget), at least one unit more and at least the smallest budget the
+        tolerance is tested at, at most :data:`MAX_GROWTH` times."""
         spent = self._spent
         worst = float(se.max()) if se is not None and not bool(torch.isnan(se).any()) else math.inf
         if target > 0 and math.isfinite(worst):
             predicted = spent * (worst / target) ** 2
         else:
             predicted = math.inf
-        total = min(max(predicted, spent + 2), MAX_GROWTH * spent, self.max_budget)
+        total = min(max(predicted, spent + 2, self._min_stop), MAX_GROWTH * spent, self.max_budget)
         total = math.ceil(total)
         return min(total + total % 2, self.max_budget)
 

@@ -8,13 +8,14 @@ import math
 import pytest
 import torch
 
-from tiny_games import AdditiveGame, CountingValueFn, SumOfUnanimityGame
-from scar.shapley import AdaptiveRun, shapley
-from scar.shapley.adaptive import MAX_GROWTH, default_max_budget, first_round_budget
+from tiny_games import AdditiveGame, CountingValueFn, GloveGame, SumOfUnanimityGame
+from scar.shapley import AdaptiveRun, adaptive, shapley
+from scar.shapley.adaptive import MAX_GROWTH, MIN_STOP_FACTOR, default_max_budget, first_round_budget
 
 GAME = SumOfUnanimityGame(16, 40, 1, 16, seed=4)  # 16 players: no budget here reaches the exact plan
 HIERARCHY = [[0, 1, 2, 3], [4, [5, 6], 7], [8, 9, 10, 11], [12, 13, [14, 15]]]
 SAMPLED = [("permutation", {}), ("owen", {"hierarchy": HIERARCHY}), ("kernel", {})]
+GLOVE12_VALUES = torch.tensor([11 / 12] + [1 / 132] * 11, dtype=torch.float64)  # one left glove, 11 right
 
 
 def keys(rows: torch.Tensor) -> list[tuple[bool, ...]]:
@@ -82,8 +83,9 @@ def test_never_exceeds_max_budget(method: str, kw: dict) -> None:
 
 @pytest.mark.parametrize("method,kw", SAMPLED)
 def test_one_round_equals_the_plain_estimate(method: str, kw: dict) -> None:
-    """A tolerance met in round one gives exactly the non-adaptive estimate at the first round's budget."""
-    budget = 12 if method != "kernel" else 40
+    """A tolerance met in round one gives exactly the non-adaptive estimate at the first round's budget (a
+    first round at the smallest budget the tolerance is tested at)."""
+    budget = MIN_STOP_FACTOR * first_round_budget(method, 16)
     res = shapley(GAME, 16, method=method, tol=1e3, budget=budget, seed=5, **kw)
     plain = shapley(GAME, 16, method=method, budget=budget, seed=5, **kw)
     assert res.rounds == 1 and res.tol_met is True
@@ -101,6 +103,55 @@ def test_deterministic_for_a_seed(method: str, kw: dict) -> None:
     assert [keys(x) for x in a.batches] == [keys(x) for x in b.batches]
     other = shapley(GAME, 16, method=method, tol=0.04, seed=10, **kw)
     assert not torch.equal(other.values, ra.values)
+
+
+@pytest.mark.parametrize("method,kw", SAMPLED)
+def test_a_small_first_round_never_stops_on_its_own_error(method: str, kw: dict) -> None:
+    """A tolerance every round meets: the default first round is still followed by a round to the smallest
+    budget the tolerance is tested at, where it stops; a first round of that budget stops at once, and a
+    lower ``max_budget`` is where the tolerance is tested instead."""
+    smallest = MIN_STOP_FACTOR * first_round_budget(method, 16)
+    _, rounds = run_rounds(GAME, 16, method, tol=1e3, seed=0, **kw)
+    assert [res.budget for _, res in rounds] == [first_round_budget(method, 16), smallest]
+    assert [res.tol_met for _, res in rounds] == [False, True]
+    assert float(rounds[0][1].stderr.max()) <= rounds[0][1].tol  # met, but from too small a sample
+    one = shapley(GAME, 16, method=method, tol=1e3, budget=smallest, seed=0, **kw)
+    assert one.rounds == 1 and one.budget == smallest and one.tol_met is True
+    cap = first_round_budget(method, 16) + 2
+    low = shapley(GAME, 16, method=method, tol=1e3, max_budget=cap, seed=0, **kw)
+    assert low.rounds == 2 and low.budget == cap and low.tol_met is True
+
+
+def test_glove_game_is_covered_at_the_stopping_point() -> None:
+    """Glove game, one left glove, 12 players: a right-glove holder's coalition is non-zero only when it
+    follows the left glove directly, which the first round of ``kernel`` (``4 (n + 1)`` coalitions) often never
+    samples; its error then looks small and, tested on the first round alone, stopped most runs there with
+    intervals that miss the right-glove holders' ``1/132``. From the smallest budget the tolerance is tested at
+    the intervals cover."""
+    game = GloveGame(12, [0])
+    ref = GLOVE12_VALUES
+    hit = total = 0
+    for seed in range(20):
+        res = shapley(game, 12, method="kernel", tol=0.1, seed=seed)
+        assert res.rounds >= 2 and res.budget >= MIN_STOP_FACTOR * first_round_budget("kernel", 12)
+        hit += int(((res.values - ref).abs() <= 1.959963984540054 * res.stderr + 1e-12).sum())
+        total += 12
+    assert hit / total >= 0.9
+
+
+def test_the_stopping_rule_is_what_keeps_the_glove_game_covered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same runs tested from the first round on (the rule before :data:`MIN_STOP_FACTOR`) stop in round
+    one and miss: the test above would fail without the rule."""
+    monkeypatch.setattr(adaptive, "MIN_STOP_FACTOR", 1)
+    game = GloveGame(12, [0])
+    ref = GLOVE12_VALUES
+    hit = total = stopped_early = 0
+    for seed in range(20):
+        res = shapley(game, 12, method="kernel", tol=0.1, seed=seed)
+        stopped_early += res.rounds == 1
+        hit += int(((res.values - ref).abs() <= 1.959963984540054 * res.stderr + 1e-12).sum())
+        total += 12
+    assert stopped_early >= 5 and hit / total < 0.8
 
 
 def test_absolute_and_relative_tolerance() -> None:
