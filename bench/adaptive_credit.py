@@ -8,11 +8,16 @@ call each, and the script prints, per setting: the budget spent per response (me
 responses that met ``tol``, the coalitions and tokens computed (the scorer's totals over all rounds), the
 wall time, the rounds, the relative L2 error against the exact values (mean over responses) and the
 coverage of the 95% intervals of the responses whose estimate was sampled (not capped at the exact plan;
-their share in brackets).
+their share and the number of intervals in brackets).
+
+With ``--seeds K`` every setting runs K times (SCAR seeds 0 to K - 1) and the figures are over all K calls
+(coalitions, tokens and wall time per call, the rest over every response of every call): one call's coverage
+rests on a few dozen to a few hundred intervals, too few to tell 0.90 from 0.95. A second table gives the
+coverage of the tolerance settings split by the round the response stopped in.
 
 Run from the repository root::
 
-    .venv/bin/python bench/adaptive_credit.py [--responses 24] [--method permutation]
+    .venv/bin/python bench/adaptive_credit.py [--responses 24] [--method permutation] [--seeds 1]
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ def main() -> None:
     parser.add_argument("--min-players", type=int, default=4)
     parser.add_argument("--max-players", type=int, default=14)
     parser.add_argument("--method", default="permutation", choices=["permutation", "kernel"])
+    parser.add_argument("--seeds", type=int, default=1, help="calls per setting, SCAR seeds 0 to seeds - 1")
     args = parser.parse_args()
     torch.set_num_threads(1)
     world = build(progress=False)
@@ -61,33 +67,51 @@ def main() -> None:
     settings += [(f"tol {t}", dict(tol=t)) for t in (0.1, 0.05, 0.03)]
     print(
         "| setting | budget per response: mean (min-max) | tol met | coalitions | tokens computed | rounds "
-        "| wall s | rel. L2 error | 95% coverage |"
+        "| wall s | rel. L2 error | 95% coverage (sampled, intervals) |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
+    by_round: dict[str, dict[str, list[int]]] = {}
     for label, kw in settings:
-        scar = SCAR(model, tokenizer, method=args.method, batch_size=64, **common, **kw)
-        start = time.perf_counter()
-        dense = scar(prompts, responses)
-        wall = time.perf_counter() - start
-        est = dense.estimates or []
+        est, coalitions, tokens, walls = [], [], [], []
+        for seed in range(args.seeds):
+            scar = SCAR(model, tokenizer, method=args.method, batch_size=64, **{**common, "seed": seed}, **kw)
+            start = time.perf_counter()
+            dense = scar(prompts, responses)
+            walls.append(time.perf_counter() - start)
+            est += dense.estimates or []
+            stats = {id(s): s for s in scar.last_stats if s is not None}.values()
+            coalitions.append(sum(s.distinct_coalitions for s in stats))
+            tokens.append(sum(s.tokens_computed for s in stats))
         budgets = [e.budget for e in est]
-        stats = {id(s): s for s in scar.last_stats if s is not None}.values()
         errors, hits, total = [], 0, 0
-        for e, ref in zip(est, exact.values):
+        rounds: dict[str, list[int]] = {}
+        for e, ref in zip(est, exact.values * args.seeds):
             errors.append(float((e.values - ref).norm() / ref.norm()))
             if e.stderr is not None and bool(e.stderr.any()):  # sampled (not capped at the exact plan)
                 slack = 1e-5 * abs(e.full_value - e.base_value)  # float32 scores of two packings differ
-                hits += int(((e.values - ref).abs() <= 1.959963984540054 * e.stderr + slack).sum())
+                hit = int(((e.values - ref).abs() <= 1.959963984540054 * e.stderr + slack).sum())
+                hits += hit
                 total += ref.numel()
+                cell = rounds.setdefault(str(min(e.rounds or 1, 3)), [0, 0])
+                cell[0] += hit
+                cell[1] += ref.numel()
+        if "tol" in kw:
+            by_round[label] = rounds
         met = [e.tol_met for e in est if e.tol_met is not None]
         sampled = np.mean([e.stderr is not None and bool(e.stderr.any()) for e in est])
         print(
             f"| {label} | {np.mean(budgets):.1f} ({min(budgets)}-{max(budgets)}) "
-            f"| {f'{np.mean(met):.0%}' if met else ''} | {sum(s.distinct_coalitions for s in stats)} "
-            f"| {sum(s.tokens_computed for s in stats)} | {max(e.rounds or 1 for e in est)} | {wall:.2f} "
-            f"| {np.mean(errors):.3f} | {hits / total if total else float('nan'):.3f} ({sampled:.0%}) |",
+            f"| {f'{np.mean(met):.0%}' if met else ''} | {np.mean(coalitions):.0f} "
+            f"| {np.mean(tokens):.0f} | {max(e.rounds or 1 for e in est)} | {np.mean(walls):.2f} "
+            f"| {np.mean(errors):.3f} | {hits / total if total else float('nan'):.3f} ({sampled:.0%}, {total}) |",
             flush=True,
         )
+    print("\n| setting | stopped after round 1 | round 2 | round 3 or later |")
+    print("|---|---|---|---|")
+    for label, rounds in by_round.items():
+        cells = [f"{rounds[r][0] / rounds[r][1]:.3f} ({rounds[r][1]})" if r in rounds else "" for r in "123"]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print(f"{args.seeds} seed(s) per setting")
 
 
 if __name__ == "__main__":
