@@ -42,6 +42,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace scar {
@@ -358,9 +359,55 @@ struct Inputs {
   const uint8_t* bad;         // [Hkv][N]: the key's k or v row holds an inf or NaN
   const uint8_t* prefix_bad;  // [Hkv][P]
   const uint8_t* head_bad;    // [Hkv]: the kv head holds such a key (packed or prefix)
-  int64_t N, P, D, group, block_q, block_k;
+  int64_t N, P, D, Hkv, group, block_q, block_k;
   float scale;
   float* out;  // [H, N, D]
+};
+
+// Touches the rows that a work item reads first from memory (its queries, and the k and v rows of its own
+// keys) and the output rows it writes, a few cache lines at a time, so that they arrive while the previous
+// item computes.
+struct RowPrefetch {
+  std::vector<std::pair<const char*, const char*>> ranges;  // [begin, end) byte ranges
+  size_t n_read = 0;                                        // ranges[n_read:] are written, not read
+  size_t next = 0;                                          // the range being walked
+  const char* at = nullptr;
+  int64_t per_step = 0;  // cache lines per step
+
+  void plan(const Inputs& in, int64_t item, int64_t steps) {
+    ranges.clear();
+    next = 0;
+    const int64_t n_items = (in.N + in.block_q - 1) / in.block_q * in.Hkv;
+    if (item < 0 || item >= n_items) return;
+    const int64_t qb = item / in.Hkv, hk = item % in.Hkv, D = in.D;
+    const int64_t q0 = qb * in.block_q, q1 = std::min(in.N, q0 + in.block_q);
+    auto add = [&](const float* rows) {
+      ranges.emplace_back(reinterpret_cast<const char*>(rows + q0 * D), reinterpret_cast<const char*>(rows + q1 * D));
+    };
+    for (int64_t g = 0; g < in.group; ++g) add(in.q + (hk * in.group + g) * in.N * D);
+    add(in.k + hk * in.N * D);
+    add(in.v + hk * in.N * D);
+    n_read = ranges.size();
+    for (int64_t g = 0; g < in.group; ++g) add(in.out + (hk * in.group + g) * in.N * D);
+    at = ranges[0].first;
+    const int64_t lines = (2 * in.group + 2) * (q1 - q0) * D * static_cast<int64_t>(sizeof(float)) / 64 + ranges.size();
+    per_step = (lines + steps - 1) / std::max<int64_t>(steps, 1);
+  }
+  void step() {
+    for (int64_t n = 0; n < per_step && next < ranges.size();) {
+      if (at >= ranges[next].second) {
+        if (++next < ranges.size()) at = ranges[next].first;
+        continue;
+      }
+      if (next < n_read) {
+        __builtin_prefetch(at, 0);
+      } else {
+        __builtin_prefetch(at, 1);
+      }
+      at += 64;
+      ++n;
+    }
+  }
 };
 
 // Per-thread scratch, grown on demand.
@@ -376,6 +423,7 @@ struct Scratch {
   std::vector<float> zero;             // [D]: the row read in place of a non-finite key's k and v
   std::vector<const float*> vrow;      // [block_k]: value rows of the segment
   std::vector<uint8_t> poisoned;       // [BQ]: the query sees a non-finite key
+  RowPrefetch prefetch;                // of the item this thread is expected to run next
 };
 
 void build_key_list(const Inputs& in, Scratch& sc, int64_t q0, int64_t q1) {
@@ -400,14 +448,17 @@ void build_key_list(const Inputs& in, Scratch& sc, int64_t q0, int64_t q1) {
   for (int64_t j = q0; j < q1; ++j) add(in.P + j, j, in.hz[j]);  // the block's own keys (hz[j] > j >= q0)
 }
 
-// One work item: query block qb (block_q queries, in sub-blocks of BQ) of every query head of kv head hk.
+// One work item: query block qb (block_q queries, in sub-blocks of BQ) of every query head of kv head hk;
+// the rows of work item `next` (none if out of range) are prefetched meanwhile.
 template <class C, int DC>
-__attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
+__attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk,
+                                                     int64_t next) {
   constexpr int64_t W = C::W, BQ = C::QV * W;
   const int64_t N = in.N, P = in.P, D = DC > 0 ? DC : in.D, G = in.group, KS = in.block_k;
   const int64_t q0 = qb * in.block_q, q1 = std::min(N, q0 + in.block_q);
   build_key_list(in, sc, q0, q1);
   const int64_t L = static_cast<int64_t>(sc.src.size());
+  sc.prefetch.plan(in, next, (q1 - q0 + BQ - 1) / BQ * ((L + KS - 1) / KS));
   sc.qt.resize(G * D * BQ);
   sc.s.resize(KS * BQ);
   sc.acc.resize(G * BQ * D);
@@ -449,6 +500,7 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
     for (int64_t e0 = 0; e0 < L; e0 += KS) {
       if (sc.kpos[e0] >= r1) break;  // this and every later segment start past the sub-block's last query
       const int64_t cnt = std::min(KS, L - e0);
+      sc.prefetch.step();
       const int32_t* src = sc.src.data() + e0;
       const int32_t* kpos = sc.kpos.data() + e0;
       const int32_t* khz = sc.khz.data() + e0;
@@ -498,23 +550,25 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
   }
 }
 
-using BlockFn = void (*)(const Inputs&, Scratch&, int64_t, int64_t);
+using BlockFn = void (*)(const Inputs&, Scratch&, int64_t, int64_t, int64_t);
 
 // Each build comes with the head dim as a constant for the common sizes (the score and p v micro-tiles then
 // address their rows by constant offsets) and as a run-time value otherwise (DC = 0).
 #if defined(__x86_64__)
 template <int DC>
-__attribute__((target("arch=x86-64-v4"))) void run_block_avx512(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
-  run_block<Avx512, DC>(in, sc, qb, hk);
+__attribute__((target("arch=x86-64-v4"))) void run_block_avx512(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk,
+                                                                int64_t next) {
+  run_block<Avx512, DC>(in, sc, qb, hk, next);
 }
 template <int DC>
-__attribute__((target("arch=x86-64-v3"))) void run_block_avx2(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
-  run_block<Avx2, DC>(in, sc, qb, hk);
+__attribute__((target("arch=x86-64-v3"))) void run_block_avx2(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk,
+                                                              int64_t next) {
+  run_block<Avx2, DC>(in, sc, qb, hk, next);
 }
 #endif
 template <int DC>
-void run_block_baseline(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk) {
-  run_block<Baseline, DC>(in, sc, qb, hk);
+void run_block_baseline(const Inputs& in, Scratch& sc, int64_t qb, int64_t hk, int64_t next) {
+  run_block<Baseline, DC>(in, sc, qb, hk, next);
 }
 
 template <template <int> class Fn>
@@ -671,6 +725,7 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   in.N = N;
   in.P = P;
   in.D = D;
+  in.Hkv = Hkv;
   in.group = H / Hkv;
   in.block_q = std::min(block_q, N);
   in.block_k = std::min(block_k, P + N);  // no segment is longer than the longest key list
@@ -683,7 +738,9 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   {
     Scratch scratch;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < n_items; ++item) run_block_fn(in, scratch, item / Hkv, item % Hkv);
+    for (int64_t item = 0; item < n_items; ++item) {
+      run_block_fn(in, scratch, item / Hkv, item % Hkv, item + n_threads);  // items go round the threads
+    }
   }
   return dtype == at::kFloat ? out : out.to(dtype);
 }
