@@ -268,27 +268,32 @@ __attribute__((always_inline)) inline void value_update(const float* p, const fl
   }
 }
 
-// y = exp(x) for x <= 0 (scores minus their running maximum), exact to a couple of ulp; 0 for x < -87
-// (including -inf, i.e. masked keys). Cephes' expf: x = n ln2 + r with n = round(x / ln2) (the float
-// magic-number rounding), a minimax polynomial for exp(r) on [-ln2/2, ln2/2], 2^n from the exponent bits.
+// y = exp(x) for x <= 0 (scores minus their running maximum), within about an ulp (relative error about
+// 1.1e-7 over [-87, 0]); 0 for x < -87 (including -inf, i.e. masked keys, whose NaN intermediate values are
+// discarded by the final select). x = n ln2 + r with n = round(x / ln2) from the float magic-number rounding
+// t = x / ln2 + 1.5 * 2^23, whose low mantissa bits hold n (two's complement), so 2^n is those bits shifted
+// into the exponent field; Cody-Waite reduction; exp(r) on [-ln2/2, ln2/2] by a degree-6 polynomial fitted
+// for minimax relative error.
 template <class C>
 __attribute__((always_inline)) inline void exp_nonpositive(typename C::V& y, const typename C::V& x) {
   using V = typename C::V;
   using VI = typename C::VI;
   const V zero = {}, lowest = zero - 87.0f, magic = zero + 12582912.0f;  // 1.5 * 2^23
   const VI small = x < lowest;
-  const V xc = small ? lowest : x;
-  const V n = (xc * 1.44269504088896341f + magic) - magic;
-  V r = xc - n * 0.693359375f;  // Cody-Waite range reduction
+  const V t = x * 1.44269504088896341f + magic;
+  const V n = t - magic;
+  V r = x - n * 0.693359375f;  // Cody-Waite range reduction
   r = r - n * -2.12194440e-4f;
-  V p = zero + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const VI bits = (__builtin_convertvector(n, VI) + 127) << 23;  // 2^n, n in [-126, 0]
+  V p = zero + 1.3843651395e-3f;
+  p = p * r + 8.3741564304e-3f;
+  p = p * r + 4.1668001562e-2f;
+  p = p * r + 1.6666431725e-1f;
+  p = p * r + 4.9999994040e-1f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  VI bits;
+  std::memcpy(&bits, &t, sizeof(V));
+  bits = (bits << 23) + (127 << 23);  // 2^n, n in [-126, 0]
   V scale;
   std::memcpy(&scale, &bits, sizeof(V));
   y = small ? zero : p * scale;
