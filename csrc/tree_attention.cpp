@@ -238,24 +238,39 @@ __attribute__((always_inline)) inline void value_tail(const float* p, const floa
   }
 }
 
-// Value dims [d0, d0 + NV * W) of the first nr query rows.
-template <class C, int NV>
-__attribute__((always_inline)) inline void value_chunk(const float* p, const float* const* vrow, int64_t cnt,
-                                                       int64_t d0, float* acc, int64_t D, const float* alpha,
-                                                       int64_t nr) {
-  int64_t i = 0;
-  for (; i + C::IR <= nr; i += C::IR) value_tile<C, NV, C::IR>(p + i, vrow, cnt, d0, acc + i * D, D, alpha + i);
-  if (i < nr) value_tail<C, NV, C::IR - 1>(p + i, vrow, cnt, d0, acc + i * D, D, alpha + i, nr - i);
+// The keys c < seen_by(...) of a segment are all that query r0 + last can see: kpos is nondecreasing along a
+// key list, and a key with kpos > query has p = 0 for it (skipping such terms leaves the sums unchanged).
+inline int64_t seen_by(const int32_t* kpos, int64_t cnt, int64_t query) {
+  while (cnt > 0 && kpos[cnt - 1] > query) --cnt;
+  return cnt;
 }
 
-// acc = alpha * acc + p v over every value dim of the first nr query rows (p is s^T: p[c * BQ + row]).
+// Value dims [d0, d0 + NV * W) of the first nr query rows (r0 + i for row i); each tile of rows stops at the
+// last key its last row can see.
+template <class C, int NV>
+__attribute__((always_inline)) inline void value_chunk(const float* p, const float* const* vrow, int64_t cnt,
+                                                       const int32_t* kpos, int64_t r0, int64_t d0, float* acc,
+                                                       int64_t D, const float* alpha, int64_t nr) {
+  int64_t i = 0;
+  for (; i + C::IR <= nr; i += C::IR) {
+    const int64_t n = seen_by(kpos, cnt, r0 + i + C::IR - 1);
+    value_tile<C, NV, C::IR>(p + i, vrow, n, d0, acc + i * D, D, alpha + i);
+  }
+  if (i < nr) {
+    value_tail<C, NV, C::IR - 1>(p + i, vrow, seen_by(kpos, cnt, r0 + nr - 1), d0, acc + i * D, D, alpha + i, nr - i);
+  }
+}
+
+// acc = alpha * acc + p v over every value dim of the first nr query rows r0, r0 + 1, ... (p is s^T:
+// p[c * BQ + row]; kpos: the segment's key positions).
 template <class C>
 __attribute__((always_inline)) inline void value_update(const float* p, const float* const* vrow, int64_t cnt,
-                                                        float* acc, int64_t D, const float* alpha, int64_t nr) {
+                                                        const int32_t* kpos, int64_t r0, float* acc, int64_t D,
+                                                        const float* alpha, int64_t nr) {
   constexpr int64_t W = C::W, BQ = C::QV * W, WIDE = C::NV * W;
   int64_t d0 = 0;
-  for (; d0 + WIDE <= D; d0 += WIDE) value_chunk<C, C::NV>(p, vrow, cnt, d0, acc, D, alpha, nr);
-  for (; d0 + W <= D; d0 += W) value_chunk<C, 1>(p, vrow, cnt, d0, acc, D, alpha, nr);
+  for (; d0 + WIDE <= D; d0 += WIDE) value_chunk<C, C::NV>(p, vrow, cnt, kpos, r0, d0, acc, D, alpha, nr);
+  for (; d0 + W <= D; d0 += W) value_chunk<C, 1>(p, vrow, cnt, kpos, r0, d0, acc, D, alpha, nr);
   if (d0 < D) {  // odd head dims
     for (int64_t i = 0; i < nr; ++i) {
       float* a = acc + i * D;
@@ -539,7 +554,7 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
         }
         float alpha[BQ];
         softmax_step<C>(s, cnt, mt, sc.m.data() + g * BQ, sc.l.data() + g * BQ, alpha);
-        value_update<C>(s, sc.vrow.data(), cnt, sc.acc.data() + g * BQ * D, D, alpha, nr);
+        value_update<C>(s, sc.vrow.data(), cnt, kpos, r0, sc.acc.data() + g * BQ * D, D, alpha, nr);
       }
     }
     constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
