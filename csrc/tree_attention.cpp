@@ -96,8 +96,9 @@ __attribute__((always_inline)) inline void store(float* p, const V& v) {
 }
 
 // Tile shapes per instruction set: vectors of W floats; a query sub-block is QV vectors (BQ = QV * W
-// queries); score micro-tiles are KR keys x BQ queries (KR * QV accumulators) and p v micro-tiles IR query
-// rows x NV vectors of value dims (IR * NV accumulators): about 3/4 of the vector registers.
+// queries); score micro-tiles are KR keys x BQ queries (KR * QV accumulators, with the QV running maxima and
+// QV query vectors beside them) and p v micro-tiles IR query rows x NV vectors of value dims (IR * NV
+// accumulators): at most 3/4 of the vector registers, so that nothing spills from the inner loops.
 struct Avx512 {
   using V = vf16;
   using VI = vi16;
@@ -114,7 +115,7 @@ struct Baseline {
   using V = vf4;
   using VI = vi4;
   using VU = vu4;
-  static constexpr int W = 4, QV = 4, KR = 3, NV = 2, IR = 6;
+  static constexpr int W = 4, QV = 4, KR = 2, NV = 2, IR = 6;
 };
 
 // The largest score of each query so far in the segment (QV vectors over queries).
