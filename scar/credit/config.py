@@ -38,7 +38,8 @@ class CreditConfig:
         progress: show a progress bar over responses.
         tol: adaptive stopping (None: off): each response is sampled in rounds until every player's standard
             error is at most ``tol`` times ``|r - v(∅)|`` (absolute with ``tol_absolute``), its exact plan is
-            reached or ``max_budget`` is spent; ``budget`` is then the first round. Each round scores the
+            reached or ``max_budget`` is spent; ``budget`` is then the first round (the tolerance is tested
+            from twice the default first round on, :data:`scar.shapley.adaptive.MIN_STOP_FACTOR`). Each round scores the
             unfinished responses of a chunk of ``batch_size`` together (:func:`scar.shapley.shapley` and
             :func:`scar.credit.attribution.shapley_values_many` say more). Methods: those of
             :data:`scar.shapley.ADAPTIVE_METHODS`.
