@@ -196,7 +196,9 @@ __attribute__((always_inline)) inline void score_segment(const float* qt, int64_
   for (; c0 + KR <= cnt; c0 += KR) {
     score_tile<C, KR, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt);
   }
-  if (c0 < cnt) score_tail<C, KR - 1, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt, cnt - c0);
+  if (c0 < cnt) {
+    score_tail<C, KR - 1, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt, cnt - c0);
+  }
 }
 
 // acc[r][d0:d0+NV*W] = alpha[r] * acc[r][...] + sum_c p[c][r] * v_c[d0:d0+NV*W] for IR query rows.
@@ -284,12 +286,11 @@ __attribute__((always_inline)) inline void value_update(const float* p, const fl
   }
 }
 
-// y = exp(x) for x <= 0 (scores minus their running maximum), within about an ulp (relative error about
-// 1.1e-7 over [-87, 0]); 0 for x < -87 (including -inf, i.e. masked keys, whose NaN intermediate values are
-// discarded by the final select). x = n ln2 + r with n = round(x / ln2) from the float magic-number rounding
-// t = x / ln2 + 1.5 * 2^23, whose low mantissa bits hold n (two's complement), so 2^n is those bits shifted
-// into the exponent field; Cody-Waite reduction; exp(r) on [-ln2/2, ln2/2] by a degree-6 polynomial fitted
-// for minimax relative error.
+// y = exp(x) for x <= 0 (scores minus their running maximum), within about an ulp; 0 for x < -87 (including
+// -inf, i.e. masked keys, whose NaN intermediate values are discarded by the final select). x = n ln2 + r
+// with n = round(x / ln2) from the float magic-number rounding t = x / ln2 + 1.5 * 2^23, whose low mantissa
+// bits hold n (two's complement), so 2^n is those bits shifted into the exponent field; Cody-Waite reduction;
+// exp(r) on [-ln2/2, ln2/2] by a degree-6 polynomial fitted for minimax relative error.
 template <class C>
 __attribute__((always_inline)) inline void exp_nonpositive(typename C::V& y, const typename C::V& x) {
   using V = typename C::V;
