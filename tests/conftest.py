@@ -58,7 +58,23 @@ def _config(kind: str, **overrides):
     if kind not in _CONFIGS:
         raise ValueError(f"unknown tiny model kind {kind!r}")
     name, kwargs = _CONFIGS[kind]
+    if not hasattr(tf, name):
+        pytest.skip(f"transformers {tf.__version__} has no {name}")
     return getattr(tf, name)(**{**kwargs, **overrides})
+
+
+@pytest.fixture(scope="session")
+def trie_attentions() -> Callable[[torch.nn.Module], list[str]]:
+    """``trie_attentions(model)``: the trie's attention paths ``model`` can run: the mask always; the kernel and
+    FlexAttention where its base model supports transformers' attention registry (which differs between
+    transformers versions; the others refuse those two with a clear error)."""
+    from scar.scoring.model import inspect_model
+
+    def paths(model: torch.nn.Module) -> list[str]:
+        registry = getattr(inspect_model(model).base, "_supports_attention_backend", False)
+        return ["mask", "kernel", "flex"] if registry else ["mask"]
+
+    return paths
 
 
 def build_tiny_model(kind: str, *, num_labels: int = 1, seed: int = 0, **overrides) -> torch.nn.Module:
@@ -67,6 +83,8 @@ def build_tiny_model(kind: str, *, num_labels: int = 1, seed: int = 0, **overrid
 
     cfg = _config(kind, **overrides)
     cfg.num_labels = num_labels
+    if type(cfg) not in tf.AutoModelForSequenceClassification._model_mapping:
+        pytest.skip(f"transformers {tf.__version__} has no {type(cfg).__name__[:-6]} sequence-classification model")
     torch.manual_seed(seed)
     model = tf.AutoModelForSequenceClassification.from_config(cfg)
     return model.eval()

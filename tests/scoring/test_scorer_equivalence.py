@@ -215,7 +215,7 @@ OTHER_DECODERS = [("qwen2", {}), ("mistral", {"sliding_window": None})] + [
 
 
 @pytest.mark.parametrize("kind, overrides", OTHER_DECODERS)
-def test_other_served_decoders_equal_loop(tiny_model, kind: str, overrides: dict) -> None:
+def test_other_served_decoders_equal_loop(tiny_model, trie_attentions, kind: str, overrides: dict) -> None:
     """The other decoders the trie serves (grouped-query and multi-query attention, RoPE variants, partial
     rotary, mixture of experts, model types the scorer classifies by its probe), through every attention
     path, in passes on top of a cached prompt (the pack of 58 tokens does not fit the budget of 24)."""
@@ -223,7 +223,11 @@ def test_other_served_decoders_equal_loop(tiny_model, kind: str, overrides: dict
     case = make_case("basic", seed=31)
     ref, _ = score(model, "loop", case)
     assert ref.std() > 0
-    for attention in ("mask", "kernel", "flex"):
+    attentions = trie_attentions(model)
+    for refused in {"kernel", "flex"} - set(attentions):
+        with pytest.raises(ValueError, match=f"attention='{refused}' is not available: .*attention registry"):
+            score(model, "trie", case, attention=refused)
+    for attention in attentions:
         got, scorer = score(model, "trie", case, attention=attention, max_tokens_per_pass=24)
         assert scorer.attention == attention and scorer.stats.prompt_cache_tokens > 0
         torch.testing.assert_close(got, ref, atol=TOL, rtol=0, msg=f"{kind} {attention}")

@@ -277,7 +277,9 @@ def test_auto_attention_follows_the_measurement(tiny_model, monkeypatch, eager_f
 
 
 @pytest.mark.parametrize("kind", ["olmo", "starcoder2"])
-def test_probe_classified_decoders_score_exactly_on_every_trie_path(tiny_model, eager_flex, kind: str) -> None:
+def test_probe_classified_decoders_score_exactly_on_every_trie_path(
+    tiny_model, trie_attentions, eager_flex, kind: str
+) -> None:
     """A decoder type the scorer does not know is classified by a probe forward; building the packed view must
     not run that probe through the tree attention (which needs a pack), and every path must equal deletion."""
     from scar.scoring.model import _DECODER_MODEL_TYPES
@@ -285,7 +287,7 @@ def test_probe_classified_decoders_score_exactly_on_every_trie_path(tiny_model, 
     model = tiny_model(kind)
     assert model.config.model_type not in _DECODER_MODEL_TYPES and inspect_model(model).is_causal
     reference = CoalitionScorer(model, backend="loop").score(*ARGS, COALITIONS)
-    for attention in ("kernel", "flex", "mask"):
+    for attention in trie_attentions(model):
         scorer = CoalitionScorer(model, backend="trie", attention=attention)
         torch.testing.assert_close(scorer.score(*ARGS, COALITIONS), reference, rtol=1e-5, atol=1e-5)
 
