@@ -7,6 +7,7 @@
     .venv/bin/python experiments/sentiment_grpo.py table --out DIR --cost-from DIR2  # + cost vs benefit plot
     .venv/bin/python experiments/sentiment_grpo.py cost               # credit cost per batch vs exact-Shapley fit
     .venv/bin/python experiments/sentiment_grpo.py scale --ratios-from DIR  # step cost vs policy size
+    .venv/bin/python experiments/sentiment_grpo.py compare --world small-reward  # reward model 1/4 the policy
 
 The first call builds the sentiment world (reward model and policy, trained locally) into ~/.cache/scar
 (``$SCAR_CACHE``); later calls load it. Results go to ``--out`` (``results.json``, the plot
@@ -27,6 +28,7 @@ from grpo import (
     policy_scale,
     report,
     train,
+    worlds,
 )  # experiments/grpo: the script's folder is on sys.path
 
 PRESETS = {"compare": methods.COMPARISON, "levers": methods.LEVERS}
@@ -54,9 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 150; 3 with --quick)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; 0 with --quick)")
     parser.add_argument("--quick", action="store_true", help="tiny world, one seed, three steps")
+    parser.add_argument(
+        "--world",
+        default="default",
+        choices=["default", *worlds.VARIANTS],
+        help="the sentiment world (small-reward: a 2 x 64 reward model; default: %(default)s)",
+    )
     parser.add_argument("--out", default=None, help="output folder (default runs/sentiment_grpo_<what>)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
     args = parser.parse_args(argv)
+    worlds.register()
+    size = "tiny" if args.quick else args.world
     out = Path(args.out or f"runs/sentiment_grpo_{args.what}")
     if args.what == "table":
         results = train.load(out)
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     config = train.TrainConfig(threads=args.threads)
     if args.what == "cost":
-        world = train.build_sentiment_world(size="tiny" if args.quick else "default", progress=True)
+        world = train.build_sentiment_world(size=size, progress=True)
         record = credit_cost.credit_cost(
             world,
             config,
@@ -84,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         print(table)
         return
     if args.what == "scale":
-        world = train.build_sentiment_world(size="tiny" if args.quick else "default", progress=True)
+        world = train.build_sentiment_world(size=size, progress=True)
         sizes = policy_scale.SIZES[:2] if args.quick else policy_scale.SIZES
         record = policy_scale.policy_scale(
             world,
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         methods=args.methods or PRESETS[args.what],
         seeds=tuple(args.seeds) if args.seeds else ((0,) if args.quick else (0, 1, 2)),
         steps=args.steps or (3 if args.quick else 150),
-        size="tiny" if args.quick else "default",
+        size=size,
         out_dir=out,
         progress=True,
         config=config,

@@ -188,3 +188,19 @@ def test_policy_scale_times_each_size_and_method(tiny_world):
         P.policy_scale(tiny_world, config, ("scar-perm2",), sizes, steps=2)
     with pytest.raises(ValueError, match="warmup"):
         P.policy_scale(tiny_world, config, ("sparse",), sizes, steps=1, warmup=1)
+
+
+def test_world_variants_register_as_sizes():
+    """--world small-reward: the default world with a smaller reward model, cached under its own folder."""
+    from dataclasses import asdict
+
+    from grpo import worlds
+    from scar.demo import sentiment
+
+    worlds.register()
+    worlds.register()  # idempotent
+    small, default = sentiment.SIZES["small-reward"], sentiment.SIZES["default"]
+    changed = {k for k, v in asdict(small).items() if asdict(default)[k] != v}
+    assert changed == {"reward_layers", "reward_width", "reward_heads"}
+    assert small.reward_layers * small.reward_width**2 < default.reward_layers * default.reward_width**2 / 4
+    assert sentiment.folder_name("small-reward") == "sentiment-v1-small-reward"
