@@ -239,7 +239,7 @@ def run_side_by_side(benchmark, threads, method, size, q, k, v, horizon, compile
     else:
         rounds = 5
     benchmark.group = f"tree attention N={n}"
-    result = benchmark.pedantic(end_to_end, rounds=rounds, iterations=1)
+    result = benchmark.pedantic(end_to_end, rounds=rounds, iterations=1, warmup_rounds=1)
     assert result.shape == q.shape and torch.isfinite(result).all()
     mask = build()
     mask_s, mask_cpu_s = median_time(build, rounds)
