@@ -57,11 +57,11 @@ from typing import Any
 
 import pytest
 import torch
-from bench_kernels_cpu import pack_args, permutation_prefixes
 
 import scar_kernels.tree_attention as triton_tree_attention
 from scar_kernels import extension, flex
-from scar_kernels.ops import build_pack, dense_mask, flex_block_mask, flex_tree_attention, tree_attention
+from scar_kernels.ops import dense_mask, flex_block_mask, flex_tree_attention, permutation_pack, tree_attention
+from scar_kernels.selection import permutation_prefixes
 from scar_kernels.tree_attention import tree_attention_reference
 
 fa = pytest.importorskip("torch.nn.attention.flex_attention")
@@ -128,7 +128,7 @@ def threads():
 
 
 def inputs(pairs: int) -> tuple[torch.Tensor, ...]:
-    layout = build_pack(*pack_args(permutation_prefixes(16, pairs), prompt=256, response=64, suffix=1))
+    layout = permutation_pack(16, pairs, prompt=256, response=64, suffix=1, cached=False)
     n = layout.n_tokens
     gen = torch.Generator().manual_seed(pairs)
     q, k, v = (torch.randn(HEADS, n, HEAD_DIM, generator=gen) for _ in range(3))

@@ -18,7 +18,7 @@ import torch
 
 from scar_kernels import extension
 from scar_kernels.layout import build_pack_reference
-from scar_kernels.ops import build_pack, tree_attention
+from scar_kernels.ops import build_pack, permutation_pack, tree_attention
 from scar_kernels.selection import permutation_prefixes
 
 pytestmark = pytest.mark.skipif(not extension.has_extension(),
@@ -73,8 +73,7 @@ ATTENTION_PAIRS = [8, 24, 48]
 def attention_inputs(benchmark, pairs: int):
     if benchmark.disabled:
         pairs = max(1, pairs // 16)  # N of a few hundred: correctness only
-    layout = build_pack(*pack_args(permutation_prefixes(16, pairs), prompt=256, response=64, suffix=1))
-    horizon = layout.horizon
+    horizon = permutation_pack(16, pairs, prompt=256, response=64, suffix=1, cached=False).horizon
     n = horizon.numel()
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(HEADS, n, HEAD_DIM, generator=gen) for _ in range(3))
