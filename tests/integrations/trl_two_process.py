@@ -79,6 +79,9 @@ def main(out: Path) -> None:
         "losses": trainer.losses,
     }
     torch.save(record, out / f"rank{state.process_index}.pt")
+    if torch.distributed.is_initialized():
+        # Without it the process group's threads can outlive the interpreter's shutdown and abort the worker.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
