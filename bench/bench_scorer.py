@@ -4,7 +4,10 @@ Workload (full size, ``pytest bench/bench_scorer.py --benchmark-only``): a small
 a 256-token prompt, a 64-token response cut into 16 span-like players, and the coalitions of 32 antithetic
 permutations (every prefix of each permutation, duplicates included, 32 x 17 = 544 rows). Each row reports
 in ``benchmark.extra_info`` the tokens computed, the trie lower bound and their ratio, the plain-path tokens,
-passes, and the median wall time (one torch thread). With benchmarks disabled (``--benchmark-disable``, as CI
+passes, and the median wall time (one torch thread). ``test_group_shares_the_prompt`` scores a GRPO group
+(``GROUP`` responses to the same prompt, one antithetic pair of permutations each, what ``SCAR.for_training``
+plans) with the group's responses under one prompt root, against one root per response (the scorer before
+roots were shared, restored by patching ``share_prompts``). With benchmarks disabled (``--benchmark-disable``, as CI
 runs) the same code runs once at a tiny size, for correctness only; ``SCAR_BENCH_SIZE=tiny|full`` overrides
 the choice.
 """
@@ -19,7 +22,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
+import scar.scoring.scorer as scorer_module
 from scar.scoring import CoalitionScorer
+from scar.scoring.games import build_game, pack_games
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Workload:
 
 FULL = Workload(prompt=256, response=64, players=16, permutations=32, n_layer=2, n_embd=64)
 TINY = Workload(prompt=12, response=10, players=4, permutations=4, n_layer=1, n_embd=16)
+GROUP = {"full": 8, "tiny": 3}
+"""Responses per prompt in ``test_group_shares_the_prompt`` (TRL's ``num_generations``)."""
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +134,54 @@ def test_scorer_backend(benchmark, workload: Workload, backend: str, budget: int
         plain_tokens=s.plain_tokens,
         passes=s.passes,
         peak_pack_tokens=s.peak_pack_tokens,
+        torch_threads=1,
+    )
+    if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:
+        benchmark.extra_info["median_s"] = benchmark.stats.stats.median
+
+
+@lru_cache(maxsize=2)
+def group_instance(w: Workload):
+    """``GROUP`` responses to the workload's prompt, each with its own players and one antithetic pair of
+    permutations, plus their ``loop`` reference values."""
+    model, (prompt, *_) = instance(w)
+    gen = torch.Generator().manual_seed(2)
+    size = GROUP["full" if w == FULL else "tiny"]
+    responses = [torch.randint(3, 1000, (w.response,), generator=gen) for _ in range(size)]
+    players = [span_players(gen, w.response, w.players) for _ in range(size)]
+    coalitions = [antithetic_coalitions(gen, w.players, 2) for _ in range(size)]
+    args = ([prompt] * size, responses, players, coalitions, [[2]] * size)
+    return model, args, CoalitionScorer(model, backend="loop").score_many(*args)
+
+
+@pytest.mark.parametrize("roots", ["shared", "per-response"])
+def test_group_shares_the_prompt(benchmark, workload: Workload, roots: str, monkeypatch) -> None:
+    model, args, reference = group_instance(workload)
+    if roots == "per-response":
+        one_each = lambda games: (list(games), [[r] for r in range(len(games))])  # noqa: E731
+        monkeypatch.setattr(scorer_module, "share_prompts", one_each)
+    scorer = CoalitionScorer(model, backend="trie")
+    values = benchmark.pedantic(scorer.score_many, args=args, rounds=5, iterations=1, warmup_rounds=1)
+    for got, want in zip(values, reference):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    s = scorer.stats
+    prompt, size = len(args[0][0]), len(args[0])
+    games = [build_game(r, *a, vocab_size=None, filler_id=None) for r, a in enumerate(zip(*args))]
+    one_root_each = pack_games(games, [0] * size).n_tokens
+    if roots == "shared":  # the prompt once instead of once per response
+        assert s.trie_tokens <= one_root_each - (size - 1) * prompt
+    else:
+        assert s.trie_tokens == one_root_each
+    benchmark.extra_info.update(
+        roots=roots,
+        responses=size,
+        one_root_per_response_tokens=one_root_each,
+        workload=f"p{workload.prompt}_r{workload.response}_n{workload.players}_k2",
+        coalitions=s.coalitions,
+        tokens_computed=s.tokens_computed,
+        trie_lower_bound=s.trie_tokens,
+        plain_tokens=s.plain_tokens,
+        passes=s.passes,
         torch_threads=1,
     )
     if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:

@@ -109,8 +109,9 @@ class ScorerStats:
         tokens_computed: token-forwards actually run (padding, recomputed ancestors and cached prompt
             tokens included).
         passes: number of model forwards (cached-prompt prefill chunks included).
-        trie_tokens: node-token count of the coalition trie with whole prompts as roots: the lower bound
-            on tokens computed for these coalitions.
+        trie_tokens: node-token count of the coalition trie with whole prompts as roots, one root per
+            distinct prompt (responses to the same prompt share it): the lower bound on tokens computed for
+            these coalitions.
         peak_pack_tokens: the longest single forward, in tokens (batch x padded length for batches).
         plain_tokens: sum over coalitions of ``prompt + kept + suffix``: the cost of scoring each
             coalition on its own.

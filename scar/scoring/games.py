@@ -4,7 +4,8 @@ A coalition of response players is scored as the reward model's scalar on
 ``prompt ⊕ (tokens of the kept players and of the gaps, in order) ⊕ suffix``. A :class:`Game` holds the
 response as ``source = prompt ⊕ segments ⊕ suffix``, each segment a player's tokens or an always-kept gap,
 and the coalitions as bits over the segments' players; :func:`pack_games` turns a forest of games into the
-packed prefix-tree layout.
+packed prefix-tree layout. :func:`share_prompts` merges the games of responses to the same prompt (a GRPO
+group) into one tree, so that the prompt is computed once for all of them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from scar.game.players import as_ranges, validate_players
 from scar.game.tokens import as_token_ids
 from scar_kernels.ops import PackLayout, build_pack
 
-__all__ = ["Game", "build_game", "pack_games"]
+__all__ = ["Game", "build_game", "pack_games", "share_prompts", "split_shared"]
 
 
 @dataclass
@@ -158,3 +159,56 @@ def pack_games(games: Sequence[Game], cached: Sequence[int]) -> PackLayout:
         torch.tensor([g.suffix_len for g in games], dtype=torch.int64),
         torch.tensor(list(cached), dtype=torch.int64),
     )
+
+
+def share_prompts(games: Sequence[Game]) -> tuple[list[Game], list[list[int]]]:
+    """Merge the games with the same prompt and suffix into one game each, whose tree has one prompt root.
+
+    A merged game's source is ``prompt ⊕ segments of its first member ⊕ segments of the next ⊕ ... ⊕ suffix``;
+    every segment becomes a player of its own (the contract numbers them 0, 1, 2, ... in order). A member's
+    coalition keeps its own players as before and its own gaps, and no segment of the other members, so its
+    kept sequence (and, positions being counted over kept tokens, its positions) is exactly the member's:
+    the coalitions' sequences, hence their scores, do not change; only the prompt's tokens are shared.
+
+    Returns ``(merged, members)``: ``members[m]`` lists the indices of the games in ``merged[m]``, in order
+    (a game that shares its prompt with no other stays as it is). Scores of the merged games go back to the
+    original games with :func:`split_shared`.
+    """
+    groups: dict[tuple[bytes, bytes], list[int]] = {}
+    for r, g in enumerate(games):
+        prompt = g.source[: g.prompt_len].numpy().tobytes()
+        suffix = g.source[g.source.numel() - g.suffix_len :].numpy().tobytes()
+        groups.setdefault((prompt, suffix), []).append(r)
+    members = sorted(groups.values())
+    return [games[m[0]] if len(m) == 1 else _merge([games[r] for r in m]) for m in members], members
+
+
+def _merge(games: Sequence[Game]) -> Game:
+    first = games[0]
+    pieces = [first.source[: first.prompt_len]]
+    n_segments = sum(len(g.seg_player) for g in games)
+    bits = torch.zeros(sum(g.n_coalitions for g in games), n_segments, dtype=torch.bool)
+    row = column = 0
+    for g in games:
+        pieces.append(g.source[g.prompt_len : g.source.numel() - g.suffix_len])
+        seg_player = torch.tensor(g.seg_player, dtype=torch.int64)
+        owned = seg_player >= 0
+        block = torch.ones(g.n_coalitions, len(g.seg_player), dtype=torch.bool)  # gaps: kept by its coalitions only
+        block[:, owned] = g.bits[:, seg_player[owned]]
+        bits[row : row + g.n_coalitions, column : column + len(g.seg_player)] = block
+        row += g.n_coalitions
+        column += len(g.seg_player)
+    pieces.append(first.source[first.source.numel() - first.suffix_len :])
+    seg_len = [length for g in games for length in g.seg_len]
+    return Game(torch.cat(pieces), first.prompt_len, first.suffix_len, list(range(n_segments)), seg_len, bits)
+
+
+def split_shared(
+    scores: Sequence[torch.Tensor], members: Sequence[Sequence[int]], games: Sequence[Game]
+) -> list[torch.Tensor]:
+    """The scores of :func:`share_prompts`'s merged games, back per original game (in ``games``' order)."""
+    out: list[torch.Tensor | None] = [None] * len(games)
+    for values, group in zip(scores, members):
+        for r, part in zip(group, values.split([games[r].n_coalitions for r in group])):
+            out[r] = part
+    return out  # type: ignore[return-value]

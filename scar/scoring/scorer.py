@@ -33,7 +33,7 @@ from scar.scoring.config import (
     ScorerConfig,
     ScorerStats,
 )
-from scar.scoring.games import Game, build_game, pack_games
+from scar.scoring.games import Game, build_game, pack_games, share_prompts, split_shared
 from scar.scoring.loop import plain_scores, score_loop
 from scar.scoring.model import (
     RewardModelInfo,
@@ -302,11 +302,13 @@ class CoalitionScorer:
             distinct_coalitions=sum(int(torch.unique(g.bits, dim=0).shape[0]) if g.n_coalitions else 0 for g in games),
             plain_tokens=sum(int(ln.sum()) for ln in lengths),
         )
-        # The trie of whole prompts is the lower bound on tokens computed; the trie backend runs it.
-        layout = pack_games(games, [0] * n) if stats.coalitions else None
+        # The trie of whole prompts, one root per distinct prompt, is the lower bound on tokens computed; the
+        # trie backend runs it.
+        forest, members = share_prompts(games)
+        layout = pack_games(forest, [0] * len(forest)) if stats.coalitions else None
         stats.trie_tokens = layout.n_tokens if layout is not None else 0
         with torch.no_grad():
-            scores = self._run(games, layout, stats)
+            scores = self._run(games, forest, members, layout, stats)
             if self.backend != "loop" and self.config.verify and stats.coalitions:
                 self._verify(games, scores, stats)
         self._local.stats = stats
@@ -315,17 +317,21 @@ class CoalitionScorer:
     def _read_scores(self, logits: torch.Tensor) -> torch.Tensor:
         return self.info.score(logits, self.config.score_fn).cpu()
 
-    def _run(self, games: list[Game], layout: Any, stats: ScorerStats) -> list[torch.Tensor]:
+    def _run(
+        self, games: list[Game], forest: list[Game], members: list[list[int]], layout: Any, stats: ScorerStats
+    ) -> list[torch.Tensor]:
+        """Scores per game; ``trie`` runs ``forest`` (:func:`~scar.scoring.games.share_prompts` of ``games``,
+        packed as ``layout``), the other backends the games themselves."""
         if stats.coalitions == 0:
             return [torch.zeros(0, dtype=torch.float64) for _ in games]
         if self.backend == "loop":
             return score_loop(self.view, self.info, games, self._read_scores, stats)
         if self.backend == "batched":
             return score_batched(self.view, self.info, games, self.config.score_fn, self.max_tokens_per_pass, stats)
-        scores = score_trie(
+        forest_scores = score_trie(
             self.view,
             self.info,
-            games,
+            forest,
             layout,
             self._read_scores,
             self.max_tokens_per_pass,
@@ -333,6 +339,7 @@ class CoalitionScorer:
             stats,
             attention=self.attention if self.attention in ("kernel", "flex") else "kernel",
         )
+        scores = split_shared(forest_scores, members, games)
         self._rescore_nonfinite(games, scores, stats)
         return scores
 

@@ -1,12 +1,15 @@
 """The ``trie`` backend: every coalition of every response in one preorder prefix-tree pack.
 
+The scorer hands it the games after :func:`scar.scoring.games.share_prompts`, so responses to the same
+prompt are one tree under one prompt root.
+
 The pack (:func:`scar.scoring.games.pack_games`) runs in as few passes of the base model as the token
 budget allows (:func:`scar.scoring.passes.split_passes`), with compacted ``position_ids`` and the attention
 rule of ``horizon``: either tree attention (:func:`scar.scoring.attention.packed_forward`, which never
 builds an ``N x N`` mask and skips invisible key blocks: the ``scar::tree_attention`` kernel, or
 FlexAttention with a block mask built from ``horizon``) or a dense float mask given to the model's own
-attention. The score head is applied at the read-out rows only. A response whose tree does not
-fit one pass has its prompt computed once into a ``DynamicCache`` that every pass of that response attends.
+attention. The score head is applied at the read-out rows only. A tree that does not
+fit one pass has its prompt computed once into a ``DynamicCache`` that every pass of that tree attends.
 """
 
 from __future__ import annotations

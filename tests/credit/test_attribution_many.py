@@ -93,7 +93,8 @@ def test_one_int_seed_is_every_response_seed(tiny_model) -> None:
     # response 0 has 5 players, so 4 permutations sample (a smaller response's budget is capped to exact)
     assert shared[0].budget == 4 and shared[0].stderr is not None and bool((shared[0].stderr > 0).any())
     assert not torch.allclose(shared[0].values, other[0].values)
-    assert torch.equal(shared[1].values, other[1].values)
+    # response 1 drew the same coalitions; its scores agree to float32 rounding (the pack around it changed)
+    torch.testing.assert_close(shared[1].values, other[1].values, atol=1e-6, rtol=0)
 
 
 def test_empty_batch_calls_no_scorer(tiny_model) -> None:

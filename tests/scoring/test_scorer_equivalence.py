@@ -231,3 +231,39 @@ def test_other_served_decoders_equal_loop(tiny_model, trie_attentions, kind: str
         got, scorer = score(model, "trie", case, attention=attention, max_tokens_per_pass=24)
         assert scorer.attention == attention and scorer.stats.prompt_cache_tokens > 0
         torch.testing.assert_close(got, ref, atol=TOL, rtol=0, msg=f"{kind} {attention}")
+
+
+def _group_case(seed: int, prompt_ids: torch.Tensor, suffix_ids: torch.Tensor | None) -> dict:
+    case = make_case(["basic", "no_suffix_gaps", "single_player", "long_players"][seed % 4], seed=seed)
+    return {**case, "prompt_ids": prompt_ids, "suffix_ids": suffix_ids}
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+@pytest.mark.parametrize("removal", ["delete", "replace"])
+def test_responses_to_one_prompt_share_its_root(tiny_model, kind: str, removal: str) -> None:
+    """A GRPO-like batch: three responses to one prompt, one to another prompt, one to the first prompt with
+    another suffix. The prompt's tokens are computed once per (prompt, suffix); every score equals `loop`."""
+    model = tiny_model(kind)
+    prompt, other = torch.arange(10, 19), torch.arange(40, 45)
+    eos, other_eos = torch.tensor([2]), torch.tensor([7])
+    cases = [_group_case(s, prompt, eos) for s in range(3)]
+    cases += [_group_case(3, other, eos), _group_case(4, prompt, other_eos)]
+    kw = dict(removal="replace", filler_id=1) if removal == "replace" else {}
+    refs = [score(model, "loop", c, **kw)[0] for c in cases]
+    singles = [score(model, "trie", c, **kw)[1].stats.trie_tokens for c in cases]
+    args = [[c[k] for c in cases] for k in ("prompt_ids", "response_ids", "players", "coalitions", "suffix_ids")]
+    for attention in ("mask", "kernel", "flex"):
+        scorer = CoalitionScorer(model, backend="trie", attention=attention, **kw)
+        got = scorer.score_many(*args)
+        for g, r in zip(got, refs):
+            torch.testing.assert_close(g, r, atol=TOL, rtol=0, msg=f"{kind} {attention} {removal}")
+        # the three responses to (prompt, eos) share one root: two copies of the prompt are not computed
+        # (nor, with no gaps and delete, the duplicated prompt+suffix of their empty coalitions)
+        saved = sum(singles) - scorer.stats.trie_tokens
+        assert saved >= 2 * len(prompt)
+        assert scorer.stats.tokens_computed == scorer.stats.trie_tokens
+    # split into passes: the shared tree no longer fits one pass and its prompt goes through the KV cache
+    scorer = CoalitionScorer(model, backend="trie", attention="kernel", max_tokens_per_pass=48, **kw)
+    for g, r in zip(scorer.score_many(*args), refs):
+        torch.testing.assert_close(g, r, atol=TOL, rtol=0)
+    assert scorer.stats.passes > 1 and scorer.stats.prompt_cache_tokens > 0
