@@ -19,7 +19,7 @@ from scar.game.players import as_ranges, validate_players
 from scar.game.tokens import as_token_ids
 from scar_kernels.ops import PackLayout, build_pack
 
-__all__ = ["Game", "build_game", "pack_games", "share_prompts", "split_shared"]
+__all__ = ["Game", "build_game", "pack_games", "MERGE_MAX_ENTRIES", "share_prompts", "split_shared"]
 
 
 @dataclass
@@ -161,6 +161,12 @@ def pack_games(games: Sequence[Game], cached: Sequence[int]) -> PackLayout:
     )
 
 
+MERGE_MAX_ENTRIES = 2**24
+"""Most entries (coalitions x segments) of one merged game's coalition matrix in :func:`share_prompts`: 16
+MiB of bools, far above a GRPO group's (8 responses of 50 players with 2,000 coalitions each hold 6.4
+million)."""
+
+
 def share_prompts(games: Sequence[Game]) -> tuple[list[Game], list[list[int]]]:
     """Merge the games with the same prompt and suffix into one game each, whose tree has one prompt root.
 
@@ -169,6 +175,10 @@ def share_prompts(games: Sequence[Game]) -> tuple[list[Game], list[list[int]]]:
     coalition keeps its own players as before and its own gaps, and no segment of the other members, so its
     kept sequence (and, positions being counted over kept tokens, its positions) is exactly the member's:
     the coalitions' sequences, hence their scores, do not change; only the prompt's tokens are shared.
+
+    The merged coalition matrix is block-diagonal but stored dense (``[sum C, sum segments]``), so a group
+    is merged in runs of consecutive members whose matrix holds at most :data:`MERGE_MAX_ENTRIES` entries;
+    each run shares one root.
 
     Returns ``(merged, members)``: ``members[m]`` lists the indices of the games in ``merged[m]``, in order
     (a game that shares its prompt with no other stays as it is). Scores of the merged games go back to the
@@ -179,7 +189,19 @@ def share_prompts(games: Sequence[Game]) -> tuple[list[Game], list[list[int]]]:
         prompt = g.source[: g.prompt_len].numpy().tobytes()
         suffix = g.source[g.source.numel() - g.suffix_len :].numpy().tobytes()
         groups.setdefault((prompt, suffix), []).append(r)
-    members = sorted(groups.values())
+    members: list[list[int]] = []
+    for group in groups.values():
+        run: list[int] = []
+        rows = segments = 0
+        for r in group:
+            more_rows, more_segments = rows + games[r].n_coalitions, segments + len(games[r].seg_player)
+            if run and more_rows * more_segments > MERGE_MAX_ENTRIES:
+                members.append(run)
+                run, more_rows, more_segments = [], games[r].n_coalitions, len(games[r].seg_player)
+            run.append(r)
+            rows, segments = more_rows, more_segments
+        members.append(run)
+    members.sort()
     return [games[m[0]] if len(m) == 1 else _merge([games[r] for r in m]) for m in members], members
 
 

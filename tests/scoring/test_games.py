@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import scar.scoring.games as games_module
 from scar.scoring.games import build_game, pack_games, share_prompts, split_shared
 
 
@@ -43,11 +44,17 @@ def game_batches(draw):
     return games
 
 
-@settings(max_examples=60, deadline=None)
-@given(game_batches())
-def test_merged_games_keep_every_sequence(games) -> None:
-    merged, members = share_prompts(games)
+@settings(max_examples=80, deadline=None)
+@given(game_batches(), st.sampled_from([1, 40, 2**24]))
+def test_merged_games_keep_every_sequence(games, cap) -> None:
+    default, games_module.MERGE_MAX_ENTRIES = games_module.MERGE_MAX_ENTRIES, cap
+    try:
+        merged, members = share_prompts(games)
+    finally:
+        games_module.MERGE_MAX_ENTRIES = default
     assert sorted(r for m in members for r in m) == list(range(len(games)))
+    for game, group in zip(merged, members):  # a merged game stays under the cap unless it is one response
+        assert len(group) == 1 or game.bits.numel() <= cap
     for game, group in zip(merged, members):
         prompts = {tuple(games[r].source[: games[r].prompt_len].tolist()) for r in group}
         assert len(prompts) == 1  # only responses to the same prompt (and suffix) are merged
@@ -75,3 +82,13 @@ def test_different_prompts_or_suffixes_stay_apart() -> None:
     merged, members = share_prompts(games)
     assert members == [[0, 1], [2], [3], [4]]
     assert merged[1] is games[2] and merged[0].prompt_len == 1 and merged[0].source.tolist() == [5, 50, 51, 50, 51, 2]
+
+
+def test_a_large_group_is_merged_in_runs(monkeypatch) -> None:
+    bits = torch.ones(3, 2, dtype=torch.bool)  # 3 coalitions x 2 segments per response
+    games = [build_game(i, [5, 6], [50, 51, 52], [(0, 1), (1, 3)], bits, [2], vocab_size=None, filler_id=None)
+             for i in range(5)]
+    monkeypatch.setattr(games_module, "MERGE_MAX_ENTRIES", 6 * 4)  # two responses: 6 rows x 4 segments
+    merged, members = share_prompts(games)
+    assert members == [[0, 1], [2, 3], [4]]
+    assert [g.bits.shape for g in merged[:2]] == [(6, 4), (6, 4)] and merged[2] is games[4]
