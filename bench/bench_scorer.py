@@ -122,19 +122,28 @@ def test_scorer_backend(benchmark, workload: Workload, backend: str, budget: int
     if backend == "trie" and s.trie_tokens <= budget:
         assert s.tokens_computed == s.trie_tokens and s.passes == 1  # the whole trie fits one pass
     assert s.peak_pack_tokens <= budget
-    benchmark.extra_info.update(
+    record(
+        benchmark,
+        s,
         backend=backend,
         max_tokens_per_pass=budget,
         workload=f"p{workload.prompt}_r{workload.response}_n{workload.players}_k{workload.permutations}",
-        coalitions=s.coalitions,
         distinct_coalitions=s.distinct_coalitions,
+        ratio_to_lower_bound=round(s.ratio_to_lower_bound, 3),
+        peak_pack_tokens=s.peak_pack_tokens,
+    )
+
+
+def record(benchmark, s, **extra) -> None:
+    """The scorer's cost of the run (and the median wall time) in ``benchmark.extra_info``, with ``extra``."""
+    benchmark.extra_info.update(
+        coalitions=s.coalitions,
         tokens_computed=s.tokens_computed,
         trie_lower_bound=s.trie_tokens,
-        ratio_to_lower_bound=round(s.ratio_to_lower_bound, 3),
         plain_tokens=s.plain_tokens,
         passes=s.passes,
-        peak_pack_tokens=s.peak_pack_tokens,
         torch_threads=1,
+        **extra,
     )
     if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:
         benchmark.extra_info["median_s"] = benchmark.stats.stats.median
@@ -172,17 +181,11 @@ def test_group_shares_the_prompt(benchmark, workload: Workload, roots: str, monk
         assert s.trie_tokens <= one_root_each - (size - 1) * prompt
     else:
         assert s.trie_tokens == one_root_each
-    benchmark.extra_info.update(
+    record(
+        benchmark,
+        s,
         roots=roots,
         responses=size,
         one_root_per_response_tokens=one_root_each,
         workload=f"p{workload.prompt}_r{workload.response}_n{workload.players}_k2",
-        coalitions=s.coalitions,
-        tokens_computed=s.tokens_computed,
-        trie_lower_bound=s.trie_tokens,
-        plain_tokens=s.plain_tokens,
-        passes=s.passes,
-        torch_threads=1,
     )
-    if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:
-        benchmark.extra_info["median_s"] = benchmark.stats.stats.median
