@@ -43,9 +43,11 @@ Methods (see :func:`shapley`):
 ``stratified``
     Coalitions stratified by size (complementary pairs drawn without replacement, at least two per size
     class, the extreme sizes enumerated when affordable); the unbiased stratified estimate (each coalition
-    serves every player) and KernelSHAP's regression on the same coalitions, combined with the weight
-    that minimises their jackknife variance and shrunk towards the equal split when the noise is as large
-    as the values. Exactly efficient; not linear in the values (the weights depend on them).
+    serves every player), KernelSHAP's regression on the same coalitions and regression-adjusted
+    estimates (a polynomial surrogate's closed-form values plus the cross-fitted stratified estimate of
+    the residual game), combined with the weights that minimise their jackknife variance and shrunk
+    towards the equal split when the noise is as large as the values. Exactly efficient; not linear in
+    the values (the weights depend on them).
 
 With ``tol``, :func:`shapley` samples in rounds until every player's standard error is at most ``tol``
 (:mod:`~scar.shapley.adaptive`).

@@ -1,4 +1,5 @@
-"""Stratified sampling by coalition size, combined with KernelSHAP's regression on the same coalitions.
+"""Stratified sampling by coalition size, combined with KernelSHAP's regression and regression-adjusted
+estimates on the same coalitions.
 
 The Shapley value of player ``i`` splits by coalition size ``s``:
 
@@ -14,7 +15,7 @@ among the remaining classes: two complementary pairs each first (one for the mid
 coalitions of size ``n / 2``), the rest by kernel mass. Each class draws its coalitions uniformly *without
 replacement* and plans each with its complement, so every size stratum holds a simple random sample.
 
-Finish. Two estimates from the same values, each exactly efficient:
+Finish. Up to four estimates from the same values, each exactly efficient:
 
 - the stratified Monte Carlo estimate (every coalition of size ``s`` serves every player: members as
   ``i in S`` and the others as ``i not in S``): ``D_{i,s}`` is the stratum's sample covariance of ``v`` and
@@ -26,20 +27,29 @@ Finish. Two estimates from the same values, each exactly efficient:
   sampled contribute nothing;
 - KernelSHAP's constrained weighted least squares, each stratum's rows weighted by its kernel mass over its
   sampled rows (consistent, slightly biased at small budgets, and very accurate when the game is close to
-  additive).
+  additive);
+- the regression-adjusted estimates of :mod:`scar.shapley.surrogate`, one per order in
+  :data:`STRATIFIED_ORDERS` (1 and 3): a polynomial surrogate of the pairs' differences ``v(S) - v(N \\ S)``,
+  whose Shapley values are closed form, plus the stratified Monte Carlo estimate of the residual game,
+  cross-fitted over the jackknife groups so that the estimate stays unbiased whenever every class is
+  sampled. They join only when every sampled class holds pairs of at least :data:`STRATIFIED_ADJUST_GROUPS`
+  groups, and only surrogates of at most :data:`~scar.shapley.surrogate.SURROGATE_MAX_FEATURES`
+  coefficients are fitted (order 3 up to 20 players).
 
-They are combined as ``lam * kernel + (1 - lam) * stratified`` with one ``lam`` in ``[0, 1]`` for all players
-(so the sum stays ``v(N) - v(∅)``) that minimises the summed variance, estimated by a grouped jackknife over
-the sampled pairs (:data:`STRATIFIED_GROUPS` groups; the enumerated strata are fixed). The regression wins on
-games close to additive and the stratified estimate on games with high-order interactions; the combination
-follows whichever the sample shows to vary less. The result is then shrunk towards the equal split
-``(v(N) - v(∅)) / n`` by a James-Stein factor (:data:`STRATIFIED_SHRINK`), which only acts when the noise is
-as large as the values' spread. ``stderr`` is the grouped jackknife's standard error of the combined estimate
-before shrinking, scaled by Student's quantile at the jackknife's degrees of freedom (groups sampled minus
-one) over the normal's, so that ``values +- 1.96 stderr`` is meant as a 95% interval (NaN with fewer than two
-groups sampled, zeros when every coalition is enumerated). The combination and the shrinkage make the result
-slightly biased at small budgets and not linear in the values; the stratified estimate alone
-(:func:`stratified_mc`) is unbiased once every class is sampled.
+They are combined as ``sum_k w_k estimate_k`` with weights ``w_k >= 0`` summing to 1, the same for all players
+(so the sum stays ``v(N) - v(∅)``), that minimise the summed variance, estimated by a grouped jackknife over the
+sampled pairs (:data:`STRATIFIED_GROUPS` groups; the enumerated strata are fixed; a replicate refits the
+regression and the surrogates without the deleted group). The regression wins on games close to additive, the
+stratified estimate on games with high-order interactions and the adjusted estimates where the surrogate
+captures much of the game; the combination follows whichever the sample shows to vary less. The result is
+then shrunk towards the equal split ``(v(N) - v(∅)) / n`` by a James-Stein factor (:data:`STRATIFIED_SHRINK`),
+which only acts when the noise is as large as the values' spread. ``stderr`` is the grouped jackknife's
+standard error of the combined estimate before shrinking, scaled by Student's quantile at the jackknife's
+degrees of freedom (groups sampled minus one) over the normal's, so that ``values +- 1.96 stderr`` is meant as
+a 95% interval (NaN with fewer than two groups sampled, zeros when every coalition is enumerated). The
+combination and the shrinkage make the result slightly biased at small budgets and not linear in the values;
+the stratified estimate alone (:func:`stratified_mc`) and each adjusted estimate alone are unbiased once every
+class is sampled.
 
 A budget of ``2**n - 2`` or more enumerates every coalition and gives the exact values; plans above
 :data:`~scar.shapley.base.MAX_PLAN_ROWS` / ``MAX_PLAN_ENTRIES`` and more than
@@ -66,9 +76,12 @@ from scar.shapley.base import (
     with_ends,
 )
 from scar.shapley.kernel import KERNEL_MAX_PLAYERS, _combinations, _kkt_solve, kernel_default_budget
+from scar.shapley.surrogate import SURROGATE_MAX_FEATURES, RegressionAdjustment, surrogate_feature_count
 
 __all__ = [
     "STRATIFIED_GROUPS",
+    "STRATIFIED_ORDERS",
+    "STRATIFIED_ADJUST_GROUPS",
     "STRATIFIED_SHRINK",
     "Stratum",
     "stratified_design",
@@ -78,7 +91,17 @@ __all__ = [
 ]
 
 STRATIFIED_GROUPS = 8
-"""Groups of sampled pairs in the grouped jackknife that weighs the two estimates and gives ``stderr``."""
+"""Groups of sampled pairs in the grouped jackknife that weighs the estimates, cross-fits the surrogates and
+gives ``stderr``."""
+
+STRATIFIED_ORDERS = (1, 3)
+"""Orders of the odd surrogates (:mod:`scar.shapley.surrogate`) whose regression-adjusted estimates join the
+combination; an order is skipped above :data:`~scar.shapley.surrogate.SURROGATE_MAX_FEATURES` coefficients
+and order 3 below 3 players."""
+
+STRATIFIED_ADJUST_GROUPS = 3
+"""The regression-adjusted estimates join the combination only when every sampled size holds pairs of at
+least this many jackknife groups (below, the jackknife cannot tell their variance reliably)."""
 
 STRATIFIED_SHRINK = 0.5
 """The combined estimate ``phi`` is shrunk towards the equal split ``e = (v(N) - v(∅)) / n``:
@@ -297,6 +320,30 @@ def stratified_fit(
     return values, identified
 
 
+def _simplex_weights(cov: torch.Tensor) -> torch.Tensor:
+    """Weights ``w >= 0`` summing to 1 that minimise ``w' C w`` (every support tried; ties to the first)."""
+    k = cov.shape[0]
+    best, best_w = math.inf, torch.zeros(k, dtype=torch.float64)
+    best_w[min(range(k), key=lambda j: float(cov[j, j]))] = 1.0
+    for mask in range(1, 2**k):
+        idx = [j for j in range(k) if mask >> j & 1]
+        sub = cov[idx][:, idx]
+        sol = torch.linalg.pinv(sub) @ torch.ones(len(idx), dtype=torch.float64)
+        tot = float(sol.sum())
+        if not tot > 0:
+            continue
+        w = sol / tot
+        if bool((w < -1e-12).any()):
+            continue
+        full_w = torch.zeros(k, dtype=torch.float64)
+        full_w[idx] = w.clamp(min=0)
+        full_w /= full_w.sum()
+        obj = float(full_w @ cov @ full_w)
+        if obj < best:
+            best, best_w = obj, full_w
+    return best_w
+
+
 def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanParts:
     """Plan rows, budget and solver of ``method="stratified"`` (budget: coalitions besides ∅ and N, even,
     at least 2; default :func:`~scar.shapley.kernel.kernel_default_budget`)."""
@@ -315,6 +362,8 @@ def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanPar
             )
         budget = cap_at_proper_coalitions(budget, n)
     z, strata, group = stratified_design(n, budget, gen)
+    sampled_groups = [len(set(group[st.start : st.stop].tolist())) for st in strata if int(group[st.start]) >= 0]
+    adjust = bool(sampled_groups) and min(sampled_groups) >= STRATIFIED_ADJUST_GROUPS
 
     def estimates(y: torch.Tensor, keep: torch.Tensor, base: float, full: float) -> tuple[torch.Tensor, torch.Tensor]:
         fit, _ = stratified_fit(z, y, strata, keep, base, full)
@@ -335,18 +384,24 @@ def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanPar
         if len(used) < 2:
             nan = torch.full((n,), float("nan"), dtype=torch.float64)
             return ShapleyResult(mc, nan, n_evals, base, full, "stratified", budget)
-        reps = [estimates(y, group != g, base, full) for g in used]
-        fits = torch.stack([r[0] for r in reps])
-        mcs = torch.stack([r[1] for r in reps])
+        mass = _kernel_mass(n)
+        adjusters = [
+            RegressionAdjustment(z, y, strata, group, base, full, order, mass)
+            for order in STRATIFIED_ORDERS
+            if surrogate_feature_count(n, order) <= SURROGATE_MAX_FEATURES and order <= n and adjust
+        ]
+        full_est = torch.stack([fit, mc] + [a.estimate() for a in adjusters])
+        reps_list = []
+        for g in used:
+            f_g, mc_g = estimates(y, group != g, base, full)
+            reps_list.append(torch.stack([f_g, mc_g] + [a.estimate(g) for a in adjusters]))
+        reps = torch.stack(reps_list)  # [groups, estimates, n]
         scale = (len(used) - 1) / len(used)
-        d_fit, d_mc = fits - fits.mean(0), mcs - mcs.mean(0)
-        var_fit = scale * float((d_fit**2).sum())
-        var_mc = scale * float((d_mc**2).sum())
-        cov = scale * float((d_fit * d_mc).sum())
-        denom = var_fit + var_mc - 2 * cov
-        lam = min(1.0, max(0.0, (var_mc - cov) / denom)) if denom > 0 else 0.0
-        values = lam * fit + (1 - lam) * mc
-        d = lam * d_fit + (1 - lam) * d_mc
+        dev = reps - reps.mean(0)
+        cov = scale * torch.einsum("gkn,gln->kl", dev, dev)
+        weights = _simplex_weights(cov)
+        values = weights @ full_est
+        d = torch.einsum("k,gkn->gn", weights, dev)
         jackknife = torch.sqrt(scale * (d**2).sum(0))
         # shrunk towards the equal split, which is efficient and has no variance (see STRATIFIED_SHRINK)
         equal = (full - base) / n

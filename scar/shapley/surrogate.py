@@ -1,0 +1,305 @@
+"""Odd polynomial surrogates of the pair differences, and the regression-adjusted stratified estimate.
+
+The stratified plan (:func:`scar.shapley.stratified.stratified_design`) samples coalitions in complementary
+pairs ``(S, N \\ S)``, and the stratified estimate of a size class depends on a pair only through the
+difference ``d(S) = v(S) - v(N \\ S)``. With ``x_i = 2 z_i - 1`` (``+1`` for a member, ``-1`` otherwise),
+``d`` is an odd function of ``x``; a surrogate of order ``k`` (odd) models it as
+
+    g(x) = sum_i a_i x_i + sum_{a<b<c} c_abc x_a x_b x_c  (+ the degree-``k`` products up to ``k``),
+
+the Fourier terms of odd degree up to ``k`` (even-degree terms of ``v`` cancel in ``d``; this is why an
+order-2 model of ``v`` adds nothing on complementary pairs). It is fitted by weighted least squares to the
+sampled differences, one row per pair, each class's rows sharing its Shapley-kernel mass, the pair ``(∅, N)``
+weighted :data:`SURROGATE_END_WEIGHT`, with the ridge penalty :data:`SURROGATE_RIDGE` on the terms of degree
+above one. ``g`` is the pair difference of the game ``f(S) = g(x(S)) / 2``, whose Shapley values are closed
+form: each degree-``m`` term ``c_T x_T`` gives ``c_T / m`` to each member of ``T``.
+
+Per size class. Write ``p = s / n`` for the class's size ``s`` (the smaller one), and for any odd ``g``
+
+    Q_{i,s}(g) = E[g(x(S)) (z_i - p)] / (p (1 - p)),  S uniform among the coalitions of size s,
+
+which is closed form: a term ``c_T x_T`` of degree ``m`` contributes ``c_T (E_{m-1}(s - 1) + E_{m-1}(s))``
+to the members of ``T`` and ``c_T (E_m(s - 1) - E_m(s))`` to the others, with ``E_m(t)`` the mean of a
+product of ``m`` of the ``x`` over a uniform ``t``-subset of ``n - 1`` players (a hypergeometric sum). The
+class's share of the Shapley value, ``C_{i,k} = D_{i,k} + D_{i,n-k}`` in the notation of
+:mod:`scar.shapley.stratified` (``D_{i,n/2}`` alone for the middle class), is ``Q_{i,k}(d)`` (half of it for the
+middle class), so ``phi_i = (v(N) - v(∅)) / n + (1 / n) sum_k C_{i,k}`` and ``Q`` sums to zero over players.
+
+The adjusted estimate (:meth:`RegressionAdjustment.estimate`) writes ``Q(d) = Q(g) + Q(d - g)``: the first
+term in closed form, the second by Monte Carlo on the residuals, with cross-fitting over the jackknife groups
+of the plan. For group ``j`` the surrogate ``g_j`` is fitted on the pairs of every other group and the fixed
+rows (the enumerated classes and ``(∅, N)``). In a sampled class with ``U`` distinct pairs, ``m`` sampled, ``m_j``
+of them in group ``j`` and ``m_o = m - m_j`` in the others: given the other groups' pairs, group ``j``'s pairs
+are a simple random sample of the pairs the others did not draw, so
+
+    T_j = sum_{other pairs} h_j + (U - m_o) / m_j sum_{pairs of j} h_j,   h_j = (d - g_j(x) - c_j) (z_i - p),
+
+is unbiased for ``sum_{all U pairs} (d - g_j)(z_i - p) = U p (1 - p) Q_i(d - g_j)`` (``c_j``, the other
+groups' mean residual in the class, is fixed given them and ``sum (z_i - p)`` over the class's pairs is 0; for
+the middle class, whose pairs have no preferred member, ``c_j = 0``). Each group's ``Q(g_j) + T_j / (U p
+(1 - p))`` is unbiased for ``Q(d)``; the class's estimate averages them with weights ``m_j / m`` (fixed by the
+plan). Enumerated classes contribute their exact share. The estimate is unbiased whenever every class is
+sampled, whatever the surrogates, and exactly efficient (each ``h_j`` sums to zero over players). A jackknife
+replicate (one group deleted) is the same estimate on the other groups, the surrogates refitted without the
+deleted group. :meth:`RegressionAdjustment.regression` gives the surrogate's own Shapley values (fitted on all
+groups but the deleted one, shifted equally to sum to ``v(N) - v(∅)``; consistent only where ``d`` is of
+degree ``k`` or less).
+
+Per-group normal equations are accumulated once; each fit then solves a ``p x p`` system (``p = n`` for order
+1, ``n + comb(n, 3)`` for order 3). Surrogates above :data:`SURROGATE_MAX_FEATURES` coefficients are not fitted.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+__all__ = [
+    "SURROGATE_RIDGE",
+    "SURROGATE_END_WEIGHT",
+    "SURROGATE_MAX_FEATURES",
+    "surrogate_feature_count",
+    "surrogate_features",
+    "surrogate_shapley",
+    "surrogate_class_contrasts",
+    "RegressionAdjustment",
+]
+
+SURROGATE_RIDGE = 1e-3
+"""Ridge penalty on the surrogate's terms of degree above one, relative to the fitted rows' total kernel
+weight (about 1)."""
+
+SURROGATE_END_WEIGHT = 1e3
+"""Weight of the pair ``(∅, N)`` in the surrogate fit (the other rows' weights sum to about 1)."""
+
+SURROGATE_MAX_FEATURES = 1200
+"""Largest surrogate fitted (coefficients): order 3 up to ``n = 20``, order 1 up to ``n = 1200``."""
+
+_TINY_RIDGE = 1e-10  # on the degree-one terms, so that every system is positive definite
+
+
+class _StratumLike(Protocol):
+    @property
+    def size(self) -> int: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def stop(self) -> int: ...
+    @property
+    def population(self) -> int: ...
+
+
+@functools.lru_cache(maxsize=64)
+def _terms(n: int, order: int) -> list[torch.Tensor]:
+    """The index sets of the surrogate's terms, by odd degree: ``[m_terms, m]`` int64 per degree (cached:
+    do not modify)."""
+    return [
+        torch.combinations(torch.arange(n), m) if m > 1 else torch.arange(n)[:, None] for m in range(1, order + 1, 2)
+    ]
+
+
+def surrogate_feature_count(n: int, order: int) -> int:
+    """Coefficients of an order-``order`` surrogate on ``n`` players: ``sum_{m odd <= order} comb(n, m)``."""
+    return sum(math.comb(n, m) for m in range(1, order + 1, 2))
+
+
+def surrogate_features(z: torch.Tensor, order: int) -> torch.Tensor:
+    """Design matrix ``[rows, p]`` float64: the products ``x_T`` (``x = 2 z - 1``) of every odd degree up to
+    ``order``, degree by degree, each degree's index sets in the order of ``torch.combinations``."""
+    x = 2.0 * z.double() - 1.0
+    cols = []
+    for idx in _terms(z.shape[1], order):
+        cols.append(x[:, idx].prod(dim=2) if idx.shape[0] else x[:, :0])
+    return torch.cat(cols, dim=1)
+
+
+def _by_degree(beta: torch.Tensor, n: int, order: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(m, index sets, coefficients)`` per odd degree ``m``."""
+    out, at = [], 0
+    for idx in _terms(n, order):
+        out.append((idx.shape[1], idx, beta[at : at + idx.shape[0]]))
+        at += idx.shape[0]
+    return out
+
+
+def _member_sums(idx: torch.Tensor, coef: torch.Tensor, n: int) -> torch.Tensor:
+    """``sum_{T containing i} c_T`` for every player ``i``."""
+    out = torch.zeros(n, dtype=torch.float64)
+    if idx.shape[0]:
+        out.index_add_(0, idx.reshape(-1), coef[:, None].expand(idx.shape).reshape(-1))
+    return out
+
+
+def surrogate_shapley(beta: torch.Tensor, n: int, order: int) -> torch.Tensor:
+    """Shapley values of ``f(S) = g(x(S)) / 2``: each term ``c_T x_T`` gives ``c_T / |T|`` to each member."""
+    out = torch.zeros(n, dtype=torch.float64)
+    for m, idx, coef in _by_degree(beta, n, order):
+        out += _member_sums(idx, coef, n) / m
+    return out
+
+
+def _product_mean(m: int, t: int, players: int) -> float:
+    """Mean of ``x_1 ... x_m`` over a uniform ``t``-subset of ``players`` players (``x = +-1``)."""
+    if m == 0:
+        return 1.0
+    total = math.comb(players, t)
+    if m > players:
+        return 0.0  # no such product (it has no term)
+    ways = (
+        math.comb(m, j) * math.comb(players - m, t - j) * (-1) ** (m - j)
+        for j in range(max(0, t - players + m), min(m, t) + 1)
+    )
+    return sum(ways) / total
+
+
+def surrogate_class_contrasts(beta: torch.Tensor, n: int, order: int, size: int) -> torch.Tensor:
+    """``Q_{i,s}(g)`` for coalitions of ``size`` players (see the module docs), ``[n]``; sums to zero."""
+    out = torch.zeros(n, dtype=torch.float64)
+    for m, idx, coef in _by_degree(beta, n, order):
+        member = _product_mean(m - 1, size - 1, n - 1) + _product_mean(m - 1, size, n - 1)
+        other = _product_mean(m, size - 1, n - 1) - _product_mean(m, size, n - 1)
+        mine = _member_sums(idx, coef, n)
+        out += member * mine + other * (coef.sum() - mine)
+    return out
+
+
+def _pair_rows(
+    z: torch.Tensor, st: _StratumLike, other: _StratumLike, middle: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the class's pairs: one member of each and its complement (int64 indices). A sampled middle
+    class holds its pairs' first members, then their complements; an enumerated one every coalition of size
+    ``n / 2`` once, paired here with its complement (the member holding player 0 first)."""
+    rows = torch.arange(st.start, st.stop)
+    if not middle:
+        return rows, torch.arange(other.start, other.stop)
+    zs = z[st.start : st.stop]
+    if st.stop - st.start < st.population:
+        half = rows.shape[0] // 2
+        return rows[:half], rows[half:]
+    weights = torch.tensor([1 << i for i in range(z.shape[1])], dtype=torch.int64)
+    codes = (zs.long() * weights).sum(1)
+    where = {int(c): i for i, c in enumerate(codes.tolist())}
+    first = zs[:, 0].nonzero()[:, 0]
+    full = int(weights.sum())
+    comp = torch.tensor([where[full - int(codes[i])] for i in first.tolist()], dtype=torch.int64)
+    return rows[first], rows[comp]
+
+
+class RegressionAdjustment:
+    """The regression-adjusted estimate with an order-``order`` odd surrogate (see the module docs), for any
+    deleted jackknife group.
+
+    Args:
+        z: the design ``[rows, n]`` bool of :func:`~scar.shapley.stratified.stratified_design`; y: its values
+            (float64); strata, group: its strata and the rows' groups (``-1``: enumerated); base, full: ``v(∅)``
+            and ``v(N)``; order: 1 or 3; mass: the Shapley-kernel mass of each size class.
+    """
+
+    def __init__(
+        self,
+        z: torch.Tensor,
+        y: torch.Tensor,
+        strata: Sequence[_StratumLike],
+        group: torch.Tensor,
+        base: float,
+        full: float,
+        order: int,
+        mass: dict[int, float],
+    ) -> None:
+        n = z.shape[1]
+        self.n, self.order = n, order
+        self.equal = (full - base) / n
+        by_size = {st.size: st for st in strata if st.stop > st.start}
+        self.classes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        self.exact_sum = torch.zeros(n, dtype=torch.float64)
+        reps, diffs, weights, groups = [], [], [], []
+        for k in sorted(s for s in by_size if 2 * s <= n):
+            st = by_size[k]
+            middle = 2 * k == n
+            rep, comp = _pair_rows(z, st, by_size[n - k], middle)
+            zk, dk, gk = z[rep], y[rep] - y[comp], group[rep]
+            units = st.population // 2 if middle else st.population
+            q = k / n
+            if bool((gk < 0).all()):  # enumerated: the exact share of the class
+                share = (dk[:, None] * (zk.double() - q)).sum(0) / (units * q * (1 - q))
+                self.exact_sum += share / 2 if middle else share
+            else:
+                self.classes.append((k, zk, dk, gk, units))
+            reps.append(zk)
+            diffs.append(dk)
+            weights.append(torch.full((zk.shape[0],), mass[k] / zk.shape[0], dtype=torch.float64))
+            groups.append(gk)
+        self.x = surrogate_features(torch.cat(reps), order)
+        d = torch.cat(diffs)
+        w = torch.cat(weights)
+        self.row_group = torch.cat(groups)
+        self.d = d
+        ends = surrogate_features(torch.ones(1, n, dtype=torch.bool), order)
+        xw = self.x * w[:, None]
+        fixed = self.row_group < 0
+        self.gram_fixed = xw[fixed].T @ self.x[fixed] + SURROGATE_END_WEIGHT * ends.T @ ends
+        self.rhs_fixed = xw[fixed].T @ d[fixed] + SURROGATE_END_WEIGHT * ends[0] * (full - base)
+        self.used = sorted(set(self.row_group[self.row_group >= 0].tolist()))
+        self.gram = {j: xw[self.row_group == j].T @ self.x[self.row_group == j] for j in self.used}
+        self.rhs = {j: xw[self.row_group == j].T @ d[self.row_group == j] for j in self.used}
+        p = self.x.shape[1]
+        self.ridge = torch.full((p,), SURROGATE_RIDGE, dtype=torch.float64)
+        self.ridge[:n] = _TINY_RIDGE
+        self.class_rows = []
+        at = 0
+        for zk in reps:
+            self.class_rows.append(slice(at, at + zk.shape[0]))
+            at += zk.shape[0]
+        self._class_at = {k: sl for k, sl in zip(sorted(s for s in by_size if 2 * s <= n), self.class_rows)}
+        self._fits: dict[frozenset[int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _fit(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coefficients fitted without the groups ``excluded``, and the residuals ``d - g(x)`` of every pair."""
+        if excluded not in self._fits:
+            a = self.gram_fixed + torch.diag(self.ridge)
+            b = self.rhs_fixed.clone()
+            for j in self.used:
+                if j not in excluded:
+                    a = a + self.gram[j]
+                    b = b + self.rhs[j]
+            chol, info = torch.linalg.cholesky_ex(a)
+            if int(info) == 0:
+                beta = torch.cholesky_solve(b[:, None], chol)[:, 0]
+            else:  # pragma: no cover - the ridge keeps the system positive definite
+                beta = torch.linalg.lstsq(a, b[:, None], driver="gelsd").solution[:, 0]
+            self._fits[excluded] = (beta, self.d - self.x @ beta)
+        return self._fits[excluded]
+
+    def estimate(self, deleted: int | None = None) -> torch.Tensor:
+        """The adjusted estimate from every group but ``deleted`` (see the module docs)."""
+        n = self.n
+        total = self.exact_sum.clone()
+        drop = frozenset() if deleted is None else frozenset([deleted])
+        for k, zk, _, gk, units in self.classes:
+            rows = self._class_at[k]
+            active = gk != deleted if deleted is not None else torch.ones_like(gk, dtype=torch.bool)
+            m = int(active.sum())
+            if m == 0:
+                continue
+            middle = 2 * k == n
+            q = k / n
+            zc = zk.double() - q
+            share = torch.zeros(n, dtype=torch.float64)
+            for j in sorted(set(gk[active].tolist())):
+                beta, resid = self._fit(drop | {j})
+                r = resid[rows]
+                mine = gk == j
+                other = active & ~mine
+                m_j, m_o = int(mine.sum()), int(other.sum())
+                if m_o and not middle:
+                    r = r - r[other].mean()
+                h = r[:, None] * zc
+                t = h[other].sum(0) + (units - m_o) / m_j * h[mine].sum(0)
+                est = surrogate_class_contrasts(beta, n, self.order, k) + t / (units * q * (1 - q))
+                share += m_j / m * est
+            total += share / 2 if middle else share
+        return self.equal + total / n
