@@ -169,6 +169,13 @@ METHODS: dict[str, Method] = {
             {**_SPAN, "label_fraction": 0.5},
         ),
         Method("scar-training", "SCAR.for_training: the recommended configuration for RL", True, _scar_for_training),
+        Method(
+            "scar-training-fp32",
+            "SCAR.for_training with the coalitions scored in the reward model's own float32 (score_dtype=None)",
+            True,
+            _scar_for_training,
+            {"score_dtype": None},
+        ),
     )
 }
 

@@ -9,6 +9,7 @@ from scar._checks import check_choice, check_positive_int, check_seed, check_tol
 from scar.credit.rewards import PLACEMENTS
 from scar.game.players import KINDS
 from scar.game.tokens import as_token_ids
+from scar.scoring.precision import SCORE_DTYPES
 from scar.shapley import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS
 
 __all__ = ["CreditConfig"]
@@ -46,6 +47,15 @@ class CreditConfig:
         tol_absolute: ``tol`` is in the reward model's units.
         max_budget: with ``tol``: the most budget one response may spend (the estimator's unit): an even int,
             a function of the response's number of players, or None for 8 times the estimator's default.
+        score_dtype: the dtype the coalitions are scored in: None (the reward model's own, the default),
+            ``"bfloat16"`` or ``"float16"`` (a copy of the reward model cast to it, made once when
+            :class:`~scar.credit.rewarder.SCAR` is built: later changes to the model's weights do not reach
+            it), or ``"auto"`` (``bfloat16`` when the model is ``float32`` and ``bfloat16`` matrix products
+            are measured faster on its device, else the model's own: :mod:`scar.scoring.precision`). With a
+            copy, ``r`` and ``v(∅)`` still come from the reward model itself (one plain padded pass per chunk)
+            and the values are shifted equally so that they sum to ``r - v(∅)``: only the split between the
+            players is computed in the lower precision, whose rounding is far below the sampling noise of a
+            sampled estimate.
     """
 
     players: str = "span"
@@ -61,6 +71,7 @@ class CreditConfig:
     tol: float | None = None
     tol_absolute: bool = False
     max_budget: int | Callable[[int], int] | None = None
+    score_dtype: str | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.players, "player kind", KINDS)
@@ -93,6 +104,8 @@ class CreditConfig:
                 )
             if self.max_budget is not None and not callable(self.max_budget):
                 self.max_budget = check_positive_int(self.max_budget, "max_budget")
+        if self.score_dtype is not None:
+            check_choice(self.score_dtype, "score_dtype", SCORE_DTYPES)
 
     def budget_for(self, n_players: int) -> int | None:
         """The estimator budget for a response of ``n_players`` players (see :attr:`budget`)."""

@@ -39,6 +39,7 @@ from scar.game.players import Player, hierarchy, segment
 from scar.game.tokens import Encoded, check_length, encode_pair, require_fast_tokenizer, to_policy_tokens
 from scar.scoring import CoalitionScorer, ScorerConfig, ScorerStats
 from scar.scoring.padded import score_padded
+from scar.scoring.precision import cast_copy, resolve_score_dtype
 from scar.shapley import ShapleyResult
 
 __all__ = ["SCAR", "response_seed", "total_stats"]
@@ -90,7 +91,8 @@ class SCAR:
         **overrides: fields of either config.
 
     Attributes:
-        config, scorer: the settings and the :class:`~scar.scoring.CoalitionScorer`.
+        config, scorer: the settings and the :class:`~scar.scoring.CoalitionScorer` of the reward model
+            (:attr:`credit_scorer` scores the coalitions).
         last_stats: after a call, one entry per response: the :class:`~scar.scoring.ScorerStats` of the
             scorer call that scored it. The responses of one chunk of ``batch_size`` share that call, so
             they share one stats object (count distinct objects, never sum over responses); an empty
@@ -130,11 +132,25 @@ class SCAR:
         self.tokenizer = tokenizer
         self.policy_tokenizer = policy_tokenizer
         self.scorer = CoalitionScorer(reward_model, scorer_config)
+        dtype = resolve_score_dtype(self.config.score_dtype, reward_model)
+        self._cast_scorer = None if dtype is None else CoalitionScorer(cast_copy(reward_model, dtype), scorer_config)
         self.last_stats: list[ScorerStats | None] = []
         self._local = threading.local()  # the last chunk's cost, per thread (as the scorer's stats)
 
-    TRAINING_SETTINGS: ClassVar[dict[str, Any]] = {"players": "span", "method": "permutation", "budget": 2}
-    """What :meth:`for_training` sets unless overridden: span players, one antithetic pair of permutations."""
+    @property
+    def credit_scorer(self) -> CoalitionScorer:
+        """The scorer of the coalitions: :attr:`scorer`, or the one over the copy of the reward model in
+        :attr:`CreditConfig.score_dtype <scar.credit.config.CreditConfig.score_dtype>`."""
+        return self.scorer if self._cast_scorer is None else self._cast_scorer
+
+    TRAINING_SETTINGS: ClassVar[dict[str, Any]] = {
+        "players": "span",
+        "method": "permutation",
+        "budget": 2,
+        "score_dtype": "auto",
+    }
+    """What :meth:`for_training` sets unless overridden: span players, one antithetic pair of permutations, the
+    coalitions scored in bfloat16 where that is faster (``r`` stays the reward model's own)."""
 
     @classmethod
     def for_training(cls, reward_model: Any, tokenizer: Any, **overrides: Any) -> SCAR:
@@ -143,10 +159,12 @@ class SCAR:
         RL needs credit that is cheap per step and unbiased, not precise per response: the policy gradient
         averages the noise of many responses and steps away. One antithetic pair of permutations gives
         every player an unbiased value whose sum is exactly ``v(N) - v(empty)``, at a few plain reward-model
-        passes per batch; the budget sweep behind this choice (estimators, budgets, amortised credit, their
-        cost per batch, correlation with exact values and steps and wall time to a reward threshold in GRPO)
-        is ``bench/RESULTS_training.md`` in the repository. Pass a seed (``seed=0``) for credit that does not
-        depend on the process or batch that computes it.
+        passes per batch; scoring those coalitions in bfloat16 (where the device computes it faster than
+        float32, ``score_dtype="auto"``) changes the values by rounding far below that sampling noise, and
+        ``r`` stays the reward model's own. The budget sweep behind these choices (estimators, budgets,
+        amortised credit, precision, their cost per batch, correlation with exact values and steps and wall
+        time to a reward threshold in GRPO) is ``bench/RESULTS_training.md`` in the repository. Pass a seed
+        (``seed=0``) for credit that does not depend on the process or batch that computes it.
         """
         return cls(reward_model, tokenizer, **{**cls.TRAINING_SETTINGS, **overrides})
 
@@ -234,7 +252,7 @@ class SCAR:
     def _chunk_stats(self, n: int) -> list[ScorerStats]:
         """The cost of the last :meth:`_shapley_chunk` per response: here the scorer call (or, with ``tol``,
         the total of the rounds' calls) they shared."""
-        return [getattr(self._local, "chunk_cost", None) or self.scorer.stats] * n
+        return [getattr(self._local, "chunk_cost", None) or self.credit_scorer.stats] * n
 
     def _shapley_chunk(self, pending: list[tuple[int, Encoded, list[Player], Any, int | None]]) -> list[ShapleyResult]:
         """Shapley values of a chunk's non-empty responses, all scored in ONE scorer call (one forest)."""
@@ -247,7 +265,7 @@ class SCAR:
         calls: list[ScorerStats] = []
         try:
             results = shapley_values_many(
-                self.scorer,
+                self.credit_scorer,
                 [p[1].prompt_ids for p in pending],
                 [p[1].response_ids for p in pending],
                 [p[2] for p in pending],
@@ -261,8 +279,32 @@ class SCAR:
             )
         except ResponseError as err:  # e.g. NaN scores from the reward model: say which response
             raise ValueError(f"Shapley credit of response {pending[err.index][0]}: {err.reason}") from err
-        self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, self.scorer.backend)
+        if self._cast_scorer is not None:
+            results = self._anchored([p[1] for p in pending], results, calls)
+        self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, self.credit_scorer.backend)
         return results
+
+    def _anchored(
+        self, encs: list[Encoded], results: list[ShapleyResult], calls: list[ScorerStats]
+    ) -> list[ShapleyResult]:
+        """Results whose ``r`` and ``v(∅)`` are the reward model's own (one plain padded pass over the full and
+        the empty sequences), the values shifted equally so that they still sum to ``r - v(∅)``; the pass's
+        cost is appended to ``calls``."""
+        empties = list(dict.fromkeys(tuple(e.prompt_ids + e.suffix_ids) for e in encs))
+        rows = [e.ids for e in encs] + [list(t) for t in empties]
+        with torch.no_grad():
+            scores = score_padded(self.scorer.view, self.scorer.info, rows, score_fn=self.scorer.score_fn).scores
+        empty_value = {t: float(scores[len(encs) + k]) for k, t in enumerate(empties)}
+        out = []
+        for k, (enc, res) in enumerate(zip(encs, results)):
+            r, v0 = float(scores[k]), empty_value[tuple(enc.prompt_ids + enc.suffix_ids)]
+            shift = ((r - v0) - (res.full_value - res.base_value)) / max(res.values.numel(), 1)
+            out.append(dataclasses.replace(res, values=res.values + shift, full_value=r, base_value=v0))
+        tokens = sum(len(row) for row in rows)
+        calls.append(
+            ScorerStats(backend="plain", passes=1, tokens_computed=tokens, peak_pack_tokens=tokens, plain_tokens=tokens)
+        )
+        return out
 
     def _shaped(
         self,

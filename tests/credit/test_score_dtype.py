@@ -1,0 +1,76 @@
+"""``score_dtype``: the coalitions scored by a lower-precision copy of the reward model, ``r`` and ``v(∅)`` by
+the model itself, the values shifted to sum to ``r - v(∅)`` exactly; ``"auto"`` follows the measurement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import scar.scoring.precision as precision
+from scar.credit.config import CreditConfig
+from scar.credit.rewarder import SCAR
+from scar.game.tokens import encode_pair
+from scar.scoring.model import model_dtype
+from scar.scoring.padded import score_padded
+
+PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Review:"]
+RESPONSES = [" It was great, and lovely!", " Boring, slow. The plot is thin.", " I did not like the ending."]
+KW = dict(players="span", method="permutation", budget=4, seed=3, progress=False)
+
+
+def test_bfloat16_coalitions_keep_r_and_sum_exactly(rm, tokenizer) -> None:
+    before = [p.detach().clone() for p in rm.parameters()]
+    full = SCAR(rm, tokenizer, **KW)
+    half = SCAR(rm, tokenizer, score_dtype="bfloat16", **KW)
+    assert half.credit_scorer is not half.scorer and model_dtype(half.credit_scorer.view) == torch.bfloat16
+    assert full.credit_scorer is full.scorer
+    want, got = full(PROMPTS, RESPONSES), half(PROMPTS, RESPONSES)
+    for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
+        enc = encode_pair(tokenizer, prompt, response)
+        with torch.no_grad():
+            plain = score_padded(full.scorer.view, full.scorer.info, [enc.ids, enc.prompt_ids], score_fn=None).scores
+        # r and v(∅) are the float32 model's plain scores (bfloat16 ones would be ~1e-3 off)
+        torch.testing.assert_close(got.rewards[i], plain[0].double(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.base_values[i], plain[1].double(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(got.rewards[i], want.rewards[i], atol=1e-5, rtol=0)
+        # the values still split r - v(∅) exactly ...
+        assert float(got.values[i].sum()) == pytest.approx(float(got.rewards[i] - got.base_values[i]), abs=1e-9)
+        # ... and differ from the float32 split by bfloat16 rounding only (same coalitions, same seed)
+        scale = float(want.values[i].abs().max())
+        assert float((got.values[i] - want.values[i]).abs().max()) <= 0.05 * scale
+        assert not torch.equal(got.values[i], want.values[i])  # the copy really scored them
+    assert all(p.dtype == torch.float32 for p in rm.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, rm.parameters()))  # the model is untouched
+    # the cost of a chunk includes the plain pass that gives r and v(∅)
+    assert half.last_stats[0].tokens_computed > half.credit_scorer.stats.tokens_computed
+
+
+@pytest.mark.parametrize("speedup, cast", [(3.0, True), (1.0, False), (0.0, False)])
+def test_auto_follows_the_measurement(rm, tokenizer, monkeypatch, speedup: float, cast: bool) -> None:
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda device, width: speedup)
+    scar = SCAR.for_training(rm, tokenizer, progress=False)
+    assert scar.config.score_dtype == "auto"
+    assert (scar.credit_scorer is not scar.scorer) == cast
+    assert precision.resolve_score_dtype("auto", rm) == (torch.bfloat16 if cast else None)
+
+
+def test_resolution_against_the_model_dtype(rm, monkeypatch) -> None:
+    monkeypatch.setattr(precision, "bfloat16_speedup", lambda device, width: 10.0)
+    half = precision.cast_copy(rm, torch.bfloat16)
+    assert precision.resolve_score_dtype("auto", half) is None  # only a float32 model is cast by auto
+    assert precision.resolve_score_dtype("bfloat16", half) is None  # already in it: no copy
+    assert precision.resolve_score_dtype("float16", rm) == torch.float16
+    assert precision.resolve_score_dtype(None, rm) is None
+    with pytest.raises(ValueError, match="score dtype must be None or one of auto, bfloat16, float16"):
+        precision.resolve_score_dtype("int8", rm)
+
+
+@pytest.mark.parametrize("bad", ["int8", "fp32", torch.bfloat16, 16])
+def test_bad_score_dtype_is_refused(bad) -> None:
+    with pytest.raises(ValueError, match="unknown score_dtype"):
+        CreditConfig(score_dtype=bad)
+
+
+def test_the_measurement() -> None:
+    assert precision.bfloat16_speedup("meta", 64) == 0.0
+    assert precision.bfloat16_speedup("cpu", 64) > 0.0
