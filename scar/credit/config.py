@@ -50,8 +50,9 @@ class CreditConfig:
         score_dtype: the dtype the coalitions are scored in: None (the reward model's own, the default),
             ``"bfloat16"`` or ``"float16"`` (a copy of the reward model cast to it, made once when
             :class:`~scar.credit.rewarder.SCAR` is built: later changes to the model's weights do not reach
-            it), or ``"auto"`` (``bfloat16`` when the model is ``float32`` and ``bfloat16`` matrix products
-            are measured faster on its device, else the model's own: :mod:`scar.scoring.precision`). With a
+            it), or ``"auto"`` (``bfloat16`` when the model is ``float32``, ``method`` is not ``"exact"`` and
+            ``bfloat16`` matrix products are measured faster on its device, else the model's own:
+            :mod:`scar.scoring.precision`). With a
             copy, ``r`` and ``v(∅)`` still come from the reward model itself (one plain padded pass per chunk)
             and the values are shifted equally so that they sum to ``r - v(∅)``: only the split between the
             players is computed in the lower precision, whose rounding is far below the sampling noise of a

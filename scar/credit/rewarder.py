@@ -132,7 +132,11 @@ class SCAR:
         self.tokenizer = tokenizer
         self.policy_tokenizer = policy_tokenizer
         self.scorer = CoalitionScorer(reward_model, scorer_config)
-        dtype = resolve_score_dtype(self.config.score_dtype, reward_model)
+        # "auto" lowers the precision of sampled estimates only: exact values stay exact
+        choice = (
+            None if self.config.score_dtype == "auto" and self.config.method == "exact" else self.config.score_dtype
+        )
+        dtype = resolve_score_dtype(choice, reward_model)
         self._cast_scorer = None if dtype is None else CoalitionScorer(cast_copy(reward_model, dtype), scorer_config)
         self.last_stats: list[ScorerStats | None] = []
         self._local = threading.local()  # the last chunk's cost, per thread (as the scorer's stats)

@@ -52,6 +52,8 @@ def test_auto_follows_the_measurement(rm, tokenizer, monkeypatch, speedup: float
     assert scar.config.score_dtype == "auto"
     assert (scar.credit_scorer is not scar.scorer) == cast
     assert precision.resolve_score_dtype("auto", rm) == (torch.bfloat16 if cast else None)
+    exact = SCAR.for_training(rm, tokenizer, progress=False, method="exact")
+    assert exact.credit_scorer is exact.scorer  # auto never rounds exact values
 
 
 def test_resolution_against_the_model_dtype(rm, monkeypatch) -> None:
