@@ -46,7 +46,9 @@ groups but the deleted one, shifted equally to sum to ``v(N) - v(∅)``; consist
 degree ``k`` or less).
 
 Per-group normal equations are accumulated once; each fit then solves a ``p x p`` system (``p = n`` for order
-1, ``n + comb(n, 3)`` for order 3). Surrogates above :data:`SURROGATE_MAX_FEATURES` coefficients are not fitted.
+1, ``n + comb(n, 3)`` for order 3), or, when the sampled pairs are fewer than ``p``, removes the excluded groups'
+rows from the fit on every group by the Woodbury identity (kept only if it satisfies its normal equations to
+rounding, else solved directly). Surrogates above :data:`SURROGATE_MAX_FEATURES` coefficients are not fitted.
 """
 
 from __future__ import annotations
@@ -256,21 +258,65 @@ class RegressionAdjustment:
             at += zk.shape[0]
         self._class_at = {k: sl for k, sl in zip(sorted(s for s in by_size if 2 * s <= n), self.class_rows)}
         self._fits: dict[frozenset[int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.weight = w
+        self._cheap_downdate = int((self.row_group >= 0).sum()) < p
+        self._all: tuple[torch.Tensor, ...] | None = None
+
+    def _direct(self, excluded: frozenset[int]) -> torch.Tensor:
+        """Coefficients fitted without the groups ``excluded``: the ``p x p`` normal equations, solved."""
+        a = self.gram_fixed + torch.diag(self.ridge)
+        b = self.rhs_fixed.clone()
+        for j in self.used:
+            if j not in excluded:
+                a = a + self.gram[j]
+                b = b + self.rhs[j]
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) == 0:
+            return torch.cholesky_solve(b[:, None], chol)[:, 0]
+        return torch.linalg.lstsq(a, b[:, None], driver="gelsd").solution[:, 0]  # pragma: no cover
+
+    def _downdated(self, excluded: frozenset[int]) -> torch.Tensor | None:
+        """The same coefficients from the fit on every group, with the excluded groups' rows removed by the
+        Woodbury identity (cheaper when the sampled pairs are fewer than the coefficients); None when the
+        result does not satisfy its normal equations to rounding."""
+        if self._all is None:
+            a = self.gram_fixed + torch.diag(self.ridge)
+            b = self.rhs_fixed.clone()
+            for j in self.used:
+                a = a + self.gram[j]
+                b = b + self.rhs[j]
+            chol, info = torch.linalg.cholesky_ex(a)
+            if int(info) != 0:  # pragma: no cover - the ridge keeps the system positive definite
+                return None
+            sampled = self.row_group >= 0
+            self._all = (
+                a,
+                b,
+                torch.cholesky_solve(b[:, None], chol)[:, 0],
+                sampled.nonzero()[:, 0],
+                torch.cholesky_solve(self.x[sampled].T.contiguous(), chol),
+            )
+        a, b, beta, sampled_rows, solved = self._all
+        pick = torch.isin(self.row_group[sampled_rows], torch.tensor(sorted(excluded), dtype=torch.int64))
+        if not bool(pick.any()):
+            return beta
+        rows = sampled_rows[pick]
+        xs, ws, ds = self.x[rows], self.weight[rows], self.d[rows]
+        vs = solved[:, pick]  # A^-1 X_S'
+        u = beta - vs @ (ws * ds)
+        m = torch.diag(1.0 / ws) - xs @ vs
+        beta_s = u + vs @ torch.linalg.solve(m, xs @ u)
+        a_s = a - (xs * ws[:, None]).T @ xs
+        b_s = b - xs.T @ (ws * ds)
+        gap = float((a_s @ beta_s - b_s).abs().max())
+        return beta_s if gap <= 1e-9 * max(1.0, float(b_s.abs().max())) else None
 
     def _fit(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Coefficients fitted without the groups ``excluded``, and the residuals ``d - g(x)`` of every pair."""
         if excluded not in self._fits:
-            a = self.gram_fixed + torch.diag(self.ridge)
-            b = self.rhs_fixed.clone()
-            for j in self.used:
-                if j not in excluded:
-                    a = a + self.gram[j]
-                    b = b + self.rhs[j]
-            chol, info = torch.linalg.cholesky_ex(a)
-            if int(info) == 0:
-                beta = torch.cholesky_solve(b[:, None], chol)[:, 0]
-            else:  # pragma: no cover - the ridge keeps the system positive definite
-                beta = torch.linalg.lstsq(a, b[:, None], driver="gelsd").solution[:, 0]
+            beta = self._downdated(excluded) if self._cheap_downdate else None
+            if beta is None:
+                beta = self._direct(excluded)
             self._fits[excluded] = (beta, self.d - self.x @ beta)
         return self._fits[excluded]
 
