@@ -47,7 +47,10 @@ Methods (see :func:`shapley`):
     estimates (a polynomial surrogate's closed-form values plus the cross-fitted stratified estimate of
     the residual game), combined with the weights that minimise their jackknife variance and shrunk
     towards the equal split when the noise is as large as the values. Exactly efficient; not linear in
-    the values (the weights depend on them).
+    the values (the weights depend on them). Its finish does far more arithmetic than ``kernel``'s (a
+    jackknife over groups of pairs, the order-3 surrogate's ``n + comb(n, 3)`` coefficients refitted per
+    group), which matters where evaluations are cheap: prefer it when each coalition costs a reward-model
+    forward that dwarfs a few hundred small linear solves.
 
 With ``tol``, :func:`shapley` samples in rounds until every player's standard error is at most ``tol``
 (:mod:`~scar.shapley.adaptive`).
