@@ -53,14 +53,17 @@ def resolve_score_dtype(choice: str | None, model: nn.Module) -> torch.dtype | N
 
 @functools.cache
 def bfloat16_speedup(device_type: str, width: int) -> float:
-    """Time of a ``[1024, width] x [width, 4 width]`` product in float32 over its time in bfloat16 on a
-    device of this type (median of 5 after a warm-up; cached per process). 0 where bfloat16 is unavailable."""
+    """Time of a ``[rows, width] x [width, 4 width]`` product in float32 over its time in bfloat16 on a
+    device of this type (median of 5 after a warm-up; cached per process). ``rows`` gives the product about
+    ``2**28`` multiply-adds (16 to 65,536 rows), enough work that the ratio measures throughput, not call
+    overhead. 0 where bfloat16 is unavailable."""
     if device_type == "cuda" and not torch.cuda.is_bf16_supported():
         return 0.0
     if device_type not in ("cpu", "cuda"):
         return 0.0
+    rows = min(65536, max(16, 2**28 // (4 * width * width)))
     gen = torch.Generator().manual_seed(0)
-    a32 = torch.randn(1024, width, generator=gen).to(device_type)
+    a32 = torch.randn(rows, width, generator=gen).to(device_type)
     b32 = torch.randn(width, 4 * width, generator=gen).to(device_type)
     times = []
     for a, b in ((a32, b32), (a32.bfloat16(), b32.bfloat16())):
