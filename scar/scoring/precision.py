@@ -4,8 +4,9 @@ A sampled Shapley estimate is noisy at the level of tens of percent; the roundin
 is a fraction of a percent of a score. So the coalitions of sampled credit can be scored by a copy of the
 reward model in ``bfloat16`` where that is faster, while the sequence reward ``r`` and ``v(∅)`` stay the
 model's own (see :class:`scar.credit.rewarder.SCAR`). ``"auto"`` takes ``bfloat16`` only when the model is
-``float32`` and a matrix product of the model's width runs faster in ``bfloat16`` on its device (CPUs with
-native bfloat16 instructions, GPUs with bfloat16 tensor cores); elsewhere it keeps the model's dtype.
+``float32``, on one device, and a matrix product of the model's width runs faster in ``bfloat16`` there
+(CPUs with native bfloat16 instructions, GPUs with bfloat16 tensor cores); elsewhere it keeps the model's
+dtype.
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ def resolve_score_dtype(choice: str | None, model: nn.Module) -> torch.dtype | N
     if choice is None:
         return None
     if choice == "auto":
-        if own != torch.float32:
+        # a model dispatched over several devices (accelerate's device_map) is not copied behind the user's back
+        placement = getattr(model, "hf_device_map", None)
+        if own != torch.float32 or (isinstance(placement, dict) and len(set(placement.values())) > 1):
             return None
         width = int(getattr(getattr(model, "config", None), "hidden_size", 0) or 0) or 1024
         return torch.bfloat16 if bfloat16_speedup(model_device(model).type, width) >= AUTO_SPEEDUP else None

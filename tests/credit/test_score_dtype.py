@@ -63,6 +63,12 @@ def test_resolution_against_the_model_dtype(rm, monkeypatch) -> None:
     assert precision.resolve_score_dtype("bfloat16", half) is None  # already in it: no copy
     assert precision.resolve_score_dtype("float16", rm) == torch.float16
     assert precision.resolve_score_dtype(None, rm) is None
+    rm.hf_device_map = {"transformer.h.0": 0, "transformer.h.1": 1}  # dispatched over two devices: no copy
+    try:
+        assert precision.resolve_score_dtype("auto", rm) is None
+    finally:
+        del rm.hf_device_map
+    assert precision.resolve_score_dtype("auto", rm) == torch.bfloat16
     with pytest.raises(ValueError, match="score dtype must be None or one of auto, bfloat16, float16"):
         precision.resolve_score_dtype("int8", rm)
 
