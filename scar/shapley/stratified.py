@@ -75,7 +75,7 @@ from scar.shapley.base import (
     unique_rows,
     with_ends,
 )
-from scar.shapley.kernel import KERNEL_MAX_PLAYERS, _combinations, _kkt_solve, kernel_default_budget
+from scar.shapley.kernel import KERNEL_MAX_PLAYERS, _class_masses, _combinations, _kkt_solve, kernel_default_budget
 from scar.shapley.surrogate import SURROGATE_MAX_FEATURES, RegressionAdjustment, surrogate_feature_count
 
 __all__ = [
@@ -136,13 +136,6 @@ class Stratum:
     def enumerated(self) -> bool:
         """Whether the stratum holds every coalition of its size (no sampling error)."""
         return self.rows == self.population
-
-
-def _kernel_mass(n: int) -> dict[int, float]:
-    """Shapley-kernel mass of each size class ``k`` (sizes ``k`` and ``n - k``), summing to 1."""
-    size_mass = {s: (n - 1) / (s * (n - s)) for s in range(1, n)}
-    total = sum(size_mass.values())
-    return {k: (size_mass[k] if 2 * k == n else 2 * size_mass[k]) / total for k in range(1, n // 2 + 1)}
 
 
 def _pair_population(n: int, k: int) -> int:
@@ -217,7 +210,7 @@ def stratified_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.
             f"KERNEL_MAX_PLAYERS = {KERNEL_MAX_PLAYERS} (got n_players={n}); use method='permutation'"
         )
     check_plan_size("stratified", n, budget, cap_at_proper_coalitions(budget, n) + 2)
-    mass = _kernel_mass(n)
+    mass = _class_masses(n)
     classes = list(range(1, n // 2 + 1))
     enumerated: list[int] = []
     left, mass_left = budget, 1.0
@@ -301,7 +294,7 @@ def stratified_fit(
     """KernelSHAP's efficiency-constrained weighted least squares on the rows ``keep``: each stratum's kept
     rows share its Shapley-kernel mass. Returns ``(values, identified)``."""
     n = z.shape[1]
-    mass = _kernel_mass(n)
+    mass = _class_masses(n)
     a = torch.zeros(n, n, dtype=torch.float64)
     b = torch.zeros(n, dtype=torch.float64)
     for st in strata:
@@ -384,7 +377,7 @@ def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanPar
         if len(used) < 2:
             nan = torch.full((n,), float("nan"), dtype=torch.float64)
             return ShapleyResult(mc, nan, n_evals, base, full, "stratified", budget)
-        mass = _kernel_mass(n)
+        mass = _class_masses(n)
         adjusters = [
             RegressionAdjustment(z, y, strata, group, base, full, order, mass)
             for order in STRATIFIED_ORDERS

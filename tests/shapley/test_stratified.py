@@ -12,8 +12,8 @@ from tiny_games import AdditiveGame, CountingValueFn, SumOfUnanimityGame, TableG
 
 from scar.shapley import METHODS, plan, shapley, surrogate
 from scar.shapley.base import make_generator
-from scar.shapley.kernel import KERNEL_MAX_PLAYERS
-from scar.shapley.stratified import STRATIFIED_GROUPS, _kernel_mass, stratified_design, stratified_fit, stratified_mc
+from scar.shapley.kernel import KERNEL_MAX_PLAYERS, _class_masses
+from scar.shapley.stratified import STRATIFIED_GROUPS, stratified_design, stratified_fit, stratified_mc
 from scar.shapley.surrogate import (
     RegressionAdjustment,
     surrogate_class_contrasts,
@@ -178,7 +178,7 @@ def test_pair_differences_of_a_two_additive_game_are_linear() -> None:
     that samples (and so is every jackknife replicate)."""
     game = SumOfUnanimityGame(10, terms=20, lo=1, hi=2, seed=2)
     z, strata, group, y, base, full = _design_values(game, 10, 40, 3)
-    adj = RegressionAdjustment(z, y, strata, group, base, full, 1, _kernel_mass(10))
+    adj = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(10))
     torch.testing.assert_close(adj.estimate(), game.reference(), rtol=0, atol=1e-7)
     torch.testing.assert_close(adj.estimate(int(group.max())), game.reference(), rtol=0, atol=1e-7)
 
@@ -190,9 +190,9 @@ def test_order_three_surrogate_makes_a_three_additive_game_exact(monkeypatch: py
     monkeypatch.setattr(surrogate, "SURROGATE_RIDGE", 1e-12)
     game = SumOfUnanimityGame(8, terms=16, lo=1, hi=3, seed=4)
     z, strata, group, y, base, full = _design_values(game, 8, 200, 0)
-    adj = RegressionAdjustment(z, y, strata, group, base, full, 3, _kernel_mass(8))
+    adj = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(8))
     torch.testing.assert_close(adj.estimate(), game.reference(), rtol=0, atol=1e-7)
-    lin = RegressionAdjustment(z, y, strata, group, base, full, 1, _kernel_mass(8)).estimate()
+    lin = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(8)).estimate()
     assert float((lin - game.reference()).abs().max()) > 1e-3  # the order-1 surrogate cannot fit it
     res = shapley(game, 8, method="stratified", budget=200, seed=0)
     torch.testing.assert_close(res.values, game.reference(), rtol=0, atol=1e-6)
@@ -205,8 +205,8 @@ def test_downdated_fits_match_the_direct_solves() -> None:
     from solving each fit's normal equations directly."""
     game = SumOfUnanimityGame(16, terms=30, lo=1, hi=16, seed=7)
     z, strata, group, y, base, full = _design_values(game, 16, 126, 0)
-    fast = RegressionAdjustment(z, y, strata, group, base, full, 3, _kernel_mass(16))
-    slow = RegressionAdjustment(z, y, strata, group, base, full, 3, _kernel_mass(16))
+    fast = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(16))
+    slow = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(16))
     assert fast._cheap_downdate
     assert all(fast._downdated(frozenset(ex)) is not None for ex in ([0], [0, 1], [3, 7]))  # no fallback
     slow._cheap_downdate = False
@@ -222,7 +222,7 @@ def test_adjusted_estimate_is_unbiased(order: int) -> None:
         runs = []
         for seed in range(300):
             z, strata, group, y, base, full = _design_values(game, 10, 60, seed)
-            runs.append(RegressionAdjustment(z, y, strata, group, base, full, order, _kernel_mass(10)).estimate())
+            runs.append(RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(10)).estimate())
         est = torch.stack(runs)
         se = est.std(0) / math.sqrt(est.shape[0])
         assert bool((se > 0).all())
@@ -238,7 +238,7 @@ def test_adjusted_estimates_are_efficient(budget: int) -> None:
     for seed in range(3):
         z, strata, group, y, base, full = _design_values(game, 9, budget, seed)
         for order in (1, 3):
-            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _kernel_mass(9))
+            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(9))
             assert float(adj.estimate().sum()) == pytest.approx(full - base, abs=1e-9)
             if int(group.max()) >= 0:
                 assert float(adj.estimate(int(group.max())).sum()) == pytest.approx(full - base, abs=1e-9)
