@@ -43,7 +43,14 @@ from scar_kernels.extension import has_extension
 from scar_kernels.flex import COMPILE_BY_DEVICE, DEFAULT_BLOCK_SIZE, flex_unavailable_reason, tree_block_mask
 from scar_kernels.flex import flex_tree_attention as _flex_tree_attention
 from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
-from scar_kernels.selection import AGREEMENT, MEASURE_BY_DEVICE, AttentionChoice, permutation_prefixes, time_candidates
+from scar_kernels.selection import (
+    AGREEMENT,
+    MEASURE_BY_DEVICE,
+    AttentionChoice,
+    median_ms,
+    permutation_prefixes,
+    time_candidates,
+)
 from scar_kernels.tree_attention import tree_attention as triton_tree_attention
 from scar_kernels.tree_attention import tree_attention_reference, validate_tree_attention_inputs
 
@@ -60,6 +67,7 @@ __all__ = [
     "flex_unavailable_reason",
     "has_extension",
     "implementation",
+    "median_ms",
     "permutation_pack",
     "tree_attention",
     "triton_available",

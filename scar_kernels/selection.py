@@ -31,6 +31,7 @@ __all__ = [
     "AttentionChoice",
     "CANDIDATES",
     "MEASURE_BY_DEVICE",
+    "median_ms",
     "permutation_prefixes",
     "time_candidates",
 ]
@@ -103,7 +104,9 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_ms(fn: Callable[[], Tensor], device: torch.device, warmup: int, repeats: int) -> float:
+def median_ms(fn: Callable[[], Tensor], device: torch.device, warmup: int, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` in milliseconds, after ``warmup`` untimed calls (CUDA
+    synchronised around each timing)."""
     for _ in range(warmup):
         fn()
     _synchronize(device)
@@ -144,7 +147,7 @@ def time_candidates(
     def measure(name: str, fn: Callable[[], Tensor]) -> float:
         if timer is not None:
             return float(timer(name, fn))
-        return _median_ms(fn, device, warmup, repeats)
+        return median_ms(fn, device, warmup, repeats)
 
     kernel_ms = measure("kernel", run_kernel)
     flex_ms: float | None = None

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import copy
 import functools
-import time
 
 import torch
 from torch import nn
 
 from scar.scoring.model import model_device, model_dtype
+from scar_kernels.ops import median_ms
 
 __all__ = ["SCORE_DTYPES", "AUTO_SPEEDUP", "resolve_score_dtype", "bfloat16_speedup", "cast_copy"]
 
@@ -66,21 +66,13 @@ def bfloat16_speedup(device_type: str, width: int) -> float:
         return 0.0
     rows = min(65536, max(16, 2**28 // (4 * width * width)))
     gen = torch.Generator().manual_seed(0)
-    a32 = torch.randn(rows, width, generator=gen).to(device_type)
-    b32 = torch.randn(width, 4 * width, generator=gen).to(device_type)
-    times = []
-    for a, b in ((a32, b32), (a32.bfloat16(), b32.bfloat16())):
-        runs = []
-        for i in range(6):
-            if device_type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            a @ b
-            if device_type == "cuda":
-                torch.cuda.synchronize()
-            if i:  # the first run is a warm-up
-                runs.append(time.perf_counter() - start)
-        times.append(sorted(runs)[len(runs) // 2])
+    device = torch.device(device_type)
+    a32 = torch.randn(rows, width, generator=gen).to(device)
+    b32 = torch.randn(width, 4 * width, generator=gen).to(device)
+    times = [
+        median_ms(functools.partial(torch.matmul, a, b), device, warmup=1, repeats=5)
+        for a, b in ((a32, b32), (a32.bfloat16(), b32.bfloat16()))
+    ]
     return times[0] / times[1] if times[1] > 0 else 0.0
 
 
