@@ -294,19 +294,26 @@ class SCAR:
         """Results whose ``r`` and ``v(∅)`` are the reward model's own (one plain padded pass over the full and
         the empty sequences), the values shifted equally so that they still sum to ``r - v(∅)``; the pass's
         cost is appended to ``calls``."""
+        # the players partition the response (segment), so v(∅) is the score of prompt ⊕ suffix
         empties = list(dict.fromkeys(tuple(e.prompt_ids + e.suffix_ids) for e in encs))
         rows = [e.ids for e in encs] + [list(t) for t in empties]
         with torch.no_grad():
-            scores = score_padded(self.scorer.view, self.scorer.info, rows, score_fn=self.scorer.score_fn).scores
+            plain = score_padded(self.scorer.view, self.scorer.info, rows, score_fn=self.scorer.score_fn)
+        scores = plain.scores
         empty_value = {t: float(scores[len(encs) + k]) for k, t in enumerate(empties)}
         out = []
         for k, (enc, res) in enumerate(zip(encs, results)):
             r, v0 = float(scores[k]), empty_value[tuple(enc.prompt_ids + enc.suffix_ids)]
             shift = ((r - v0) - (res.full_value - res.base_value)) / max(res.values.numel(), 1)
             out.append(dataclasses.replace(res, values=res.values + shift, full_value=r, base_value=v0))
-        tokens = sum(len(row) for row in rows)
         calls.append(
-            ScorerStats(backend="plain", passes=1, tokens_computed=tokens, peak_pack_tokens=tokens, plain_tokens=tokens)
+            ScorerStats(
+                backend="plain",
+                passes=plain.passes,
+                tokens_computed=plain.tokens,
+                peak_pack_tokens=plain.peak_tokens,
+                plain_tokens=sum(len(row) for row in rows),
+            )
         )
         return out
 
