@@ -29,7 +29,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+from scar.shapley.kernel import _kkt_solve
 from scar_bench.accuracy import estimate_from_table
 from scar_bench.measure import rel_l2
 from scar_bench.methods import bitmask, trie_lower_bound
@@ -90,16 +92,6 @@ def truncation_probability(coalitions: np.ndarray, size_probs: np.ndarray) -> np
     return out
 
 
-def _constrained_wls(z: np.ndarray, y: np.ndarray, w: np.ndarray, total: float) -> np.ndarray:
-    """``argmin sum w (y - z phi)^2`` subject to ``sum(phi) = total`` (KKT system, least-squares solve)."""
-    n = z.shape[1]
-    kkt = np.zeros((n + 1, n + 1))
-    kkt[:n, :n] = z.T @ (z * w[:, None])
-    kkt[:n, n] = kkt[n, :n] = 1.0
-    rhs = np.append(z.T @ (w * y), total)
-    return np.linalg.lstsq(kkt, rhs, rcond=None)[0][:n]
-
-
 def _pair(n: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     s = np.zeros(n, dtype=bool)
     s[rng.choice(n, size, replace=False)] = True
@@ -119,7 +111,9 @@ def prefix_reuse(table: np.ndarray, n: int, pairs: int, seed: int) -> tuple[np.n
     t = z.sum(1)
     kernel = (n - 1) / (np.array([math.comb(n, k) for k in t]) * t * (n - t))
     weight = kernel * counts / (pairs * truncation_probability(z, probs))
-    values = _constrained_wls(z.astype(float), table[keys] - table[0], weight, table[-1] - table[0])
+    zf, w = torch.from_numpy(z.astype(np.float64)), torch.from_numpy(weight)
+    a, b = zf.T @ (zf * w[:, None]), zf.T @ (w * torch.from_numpy(table[keys] - table[0]))
+    values = _kkt_solve(a, b, float(table[-1] - table[0]))[0].numpy()
     ends = np.array([np.zeros(n, dtype=bool), np.ones(n, dtype=bool)])
     return values, np.concatenate([z, ends])
 
