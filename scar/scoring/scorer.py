@@ -53,6 +53,9 @@ __all__ = ["CoalitionScorer", "ExactnessError"]
 logger = logging.getLogger(__name__)
 
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+HALF_PRECISION_RECHECK = 8
+"""Coalitions the exactness check re-scores after one disagreement in float16/bfloat16, any of which
+disagreeing too raises (see :meth:`CoalitionScorer._verify`)."""
 
 
 class ExactnessError(ValueError):
@@ -370,26 +373,46 @@ class CoalitionScorer:
             stats.rescored += len(bad)
 
     def _verify(self, games: list[Game], scores: list[torch.Tensor], stats: ScorerStats) -> None:
-        """The runtime exactness check (:attr:`ScorerConfig.verify`)."""
+        """The runtime exactness check (:attr:`ScorerConfig.verify`).
+
+        In float16 and bfloat16 the packed and the plain forward round differently, and on an input where the
+        model is ill-conditioned in that precision the two can differ by far more than the dtype's tolerance
+        while both are right to the precision. So there one disagreeing coalition per call is re-checked
+        against :data:`HALF_PRECISION_RECHECK` others and tolerated (counted in
+        :attr:`ScorerStats.verify_tolerated`) when they all agree; a packing error disagrees on many.
+        """
+        dtype = model_dtype(self.view)
+        absolute, relative = VERIFY_TOLERANCE.get(dtype, VERIFY_TOLERANCE[torch.bfloat16])
+        tolerated = 1 if dtype in (torch.float16, torch.bfloat16) else 0
+        candidates = [(r, c) for r, g in enumerate(games) for c in range(g.n_coalitions)]
         with self._verify_lock:
-            picks = [(r, c) for r, g in enumerate(games) for c in range(g.n_coalitions)]
-            picks = self._verify_rng.sample(picks, min(self.config.verify, len(picks)))
-        absolute, relative = VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
-        for r, c in picks:
+            order = self._verify_rng.sample(
+                candidates, min(len(candidates), self.config.verify + tolerated * HALF_PRECISION_RECHECK)
+            )
+        budget = min(self.config.verify, len(order))
+        failures: list[tuple[int, list[int], float, float, float]] = []
+        checked = 0
+        while checked < budget:
+            r, c = order[checked]
+            checked += 1
             g = games[r]
             seq = g.sequence(g.keep_mask()[c])
             plain = float(plain_scores(self.view, self.info, [seq], self._read_scores)[0])
             fast = float(scores[r][c])
             stats.verify_coalitions += 1
             stats.verify_tokens += seq.numel()
-            both_nan = fast != fast and plain != plain
-            if both_nan:
+            if fast != fast and plain != plain:  # both NaN
                 continue
             error = abs(fast - plain)
             tolerance = absolute + relative * abs(plain)
             stats.verify_max_error = max(stats.verify_max_error, error if error == error else float("inf"))
-            if not error <= tolerance:
-                players = g.bits[c].nonzero().flatten().tolist()
-                if self.filler_id is not None:  # virtual players 2j (kept) / 2j+1 (filler) of removal="replace"
-                    players = [p // 2 for p in players if p % 2 == 0]
-                raise ExactnessError(self.backend, r, players, fast, plain, tolerance, type(self.model).__name__)
+            if error <= tolerance:
+                continue
+            players = g.bits[c].nonzero().flatten().tolist()
+            if self.filler_id is not None:  # virtual players 2j (kept) / 2j+1 (filler) of removal="replace"
+                players = [p // 2 for p in players if p % 2 == 0]
+            failures.append((r, players, fast, plain, tolerance))
+            if len(failures) > tolerated:
+                raise ExactnessError(self.backend, *failures[0], type(self.model).__name__)
+            budget = min(len(order), max(budget, checked + HALF_PRECISION_RECHECK))
+        stats.verify_tolerated += len(failures)

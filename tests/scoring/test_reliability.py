@@ -267,3 +267,59 @@ def test_exactness_check_costs_one_plain_forward_by_default(backend):
     assert st.verify_max_error < 1e-4
     with pytest.raises(ValueError, match="verify"):
         CoalitionScorer(gpt2(), verify=-1)
+
+
+def _scorer_with_wrong_packed_scores(dtype, wrong, verify):
+    """A trie scorer of a ``dtype`` GPT-2 whose packed scores of the coalitions ``wrong`` are off by 3."""
+    scorer = CoalitionScorer(gpt2(seed=8).to(dtype), backend="trie", attention="mask", verify=verify)
+    run = scorer._run
+
+    def shifted(*args, **kwargs):
+        scores = run(*args, **kwargs)
+        scores[0][list(wrong)] += 3.0
+        return scores
+
+    scorer._run = shifted
+    return scorer
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_check_tolerates_one_outlier_after_rechecking_others(dtype):
+    # Rounding in half precision can put one coalition of an ill-conditioned input far from its plain
+    # score; the check re-scores others and lets it through when they agree.
+    scorer = _scorer_with_wrong_packed_scores(dtype, [2], verify=len(COALITIONS))
+    scorer.score(PROMPT, RESPONSE, PLAYERS, COALITIONS, [2])
+    st = scorer.stats
+    assert st.verify_tolerated == 1 and st.verify_coalitions == len(COALITIONS) and st.verify_max_error > 2.5
+    # default verify=1: a disagreeing draw is followed by HALF_PRECISION_RECHECK more coalitions
+    scorer = _scorer_with_wrong_packed_scores(dtype, range(len(COALITIONS)), verify=1)
+    with pytest.raises(ExactnessError, match="exactness check failed"):
+        scorer.score(PROMPT, RESPONSE, PLAYERS, COALITIONS, [2])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_check_raises_on_a_second_disagreement(dtype):
+    scorer = _scorer_with_wrong_packed_scores(dtype, [1, 5], verify=len(COALITIONS))
+    with pytest.raises(ExactnessError, match="exactness check failed"):
+        scorer.score(PROMPT, RESPONSE, PLAYERS, COALITIONS, [2])
+
+
+def test_float32_check_tolerates_no_outlier():
+    scorer = _scorer_with_wrong_packed_scores(torch.float32, [2], verify=len(COALITIONS))
+    with pytest.raises(ExactnessError, match="exactness check failed"):
+        scorer.score(PROMPT, RESPONSE, PLAYERS, COALITIONS, [2])
+
+
+def test_half_precision_recheck_draws_other_coalitions(monkeypatch):
+    # one wrong coalition out of seven, verify=1: whichever the first draw is, the check never raises, and
+    # when it drew the wrong one it re-scored min(HALF_PRECISION_RECHECK, 6) more
+    monkeypatch.setattr(scorer_module, "HALF_PRECISION_RECHECK", 3)
+    tolerated = 0
+    for seed in range(30):
+        scorer = _scorer_with_wrong_packed_scores(torch.bfloat16, [4], verify=1)
+        scorer._verify_rng.seed(seed)
+        scorer.score(PROMPT, RESPONSE, PLAYERS, COALITIONS, [2])
+        st = scorer.stats
+        assert st.verify_coalitions == (4 if st.verify_tolerated else 1)
+        tolerated += st.verify_tolerated
+    assert 0 < tolerated < 30  # some first draws hit the wrong coalition, some did not
