@@ -55,8 +55,9 @@ class CreditConfig:
             :mod:`scar.scoring.precision`). With a
             copy, ``r`` and ``v(∅)`` still come from the reward model itself (one plain padded pass per chunk)
             and the values are shifted equally so that they sum to ``r - v(∅)``: only the split between the
-            players is computed in the lower precision, whose rounding is far below the sampling noise of a
-            sampled estimate.
+            players is computed in the lower precision. Its rounding is usually far below the sampling noise
+            of a sampled estimate but has a heavy tail (a rare coalition of an ill-conditioned input scored
+            far off): fine for RL, where the noise averages away; keep None to read one response's values.
     """
 
     players: str = "span"
