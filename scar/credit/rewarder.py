@@ -284,37 +284,32 @@ class SCAR:
         except ResponseError as err:  # e.g. NaN scores from the reward model: say which response
             raise ValueError(f"Shapley credit of response {pending[err.index][0]}: {err.reason}") from err
         if self._cast_scorer is not None:
-            results = self._anchored([p[1] for p in pending], results, calls)
+            results = self._anchored(pending, results, calls)
         self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, self.credit_scorer.backend)
         return results
 
     def _anchored(
-        self, encs: list[Encoded], results: list[ShapleyResult], calls: list[ScorerStats]
+        self,
+        pending: list[tuple[int, Encoded, list[Player], Any, int | None]],
+        results: list[ShapleyResult],
+        calls: list[ScorerStats],
     ) -> list[ShapleyResult]:
-        """Results whose ``r`` and ``v(∅)`` are the reward model's own (one plain padded pass over the full and
-        the empty sequences), the values shifted equally so that they still sum to ``r - v(∅)``; the pass's
-        cost is appended to ``calls``."""
-        # the players partition the response (segment), so v(∅) is the score of prompt ⊕ suffix
-        empties = list(dict.fromkeys(tuple(e.prompt_ids + e.suffix_ids) for e in encs))
-        rows = [e.ids for e in encs] + [list(t) for t in empties]
-        with torch.no_grad():
-            plain = score_padded(self.scorer.view, self.scorer.info, rows, score_fn=self.scorer.score_fn)
-        scores = plain.scores
-        empty_value = {t: float(scores[len(encs) + k]) for k, t in enumerate(empties)}
+        """Results whose ``r`` and ``v(∅)`` are the reward model's own (:attr:`scorer`, in the model's dtype,
+        scores every response's full and empty coalitions in one call), the values shifted equally so that
+        they still sum to ``r - v(∅)``; that call's cost is appended to ``calls``."""
+        players = [p[2] for p in pending]
+        ends = self.scorer.score_many(
+            [p[1].prompt_ids for p in pending],
+            [p[1].response_ids for p in pending],
+            players,
+            [torch.tensor([[True] * len(ps), [False] * len(ps)]) for ps in players],
+            [p[1].suffix_ids or None for p in pending],
+        )
         out = []
-        for k, (enc, res) in enumerate(zip(encs, results)):
-            r, v0 = float(scores[k]), empty_value[tuple(enc.prompt_ids + enc.suffix_ids)]
+        for (r, v0), res in zip((map(float, e) for e in ends), results):
             shift = ((r - v0) - (res.full_value - res.base_value)) / max(res.values.numel(), 1)
             out.append(dataclasses.replace(res, values=res.values + shift, full_value=r, base_value=v0))
-        calls.append(
-            ScorerStats(
-                backend="plain",
-                passes=plain.passes,
-                tokens_computed=plain.tokens,
-                peak_pack_tokens=plain.peak_tokens,
-                plain_tokens=sum(len(row) for row in rows),
-            )
-        )
+        calls.append(self.scorer.stats)
         return out
 
     def _shaped(
