@@ -83,10 +83,13 @@ def build_tiny_model(kind: str, *, num_labels: int = 1, seed: int = 0, **overrid
 
     cfg = _config(kind, **overrides)
     cfg.num_labels = num_labels
-    if type(cfg) not in tf.AutoModelForSequenceClassification._model_mapping:
-        pytest.skip(f"transformers {tf.__version__} has no {type(cfg).__name__[:-6]} sequence-classification model")
     torch.manual_seed(seed)
-    model = tf.AutoModelForSequenceClassification.from_config(cfg)
+    try:
+        model = tf.AutoModelForSequenceClassification.from_config(cfg)
+    except ValueError as err:  # "Unrecognized configuration class ... for this kind of AutoModel"
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        pytest.skip(f"transformers {tf.__version__} has no {type(cfg).__name__[:-6]} sequence-classification model")
     return model.eval()
 
 
