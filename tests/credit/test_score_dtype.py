@@ -82,3 +82,15 @@ def test_bad_score_dtype_is_refused(bad) -> None:
 def test_the_measurement() -> None:
     assert precision.bfloat16_speedup("meta", 64) == 0.0
     assert precision.bfloat16_speedup("cpu", 64) > 0.0
+
+
+def test_bfloat16_coalitions_anchor_to_the_games_own_empty_coalition(rm, tokenizer) -> None:
+    # with removal="replace" the empty coalition is prompt, fillers and suffix, not prompt and suffix: r and
+    # v(∅) come from the model's own scorer of the same game
+    kw = dict(KW, removal="replace", suffix_ids=[tokenizer.eos_token_id])  # the fillers come before the suffix
+    want = SCAR(rm, tokenizer, **kw)(PROMPTS, RESPONSES)
+    got = SCAR(rm, tokenizer, score_dtype="bfloat16", **kw)(PROMPTS, RESPONSES)
+    torch.testing.assert_close(got.base_values, want.base_values, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.rewards, want.rewards, atol=1e-5, rtol=0)
+    for i in range(len(RESPONSES)):
+        assert float(got.values[i].sum()) == pytest.approx(float(got.rewards[i] - got.base_values[i]), abs=1e-9)
