@@ -48,16 +48,16 @@ class CreditConfig:
         max_budget: with ``tol``: the most budget one response may spend (the estimator's unit): an even int,
             a function of the response's number of players, or None for 8 times the estimator's default.
         score_dtype: the dtype the coalitions are scored in: None (the reward model's own, the default),
-            ``"bfloat16"`` or ``"float16"`` (a copy of the reward model cast to it, made once when
-            :class:`~scar.credit.rewarder.SCAR` is built: later changes to the model's weights do not reach
-            it), or ``"auto"`` (``bfloat16`` when the model is ``float32``, ``method`` is not ``"exact"`` and
-            ``bfloat16`` matrix products are measured faster on its device, else the model's own:
+            ``"bfloat16"`` or ``"float16"`` (a copy of the reward model cast to it, which follows the model's
+            weights: what changed since the previous call is cast again before the next), or ``"auto"``
+            (``bfloat16`` when the model is ``float32``, ``method`` is not ``"exact"`` and ``bfloat16``
+            matrix products are measured faster on its device, else the model's own:
             :mod:`scar.scoring.precision`). With a copy, ``r`` and ``v(∅)`` still come from the reward model
             itself (its full and empty coalitions, one scorer call per chunk) and the values are shifted
             equally so that they sum to ``r - v(∅)``: only the split between the players is computed in the
-            lower precision. Its rounding is usually far below the sampling noise
-            of a sampled estimate but has a heavy tail (a rare coalition of an ill-conditioned input scored
-            far off): fine for RL, where the noise averages away; keep None to read one response's values.
+            lower precision. Its rounding is usually far below the sampling noise of a sampled estimate but
+            has a heavy tail (a rare coalition of an ill-conditioned input scored far off): fine for RL,
+            where the noise averages away; keep None to read one response's values.
     """
 
     players: str = "span"

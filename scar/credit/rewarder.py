@@ -39,7 +39,7 @@ from scar.game.players import Player, hierarchy, segment
 from scar.game.tokens import Encoded, check_length, encode_pair, require_fast_tokenizer, to_policy_tokens
 from scar.scoring import CoalitionScorer, ScorerConfig, ScorerStats
 from scar.scoring.padded import score_padded
-from scar.scoring.precision import cast_copy, resolve_score_dtype
+from scar.scoring.precision import CastCopy, resolve_score_dtype
 from scar.shapley import ShapleyResult
 
 __all__ = ["SCAR", "response_seed", "total_stats"]
@@ -137,15 +137,23 @@ class SCAR:
             None if self.config.score_dtype == "auto" and self.config.method == "exact" else self.config.score_dtype
         )
         dtype = resolve_score_dtype(choice, reward_model)
-        self._cast_scorer = None if dtype is None else CoalitionScorer(cast_copy(reward_model, dtype), scorer_config)
+        self._cast = None if dtype is None else CastCopy(reward_model, dtype)
+        self._cast_scorer = None if self._cast is None else CoalitionScorer(self._cast.model, scorer_config)
+        self._cast_lock = threading.Lock()
         self.last_stats: list[ScorerStats | None] = []
         self._local = threading.local()  # the last chunk's cost, per thread (as the scorer's stats)
 
     @property
     def credit_scorer(self) -> CoalitionScorer:
         """The scorer of the coalitions: :attr:`scorer`, or the one over the copy of the reward model in
-        :attr:`CreditConfig.score_dtype <scar.credit.config.CreditConfig.score_dtype>`."""
-        return self.scorer if self._cast_scorer is None else self._cast_scorer
+        :attr:`CreditConfig.score_dtype <scar.credit.config.CreditConfig.score_dtype>`, brought up to the
+        model's current weights first (:class:`~scar.scoring.precision.CastCopy`)."""
+        if self._cast is None or self._cast_scorer is None:
+            return self.scorer
+        with self._cast_lock:  # the copy follows the reward model's current weights
+            if self._cast.sync():
+                self._cast_scorer = CoalitionScorer(self._cast.model, self.scorer.config)
+            return self._cast_scorer
 
     TRAINING_SETTINGS: ClassVar[dict[str, Any]] = {
         "players": "span",

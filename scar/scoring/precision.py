@@ -20,7 +20,15 @@ from torch import nn
 from scar.scoring.model import model_device, model_dtype
 from scar_kernels.ops import median_ms
 
-__all__ = ["SCORE_DTYPES", "AUTO_SPEEDUP", "resolve_score_dtype", "bfloat16_speedup", "cast_copy"]
+__all__ = [
+    "SCORE_DTYPES",
+    "AUTO_SPEEDUP",
+    "resolve_score_dtype",
+    "bfloat16_speedup",
+    "cast_copy",
+    "weights_stamp",
+    "CastCopy",
+]
 
 SCORE_DTYPES = ("auto", "bfloat16", "float16")
 """Accepted names of a scoring dtype besides None (the model's own)."""
@@ -79,3 +87,46 @@ def bfloat16_speedup(device_type: str, width: int) -> float:
 def cast_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A copy of ``model`` with its floating parameters and buffers in ``dtype`` (the model is untouched)."""
     return copy.deepcopy(model).to(dtype)
+
+
+def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def weights_stamp(model: nn.Module) -> tuple[tuple[str, int, int, int], ...]:
+    """What changes when ``model``'s weights do: per parameter and buffer, its name, identity, storage and
+    version counter (which every in-place write bumps: optimiser steps, ``load_state_dict``, ``copy_``)."""
+    return tuple((name, id(t), t.data_ptr(), t._version) for name, t in _tensors(model).items())
+
+
+class CastCopy:
+    """A copy of ``source`` in ``dtype`` that follows ``source``'s weights.
+
+    :meth:`sync` compares :func:`weights_stamp` with the one of the last sync and, where the weights changed,
+    copies them into :attr:`model` (cast to ``dtype``), in place while the parameters keep their names, shapes
+    and devices, else by casting a new copy. Call it before each use: a copy that silently kept old weights
+    would score the coalitions with another model than ``r``.
+    """
+
+    def __init__(self, source: nn.Module, dtype: torch.dtype) -> None:
+        self.source, self.dtype = source, dtype
+        self.model = cast_copy(source, dtype)
+        self._stamp = weights_stamp(source)
+
+    def sync(self) -> bool:
+        """Bring :attr:`model` up to date; True when it is a new object (a holder of the old one must switch)."""
+        stamp = weights_stamp(self.source)
+        if stamp == self._stamp:
+            return False
+        src, dst = _tensors(self.source), _tensors(self.model)
+        fits = src.keys() == dst.keys() and all(
+            a.shape == dst[k].shape and a.device == dst[k].device for k, a in src.items()
+        )
+        if fits:
+            with torch.no_grad():
+                for name, tensor in src.items():
+                    dst[name].copy_(tensor)
+        else:
+            self.model = cast_copy(self.source, self.dtype)
+        self._stamp = stamp
+        return not fits

@@ -94,3 +94,44 @@ def test_bfloat16_coalitions_anchor_to_the_games_own_empty_coalition(rm, tokeniz
     torch.testing.assert_close(got.rewards, want.rewards, atol=1e-5, rtol=0)
     for i in range(len(RESPONSES)):
         assert float(got.values[i].sum()) == pytest.approx(float(got.rewards[i] - got.base_values[i]), abs=1e-9)
+
+
+def test_the_bfloat16_copy_follows_the_reward_models_weights(rm, tokenizer) -> None:
+    # a reward model updated between calls (in place, or with a new shape) is scored with its new weights,
+    # as a SCAR built after the update would score it
+    import copy
+
+    model = copy.deepcopy(rm)
+    half = SCAR(model, tokenizer, score_dtype="bfloat16", **KW)
+    before = half(PROMPTS, RESPONSES)
+    with torch.no_grad():
+        for p in model.transformer.h[0].mlp.parameters():
+            p.mul_(-3.0)  # an optimiser step, as far as the copy can tell
+    after = half(PROMPTS, RESPONSES)
+    fresh = SCAR(model, tokenizer, score_dtype="bfloat16", **KW)(PROMPTS, RESPONSES)
+    for i in range(len(RESPONSES)):
+        torch.testing.assert_close(after.values[i], fresh.values[i], atol=1e-6, rtol=0)
+        assert not torch.allclose(after.values[i], before.values[i], atol=1e-3)
+    scorer = half.credit_scorer
+    model.resize_token_embeddings(310)  # new shapes: a new copy and a new scorer
+    assert half.credit_scorer is not scorer
+    resized = half(PROMPTS, RESPONSES)
+    want = SCAR(model, tokenizer, score_dtype="bfloat16", **KW)(PROMPTS, RESPONSES)
+    for i in range(len(RESPONSES)):
+        torch.testing.assert_close(resized.values[i], want.values[i], atol=1e-6, rtol=0)
+    assert half.credit_scorer is half.credit_scorer  # unchanged weights: no new copy
+
+
+def test_cast_copy_syncs_only_what_changed() -> None:
+    layer = torch.nn.Linear(4, 3)
+    cast = precision.CastCopy(layer, torch.bfloat16)
+    assert cast.model.weight.dtype == torch.bfloat16 and not cast.sync()
+    with torch.no_grad():
+        layer.weight.fill_(0.5)
+    assert not cast.sync()  # updated in place: same object
+    assert torch.equal(cast.model.weight, torch.full((3, 4), 0.5, dtype=torch.bfloat16))
+    layer.bias = torch.nn.Parameter(torch.ones(3))  # replaced, same shape: still in place
+    assert not cast.sync() and torch.equal(cast.model.bias, torch.ones(3, dtype=torch.bfloat16))
+    layer.weight = torch.nn.Parameter(torch.zeros(5, 4))  # new shape: a new copy
+    old = cast.model
+    assert cast.sync() and cast.model is not old and cast.model.weight.shape == (5, 4)
