@@ -158,15 +158,24 @@ def _product_mean(m: int, t: int, players: int) -> float:
     return sum(ways) / total
 
 
-def surrogate_class_contrasts(beta: torch.Tensor, n: int, order: int, size: int) -> torch.Tensor:
-    """``Q_{i,s}(g)`` for coalitions of ``size`` players (see the module docs), ``[n]``; sums to zero."""
-    out = torch.zeros(n, dtype=torch.float64)
-    for m, idx, coef in _by_degree(beta, n, order):
+@functools.lru_cache(maxsize=256)
+def _contrast_matrix(n: int, order: int, size: int) -> torch.Tensor:
+    """``[n, p]``: ``Q_{i,size}(g)`` is row ``i`` times the coefficients (cached: do not modify). A degree-``m``
+    term gives ``member`` to each of its members and ``other`` to every other player."""
+    blocks = []
+    for idx in _terms(n, order):
+        m = idx.shape[1]
         member = _product_mean(m - 1, size - 1, n - 1) + _product_mean(m - 1, size, n - 1)
         other = _product_mean(m, size - 1, n - 1) - _product_mean(m, size, n - 1)
-        mine = _member_sums(idx, coef, n)
-        out += member * mine + other * (coef.sum() - mine)
-    return out
+        block = torch.full((n, idx.shape[0]), other, dtype=torch.float64)
+        block.scatter_(0, idx.T.contiguous(), member)
+        blocks.append(block)
+    return torch.cat(blocks, dim=1)
+
+
+def surrogate_class_contrasts(beta: torch.Tensor, n: int, order: int, size: int) -> torch.Tensor:
+    """``Q_{i,s}(g)`` for coalitions of ``size`` players (see the module docs), ``[n]``; sums to zero."""
+    return _contrast_matrix(n, order, size) @ beta
 
 
 def _pair_rows(
@@ -261,6 +270,30 @@ class RegressionAdjustment:
         self.weight = w
         self._cheap_downdate = int((self.row_group >= 0).sum()) < p
         self._all: tuple[torch.Tensor, ...] | None = None
+        # Sampled classes by jackknife group: each fit's residual sums per (class, group) are then one product.
+        c, g, rows_all = len(self.classes), len(self.used), self.x.shape[0]
+        slot = {j: i for i, j in enumerate(self.used)}
+        self._sum_rows = torch.zeros(c * g, rows_all, dtype=torch.float64)
+        self._centred = torch.zeros(rows_all, n, dtype=torch.float64)  # z - s/n on the sampled classes' rows
+        self._contrasts = torch.empty(c * n, p, dtype=torch.float64)
+        class_units, class_middle, class_scale = [], [], []
+        for ci, (k, zk, _, gk, u) in enumerate(self.classes):
+            rows = self._class_at[k]
+            q = k / n
+            self._centred[rows] = zk.double() - q
+            row_index = torch.arange(rows.start, rows.stop)
+            slots = torch.tensor([slot[int(j)] for j in gk.tolist()], dtype=torch.int64)
+            self._sum_rows[ci * g + slots, row_index] = 1.0
+            self._contrasts[ci * n : (ci + 1) * n] = _contrast_matrix(n, order, k)
+            class_units.append(float(u))
+            class_middle.append(2 * k == n)
+            class_scale.append(u * q * (1 - q))
+        self._counts = self._sum_rows.sum(1).reshape(c, g)
+        self._zsums = (self._sum_rows @ self._centred).reshape(c, g, n)
+        self._units = torch.tensor(class_units, dtype=torch.float64)
+        self._middle = torch.tensor(class_middle, dtype=torch.bool)
+        self._scale = torch.tensor(class_scale, dtype=torch.float64)
+        self._sums: dict[frozenset[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     def _direct(self, excluded: frozenset[int]) -> torch.Tensor:
         """Coefficients fitted without the groups ``excluded``: the ``p x p`` normal equations, solved."""
@@ -306,9 +339,9 @@ class RegressionAdjustment:
         u = beta - vs @ (ws * ds)
         m = torch.diag(1.0 / ws) - xs @ vs
         beta_s = u + vs @ torch.linalg.solve(m, xs @ u)
-        a_s = a - (xs * ws[:, None]).T @ xs
+        # the normal equations without those rows, A_S beta_S = b_S, checked without forming A_S (p x p)
         b_s = b - xs.T @ (ws * ds)
-        gap = float((a_s @ beta_s - b_s).abs().max())
+        gap = float((a @ beta_s - xs.T @ (ws * (xs @ beta_s)) - b_s).abs().max())
         return beta_s if gap <= 1e-9 * max(1.0, float(b_s.abs().max())) else None
 
     def _fit(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,32 +353,53 @@ class RegressionAdjustment:
             self._fits[excluded] = (beta, self.d - self.x @ beta)
         return self._fits[excluded]
 
+    def _class_sums(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the fit without ``excluded``: per (sampled class, group) the sums of ``r (z - s/n)`` ``[C, G,
+        n]`` and of ``r`` ``[C, G]`` over the group's pairs (``r`` the residuals), and ``Q_k(g)`` per class
+        ``[C, n]``."""
+        if excluded not in self._sums:
+            beta, resid = self._fit(excluded)
+            c, g, n = self._counts.shape[0], self._counts.shape[1], self.n
+            self._sums[excluded] = (
+                (self._sum_rows @ (resid[:, None] * self._centred)).reshape(c, g, n),
+                (self._sum_rows @ resid).reshape(c, g),
+                (self._contrasts @ beta).reshape(c, n),
+            )
+        return self._sums[excluded]
+
     def estimate(self, deleted: int | None = None) -> torch.Tensor:
         """The adjusted estimate from every group but ``deleted`` (see the module docs)."""
-        n = self.n
         total = self.exact_sum.clone()
+        if not self.classes:
+            return self.equal + total / self.n
         drop = frozenset() if deleted is None else frozenset([deleted])
-        for k, zk, _, gk, units in self.classes:
-            rows = self._class_at[k]
-            active = gk != deleted if deleted is not None else torch.ones_like(gk, dtype=torch.bool)
-            m = int(active.sum())
-            if m == 0:
-                continue
-            middle = 2 * k == n
-            q = k / n
-            zc = zk.double() - q
-            share = torch.zeros(n, dtype=torch.float64)
-            for j in sorted(set(gk[active].tolist())):
-                beta, resid = self._fit(drop | {j})
-                r = resid[rows]
-                mine = gk == j
-                other = active & ~mine
-                m_j, m_o = int(mine.sum()), int(other.sum())
-                if m_o and not middle:
-                    r = r - r[other].mean()
-                h = r[:, None] * zc
-                t = h[other].sum(0) + (units - m_o) / m_j * h[mine].sum(0)
-                est = surrogate_class_contrasts(beta, n, self.order, k) + t / (units * q * (1 - q))
-                share += m_j / m * est
-            total += share / 2 if middle else share
-        return self.equal + total / n
+        slots = [i for i, j in enumerate(self.used) if j != deleted]
+        active = self._counts > 0  # [C, G]
+        if deleted is not None and deleted in self.used:
+            active[:, self.used.index(deleted)] = False
+        # fit j (the surrogate without group j and the deleted one) serves group j's pairs in every class
+        sums = [self._class_sums(drop | {self.used[i]}) for i in slots]
+        rz = torch.stack([t[0] for t in sums])  # [J, C, G, n]
+        rs = torch.stack([t[1] for t in sums])  # [J, C, G]
+        contrasts = torch.stack([t[2] for t in sums])  # [J, C, n]
+        j_index = torch.tensor(slots, dtype=torch.int64)
+        mine = torch.zeros(len(slots), active.shape[1], dtype=torch.bool)
+        mine[torch.arange(len(slots)), j_index] = True
+        other = active[None] & ~mine[:, None, :]  # [J, C, G]
+        counts = self._counts[None] * other
+        m_o = counts.sum(2)  # [J, C]
+        m_j = self._counts[:, j_index].T  # [J, C]
+        valid = active[:, j_index].T  # [J, C]: group j holds pairs of the class and is not deleted
+        centre = torch.where(
+            (m_o > 0) & ~self._middle[None], (rs * other).sum(2) / m_o.clamp(min=1), torch.zeros_like(m_o)
+        )
+        other_h = (rz * other[..., None]).sum(2) - centre[..., None] * (self._zsums[None] * other[..., None]).sum(2)
+        pick = j_index[:, None].expand(-1, active.shape[0])
+        classes = torch.arange(active.shape[0])[None].expand(len(slots), -1)
+        mine_h = rz[torch.arange(len(slots))[:, None], classes, pick] - centre[..., None] * self._zsums[classes, pick]
+        factor = torch.where(valid, (self._units[None] - m_o) / m_j.clamp(min=1), torch.zeros_like(m_o))
+        est = contrasts + (other_h + factor[..., None] * mine_h) / self._scale[None, :, None]
+        m = (self._counts * active).sum(1)  # [C]
+        share = (torch.where(valid, m_j / m.clamp(min=1)[None], torch.zeros_like(m_j))[..., None] * est).sum(0)
+        share = torch.where(self._middle[:, None], share / 2, share)
+        return self.equal + (total + share.sum(0)) / self.n
