@@ -1,12 +1,13 @@
 """The dtype the coalitions are scored in, when it may differ from the reward model's own.
 
 A sampled Shapley estimate is noisy at the level of tens of percent; the rounding of a half-precision forward
-is a fraction of a percent of a score. So the coalitions of sampled credit can be scored by a copy of the
-reward model in ``bfloat16`` where that is faster, while the sequence reward ``r`` and ``v(∅)`` stay the
-model's own (see :class:`scar.credit.rewarder.SCAR`). ``"auto"`` takes ``bfloat16`` only when the model is
-``float32``, on one device, and a matrix product of the model's width runs faster in ``bfloat16`` there
-(CPUs with native bfloat16 instructions, GPUs with bfloat16 tensor cores); elsewhere it keeps the model's
-dtype.
+is usually a fraction of a percent of a score, with rare large outliers on inputs where the model is
+ill-conditioned in that precision. So the coalitions of sampled credit can be scored by a copy of the reward
+model in ``bfloat16`` where that is faster (:class:`CastCopy`, which follows the model's weights), while the
+sequence reward ``r`` and ``v(∅)`` stay the model's own (see :class:`scar.credit.rewarder.SCAR`). ``"auto"``
+takes ``bfloat16`` only when the model is ``float32``, on one device, and a matrix product of the model's width
+runs faster in ``bfloat16`` there (CPUs with native bfloat16 instructions, GPUs with bfloat16 tensor cores);
+elsewhere it keeps the model's dtype.
 """
 
 from __future__ import annotations
