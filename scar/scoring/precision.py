@@ -18,6 +18,7 @@ import functools
 import torch
 from torch import nn
 
+from scar._checks import check_choice
 from scar.scoring.model import model_device, model_dtype
 from scar_kernels.ops import median_ms
 
@@ -47,8 +48,8 @@ def resolve_score_dtype(choice: str | None, model: nn.Module) -> torch.dtype | N
     Raises:
         ValueError: another choice.
     """
-    if choice is not None and choice not in SCORE_DTYPES:
-        raise ValueError(f"score dtype must be None or one of {', '.join(SCORE_DTYPES)}, got {choice!r}")
+    if choice is not None:
+        check_choice(choice, "score_dtype", SCORE_DTYPES)
     own = model_dtype(model)
     if choice is None:
         return None
