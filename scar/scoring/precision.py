@@ -95,19 +95,20 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-def weights_stamp(model: nn.Module) -> tuple[tuple[str, int, int, int], ...]:
-    """What changes when ``model``'s weights do: per parameter and buffer, its name, identity, storage and
+def weights_stamp(model: nn.Module) -> dict[str, tuple[int, int, int]]:
+    """What changes when ``model``'s weights do: per parameter and buffer name, the tensor's identity, storage and
     version counter (which every in-place write bumps: optimiser steps, ``load_state_dict``, ``copy_``)."""
-    return tuple((name, id(t), t.data_ptr(), t._version) for name, t in _tensors(model).items())
+    return {name: (id(t), t.data_ptr(), t._version) for name, t in _tensors(model).items()}
 
 
 class CastCopy:
     """A copy of ``source`` in ``dtype`` that follows ``source``'s weights.
 
-    :meth:`sync` compares :func:`weights_stamp` with the one of the last sync and, where the weights changed,
-    copies them into :attr:`model` (cast to ``dtype``), in place while the parameters keep their names, shapes
-    and devices, else by casting a new copy. Call it before each use: a copy that silently kept old weights
-    would score the coalitions with another model than ``r``.
+    :meth:`sync` compares :func:`weights_stamp` with the one of the last sync and copies the tensors that
+    changed into :attr:`model` (cast to ``dtype``), in place while the tensors keep their names, shapes and
+    devices, else by casting a new copy. Only what changed is copied, so a buffer that a forward rewrites costs
+    that buffer. Call it before each use: a copy that silently kept old weights would score the coalitions
+    with another model than ``r``.
     """
 
     def __init__(self, source: nn.Module, dtype: torch.dtype) -> None:
@@ -120,14 +121,15 @@ class CastCopy:
         stamp = weights_stamp(self.source)
         if stamp == self._stamp:
             return False
+        changed = [name for name, mark in stamp.items() if self._stamp.get(name) != mark]
         src, dst = _tensors(self.source), _tensors(self.model)
         fits = src.keys() == dst.keys() and all(
-            a.shape == dst[k].shape and a.device == dst[k].device for k, a in src.items()
+            src[k].shape == dst[k].shape and src[k].device == dst[k].device for k in changed
         )
         if fits:
             with torch.no_grad():
-                for name, tensor in src.items():
-                    dst[name].copy_(tensor)
+                for name in changed:
+                    dst[name].copy_(src[name])
         else:
             self.model = cast_copy(self.source, self.dtype)
         self._stamp = stamp

@@ -135,3 +135,15 @@ def test_cast_copy_syncs_only_what_changed() -> None:
     layer.weight = torch.nn.Parameter(torch.zeros(5, 4))  # new shape: a new copy
     old = cast.model
     assert cast.sync() and cast.model is not old and cast.model.weight.shape == (5, 4)
+
+
+def test_cast_copy_copies_only_the_tensors_that_changed() -> None:
+    # a buffer that a forward rewrites must not make every sync copy the whole model
+    layer = torch.nn.Linear(4, 3)
+    cast = precision.CastCopy(layer, torch.bfloat16)
+    with torch.no_grad():
+        cast.model.weight.fill_(7.0)  # a marker: a sync that copied the weight would overwrite it
+        layer.bias.fill_(0.25)
+    assert not cast.sync()
+    assert torch.equal(cast.model.bias, torch.full((3,), 0.25, dtype=torch.bfloat16))
+    assert bool((cast.model.weight == 7.0).all())
