@@ -269,14 +269,14 @@ def test_exactness_check_costs_one_plain_forward_by_default(backend):
         CoalitionScorer(gpt2(), verify=-1)
 
 
-def _scorer_with_wrong_packed_scores(dtype, wrong, verify):
-    """A trie scorer of a ``dtype`` GPT-2 whose packed scores of the coalitions ``wrong`` are off by 3."""
+def _scorer_with_wrong_packed_scores(dtype, wrong, verify, by=3.0):
+    """A trie scorer of a ``dtype`` GPT-2 whose packed scores of the coalitions ``wrong`` are off by ``by``."""
     scorer = CoalitionScorer(gpt2(seed=8).to(dtype), backend="trie", attention="mask", verify=verify)
     run = scorer._run
 
     def shifted(*args, **kwargs):
         scores = run(*args, **kwargs)
-        scores[0][list(wrong)] += 3.0
+        scores[0][list(wrong)] += by
         return scores
 
     scorer._run = shifted
@@ -323,3 +323,9 @@ def test_half_precision_recheck_draws_other_coalitions(monkeypatch):
         assert st.verify_coalitions == (4 if st.verify_tolerated else 1)
         tolerated += st.verify_tolerated
     assert 0 < tolerated < 30  # some first draws hit the wrong coalition, some did not
+
+
+def test_half_precision_check_never_tolerates_a_nan():
+    scorer = _scorer_with_wrong_packed_scores(torch.bfloat16, [2], verify=len(COALITIONS), by=float("nan"))
+    with pytest.raises(ExactnessError, match="nan"):
+        scorer.score(PROMPT, RESPONSE, PLAYERS, COALITIONS, [2])
