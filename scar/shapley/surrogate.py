@@ -41,9 +41,7 @@ the middle class, whose pairs have no preferred member, ``c_j = 0``). Each group
 plan). Enumerated classes contribute their exact share. The estimate is unbiased whenever every class is
 sampled, whatever the surrogates, and exactly efficient (each ``h_j`` sums to zero over players). A jackknife
 replicate (one group deleted) is the same estimate on the other groups, the surrogates refitted without the
-deleted group. :meth:`RegressionAdjustment.regression` gives the surrogate's own Shapley values (fitted on all
-groups but the deleted one, shifted equally to sum to ``v(N) - v(∅)``; consistent only where ``d`` is of
-degree ``k`` or less).
+deleted group.
 
 Per-group normal equations are accumulated once; each fit then solves a ``p x p`` system (``p = n`` for order
 1, ``n + comb(n, 3)`` for order 3), or, when the sampled pairs are fewer than ``p``, removes the excluded groups'
@@ -225,9 +223,11 @@ class RegressionAdjustment:
         self.n, self.order = n, order
         self.equal = (full - base) / n
         by_size = {st.size: st for st in strata if st.stop > st.start}
-        self.classes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+        # sampled classes: (size, their rows in the fit, their pairs' members, groups, pairs in the class)
+        self.classes: list[tuple[int, slice, torch.Tensor, torch.Tensor, int]] = []
         self.exact_sum = torch.zeros(n, dtype=torch.float64)
         reps, diffs, weights, groups = [], [], [], []
+        at = 0
         for k in sorted(s for s in by_size if 2 * s <= n):
             st = by_size[k]
             middle = 2 * k == n
@@ -239,7 +239,8 @@ class RegressionAdjustment:
                 share = (dk[:, None] * (zk.double() - q)).sum(0) / (units * q * (1 - q))
                 self.exact_sum += share / 2 if middle else share
             else:
-                self.classes.append((k, zk, dk, gk, units))
+                self.classes.append((k, slice(at, at + zk.shape[0]), zk, gk, units))
+            at += zk.shape[0]
             reps.append(zk)
             diffs.append(dk)
             weights.append(torch.full((zk.shape[0],), mass[k] / zk.shape[0], dtype=torch.float64))
@@ -260,13 +261,6 @@ class RegressionAdjustment:
         p = self.x.shape[1]
         self.ridge = torch.full((p,), SURROGATE_RIDGE, dtype=torch.float64)
         self.ridge[:n] = _TINY_RIDGE
-        self.class_rows = []
-        at = 0
-        for zk in reps:
-            self.class_rows.append(slice(at, at + zk.shape[0]))
-            at += zk.shape[0]
-        self._class_at = {k: sl for k, sl in zip(sorted(s for s in by_size if 2 * s <= n), self.class_rows)}
-        self._fits: dict[frozenset[int], tuple[torch.Tensor, torch.Tensor]] = {}
         self.weight = w
         self._cheap_downdate = int((self.row_group >= 0).sum()) < p
         self._all: tuple[torch.Tensor, ...] | None = None
@@ -277,8 +271,7 @@ class RegressionAdjustment:
         self._centred = torch.zeros(rows_all, n, dtype=torch.float64)  # z - s/n on the sampled classes' rows
         self._contrasts = torch.empty(c * n, p, dtype=torch.float64)
         class_units, class_middle, class_scale = [], [], []
-        for ci, (k, zk, _, gk, u) in enumerate(self.classes):
-            rows = self._class_at[k]
+        for ci, (k, rows, zk, gk, u) in enumerate(self.classes):
             q = k / n
             self._centred[rows] = zk.double() - q
             row_index = torch.arange(rows.start, rows.stop)
@@ -344,21 +337,18 @@ class RegressionAdjustment:
         gap = float((a @ beta_s - xs.T @ (ws * (xs @ beta_s)) - b_s).abs().max())
         return beta_s if gap <= 1e-9 * max(1.0, float(b_s.abs().max())) else None
 
-    def _fit(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Coefficients fitted without the groups ``excluded``, and the residuals ``d - g(x)`` of every pair."""
-        if excluded not in self._fits:
-            beta = self._downdated(excluded) if self._cheap_downdate else None
-            if beta is None:
-                beta = self._direct(excluded)
-            self._fits[excluded] = (beta, self.d - self.x @ beta)
-        return self._fits[excluded]
+    def _fit(self, excluded: frozenset[int]) -> torch.Tensor:
+        """Coefficients fitted without the groups ``excluded``."""
+        beta = self._downdated(excluded) if self._cheap_downdate else None
+        return self._direct(excluded) if beta is None else beta
 
     def _class_sums(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the fit without ``excluded``: per (sampled class, group) the sums of ``r (z - s/n)`` ``[C, G,
         n]`` and of ``r`` ``[C, G]`` over the group's pairs (``r`` the residuals), and ``Q_k(g)`` per class
-        ``[C, n]``."""
+        ``[C, n]``; cached per ``excluded``."""
         if excluded not in self._sums:
-            beta, resid = self._fit(excluded)
+            beta = self._fit(excluded)
+            resid = self.d - self.x @ beta
             c, g, n = self._counts.shape[0], self._counts.shape[1], self.n
             self._sums[excluded] = (
                 (self._sum_rows @ (resid[:, None] * self._centred)).reshape(c, g, n),
