@@ -411,8 +411,11 @@ class CoalitionScorer:
             players = g.bits[c].nonzero().flatten().tolist()
             if self.filler_id is not None:  # virtual players 2j (kept) / 2j+1 (filler) of removal="replace"
                 players = [p // 2 for p in players if p % 2 == 0]
-            failures.append((r, players, fast, plain, tolerance))
-            if len(failures) > tolerated or error != error:  # one of the two NaN is no rounding
-                raise ExactnessError(self.backend, *failures[-1 if error != error else 0], type(self.model).__name__)
+            failure = (r, players, fast, plain, tolerance)
+            if error != error:  # one of the two NaN: no rounding explains it
+                raise ExactnessError(self.backend, *failure, type(self.model).__name__)
+            failures.append(failure)
+            if len(failures) > tolerated:
+                raise ExactnessError(self.backend, *failures[0], type(self.model).__name__)
             budget = min(len(order), max(budget, checked + HALF_PRECISION_RECHECK))
         stats.verify_tolerated += len(failures)
