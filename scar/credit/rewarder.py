@@ -274,10 +274,11 @@ class SCAR:
             adaptive = dict(
                 tol=cfg.tol, tol_absolute=cfg.tol_absolute, max_budget=[cfg.max_budget_for(len(p[2])) for p in pending]
             )
+        scorer = self.credit_scorer  # brought up to the model's weights once per chunk
         calls: list[ScorerStats] = []
         try:
             results = shapley_values_many(
-                self.credit_scorer,
+                scorer,
                 [p[1].prompt_ids for p in pending],
                 [p[1].response_ids for p in pending],
                 [p[2] for p in pending],
@@ -293,7 +294,7 @@ class SCAR:
             raise ValueError(f"Shapley credit of response {pending[err.index][0]}: {err.reason}") from err
         if self._cast_scorer is not None:
             results = self._anchored(pending, results, calls)
-        self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, self.credit_scorer.backend)
+        self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, scorer.backend)
         return results
 
     def _anchored(
