@@ -216,7 +216,7 @@ def packed_forward(
         raise ValueError(f"packed_forward: attention must be one of {PACKED_ATTENTIONS}, got {attention!r}")
     if getattr(model_base, "config", None) is None or not hasattr(model_base, "set_attn_implementation"):
         raise TypeError("packed_forward: model_base must be a transformers PreTrainedModel")
-    base = model_base if uses_scar_tree(model_base) else model_view(model_base, ATTENTION_NAME)
+    base = model_base if uses_scar_tree(model_base) else model_view(model_base, ATTENTION_NAME, fused_activations=True)
     horizon = horizon.to(device=input_ids.device, dtype=torch.int32).contiguous()
     kwargs: dict[str, Any] = {"scar_horizon": horizon, "use_cache": False}
     if past_key_values is not None:

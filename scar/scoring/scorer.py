@@ -155,7 +155,7 @@ class CoalitionScorer:
         self._packed_base: nn.Module | None = None
         if self.attention in ("kernel", "flex"):
             # Not inspect_model: its causality probe would run the view's tree attention without a pack.
-            self._packed_base = base_model(model_view(model, ATTENTION_NAME))
+            self._packed_base = base_model(model_view(model, ATTENTION_NAME, fused_activations=True))
         default = DEFAULT_MASK_PASS_TOKENS if self.attention == "mask" else DEFAULT_PASS_TOKENS
         self.max_tokens_per_pass: int = config.max_tokens_per_pass or default
         self._local = threading.local()

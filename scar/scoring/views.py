@@ -7,7 +7,10 @@ modules are new objects (their own ``training`` flags) and whose config is a cop
 implementation), while every parameter and buffer is the same tensor as the model's: no memory is copied,
 weight updates are seen, and nothing is ever switched on the user's model.
 
-Views are cached per (model, attention implementation) and built once, under a lock. A view captures the
+A view may also run one-kernel forms of activations the model computes as chains of elementwise operations
+(``fused_activations``, :mod:`scar.scoring.activations`): the same function up to rounding, in the view's own
+module tables. Views are cached per (model, attention implementation, fused activations) and built once,
+under a lock. A view captures the
 model's module structure when it is built: replacing a submodule of the model afterwards (e.g. adding
 adapters) is not seen by an existing view.
 """
@@ -21,10 +24,12 @@ from typing import Any
 
 from torch import nn
 
+from scar.scoring.activations import fuse_activations
+
 __all__ = ["model_view"]
 
 _LOCK = threading.Lock()
-_VIEWS: weakref.WeakKeyDictionary[nn.Module, dict[str | None, nn.Module]] = weakref.WeakKeyDictionary()
+_VIEWS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str | None, bool], nn.Module]] = weakref.WeakKeyDictionary()
 
 
 def _is_config(value: Any) -> bool:
@@ -47,13 +52,14 @@ def _clone(module: nn.Module, modules: dict[int, nn.Module], configs: dict[int, 
     return new
 
 
-def model_view(model: nn.Module, attention: str | None = None) -> nn.Module:
+def model_view(model: nn.Module, attention: str | None = None, fused_activations: bool = False) -> nn.Module:
     """The cached view of ``model`` (see the module docstring), in eval mode.
 
     Args:
         model: a ``torch.nn.Module`` (a ``transformers`` model for ``attention``).
         attention: an attention implementation for the view's config (e.g. ``"eager"`` or the packed trie's
             ``"scar_tree"``), set with the model's ``set_attn_implementation``; None keeps the model's.
+        fused_activations: run tanh-GELU chains as one kernel (:func:`~scar.scoring.activations.fuse_activations`).
 
     Raises:
         TypeError: ``model`` is not a module, or ``attention`` is given for a model that cannot switch
@@ -63,7 +69,8 @@ def model_view(model: nn.Module, attention: str | None = None) -> nn.Module:
         raise TypeError(f"expected a torch.nn.Module, got {type(model).__name__}")
     with _LOCK:
         cached = _VIEWS.setdefault(model, {})
-        if attention not in cached:
+        key = (attention, fused_activations)
+        if key not in cached:
             view = _clone(model, {}, {})
             if attention is not None and attention != getattr(
                 getattr(view, "config", None), "_attn_implementation", None
@@ -71,5 +78,7 @@ def model_view(model: nn.Module, attention: str | None = None) -> nn.Module:
                 if not hasattr(view, "set_attn_implementation"):
                     raise TypeError(f"{type(model).__name__} cannot switch its attention implementation")
                 view.set_attn_implementation(attention)  # type: ignore[operator]
-            cached[attention] = view
-        return cached[attention]
+            if fused_activations:
+                fuse_activations(view)
+            cached[key] = view
+        return cached[key]
