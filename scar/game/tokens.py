@@ -215,11 +215,18 @@ def _offsets_of_ids(
         text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
     except OverflowError:  # tokenizers-backed tokenizers hold ids as u32
         raise ValueError(f"{name} has token id {max(ids)} outside what the tokenizer can decode") from None
-    if not skip_special_tokens and getattr(tokenizer, "is_fast", False):
+    if getattr(tokenizer, "is_fast", False):
         # the tokenizer's own reading of the text: ids holding special tokens come back as such
-        enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
-        if enc_ids == ids:
-            return text, enc_offsets
+        if not skip_special_tokens:
+            enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
+            if enc_ids == ids:
+                return text, enc_offsets
+        else:
+            skipped = set(getattr(tokenizer, "all_special_ids", ()) or ())
+            kept = [i for i in ids if i not in skipped]
+            enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
+            if kept and enc_ids == kept:
+                return text, _prefix_ranges(ids, skipped, enc_offsets, len(text))
     backend = _plain_backend(tokenizer)
     if backend is not None:  # what tokenizer.decode returns, without its per-call Python overhead
         decode = backend.decode
@@ -239,6 +246,26 @@ def _offsets_of_ids(
         offsets.append((prev, k))
         prev = k
     return text, offsets
+
+
+def _prefix_ranges(
+    ids: list[int], skipped: set[int], own: list[tuple[int, int]], n_chars: int
+) -> list[tuple[int, int]]:
+    """The prefix-decode ranges of ``ids`` when their non-skipped tokens are the tokenizer's own split of the
+    text (offsets ``own``, one per such token): each token starts where the one before it ends (a character
+    no token owns, e.g. a space a word-level tokenizer drops, goes to the token after it), the last
+    non-skipped token ends the text, and skipped special tokens get the empty range where they stand."""
+    last = max(i for i, t in enumerate(ids) if t not in skipped)
+    spans = iter(own)
+    out, end = [], 0
+    for i, t in enumerate(ids):
+        if t in skipped:
+            out.append((end, end))
+            continue
+        stop = n_chars if i == last else max(end, next(spans)[1])
+        out.append((end, stop))
+        end = stop
+    return out
 
 
 def _stock_decode_methods() -> tuple[Any, ...]:

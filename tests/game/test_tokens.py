@@ -252,3 +252,22 @@ def test_token_offsets_of_sampled_ids_follow_the_prefix_decode_rule(tokenizer, s
         "😀",
         [(0, 0), (0, 0), (0, 0), (0, 1), (1, 1)],
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab cé—😀日!.,\n")), min_size=0, max_size=24),
+    where=st.lists(st.integers(min_value=0, max_value=30), max_size=3),
+)
+def test_offsets_of_an_own_split_with_skipped_special_tokens_follow_the_prefix_decode_rule(tokenizer, text, where):
+    """The tokenizer's own split of a text with special tokens anywhere (a completion ending in EOS): its own
+    offsets, read as the prefix-decode rule reads them."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for w in where:
+        ids.insert(min(w, len(ids)), tokenizer.eos_token_id)
+    if not ids:
+        return
+    assert token_offsets(tokenizer, ids, skip_special_tokens=True) == _prefix_decode_offsets(tokenizer, ids, True)
+    words = word_level_tokenizer(["good", "film"])
+    word_ids = [w % 5 for w in where] + [3, 4]
+    assert token_offsets(words, word_ids, skip_special_tokens=True) == _prefix_decode_offsets(words, word_ids, True)
