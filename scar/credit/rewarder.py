@@ -160,9 +160,13 @@ class SCAR:
         "method": "permutation",
         "budget": 2,
         "score_dtype": "auto",
+        "batch_size": 64,
     }
     """What :meth:`for_training` sets unless overridden: span players, one antithetic pair of permutations, the
-    coalitions scored in bfloat16 where that is faster (``r`` stays the reward model's own)."""
+    coalitions scored in bfloat16 where that is faster (``r`` stays the reward model's own), and up to 64
+    responses per scorer call (a trainer's batch in one packed forest: one exactness check and one set of
+    per-call costs per batch instead of one per 8 responses; the scorer's token budget still splits the forest
+    into passes)."""
 
     @classmethod
     def for_training(cls, reward_model: Any, tokenizer: Any, **overrides: Any) -> SCAR:
