@@ -98,6 +98,7 @@ def shapley_values_many(
     tol_absolute: bool = False,
     max_budget: int | Sequence[int | None] | None = None,
     round_stats: list[ScorerStats] | None = None,
+    ends: Sequence[tuple[float, float]] | None = None,
 ) -> list[ShapleyResult]:
     """:func:`shapley_values` of a batch of responses, with ONE scorer call for all their coalitions.
 
@@ -125,6 +126,10 @@ def shapley_values_many(
             response, or one per response).
         round_stats: when a list, the :class:`~scar.scoring.ScorerStats` of every scorer call is appended
             to it (one call without ``tol``; one per round with it).
+        ends: None, or one ``(v(∅), v(N))`` per response, known already (e.g. scored in the reward model's
+            own dtype while ``scorer`` scores in a cheaper one): every empty and full coalition of the plans
+            takes these values instead of being scored, so the results' ``base_value`` and ``full_value``
+            are these and, by efficiency, the values sum to ``v(N) - v(∅)``.
 
     Returns:
         One :class:`scar.shapley.ShapleyResult` per response, in order (an empty list for no
@@ -155,6 +160,7 @@ def shapley_values_many(
     )
     trees = _per_response("hierarchies", hierarchies, n)
     suffixes = _per_response("suffixes_ids", suffixes_ids, n)
+    known = _per_response("ends", ends, n)
     if tol is None and (max_budget is not None or tol_absolute is not False):
         raise ValueError("max_budget and tol_absolute apply to adaptive stopping: give tol as well")
     if n == 0:
@@ -174,6 +180,7 @@ def shapley_values_many(
             tol,
             tol_absolute,
             round_stats,
+            known,
         )
     plans = []
     for i, (players, s, b, tree) in enumerate(zip(players_list, seeds, budgets, trees)):
@@ -184,8 +191,14 @@ def shapley_values_many(
             raise ResponseError(i, str(err)) from err
         except TypeError as err:
             raise TypeError(f"response {i}: {err}") from err
-    scores = scorer.score_many(
-        list(prompts_ids), list(responses_ids), list(players_list), [p.coalitions for p in plans], suffixes
+    scores = _score_many(
+        scorer,
+        list(prompts_ids),
+        list(responses_ids),
+        list(players_list),
+        [p.coalitions for p in plans],
+        suffixes,
+        known,
     )
     if round_stats is not None:
         round_stats.append(scorer.stats)
@@ -198,6 +211,44 @@ def shapley_values_many(
     return results
 
 
+def _score_many(
+    scorer: CoalitionScorer,
+    prompts: list[IdsLike],
+    responses: list[IdsLike],
+    players: list[Any],
+    coalitions: list[torch.Tensor],
+    suffixes: list[IdsLike | None],
+    known: list[tuple[float, float] | None],
+) -> list[torch.Tensor]:
+    """``scorer.score_many`` of the coalitions, except that a response's empty and full coalitions take its
+    ``known`` ``(v(∅), v(N))`` when given, unscored."""
+    if all(k is None for k in known):
+        return scorer.score_many(prompts, responses, players, coalitions, suffixes)
+    ends: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    asked = []
+    for c, k in zip(coalitions, known):
+        rows = torch.as_tensor(c, dtype=torch.bool)
+        if k is None or rows.dim() != 2 or rows.shape[1] == 0:
+            ends.append(None)
+            asked.append(c)
+            continue
+        empty, full = ~rows.any(1), rows.all(1)
+        ends.append((empty, full))
+        asked.append(rows[~(empty | full)])
+    scored = scorer.score_many(prompts, responses, players, asked, suffixes)
+    out = []
+    for got, end, k in zip(scored, ends, known):
+        if end is None or k is None:
+            out.append(got)
+            continue
+        empty, full = end
+        values = torch.empty(empty.shape[0], dtype=torch.float64)
+        values[empty], values[full] = float(k[0]), float(k[1])
+        values[~(empty | full)] = got
+        out.append(values)
+    return out
+
+
 def _adaptive_many(
     scorer: CoalitionScorer,
     prompts: list[IdsLike],
@@ -208,6 +259,7 @@ def _adaptive_many(
     tol: float,
     tol_absolute: bool,
     round_stats: list[ScorerStats] | None,
+    known: list[tuple[float, float] | None],
 ) -> list[ShapleyResult]:
     """:func:`shapley_values_many` with ``tol``: one :class:`AdaptiveRun` per response, and per round ONE
     scorer call for the new coalitions of the responses that are not done."""
@@ -227,12 +279,14 @@ def _adaptive_many(
         scored = [i for i in active if runs[i].coalitions.shape[0]]
         values: dict[int, Any] = {}
         if scored:
-            scores = scorer.score_many(
+            scores = _score_many(
+                scorer,
                 [prompts[i] for i in scored],
                 [responses[i] for i in scored],
                 [players[i] for i in scored],
                 [runs[i].coalitions for i in scored],
                 [suffixes[i] for i in scored],
+                [known[i] for i in scored],
             )
             if round_stats is not None:
                 round_stats.append(scorer.stats)

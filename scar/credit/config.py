@@ -53,11 +53,11 @@ class CreditConfig:
             (``bfloat16`` when the model is ``float32``, ``method`` is not ``"exact"`` and ``bfloat16``
             matrix products are measured faster on its device, else the model's own:
             :mod:`scar.scoring.precision`). With a copy, ``r`` and ``v(∅)`` still come from the reward model
-            itself (its full and empty coalitions, one scorer call per chunk) and the values are shifted
-            equally so that they sum to ``r - v(∅)``: only the split between the players is computed in the
-            lower precision. Its rounding is usually far below the sampling noise of a sampled estimate but
-            has a heavy tail (a rare coalition of an ill-conditioned input scored far off): fine for RL,
-            where the noise averages away; keep None to read one response's values.
+            itself (its full and empty coalitions, one scorer call per chunk) and enter the estimate as its
+            empty and full coalitions, so the values sum to ``r - v(∅)``: only the coalitions in between are
+            scored in the lower precision. Its rounding is usually far below the sampling noise of a sampled
+            estimate but has a heavy tail (a rare coalition of an ill-conditioned input scored far off): fine
+            for RL, where the noise averages away; keep None to read one response's values.
     """
 
     players: str = "span"

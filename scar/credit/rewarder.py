@@ -280,6 +280,7 @@ class SCAR:
             )
         scorer = self.credit_scorer  # brought up to the model's weights once per chunk
         calls: list[ScorerStats] = []
+        ends = self._ends(pending, calls) if self._cast_scorer is not None else None
         try:
             results = shapley_values_many(
                 scorer,
@@ -292,38 +293,31 @@ class SCAR:
                 hierarchies=[p[3] for p in pending],
                 suffixes_ids=[p[1].suffix_ids or None for p in pending],
                 round_stats=calls,
+                ends=ends,
                 **adaptive,
             )
         except ResponseError as err:  # e.g. NaN scores from the reward model: say which response
             raise ValueError(f"Shapley credit of response {pending[err.index][0]}: {err.reason}") from err
-        if self._cast_scorer is not None:
-            results = self._anchored(pending, results, calls)
         self._local.chunk_cost = calls[0] if len(calls) == 1 else total_stats(calls, scorer.backend)
         return results
 
-    def _anchored(
-        self,
-        pending: list[tuple[int, Encoded, list[Player], Any, int | None]],
-        results: list[ShapleyResult],
-        calls: list[ScorerStats],
-    ) -> list[ShapleyResult]:
-        """Results whose ``r`` and ``v(∅)`` are the reward model's own (:attr:`scorer`, in the model's dtype,
-        scores every response's full and empty coalitions in one call), the values shifted equally so that
-        they still sum to ``r - v(∅)``; that call's cost is appended to ``calls``."""
+    def _ends(
+        self, pending: list[tuple[int, Encoded, list[Player], Any, int | None]], calls: list[ScorerStats]
+    ) -> list[tuple[float, float]]:
+        """Each response's ``(v(∅), v(N))`` from the reward model itself (:attr:`scorer`, in the model's dtype):
+        one call over every response's empty and full coalitions, its cost appended to ``calls``. The
+        coalitions scored in another dtype take these as their plans' ends, so ``r`` and ``v(∅)`` are the
+        model's own and the values sum to ``r - v(∅)``."""
         players = [p[2] for p in pending]
-        ends = self.scorer.score_many(
+        scores = self.scorer.score_many(
             [p[1].prompt_ids for p in pending],
             [p[1].response_ids for p in pending],
             players,
-            [torch.tensor([[True] * len(ps), [False] * len(ps)]) for ps in players],
+            [torch.tensor([[False] * len(ps), [True] * len(ps)]) for ps in players],
             [p[1].suffix_ids or None for p in pending],
         )
-        out = []
-        for (r, v0), res in zip((map(float, e) for e in ends), results):
-            shift = ((r - v0) - (res.full_value - res.base_value)) / max(res.values.numel(), 1)
-            out.append(dataclasses.replace(res, values=res.values + shift, full_value=r, base_value=v0))
         calls.append(self.scorer.stats)
-        return out
+        return [(float(v[0]), float(v[1])) for v in scores]
 
     def _shaped(
         self,

@@ -136,3 +136,32 @@ def test_errors_name_the_response(tiny_model) -> None:
         shapley_values_many(model, PROMPTS, RESPONSES, PLAYERS)
     with pytest.raises(ValueError, match="response 1"):  # the scorer names the response with bad players
         shapley_values_many(scorer, PROMPTS, RESPONSES, [PLAYERS[0], [(0, 9)], PLAYERS[2]])
+
+
+@pytest.mark.parametrize("method,budget,tol", [("permutation", 4, None), ("kernel", 8, None), ("permutation", 2, 0.3)])
+def test_known_ends_are_used_and_not_scored(tiny_model, method: str, budget: int, tol: float | None) -> None:
+    scorer = CoalitionScorer(tiny_model("gpt2"), backend="trie")
+    kw = dict(method=method, budget=budget, tol=tol)
+    scored = many(scorer, **kw)
+    calls = []
+    own = many(scorer, ends=[(r.base_value, r.full_value) for r in scored], round_stats=calls, **kw)
+    # the responses' own ends: the same values, two coalitions fewer per response scored
+    assert sum(s.distinct_coalitions for s in calls) == sum(r.n_evals for r in scored) - 2 * 3
+    for a, b in zip(scored, own):
+        torch.testing.assert_close(b.values, a.values, atol=1e-5, rtol=0)
+    # other ends: they are the results' r and v(∅), and the values split them exactly
+    shifted = many(scorer, ends=[(r.base_value - 1.0, r.full_value + 2.0) for r in scored], **kw)
+    for a, b in zip(scored, shifted):
+        assert (b.base_value, b.full_value) == (a.base_value - 1.0, a.full_value + 2.0)
+        assert float(b.values.sum()) == pytest.approx(b.full_value - b.base_value, abs=1e-9)
+        assert not torch.allclose(b.values, a.values, atol=1e-3)
+
+
+def test_known_ends_of_a_one_player_response_score_nothing(tiny_model) -> None:
+    scorer = CoalitionScorer(tiny_model("gpt2"), backend="trie")
+    res = shapley_values_many(scorer, [PROMPTS[0]], [RESPONSES[0]], [[(0, 12)]], ends=[(0.25, 1.0)],
+                              method="permutation", budget=2, seed=0)
+    assert scorer.stats.distinct_coalitions == 0
+    assert res[0].values.tolist() == [0.75] and (res[0].base_value, res[0].full_value) == (0.25, 1.0)
+    with pytest.raises(ValueError, match="ends needs one entry per response"):
+        shapley_values_many(scorer, [PROMPTS[0]], [RESPONSES[0]], [[(0, 12)]], ends=[], method="permutation")

@@ -1,5 +1,6 @@
 """``score_dtype``: the coalitions scored by a lower-precision copy of the reward model, ``r`` and ``v(∅)`` by
-the model itself, the values shifted to sum to ``r - v(∅)`` exactly; ``"auto"`` follows the measurement."""
+the model itself as the estimate's empty and full coalitions, so the values sum to ``r - v(∅)`` exactly;
+``"auto"`` follows the measurement."""
 
 from __future__ import annotations
 
