@@ -7,13 +7,16 @@ in ``benchmark.extra_info`` the tokens computed, the trie lower bound and their 
 passes, and the median wall time (one torch thread). ``test_group_shares_the_prompt`` scores a GRPO group
 (``GROUP`` responses to the same prompt, one antithetic pair of permutations each, what ``SCAR.for_training``
 plans) with the group's responses under one prompt root, against one root per response (the scorer before
-roots were shared, restored by patching ``share_prompts``). With benchmarks disabled (``--benchmark-disable``, as CI
+roots were shared, restored by patching ``share_prompts``). ``test_one_kernel_gelu`` times the trie with the
+packed view's one-kernel GELU (what the scorer runs) against the model's GELU as written (seven elementwise
+operations; restored by patching ``fuse_activations``), in float32 and bfloat16. With benchmarks disabled (``--benchmark-disable``, as CI
 runs) the same code runs once at a tiny size, for correctness only; ``SCAR_BENCH_SIZE=tiny|full`` overrides
 the choice.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +26,7 @@ import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
 import scar.scoring.scorer as scorer_module
+import scar.scoring.views as views_module
 from scar.scoring import CoalitionScorer
 from scar.scoring.games import build_game, pack_games
 
@@ -189,3 +193,22 @@ def test_group_shares_the_prompt(benchmark, workload: Workload, roots: str, monk
         one_root_per_response_tokens=one_root_each,
         workload=f"p{workload.prompt}_r{workload.response}_n{workload.players}_k2",
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("gelu", ["one-kernel", "as-written"])
+def test_one_kernel_gelu(benchmark, workload: Workload, gelu: str, dtype: torch.dtype, monkeypatch) -> None:
+    model, args = instance(workload)
+    model = copy.deepcopy(model).to(dtype)  # a model of its own: views are cached per model
+    if gelu == "as-written":
+        monkeypatch.setattr(views_module, "fuse_activations", lambda module: 0)
+    scorer = CoalitionScorer(model, backend="trie")
+    values = benchmark.pedantic(scorer.score, args=args, rounds=5, iterations=1, warmup_rounds=1)
+    packed = views_module.model_view(model, "scar_tree", fused_activations=True)
+    kinds = {type(m).__name__ for m in packed.modules() if "GELU" in type(m).__name__}
+    assert kinds == ({"GELU"} if gelu == "one-kernel" else {"NewGELUActivation"})
+    # float32: rounding of the fused tanh; bfloat16: that precision's rounding of these small scores
+    atol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(values, reference_values(workload), atol=atol, rtol=0)
+    record(benchmark, scorer.stats, gelu=gelu, dtype=str(dtype).removeprefix("torch."),
+           workload=f"p{workload.prompt}_r{workload.response}_n{workload.players}_k{workload.permutations}")
