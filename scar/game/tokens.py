@@ -216,16 +216,15 @@ def _offsets_of_ids(
     except OverflowError:  # tokenizers-backed tokenizers hold ids as u32
         raise ValueError(f"{name} has token id {max(ids)} outside what the tokenizer can decode") from None
     if getattr(tokenizer, "is_fast", False):
-        # the tokenizer's own reading of the text: ids holding special tokens come back as such
-        if not skip_special_tokens:
-            enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
-            if enc_ids == ids:
+        # the tokenizer's own reading of the text: ids holding special tokens come back as such, and special
+        # tokens that the decoding skipped come back as nothing
+        skipped = set(getattr(tokenizer, "all_special_ids", ()) or ()) if skip_special_tokens else set()
+        kept = [i for i in ids if i not in skipped]
+        enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
+        if enc_ids == kept:
+            if not skip_special_tokens:
                 return text, enc_offsets
-        else:
-            skipped = set(getattr(tokenizer, "all_special_ids", ()) or ())
-            kept = [i for i in ids if i not in skipped]
-            enc_ids, enc_offsets = _encode(tokenizer, text, literal=False)
-            if kept and enc_ids == kept:
+            if kept:
                 return text, _prefix_ranges(ids, skipped, enc_offsets, len(text))
     backend = _plain_backend(tokenizer)
     if backend is not None:  # what tokenizer.decode returns, without its per-call Python overhead

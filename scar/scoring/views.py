@@ -10,9 +10,8 @@ weight updates are seen, and nothing is ever switched on the user's model.
 A view may also run one-kernel forms of activations the model computes as chains of elementwise operations
 (``fused_activations``, :mod:`scar.scoring.activations`): the same function up to rounding, in the view's own
 module tables. Views are cached per (model, attention implementation, fused activations) and built once,
-under a lock. A view captures the
-model's module structure when it is built: replacing a submodule of the model afterwards (e.g. adding
-adapters) is not seen by an existing view.
+under a lock. A view captures the model's module structure when it is built: replacing a submodule of the
+model afterwards (e.g. adding adapters) is not seen by an existing view.
 """
 
 from __future__ import annotations
