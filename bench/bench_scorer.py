@@ -28,6 +28,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 import scar.scoring.scorer as scorer_module
 import scar.scoring.views as views_module
 from scar.scoring import CoalitionScorer
+from scar.scoring.attention import ATTENTION_NAME
 from scar.scoring.games import build_game, pack_games
 
 
@@ -204,7 +205,7 @@ def test_one_kernel_gelu(benchmark, workload: Workload, gelu: str, dtype: torch.
         monkeypatch.setattr(views_module, "fuse_activations", lambda module: 0)
     scorer = CoalitionScorer(model, backend="trie")
     values = benchmark.pedantic(scorer.score, args=args, rounds=5, iterations=1, warmup_rounds=1)
-    packed = views_module.model_view(model, "scar_tree", fused_activations=True)
+    packed = views_module.model_view(model, ATTENTION_NAME, fused_activations=True)
     kinds = {type(m).__name__ for m in packed.modules() if "GELU" in type(m).__name__}
     assert kinds == ({"GELU"} if gelu == "one-kernel" else {"NewGELUActivation"})
     # float32: rounding of the fused tanh; bfloat16: that precision's rounding of these small scores

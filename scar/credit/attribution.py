@@ -224,7 +224,7 @@ def _score_many(
     ``known`` ``(v(∅), v(N))`` when given, unscored."""
     if all(k is None for k in known):
         return scorer.score_many(prompts, responses, players, coalitions, suffixes)
-    ends: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+    ends: list[tuple[torch.Tensor, torch.Tensor, tuple[float, float]] | None] = []  # (empty rows, full rows, k)
     asked = []
     for c, k in zip(coalitions, known):
         rows = torch.as_tensor(c, dtype=torch.bool)
@@ -233,17 +233,17 @@ def _score_many(
             asked.append(c)
             continue
         empty, full = ~rows.any(1), rows.all(1)
-        ends.append((empty, full))
+        ends.append((empty, full, k))
         asked.append(rows[~(empty | full)])
     scored = scorer.score_many(prompts, responses, players, asked, suffixes)
     out = []
-    for got, end, k in zip(scored, ends, known):
-        if end is None or k is None:
+    for got, end in zip(scored, ends):
+        if end is None:
             out.append(got)
             continue
-        empty, full = end
+        empty, full, (v_empty, v_full) = end
         values = torch.empty(empty.shape[0], dtype=torch.float64)
-        values[empty], values[full] = float(k[0]), float(k[1])
+        values[empty], values[full] = float(v_empty), float(v_full)
         values[~(empty | full)] = got
         out.append(values)
     return out
