@@ -76,6 +76,10 @@ weight (about 1)."""
 SURROGATE_END_WEIGHT = 1e3
 """Weight of the pair ``(∅, N)`` in the surrogate fit (the other rows' weights sum to about 1)."""
 
+SURROGATE_SIZE_RIDGE = 1e-3
+"""Ridge penalty on the per-class degree-one terms of a ``by_size`` surrogate (their deviation from the shared
+ones), relative to the fitted rows' total kernel weight."""
+
 SURROGATE_MAX_FEATURES = 1200
 """Largest surrogate fitted (coefficients): order 3 up to ``n = 20``, order 1 up to ``n = 1200``."""
 
@@ -102,9 +106,10 @@ def _terms(n: int, order: int) -> list[torch.Tensor]:
     ]
 
 
-def surrogate_feature_count(n: int, order: int) -> int:
-    """Coefficients of an order-``order`` surrogate on ``n`` players: ``sum_{m odd <= order} comb(n, m)``."""
-    return sum(math.comb(n, m) for m in range(1, order + 1, 2))
+def surrogate_feature_count(n: int, order: int, by_size: bool = False) -> int:
+    """Coefficients of an order-``order`` surrogate on ``n`` players: ``sum_{m odd <= order} comb(n, m)``, and
+    ``n`` more per size class (``n // 2`` classes) with ``by_size``."""
+    return sum(math.comb(n, m) for m in range(1, order + 1, 2)) + (n * (n // 2) if by_size else 0)
 
 
 def surrogate_features(z: torch.Tensor, order: int) -> torch.Tensor:
@@ -218,20 +223,21 @@ class RegressionAdjustment:
         full: float,
         order: int,
         mass: dict[int, float],
+        by_size: bool = False,
     ) -> None:
         n = z.shape[1]
-        self.n, self.order = n, order
+        self.n, self.order, self.by_size = n, order, by_size
         self.equal = (full - base) / n
-        by_size = {st.size: st for st in strata if st.stop > st.start}
+        stratum_of = {st.size: st for st in strata if st.stop > st.start}
         # sampled classes: (size, their rows in the fit, their pairs' members, groups, pairs in the class)
         self.classes: list[tuple[int, slice, torch.Tensor, torch.Tensor, int]] = []
         self.exact_sum = torch.zeros(n, dtype=torch.float64)
-        reps, diffs, weights, groups = [], [], [], []
+        reps, diffs, weights, groups, sizes = [], [], [], [], []
         at = 0
-        for k in sorted(s for s in by_size if 2 * s <= n):
-            st = by_size[k]
+        for k in sorted(s for s in stratum_of if 2 * s <= n):
+            st = stratum_of[k]
             middle = 2 * k == n
-            rep, comp = _pair_rows(z, st, by_size[n - k], middle)
+            rep, comp = _pair_rows(z, st, stratum_of[n - k], middle)
             zk, dk, gk = z[rep], y[rep] - y[comp], group[rep]
             units = st.population // 2 if middle else st.population
             q = k / n
@@ -245,12 +251,13 @@ class RegressionAdjustment:
             diffs.append(dk)
             weights.append(torch.full((zk.shape[0],), mass[k] / zk.shape[0], dtype=torch.float64))
             groups.append(gk)
-        self.x = surrogate_features(torch.cat(reps), order)
+            sizes.append(torch.full((zk.shape[0],), k, dtype=torch.int64))
+        self.x = self._features(torch.cat(reps), torch.cat(sizes))
         d = torch.cat(diffs)
         w = torch.cat(weights)
         self.row_group = torch.cat(groups)
         self.d = d
-        ends = surrogate_features(torch.ones(1, n, dtype=torch.bool), order)
+        ends = self._features(torch.ones(1, n, dtype=torch.bool), torch.zeros(1, dtype=torch.int64))
         xw = self.x * w[:, None]
         fixed = self.row_group < 0
         self.gram_fixed = xw[fixed].T @ self.x[fixed] + SURROGATE_END_WEIGHT * ends.T @ ends
@@ -261,6 +268,8 @@ class RegressionAdjustment:
         p = self.x.shape[1]
         self.ridge = torch.full((p,), SURROGATE_RIDGE, dtype=torch.float64)
         self.ridge[:n] = _TINY_RIDGE
+        if by_size:
+            self.ridge[surrogate_feature_count(n, order) :] = SURROGATE_SIZE_RIDGE
         self.weight = w
         self._cheap_downdate = int((self.row_group >= 0).sum()) < p
         self._all: tuple[torch.Tensor, ...] | None = None
@@ -277,7 +286,7 @@ class RegressionAdjustment:
             row_index = torch.arange(rows.start, rows.stop)
             slots = torch.tensor([slot[int(j)] for j in gk.tolist()], dtype=torch.int64)
             self._sum_rows[ci * g + slots, row_index] = 1.0
-            self._contrasts[ci * n : (ci + 1) * n] = _contrast_matrix(n, order, k)
+            self._contrasts[ci * n : (ci + 1) * n] = self._class_contrasts(k)
             class_units.append(float(u))
             class_middle.append(2 * k == n)
             class_scale.append(u * q * (1 - q))
@@ -287,6 +296,30 @@ class RegressionAdjustment:
         self._middle = torch.tensor(class_middle, dtype=torch.bool)
         self._scale = torch.tensor(class_scale, dtype=torch.float64)
         self._sums: dict[frozenset[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _features(self, z: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+        """Design rows of the pairs ``z`` whose classes are ``sizes`` (the smaller size; 0 for ``(∅, N)``)."""
+        shared = surrogate_features(z, self.order)
+        if not self.by_size:
+            return shared
+        n = self.n
+        own = torch.zeros(z.shape[0], n * (n // 2), dtype=torch.float64)
+        for k in sizes.unique().tolist():
+            if k > 0:
+                rows = sizes == k
+                own[rows, (k - 1) * n : k * n] = 2.0 * z[rows].double() - 1.0
+        return torch.cat([shared, own], dim=1)
+
+    def _class_contrasts(self, k: int) -> torch.Tensor:
+        """``[n, p]``: ``Q_{i,k}(g)`` is row ``i`` times the coefficients; a class's own degree-one terms
+        act on that class only."""
+        shared = _contrast_matrix(self.n, self.order, k)
+        if not self.by_size:
+            return shared
+        n = self.n
+        own = torch.zeros(n, n * (n // 2), dtype=torch.float64)
+        own[:, (k - 1) * n : k * n] = _contrast_matrix(n, 1, k)
+        return torch.cat([shared, own], dim=1)
 
     def _direct(self, excluded: frozenset[int]) -> torch.Tensor:
         """Coefficients fitted without the groups ``excluded``: the ``p x p`` normal equations, solved."""

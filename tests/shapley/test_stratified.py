@@ -183,6 +183,59 @@ def test_pair_differences_of_a_two_additive_game_are_linear() -> None:
     torch.testing.assert_close(adj.estimate(int(group.max())), game.reference(), rtol=0, atol=1e-7)
 
 
+class SizeWeightedGame:
+    """``v(S) = sum_{i in S} f_i(|S|)``: every player's effect depends on the coalition's size, so the pair
+    differences are linear within each size class with coefficients that change from class to class."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.f = torch.randn(n, n + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
+        z = coalitions.double()
+        return (z * self.f[:, coalitions.sum(1)].T).sum(1)
+
+
+def test_by_size_surrogate_contrasts_match_enumeration() -> None:
+    """The by-size surrogate's per-class contrasts ``Q_{i,k}(g)`` (shared order-3 terms plus class k's own
+    degree-one terms) equal ``E[g (z_i - p)] / (p (1 - p))`` enumerated over the coalitions of size k, for
+    random coefficients on 7 players."""
+    n = 7
+    game = SizeWeightedGame(n, seed=0)
+    z, strata, group, y, base, full = _design_values(game, n, 40, 0)
+    adj = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(n), True)
+    p_features = surrogate_feature_count(n, 3, True)
+    assert adj.x.shape[1] == p_features == surrogate_feature_count(n, 3) + n * (n // 2)
+    beta = torch.randn(p_features, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    every = _every_coalition(n)
+    for k in range(1, n // 2 + 1):
+        sel = every[every.sum(1) == k]
+        g = adj._features(sel, torch.full((sel.shape[0],), k)) @ beta
+        p = k / n
+        brute = (g[:, None] * (sel.double() - p)).mean(0) / (p * (1 - p))
+        torch.testing.assert_close(adj._class_contrasts(k) @ beta, brute, rtol=0, atol=1e-12)
+
+
+def test_by_size_surrogate_makes_a_size_weighted_game_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On ``v(S) = sum_{i in S} f_i(|S|)`` (8 players, 200 coalitions, ridge made negligible) the pair
+    differences are, per class, a constant plus linear terms: the by-size order-1 adjusted estimate is exact,
+    the shared order-1 one is not, and ``shapley`` finds the exact values with a zero error bar."""
+    monkeypatch.setattr(surrogate, "SURROGATE_SIZE_RIDGE", 1e-12)
+    n = 8
+    game = SizeWeightedGame(n, seed=3)
+    exact = shapley(game, n, method="exact").values
+    z, strata, group, y, base, full = _design_values(game, n, 200, 0)
+    assert any(not st.enumerated for st in strata)
+    by_size = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(n), True)
+    torch.testing.assert_close(by_size.estimate(), exact, rtol=0, atol=1e-7)
+    torch.testing.assert_close(by_size.estimate(int(group.max())), exact, rtol=0, atol=1e-7)
+    shared = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(n)).estimate()
+    assert float((shared - exact).abs().max()) > 1e-3
+    res = shapley(game, n, method="stratified", budget=200, seed=0)
+    torch.testing.assert_close(res.values, exact, rtol=0, atol=1e-6)
+    assert float(res.stderr.max()) < 1e-6
+
+
 def test_order_three_surrogate_makes_a_three_additive_game_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """Terms of one to three players, 8 players, 200 coalitions (more pairs than the 64 coefficients in
     every cross-fit), ridge made negligible: the order-3 adjusted estimate is exact, and ``shapley`` puts
@@ -214,15 +267,16 @@ def test_downdated_fits_match_the_direct_solves() -> None:
         torch.testing.assert_close(fast.estimate(deleted), slow.estimate(deleted), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("order", [1, 3])
-def test_adjusted_estimate_is_unbiased(order: int) -> None:
+@pytest.mark.parametrize("order, by_size", [(1, False), (3, False), (1, True)])
+def test_adjusted_estimate_is_unbiased(order: int, by_size: bool) -> None:
     """Mean over 300 seeds of the cross-fitted adjusted estimate (n = 10, budget 60: every class sampled),
     on a high-order and a low-order game: within 4.5 standard errors of the closed-form values."""
     for game in (HIGH, SumOfUnanimityGame(10, terms=20, lo=1, hi=4, seed=2)):
         runs = []
         for seed in range(300):
             z, strata, group, y, base, full = _design_values(game, 10, 60, seed)
-            runs.append(RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(10)).estimate())
+            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(10), by_size)
+            runs.append(adj.estimate())
         est = torch.stack(runs)
         se = est.std(0) / math.sqrt(est.shape[0])
         assert bool((se > 0).all())
@@ -237,8 +291,8 @@ def test_adjusted_estimates_are_efficient(budget: int) -> None:
     game = TableGame.random(9, seed=5) if budget < 2**9 - 2 else MIXED
     for seed in range(3):
         z, strata, group, y, base, full = _design_values(game, 9, budget, seed)
-        for order in (1, 3):
-            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(9))
+        for order, by_size in ((1, False), (3, False), (1, True)):
+            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(9), by_size)
             assert float(adj.estimate().sum()) == pytest.approx(full - base, abs=1e-9)
             if int(group.max()) >= 0:
                 assert float(adj.estimate(int(group.max())).sum()) == pytest.approx(full - base, abs=1e-9)
@@ -260,12 +314,12 @@ def test_regression_adjustment_helps_on_a_low_order_game() -> None:
         return float(err.pow(2).mean().sqrt())
 
     with_adjustment = rmse()
-    orders = stratified.STRATIFIED_ORDERS
+    surrogates = stratified.STRATIFIED_SURROGATES
     try:
-        stratified.STRATIFIED_ORDERS = ()
+        stratified.STRATIFIED_SURROGATES = ()
         without = rmse()
     finally:
-        stratified.STRATIFIED_ORDERS = orders
+        stratified.STRATIFIED_SURROGATES = surrogates
     assert with_adjustment < 0.8 * without
 
 
