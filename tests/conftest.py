@@ -49,6 +49,19 @@ _CONFIGS = {
                                             max_position_embeddings=256, vocab_size=VOCAB, pad_token_id=PAD)),
     "bert": ("BertConfig", dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
                                 max_position_embeddings=256, vocab_size=VOCAB, pad_token_id=PAD)),
+    # models that break an assumption of the fast paths (tests/scoring/test_unusual_models.py)
+    "yoso": ("YosoConfig", dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                                max_position_embeddings=256, **_COMMON)),
+    "fnet": ("FNetConfig", dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                max_position_embeddings=256, **_COMMON)),
+    "xlnet": ("XLNetConfig", dict(d_model=32, n_layer=2, n_head=4, d_inner=64, **_COMMON)),
+    "nemotron": ("NemotronConfig", dict(num_key_value_heads=2, head_dim=8, **_DECODER)),
+    "jetmoe": ("JetMoeConfig", dict(num_hidden_layers=2, hidden_size=32, num_key_value_heads=2, kv_channels=8,
+                                    intermediate_size=64, num_local_experts=4, num_experts_per_tok=2,
+                                    max_position_embeddings=256, **_COMMON)),
+    "openai-gpt": ("OpenAIGPTConfig", dict(n_layer=2, n_embd=32, n_head=4, n_positions=256, **_COMMON)),
+    "mt5": ("MT5Config", dict(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                              decoder_start_token_id=PAD, **_COMMON)),
 }
 
 

@@ -25,6 +25,8 @@ __all__ = [
     "cache_keyword",
     "inspect_model",
     "trie_exactness",
+    "padding_exactness",
+    "error_summary",
     "evaluation_mode",
     "model_dtype",
     "model_device",
@@ -267,13 +269,18 @@ def inspect_model(model: nn.Module) -> RewardModelInfo:
     elif model_type in _DECODER_MODEL_TYPES:
         is_causal = True
     else:
-        is_causal = _probe_is_causal(model, base, vocab)
+        try:
+            is_causal = _probe_is_causal(model, base, vocab)
+        except Exception:  # a base whose forward needs more than input_ids (encoder-decoder, Perceiver, ...)
+            is_causal = False  # not a prefix-sharing decoder: scored whole, never on the trie
     head = getattr(model, "score", None) if is_causal else None
     max_positions = None
     for name in ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len"):
         max_positions = _first_int(getattr(config, name, None))
         if max_positions is not None:
             break
+    if max_positions is not None and max_positions <= 0:  # e.g. XLNet's -1: relative positions, no limit
+        max_positions = None
     return RewardModelInfo(
         model_type=model_type,
         is_causal=is_causal,
@@ -374,7 +381,82 @@ def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
     info = inspect_model(model)
     refusal = _structural_refusal(model, info)
     if refusal is None and probe:
-        refusal = _probe_packed_equals_deleted(model, info)
+        try:
+            refusal = _probe_packed_equals_deleted(model, info)
+        except Exception as err:  # the forward cannot run a packed probe at all
+            refusal = f"probe: the packed forward raised {error_summary(err)}"
     if refusal is not None:
         return False, refusal
     return True, f"{info.model_type}: causal decoder honouring position_ids and a 4D float mask"
+
+
+def error_summary(err: BaseException) -> str:
+    """``"TypeName: first line of the message"``, for a probe's reason."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out[0]
+
+
+def padding_exactness(model: nn.Module, info: RewardModelInfo | None = None) -> tuple[bool, str]:
+    """Does right padding with an attention mask leave the real tokens unchanged?
+
+    The padded backends assume it. A probe runs the model on a 3-token and a 7-token sequence, each alone and
+    both in one right-padded batch, and compares the logits and, where the base model keeps one hidden state
+    per token, the real tokens' last hidden states. Models that mix tokens without honouring the attention
+    mask (Fourier mixing, hashed or kernel-approximated attention, ...) fail it.
+
+    Returns:
+        ``(ok, reason)``; ``reason`` says why not, or what was checked when ``ok``.
+    """
+    if info is None:
+        info = inspect_model(model)
+    avoid = {t for t in (info.pad_token_id,) if t is not None}
+    ids = _probe_ids(info.vocab_size, 7, avoid)
+    rows = [ids[:3], ids]
+    pad = info.pad_token_id if info.pad_token_id is not None else 0
+    device, dtype = model_device(model), model_dtype(model)
+    batch = torch.full((2, 7), pad, dtype=torch.long)
+    mask = torch.zeros((2, 7), dtype=torch.long)
+    for i, row in enumerate(rows):
+        batch[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+    batch, mask = batch.to(device), mask.to(device)
+    pairs: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
+    with evaluation_mode(model):
+        try:
+            if not info.is_causal:  # encoders are scored through the whole classifier
+                pairs.append(
+                    (
+                        "logits",
+                        model(input_ids=batch, attention_mask=mask).logits,
+                        [model(input_ids=torch.tensor([r], device=device)).logits[0] for r in rows],
+                    )
+                )
+            pairs.append(
+                (
+                    "hidden states",
+                    _hidden(info.base(input_ids=batch, attention_mask=mask)),
+                    [_hidden(info.base(input_ids=torch.tensor([r], device=device)))[0] for r in rows],
+                )
+            )
+        except Exception as err:
+            if not pairs:  # an encoder-decoder's base needs decoder inputs: its logits decide
+                return False, f"probe: the padded forward raised {error_summary(err)}"
+    tol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+    for what, padded, alone in pairs:
+        for i, row in enumerate(rows):
+            got, want = padded[i].float(), alone[i].float()
+            if what == "hidden states":
+                if padded.shape[1] != batch.shape[1] or want.shape[0] != len(row):
+                    continue  # the base pools or downsamples: the logits decide
+                got = got[: len(row)]
+            gap = float((got - want).abs().max())
+            if not gap <= tol * (1.0 + float(want.abs().max())):
+                return False, (
+                    f"probe: right padding changes the real tokens' {what} by {gap:.3g} "
+                    f"({info.model_type or type(model).__name__} does not honour the attention mask)"
+                )
+    return True, "right padding with an attention mask leaves the real tokens unchanged"

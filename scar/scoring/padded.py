@@ -1,13 +1,17 @@
 """Plain scoring of whole sequences in right-padded batches: the one home of padding and read-out.
 
 Sequences are right-padded with an attention mask: in a causal model real tokens never see the padding,
-in an encoder it is masked as keys, so padding changes no score. Decoders are run as base model plus
+in an encoder it is masked as keys, so padding changes no score. A model that does not honour the mask
+(:func:`scar.scoring.model.padding_exactness`, probed once per model) has its rows scored one at a time,
+unpadded. Decoders are run as base model plus
 score head at each row's read-out token (:meth:`RewardModelInfo.readout_index`), encoders as the whole
 classifier (read out at the first token).
 """
 
 from __future__ import annotations
 
+import logging
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -15,9 +19,13 @@ import torch
 from torch import nn
 
 from scar._checks import check_positive_int
-from scar.scoring.model import RewardModelInfo, model_device
+from scar.scoring.model import RewardModelInfo, model_device, padding_exactness
 
-__all__ = ["pad_right", "PaddedScores", "score_padded"]
+__all__ = ["pad_right", "PaddedScores", "score_padded", "honours_padding"]
+
+logger = logging.getLogger(__name__)
+
+_PADDING: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -56,6 +64,17 @@ class PaddedScores:
     hidden: list[torch.Tensor] | None = None
 
 
+def honours_padding(model: nn.Module, info: RewardModelInfo) -> bool:
+    """Whether right padding leaves ``model``'s scores unchanged (:func:`padding_exactness`, cached per model;
+    a model that fails is logged once)."""
+    if model not in _PADDING:
+        ok, reason = padding_exactness(model, info)
+        if not ok:
+            logger.warning("%s is scored one unpadded sequence at a time: %s", type(model).__name__, reason)
+        _PADDING[model] = ok
+    return _PADDING[model]
+
+
 def score_padded(
     model: nn.Module,
     info: RewardModelInfo,
@@ -72,7 +91,8 @@ def score_padded(
     A batch holds at most ``batch_size`` rows and at most ``max_tokens`` tokens (rows x padded width; a
     single row longer than ``max_tokens`` runs alone). ``attention=True`` also returns the read-out
     token's last-layer attention (the model must produce attention weights: eager attention);
-    ``hidden=True`` also returns each row's last hidden states (decoders only).
+    ``hidden=True`` also returns each row's last hidden states (decoders only). Rows of different lengths are
+    batched only for a model that honours the padding mask (:func:`honours_padding`).
 
     Run it under ``torch.no_grad()`` in eval mode (:class:`scar.scoring.model.evaluation_mode`).
     """
@@ -89,6 +109,8 @@ def score_padded(
     states: list[torch.Tensor | None] = [None] * len(rows)
     if hidden and not info.is_causal:
         raise ValueError("hidden states are returned for decoder reward models only")
+    if len(set(lengths)) > 1 and not honours_padding(model, info):
+        batch_size = 1  # no row is ever padded
     tokens = passes = peak = 0
     start = 0
     while start < len(order):

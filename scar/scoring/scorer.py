@@ -39,6 +39,7 @@ from scar.scoring.model import (
     RewardModelInfo,
     attention_layout,
     base_model,
+    error_summary,
     inspect_model,
     model_device,
     model_dtype,
@@ -69,11 +70,12 @@ class ExactnessError(ValueError):
     def __init__(
         self, backend: str, response: int, players: list[int], fast: float, plain: float, tolerance: float, model: str
     ) -> None:
+        instead = "backend='loop'" if backend == "batched" else "backend='loop' (or 'batched')"
         super().__init__(
             f"exactness check failed: backend {backend!r} scored response {response}, coalition of players "
             f"{players} as {fast!r} but deleting the other players' tokens and running {model} gives {plain!r} "
-            f"(difference {abs(fast - plain):.3g} > tolerance {tolerance:.3g}). The packed forward is not exact "
-            "for this model: use backend='loop' (or 'batched'), and please report the model's architecture."
+            f"(difference {abs(fast - plain):.3g} > tolerance {tolerance:.3g}). Backend {backend!r} is not exact "
+            f"for this model: use {instead}, and please report the model's architecture."
         )
         self.backend, self.response, self.players = backend, response, players
         self.fast, self.plain, self.tolerance = fast, plain, tolerance
@@ -195,8 +197,57 @@ class CoalitionScorer:
             if not ok:
                 logger.info("CoalitionScorer: the trie uses a dense mask: %s", reason)
                 return "mask"
-            return self._measured_attention()
+            choice = self._measured_attention()
+            failure = self._probe_attention(choice)
+            if failure is not None:
+                logger.warning("CoalitionScorer: the trie uses a dense mask: %s", failure)
+                return "mask"
+            return choice
         return attention
+
+    def _probe_attention(self, attention: str) -> str | None:
+        """Score a two-player game on the trie with ``attention`` (``kernel`` or ``flex``) and by plain deletion:
+        None when they agree, else why not (the model's attention module may reject the tree attention's
+        arguments or its output layout, which the dense-mask probe of :func:`trie_exactness` does not see)."""
+        vocab = self.info.vocab_size or 2
+        ids = [t for t in range(1, vocab) if t != self.info.pad_token_id] or [0]
+        ids = [ids[(5 * k + 3) % len(ids)] for k in range(9)]
+        coalitions = torch.tensor([[a, b] for a in (False, True) for b in (False, True)])
+        game = build_game(
+            0,
+            ids[:3],
+            ids[3:],
+            [(0, 3), (3, 6)],
+            coalitions,
+            None,
+            vocab_size=self.info.vocab_size,
+            filler_id=self.filler_id,
+        )
+        forest, members = share_prompts([game])
+        packed_base = base_model(model_view(self.model, ATTENTION_NAME, fused_activations=True))
+        try:
+            with torch.no_grad():
+                per_root = score_trie(
+                    self.view,
+                    self.info,
+                    forest,
+                    pack_games(forest, [0]),
+                    self._read_scores,
+                    DEFAULT_PASS_TOKENS,
+                    packed_base,
+                    ScorerStats(backend="trie"),
+                    attention=attention,
+                )
+                got = split_shared(per_root, members, [game])[0]
+                mask = game.keep_mask()
+                want = plain_scores(self.view, self.info, [game.sequence(row) for row in mask], self._read_scores)
+        except Exception as err:
+            return f"attention={attention!r} raised {error_summary(err)}"
+        absolute, relative = VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
+        error = float((got - want).abs().max())
+        if not error <= absolute + relative * float(want.abs().max()):
+            return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
+        return None
 
     def _measured_attention(self) -> str:
         """``auto``'s choice between the kernel and FlexAttention where the kernel can run."""

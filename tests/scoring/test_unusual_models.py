@@ -1,0 +1,123 @@
+"""Architectures that break an assumption of a fast path: each is scored exactly (equal to ``backend="loop"``,
+plain deletion one sequence at a time) by every backend it is given, or refused with a reason.
+
+- Right padding: YOSO (hashed attention), FNet (Fourier mixing) and XLNet do not honour the attention mask,
+  so padded batches would change their scores; they are scored one unpadded sequence at a time.
+- The tree-attention kernel: Nemotron drops the kernel's extra arguments and JetMoE views its output as
+  contiguous; ``attention="auto"`` probes the kernel and takes the dense mask.
+- Probes that cannot run: OpenAI GPT's forward fails on the packed probe, MT5's base model needs decoder inputs
+  for the causality probe; both are classified without crashing.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scar.scoring import CoalitionScorer
+from scar.scoring.model import inspect_model, padding_exactness, trie_exactness
+from scar.scoring.padded import pad_right
+from scar.scoring.scorer import ExactnessError
+
+PROMPT = [60, 85, 28, 90, 58]
+RESPONSE = [63, 62, 75, 76, 69, 28, 43, 35, 25, 89, 90, 75]
+PLAYERS = [(0, 3), (3, 6), (6, 9), (9, 12)]
+EVERY = torch.tensor([[(c >> j) & 1 for j in range(4)] for c in range(16)], dtype=torch.bool)
+SUFFIX = [2]  # EOS: encoder-decoders read their score there
+
+
+def _loop(model) -> torch.Tensor:
+    return CoalitionScorer(model, backend="loop").score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+
+
+@pytest.mark.parametrize("kind", ["yoso", "fnet", "xlnet"])
+def test_models_that_ignore_the_padding_mask_are_scored_unpadded(tiny_model, kind: str) -> None:
+    """The model's own padded batch changes a sequence's logits (so padding would give wrong scores); the probe
+    says so, and ``auto`` and ``batched`` equal plain deletion to float32 rounding."""
+    model = tiny_model(kind)
+    rows = [PROMPT + RESPONSE[:3] + SUFFIX, PROMPT + RESPONSE + SUFFIX]
+    ids, mask = pad_right(rows, 0)
+    with torch.no_grad():
+        padded = model(input_ids=ids, attention_mask=mask).logits[0]
+        alone = model(input_ids=torch.tensor([rows[0]])).logits[0]
+    assert float((padded - alone).abs().max()) > 1e-5  # padding does change this model's output
+    ok, reason = padding_exactness(model)
+    assert not ok and "padding" in reason
+    reference = _loop(model)
+    for backend in ("auto", "batched"):
+        scorer = CoalitionScorer(model, backend=backend)
+        got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+        torch.testing.assert_close(got, reference, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert"])
+def test_encoders_that_honour_padding_stay_batched(tiny_model, kind: str) -> None:
+    """The probe passes for encoders that mask padded keys, so their batches stay padded (several sequences
+    per forward) and exact."""
+    model = tiny_model(kind)
+    assert padding_exactness(model)[0]
+    scorer = CoalitionScorer(model, backend="batched")
+    got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+    assert scorer.stats.passes < 16
+    torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["nemotron", "jetmoe"])
+def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, kind: str) -> None:
+    """The trie is exact for these decoders through the dense mask, but their attention modules cannot run the
+    tree-attention kernel: ``attention="auto"`` probes it and takes the mask, exactly."""
+    model = tiny_model(kind)
+    assert trie_exactness(model)[0]
+    scorer = CoalitionScorer(model, backend="auto")
+    assert scorer.backend == "trie" and scorer.attention == "mask"
+    got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+    torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
+
+
+def test_auto_attention_keeps_the_kernel_where_it_runs(tiny_model) -> None:
+    """The probe does not demote a model the kernel serves (when the compiled kernel is built)."""
+    from scar_kernels.ops import has_extension
+
+    if not has_extension():
+        pytest.skip("the compiled kernels are not built")
+    assert CoalitionScorer(tiny_model("llama"), backend="auto").attention == "kernel"
+
+
+def test_a_forward_that_fails_the_packed_probe_is_refused_not_crashed(tiny_model) -> None:
+    """OpenAI GPT's forward cannot run the packed probe: the trie is refused with the error as the reason,
+    ``auto`` falls back to padded batches, exactly."""
+    model = tiny_model("openai-gpt")
+    ok, reason = trie_exactness(model)
+    assert not ok and reason.startswith("probe: the packed forward raised")
+    with pytest.warns(UserWarning, match="not 'trie'"):
+        scorer = CoalitionScorer(model, backend="auto")
+    assert scorer.backend == "batched"
+    torch.testing.assert_close(scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX), _loop(model), rtol=0,
+                               atol=1e-6)
+
+
+def test_encoder_decoder_is_inspected_and_scored(tiny_model) -> None:
+    """MT5's base model needs decoder inputs, so the causality probe cannot run it: it is taken as not
+    prefix-sharing and scored whole, equal to plain deletion."""
+    model = tiny_model("mt5")
+    info = inspect_model(model)
+    assert not info.is_causal
+    scorer = CoalitionScorer(model, backend="auto")
+    assert scorer.backend == "batched"
+    torch.testing.assert_close(scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX), _loop(model), rtol=0,
+                               atol=1e-6)
+
+
+def test_a_negative_position_limit_means_none(tiny_model) -> None:
+    """XLNet's config says ``max_position_embeddings``-like -1 (relative positions): no limit, not a limit of
+    -1 tokens."""
+    model = tiny_model("xlnet")
+    assert inspect_model(model).max_positions is None
+    assert CoalitionScorer(model, backend="loop").score(PROMPT, RESPONSE, PLAYERS, EVERY[:2], SUFFIX).shape == (2,)
+
+
+def test_exactness_error_of_batched_does_not_suggest_batched() -> None:
+    batched = str(ExactnessError("batched", 0, [1], 0.5, 0.7, 1e-4, "M"))
+    trie = str(ExactnessError("trie", 0, [1], 0.5, 0.7, 1e-4, "M"))
+    assert "use backend='loop'," in batched and "(or 'batched')" not in batched
+    assert "use backend='loop' (or 'batched')" in trie
