@@ -425,7 +425,7 @@ def padding_exactness(model: nn.Module, info: RewardModelInfo | None = None) -> 
         mask[i, : len(row)] = 1
     batch, mask = batch.to(device), mask.to(device)
     pairs: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
-    with evaluation_mode(model):
+    with evaluation_mode(model), torch.no_grad():
         try:
             if not info.is_causal:  # encoders are scored through the whole classifier
                 pairs.append(

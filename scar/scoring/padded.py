@@ -3,9 +3,8 @@
 Sequences are right-padded with an attention mask: in a causal model real tokens never see the padding,
 in an encoder it is masked as keys, so padding changes no score. A model that does not honour the mask
 (:func:`scar.scoring.model.padding_exactness`, probed once per model) has its rows scored one at a time,
-unpadded. Decoders are run as base model plus
-score head at each row's read-out token (:meth:`RewardModelInfo.readout_index`), encoders as the whole
-classifier (read out at the first token).
+unpadded. Decoders are run as base model plus score head at each row's read-out token
+(:meth:`RewardModelInfo.readout_index`), encoders as the whole classifier (read out at the first token).
 """
 
 from __future__ import annotations
