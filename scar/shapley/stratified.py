@@ -29,7 +29,7 @@ Finish. Up to four estimates from the same values, each exactly efficient:
   sampled rows (consistent, slightly biased at small budgets, and very accurate when the game is close to
   additive);
 - the regression-adjusted estimates of :mod:`scar.shapley.surrogate`, one per surrogate in
-  :data:`STRATIFIED_SURROGATES` (order 1, order 3, and order 1 with per-class terms): a polynomial surrogate
+  :data:`STRATIFIED_SURROGATES` (order 1, order 3, and order 1 with size-dependent terms): a polynomial surrogate
   of the pairs' differences ``v(S) - v(N \\ S)``, whose contribution to each class is closed form, plus the
   stratified Monte Carlo estimate of the residual game,
   cross-fitted over the jackknife groups so that the estimate stays unbiased whenever every class is
@@ -95,12 +95,13 @@ STRATIFIED_GROUPS = 8
 """Groups of sampled pairs in the grouped jackknife that weighs the estimates, cross-fits the surrogates and
 gives ``stderr``."""
 
-STRATIFIED_SURROGATES = ((1, False), (3, False), (1, True))
-"""``(order, by_size)`` of the odd surrogates (:mod:`scar.shapley.surrogate`) whose regression-adjusted
-estimates join the combination: order 1, order 3, and order 1 with each size class's own degree-one terms
-(for games whose players' effects change with the coalition's size, as high-order interactions make them). A
-surrogate is skipped above :data:`~scar.shapley.surrogate.SURROGATE_MAX_FEATURES` coefficients and order 3
-below 3 players."""
+STRATIFIED_SURROGATES = ((1, None), (3, None), (1, "class"), (1, "trend"))
+"""``(order, size_terms)`` of the odd surrogates (:mod:`scar.shapley.surrogate`) whose regression-adjusted
+estimates join the combination: order 1, order 3, and order 1 with degree-one terms that depend on the size
+class (:data:`~scar.shapley.surrogate.SIZE_TERMS`: each class's own, or a linear trend in the size), for games
+whose players' effects change with the coalition's size, as high-order interactions make them. A surrogate is
+skipped above :data:`~scar.shapley.surrogate.SURROGATE_MAX_FEATURES` coefficients and order 3 below 3
+players."""
 
 STRATIFIED_ADJUST_GROUPS = 3
 """The regression-adjusted estimates join the combination only when every sampled size holds pairs of at
@@ -382,9 +383,9 @@ def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanPar
             return ShapleyResult(mc, nan, n_evals, base, full, "stratified", budget)
         mass = _class_masses(n)
         adjusters = [
-            RegressionAdjustment(z, y, strata, group, base, full, order, mass, by_size)
-            for order, by_size in STRATIFIED_SURROGATES
-            if surrogate_feature_count(n, order, by_size) <= SURROGATE_MAX_FEATURES and order <= n and adjust
+            RegressionAdjustment(z, y, strata, group, base, full, order, mass, size_terms)
+            for order, size_terms in STRATIFIED_SURROGATES
+            if surrogate_feature_count(n, order, size_terms) <= SURROGATE_MAX_FEATURES and order <= n and adjust
         ]
         full_est = torch.stack([fit, mc] + [a.estimate() for a in adjusters])
         reps_list = []

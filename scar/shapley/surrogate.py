@@ -62,6 +62,8 @@ __all__ = [
     "SURROGATE_RIDGE",
     "SURROGATE_END_WEIGHT",
     "SURROGATE_MAX_FEATURES",
+    "SURROGATE_SIZE_RIDGE",
+    "SIZE_TERMS",
     "surrogate_feature_count",
     "surrogate_features",
     "surrogate_shapley",
@@ -77,8 +79,14 @@ SURROGATE_END_WEIGHT = 1e3
 """Weight of the pair ``(∅, N)`` in the surrogate fit (the other rows' weights sum to about 1)."""
 
 SURROGATE_SIZE_RIDGE = 1e-3
-"""Ridge penalty on the per-class degree-one terms of a ``by_size`` surrogate (their deviation from the shared
-ones), relative to the fitted rows' total kernel weight."""
+"""Ridge penalty on a surrogate's size terms (see :data:`SIZE_TERMS`: their departure from the shared degree-one
+terms), relative to the fitted rows' total kernel weight."""
+
+SIZE_TERMS = ("class", "trend")
+"""Degree-one terms whose coefficient depends on the pair's size class ``k`` (the smaller size), for games whose
+players' effects change with the coalition's size: ``"class"``, each class's own ``n`` terms (``n * (n // 2)``
+coefficients); ``"trend"``, ``n`` terms ``x_i (k / n - 1 / 4)``, a linear trend in the size (``n``
+coefficients, stable with few pairs per class)."""
 
 SURROGATE_MAX_FEATURES = 1200
 """Largest surrogate fitted (coefficients): order 3 up to ``n = 20``, order 1 up to ``n = 1200``."""
@@ -106,10 +114,25 @@ def _terms(n: int, order: int) -> list[torch.Tensor]:
     ]
 
 
-def surrogate_feature_count(n: int, order: int, by_size: bool = False) -> int:
-    """Coefficients of an order-``order`` surrogate on ``n`` players: ``sum_{m odd <= order} comb(n, m)``, and
-    ``n`` more per size class (``n // 2`` classes) with ``by_size``."""
-    return sum(math.comb(n, m) for m in range(1, order + 1, 2)) + (n * (n // 2) if by_size else 0)
+def surrogate_feature_count(n: int, order: int, size_terms: str | None = None) -> int:
+    """Coefficients of an order-``order`` surrogate on ``n`` players: ``sum_{m odd <= order} comb(n, m)``, plus
+    its size terms (:data:`SIZE_TERMS`)."""
+    return sum(math.comb(n, m) for m in range(1, order + 1, 2)) + n * _size_weights(n, size_terms, 1).numel()
+
+
+def _size_weights(n: int, size_terms: str | None, k: int) -> torch.Tensor:
+    """Weights ``[blocks]`` of the ``n``-term blocks of the size terms for a pair of class ``k`` (0: ``(∅, N)``,
+    which has no class of its own and sits where the trend puts size 0)."""
+    if size_terms is None:
+        return torch.zeros(0, dtype=torch.float64)
+    if size_terms == "class":
+        out = torch.zeros(n // 2, dtype=torch.float64)
+        if k > 0:
+            out[k - 1] = 1.0
+        return out
+    if size_terms == "trend":
+        return torch.tensor([k / n - 0.25], dtype=torch.float64)
+    raise ValueError(f"size_terms must be None or one of {SIZE_TERMS}, got {size_terms!r}")
 
 
 def surrogate_features(z: torch.Tensor, order: int) -> torch.Tensor:
@@ -223,10 +246,10 @@ class RegressionAdjustment:
         full: float,
         order: int,
         mass: dict[int, float],
-        by_size: bool = False,
+        size_terms: str | None = None,
     ) -> None:
         n = z.shape[1]
-        self.n, self.order, self.by_size = n, order, by_size
+        self.n, self.order, self.size_terms = n, order, size_terms
         self.equal = (full - base) / n
         stratum_of = {st.size: st for st in strata if st.stop > st.start}
         # sampled classes: (size, their rows in the fit, their pairs' members, groups, pairs in the class)
@@ -268,8 +291,7 @@ class RegressionAdjustment:
         p = self.x.shape[1]
         self.ridge = torch.full((p,), SURROGATE_RIDGE, dtype=torch.float64)
         self.ridge[:n] = _TINY_RIDGE
-        if by_size:
-            self.ridge[surrogate_feature_count(n, order) :] = SURROGATE_SIZE_RIDGE
+        self.ridge[surrogate_feature_count(n, order) :] = SURROGATE_SIZE_RIDGE
         self.weight = w
         self._cheap_downdate = int((self.row_group >= 0).sum()) < p
         self._all: tuple[torch.Tensor, ...] | None = None
@@ -300,26 +322,21 @@ class RegressionAdjustment:
     def _features(self, z: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
         """Design rows of the pairs ``z`` whose classes are ``sizes`` (the smaller size; 0 for ``(∅, N)``)."""
         shared = surrogate_features(z, self.order)
-        if not self.by_size:
+        if self.size_terms is None:
             return shared
-        n = self.n
-        own = torch.zeros(z.shape[0], n * (n // 2), dtype=torch.float64)
-        for k in sizes.unique().tolist():
-            if k > 0:
-                rows = sizes == k
-                own[rows, (k - 1) * n : k * n] = 2.0 * z[rows].double() - 1.0
-        return torch.cat([shared, own], dim=1)
+        weights = torch.stack([_size_weights(self.n, self.size_terms, k) for k in sizes.tolist()])  # [rows, B]
+        own = weights[:, :, None] * (2.0 * z.double() - 1.0)[:, None, :]
+        return torch.cat([shared, own.reshape(z.shape[0], -1)], dim=1)
 
     def _class_contrasts(self, k: int) -> torch.Tensor:
-        """``[n, p]``: ``Q_{i,k}(g)`` is row ``i`` times the coefficients; a class's own degree-one terms
-        act on that class only."""
+        """``[n, p]``: ``Q_{i,k}(g)`` is row ``i`` times the coefficients; the size terms act on class ``k``
+        with their weights for that class."""
         shared = _contrast_matrix(self.n, self.order, k)
-        if not self.by_size:
+        if self.size_terms is None:
             return shared
-        n = self.n
-        own = torch.zeros(n, n * (n // 2), dtype=torch.float64)
-        own[:, (k - 1) * n : k * n] = _contrast_matrix(n, 1, k)
-        return torch.cat([shared, own], dim=1)
+        weights = _size_weights(self.n, self.size_terms, k)
+        own = weights[None, :, None] * _contrast_matrix(self.n, 1, k)[:, None, :]  # [n, B, n]
+        return torch.cat([shared, own.reshape(self.n, -1)], dim=1)
 
     def _direct(self, excluded: frozenset[int]) -> torch.Tensor:
         """Coefficients fitted without the groups ``excluded``: the ``p x p`` normal equations, solved."""

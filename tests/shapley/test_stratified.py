@@ -185,27 +185,35 @@ def test_pair_differences_of_a_two_additive_game_are_linear() -> None:
 
 class SizeWeightedGame:
     """``v(S) = sum_{i in S} f_i(|S|)``: every player's effect depends on the coalition's size, so the pair
-    differences are linear within each size class with coefficients that change from class to class."""
+    differences are linear within each size class with coefficients that change from class to class. With
+    ``trend=True``, ``f_i(s) = a_i + b_i |s - n / 2|``: the coefficients change linearly in the class's size."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, trend: bool = False) -> None:
         self.n = n
-        self.f = torch.randn(n, n + 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        gen = torch.Generator().manual_seed(seed)
+        if trend:
+            a, b = torch.randn(2, n, 1, generator=gen, dtype=torch.float64)
+            self.f = a + b * (torch.arange(n + 1, dtype=torch.float64) - n / 2).abs()
+        else:
+            self.f = torch.randn(n, n + 1, generator=gen, dtype=torch.float64)
 
     def __call__(self, coalitions: torch.Tensor) -> torch.Tensor:
         z = coalitions.double()
         return (z * self.f[:, coalitions.sum(1)].T).sum(1)
 
 
-def test_by_size_surrogate_contrasts_match_enumeration() -> None:
-    """The by-size surrogate's per-class contrasts ``Q_{i,k}(g)`` (shared order-3 terms plus class k's own
-    degree-one terms) equal ``E[g (z_i - p)] / (p (1 - p))`` enumerated over the coalitions of size k, for
-    random coefficients on 7 players."""
+@pytest.mark.parametrize("size_terms", ["class", "trend"])
+def test_size_terms_contrasts_match_enumeration(size_terms: str) -> None:
+    """A surrogate's per-class contrasts ``Q_{i,k}(g)`` (shared order-3 terms plus the size terms as they act
+    on class k) equal ``E[g (z_i - p)] / (p (1 - p))`` enumerated over the coalitions of size k, for random
+    coefficients on 7 players."""
     n = 7
     game = SizeWeightedGame(n, seed=0)
     z, strata, group, y, base, full = _design_values(game, n, 40, 0)
-    adj = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(n), True)
-    p_features = surrogate_feature_count(n, 3, True)
-    assert adj.x.shape[1] == p_features == surrogate_feature_count(n, 3) + n * (n // 2)
+    adj = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(n), size_terms)
+    p_features = surrogate_feature_count(n, 3, size_terms)
+    extra = n * (n // 2) if size_terms == "class" else n
+    assert adj.x.shape[1] == p_features == surrogate_feature_count(n, 3) + extra
     beta = torch.randn(p_features, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     every = _every_coalition(n)
     for k in range(1, n // 2 + 1):
@@ -216,24 +224,33 @@ def test_by_size_surrogate_contrasts_match_enumeration() -> None:
         torch.testing.assert_close(adj._class_contrasts(k) @ beta, brute, rtol=0, atol=1e-12)
 
 
-def test_by_size_surrogate_makes_a_size_weighted_game_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("size_terms, trend", [("class", False), ("class", True), ("trend", True)])
+def test_size_terms_make_a_size_weighted_game_exact(
+    monkeypatch: pytest.MonkeyPatch, size_terms: str, trend: bool
+) -> None:
     """On ``v(S) = sum_{i in S} f_i(|S|)`` (8 players, 200 coalitions, ridge made negligible) the pair
-    differences are, per class, a constant plus linear terms: the by-size order-1 adjusted estimate is exact,
-    the shared order-1 one is not, and ``shapley`` finds the exact values with a zero error bar."""
+    differences are, per class, a constant plus linear terms: each class's own terms make the adjusted
+    estimate exact, and so does the linear trend when ``f_i`` changes linearly with the class; the shared
+    order-1 surrogate does not, and ``shapley`` finds the exact values with a zero error bar."""
     monkeypatch.setattr(surrogate, "SURROGATE_SIZE_RIDGE", 1e-12)
     n = 8
-    game = SizeWeightedGame(n, seed=3)
+    game = SizeWeightedGame(n, seed=3, trend=trend)
     exact = shapley(game, n, method="exact").values
     z, strata, group, y, base, full = _design_values(game, n, 200, 0)
     assert any(not st.enumerated for st in strata)
-    by_size = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(n), True)
-    torch.testing.assert_close(by_size.estimate(), exact, rtol=0, atol=1e-7)
-    torch.testing.assert_close(by_size.estimate(int(group.max())), exact, rtol=0, atol=1e-7)
+    sized = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(n), size_terms)
+    torch.testing.assert_close(sized.estimate(), exact, rtol=0, atol=1e-7)
+    torch.testing.assert_close(sized.estimate(int(group.max())), exact, rtol=0, atol=1e-7)
     shared = RegressionAdjustment(z, y, strata, group, base, full, 1, _class_masses(n)).estimate()
     assert float((shared - exact).abs().max()) > 1e-3
     res = shapley(game, n, method="stratified", budget=200, seed=0)
     torch.testing.assert_close(res.values, exact, rtol=0, atol=1e-6)
     assert float(res.stderr.max()) < 1e-6
+
+
+def test_unknown_size_terms_are_refused() -> None:
+    with pytest.raises(ValueError, match="size_terms must be None or one of"):
+        surrogate_feature_count(8, 1, "quadratic")
 
 
 def test_order_three_surrogate_makes_a_three_additive_game_exact(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,15 +284,15 @@ def test_downdated_fits_match_the_direct_solves() -> None:
         torch.testing.assert_close(fast.estimate(deleted), slow.estimate(deleted), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("order, by_size", [(1, False), (3, False), (1, True)])
-def test_adjusted_estimate_is_unbiased(order: int, by_size: bool) -> None:
+@pytest.mark.parametrize("order, size_terms", [(1, None), (3, None), (1, "class"), (1, "trend")])
+def test_adjusted_estimate_is_unbiased(order: int, size_terms: str | None) -> None:
     """Mean over 300 seeds of the cross-fitted adjusted estimate (n = 10, budget 60: every class sampled),
     on a high-order and a low-order game: within 4.5 standard errors of the closed-form values."""
     for game in (HIGH, SumOfUnanimityGame(10, terms=20, lo=1, hi=4, seed=2)):
         runs = []
         for seed in range(300):
             z, strata, group, y, base, full = _design_values(game, 10, 60, seed)
-            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(10), by_size)
+            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(10), size_terms)
             runs.append(adj.estimate())
         est = torch.stack(runs)
         se = est.std(0) / math.sqrt(est.shape[0])
@@ -291,8 +308,8 @@ def test_adjusted_estimates_are_efficient(budget: int) -> None:
     game = TableGame.random(9, seed=5) if budget < 2**9 - 2 else MIXED
     for seed in range(3):
         z, strata, group, y, base, full = _design_values(game, 9, budget, seed)
-        for order, by_size in ((1, False), (3, False), (1, True)):
-            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(9), by_size)
+        for order, size_terms in ((1, None), (3, None), (1, "class"), (1, "trend")):
+            adj = RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(9), size_terms)
             assert float(adj.estimate().sum()) == pytest.approx(full - base, abs=1e-9)
             if int(group.max()) >= 0:
                 assert float(adj.estimate(int(group.max())).sum()) == pytest.approx(full - base, abs=1e-9)
