@@ -15,7 +15,7 @@ among the remaining classes: two complementary pairs each first (one for the mid
 coalitions of size ``n / 2``), the rest by kernel mass. Each class draws its coalitions uniformly *without
 replacement* and plans each with its complement, so every size stratum holds a simple random sample.
 
-Finish. Up to four estimates from the same values, each exactly efficient:
+Finish. Up to six estimates from the same values, each exactly efficient:
 
 - the stratified Monte Carlo estimate (every coalition of size ``s`` serves every player: members as
   ``i in S`` and the others as ``i not in S``): ``D_{i,s}`` is the stratum's sample covariance of ``v`` and

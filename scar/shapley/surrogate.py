@@ -43,6 +43,11 @@ sampled, whatever the surrogates, and exactly efficient (each ``h_j`` sums to ze
 replicate (one group deleted) is the same estimate on the other groups, the surrogates refitted without the
 deleted group.
 
+Size terms (:data:`SIZE_TERMS`) add degree-one terms whose coefficients depend on the pair's class ``k``: ``g``
+then differs from class to class, and each class's contrasts use its own coefficients (a degree-one term
+``c x_i`` acting on class ``k`` contributes ``c`` times the class's degree-one contrasts), so the closed form and
+the cross-fitting are unchanged.
+
 Per-group normal equations are accumulated once; each fit then solves a ``p x p`` system (``p = n`` for order
 1, ``n + comb(n, 3)`` for order 3), or, when the sampled pairs are fewer than ``p``, removes the excluded groups'
 rows from the fit on every group by the Woodbury identity (kept only if it satisfies its normal equations to
@@ -324,8 +329,8 @@ class RegressionAdjustment:
         shared = surrogate_features(z, self.order)
         if self.size_terms is None:
             return shared
-        weights = torch.stack([_size_weights(self.n, self.size_terms, k) for k in sizes.tolist()])  # [rows, B]
-        own = weights[:, :, None] * (2.0 * z.double() - 1.0)[:, None, :]
+        table = torch.stack([_size_weights(self.n, self.size_terms, k) for k in range(self.n // 2 + 1)])
+        own = table[sizes][:, :, None] * (2.0 * z.double() - 1.0)[:, None, :]  # [rows, blocks, n]
         return torch.cat([shared, own.reshape(z.shape[0], -1)], dim=1)
 
     def _class_contrasts(self, k: int) -> torch.Tensor:
