@@ -206,9 +206,10 @@ class CoalitionScorer:
         return attention
 
     def _probe_attention(self, attention: str) -> str | None:
-        """Score a two-player game on the trie with ``attention`` (``kernel`` or ``flex``) and by plain deletion:
-        None when they agree, else why not (the model's attention module may reject the tree attention's
-        arguments or its output layout, which the dense-mask probe of :func:`trie_exactness` does not see)."""
+        """Score a two-player game on the trie with ``attention`` (``kernel`` or ``flex``) and by plain deletion,
+        in one pass and in passes on top of the cached prompt: None when they agree, else why not (the model's
+        attention module may reject the tree attention's arguments or its output layout, or keep a cache that
+        is not per-head keys and values, which the dense-mask probe of :func:`trie_exactness` does not see)."""
         vocab = self.info.vocab_size or 2
         ids = [t for t in range(1, vocab) if t != self.info.pad_token_id] or [0]
         ids = [ids[(5 * k + 3) % len(ids)] for k in range(9)]
@@ -225,28 +226,30 @@ class CoalitionScorer:
         )
         forest, members = share_prompts([game])
         packed_base = base_model(model_view(self.model, ATTENTION_NAME, fused_activations=True))
-        try:
-            with torch.no_grad():
-                per_root = score_trie(
-                    self.view,
-                    self.info,
-                    forest,
-                    pack_games(forest, [0]),
-                    self._read_scores,
-                    DEFAULT_PASS_TOKENS,
-                    packed_base,
-                    ScorerStats(backend="trie"),
-                    attention=attention,
-                )
-                got = split_shared(per_root, members, [game])[0]
-                mask = game.keep_mask()
-                want = plain_scores(self.view, self.info, [game.sequence(row) for row in mask], self._read_scores)
-        except Exception as err:
-            return f"attention={attention!r} raised {error_summary(err)}"
         absolute, relative = VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
-        error = float((got - want).abs().max())
-        if not error <= absolute + relative * float(want.abs().max()):
-            return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
+        # the whole pack in one pass, then passes too small for it (the prompt served from its KV cache)
+        for max_tokens in (DEFAULT_PASS_TOKENS, len(ids)):
+            try:
+                with torch.no_grad():
+                    per_root = score_trie(
+                        self.view,
+                        self.info,
+                        forest,
+                        pack_games(forest, [0]),
+                        self._read_scores,
+                        max_tokens,
+                        packed_base,
+                        ScorerStats(backend="trie"),
+                        attention=attention,
+                    )
+                    got = split_shared(per_root, members, [game])[0]
+                    mask = game.keep_mask()
+                    want = plain_scores(self.view, self.info, [game.sequence(row) for row in mask], self._read_scores)
+            except Exception as err:
+                return f"attention={attention!r} raised {error_summary(err)}"
+            error = float((got - want).abs().max())
+            if not error <= absolute + relative * float(want.abs().max()):
+                return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
         return None
 
     def _measured_attention(self) -> str:

@@ -210,7 +210,7 @@ def test_all_pad_sequence_reads_out_first_token(tiny_model) -> None:
 OTHER_DECODERS = [("qwen2", {}), ("mistral", {"sliding_window": None})] + [
     (kind, {})
     for kind in ("phi", "phi3", "gemma", "qwen3", "gptj", "olmo", "olmo2", "starcoder2", "mixtral", "gpt_bigcode",
-                 "smollm3", "glm")
+                 "smollm3", "glm", "stablelm", "persimmon", "helium", "qwen3_moe")
 ]
 
 

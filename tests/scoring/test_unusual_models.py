@@ -3,8 +3,9 @@ plain deletion one sequence at a time) by every backend it is given, or refused 
 
 - Right padding: YOSO (hashed attention), FNet (Fourier mixing) and XLNet do not honour the attention mask,
   so padded batches would change their scores; they are scored one unpadded sequence at a time.
-- The tree-attention kernel: Nemotron drops the kernel's extra arguments and JetMoE views its output as
-  contiguous; ``attention="auto"`` probes the kernel and takes the dense mask.
+- The tree-attention kernel: Nemotron drops the kernel's extra arguments, JetMoE views its output as
+  contiguous, DeepSeek-V3 caches latent vectors; ``attention="auto"`` probes the kernel and takes the dense
+  mask.
 - Probes that cannot run: OpenAI GPT's forward fails on the packed probe, MT5's base model needs decoder inputs
   for the causality probe; both are classified without crashing.
 """
@@ -62,15 +63,19 @@ def test_encoders_that_honour_padding_stay_batched(tiny_model, kind: str) -> Non
     torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["nemotron", "jetmoe"])
+@pytest.mark.parametrize("kind", ["nemotron", "jetmoe", "deepseek_v3"])
 def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, kind: str) -> None:
-    """The trie is exact for these decoders through the dense mask, but their attention modules cannot run the
-    tree-attention kernel: ``attention="auto"`` probes it and takes the mask, exactly."""
+    """The trie is exact for these decoders through the dense mask, but the tree-attention kernel cannot serve
+    them: Nemotron's and JetMoE's attention modules reject its arguments or its output layout, and DeepSeek-V3's
+    cache holds latent vectors, not per-head keys and values, so passes on top of a cached prompt fail.
+    ``attention="auto"`` probes the kernel (in one pass and on a cached prompt) and takes the mask, exactly,
+    also in passes on top of the cached prompt."""
     model = tiny_model(kind)
     assert trie_exactness(model)[0]
-    scorer = CoalitionScorer(model, backend="auto")
+    scorer = CoalitionScorer(model, backend="auto", max_tokens_per_pass=24)
     assert scorer.backend == "trie" and scorer.attention == "mask"
     got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+    assert scorer.stats.prompt_cache_tokens > 0
     torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
 
 
