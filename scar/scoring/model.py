@@ -25,7 +25,7 @@ __all__ = [
     "cache_keyword",
     "inspect_model",
     "trie_exactness",
-    "padding_exactness",
+    "probe_ids",
     "error_summary",
     "evaluation_mode",
     "model_dtype",
@@ -229,15 +229,16 @@ def base_model(model: nn.Module) -> nn.Module:
     return base
 
 
-def _probe_ids(vocab: int | None, n: int, avoid: set[int]) -> list[int]:
-    """``n`` deterministic, mostly distinct token ids below ``vocab`` avoiding ``avoid`` (e.g. the pad id)."""
+def probe_ids(vocab: int | None, n: int, avoid: set[int]) -> list[int]:
+    """``n`` deterministic, mostly distinct token ids below ``vocab`` avoiding ``avoid`` (e.g. the pad id), for
+    the probes that check a fast path against plain scoring."""
     candidates = [i for i in range(vocab or 2) if i not in avoid] or [0]
     return [candidates[(7 * k + 1) % len(candidates)] for k in range(n)]
 
 
 def _probe_is_causal(model: nn.Module, base: nn.Module, vocab: int | None) -> bool:
     """Causal iff changing the last token leaves the earlier hidden states unchanged."""
-    ids = _probe_ids(vocab, 4, set())
+    ids = probe_ids(vocab, 4, set())
     other = ids[:-1] + [ids[0] if ids[-1] != ids[0] else ids[1]]
     device = model_device(model)
     with evaluation_mode(model):
@@ -334,7 +335,7 @@ def _structural_refusal(model: nn.Module, info: RewardModelInfo) -> str | None:
 def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str | None:
     """Check the packing identity on a 6-token probe: a packed forward with a gap equals the deleted sequence."""
     avoid = {t for t in (info.pad_token_id,) if t is not None}
-    ids = _probe_ids(info.vocab_size, 6, avoid)
+    ids = probe_ids(info.vocab_size, 6, avoid)
     keep = [True, True, False, False, True, True]
     kept = [t for t, k in zip(ids, keep) if k]
     device, dtype = model_device(model), model_dtype(model)
@@ -394,69 +395,3 @@ def error_summary(err: BaseException) -> str:
     """``"TypeName: first line of the message"``, for a probe's reason."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-
-
-def _hidden(out: Any) -> torch.Tensor:
-    return out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out[0]
-
-
-def padding_exactness(model: nn.Module, info: RewardModelInfo | None = None) -> tuple[bool, str]:
-    """Does right padding with an attention mask leave the real tokens unchanged?
-
-    The padded backends assume it. A probe runs the model on a 3-token and a 7-token sequence, each alone and
-    both in one right-padded batch, and compares the logits and, where the base model keeps one hidden state
-    per token, the real tokens' last hidden states. Models that mix tokens without honouring the attention
-    mask (Fourier mixing, hashed or kernel-approximated attention, ...) fail it.
-
-    Returns:
-        ``(ok, reason)``; ``reason`` says why not, or what was checked when ``ok``.
-    """
-    if info is None:
-        info = inspect_model(model)
-    avoid = {t for t in (info.pad_token_id,) if t is not None}
-    ids = _probe_ids(info.vocab_size, 7, avoid)
-    rows = [ids[:3], ids]
-    pad = info.pad_token_id if info.pad_token_id is not None else 0
-    device, dtype = model_device(model), model_dtype(model)
-    batch = torch.full((2, 7), pad, dtype=torch.long)
-    mask = torch.zeros((2, 7), dtype=torch.long)
-    for i, row in enumerate(rows):
-        batch[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    batch, mask = batch.to(device), mask.to(device)
-    pairs: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
-    with evaluation_mode(model), torch.no_grad():
-        try:
-            if not info.is_causal:  # encoders are scored through the whole classifier
-                pairs.append(
-                    (
-                        "logits",
-                        model(input_ids=batch, attention_mask=mask).logits,
-                        [model(input_ids=torch.tensor([r], device=device)).logits[0] for r in rows],
-                    )
-                )
-            pairs.append(
-                (
-                    "hidden states",
-                    _hidden(info.base(input_ids=batch, attention_mask=mask)),
-                    [_hidden(info.base(input_ids=torch.tensor([r], device=device)))[0] for r in rows],
-                )
-            )
-        except Exception as err:
-            if not pairs:  # an encoder-decoder's base needs decoder inputs: its logits decide
-                return False, f"probe: the padded forward raised {error_summary(err)}"
-    tol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
-    for what, padded, alone in pairs:
-        for i, row in enumerate(rows):
-            got, want = padded[i].float(), alone[i].float()
-            if what == "hidden states":
-                if padded.shape[1] != batch.shape[1] or want.shape[0] != len(row):
-                    continue  # the base pools or downsamples: the logits decide
-                got = got[: len(row)]
-            gap = float((got - want).abs().max())
-            if not gap <= tol * (1.0 + float(want.abs().max())):
-                return False, (
-                    f"probe: right padding changes the real tokens' {what} by {gap:.3g} "
-                    f"({info.model_type or type(model).__name__} does not honour the attention mask)"
-                )
-    return True, "right padding with an attention mask leaves the real tokens unchanged"

@@ -2,9 +2,9 @@
 
 Sequences are right-padded with an attention mask: in a causal model real tokens never see the padding,
 in an encoder it is masked as keys, so padding changes no score. A model that does not honour the mask
-(:func:`scar.scoring.model.padding_exactness`, probed once per model) has its rows scored one at a time,
-unpadded. Decoders are run as base model plus score head at each row's read-out token
-(:meth:`RewardModelInfo.readout_index`), encoders as the whole classifier (read out at the first token).
+(:func:`padding_exactness`, probed once per model) has its rows scored one at a time, unpadded. Decoders
+are run as base model plus score head at each row's read-out token (:meth:`RewardModelInfo.readout_index`),
+encoders as the whole classifier (read out at the first token).
 """
 
 from __future__ import annotations
@@ -13,14 +13,23 @@ import logging
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from scar._checks import check_positive_int
-from scar.scoring.model import RewardModelInfo, model_device, padding_exactness
+from scar.scoring.model import (
+    RewardModelInfo,
+    error_summary,
+    evaluation_mode,
+    inspect_model,
+    model_device,
+    model_dtype,
+    probe_ids,
+)
 
-__all__ = ["pad_right", "PaddedScores", "score_padded", "honours_padding"]
+__all__ = ["pad_right", "PaddedScores", "score_padded", "padding_exactness", "honours_padding"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,66 @@ class PaddedScores:
     passes: int
     peak_tokens: int
     hidden: list[torch.Tensor] | None = None
+
+
+def _hidden(out: Any) -> torch.Tensor:
+    return out.last_hidden_state if getattr(out, "last_hidden_state", None) is not None else out[0]
+
+
+def padding_exactness(model: nn.Module, info: RewardModelInfo | None = None) -> tuple[bool, str]:
+    """Does right padding with an attention mask leave the real tokens unchanged?
+
+    The padded batches assume it. A probe runs the model on a 3-token and a 7-token sequence, each alone and
+    both in one right-padded batch (:func:`pad_right`), and compares the logits (encoders, which are scored
+    through the whole classifier) and, where the base model keeps one hidden state per token, the real
+    tokens' last hidden states. Models that mix tokens without honouring the attention mask (Fourier mixing,
+    hashed or kernel-approximated attention, ...) fail it.
+
+    Returns:
+        ``(ok, reason)``; ``reason`` says why not, or what was checked when ``ok``.
+    """
+    if info is None:
+        info = inspect_model(model)
+    ids = probe_ids(info.vocab_size, 7, {t for t in (info.pad_token_id,) if t is not None})
+    rows = [ids[:3], ids]
+    device, dtype = model_device(model), model_dtype(model)
+    batch, mask = (t.to(device) for t in pad_right(rows, info.pad_token_id if info.pad_token_id is not None else 0))
+    pairs: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
+    with evaluation_mode(model), torch.no_grad():
+        try:
+            if not info.is_causal:
+                pairs.append(
+                    (
+                        "logits",
+                        model(input_ids=batch, attention_mask=mask).logits,
+                        [model(input_ids=torch.tensor([r], device=device)).logits[0] for r in rows],
+                    )
+                )
+            pairs.append(
+                (
+                    "hidden states",
+                    _hidden(info.base(input_ids=batch, attention_mask=mask)),
+                    [_hidden(info.base(input_ids=torch.tensor([r], device=device)))[0] for r in rows],
+                )
+            )
+        except Exception as err:
+            if not pairs:  # an encoder-decoder's base needs decoder inputs: its logits decide
+                return False, f"probe: the padded forward raised {error_summary(err)}"
+    tol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
+    for what, padded, alone in pairs:
+        for i, row in enumerate(rows):
+            got, want = padded[i].float(), alone[i].float()
+            if what == "hidden states":
+                if padded.shape[1] != batch.shape[1] or want.shape[0] != len(row):
+                    continue  # the base pools or downsamples: the logits decide
+                got = got[: len(row)]
+            gap = float((got - want).abs().max())
+            if not gap <= tol * (1.0 + float(want.abs().max())):
+                return False, (
+                    f"probe: right padding changes the real tokens' {what} by {gap:.3g} "
+                    f"({info.model_type or type(model).__name__} does not honour the attention mask)"
+                )
+    return True, "right padding with an attention mask leaves the real tokens unchanged"
 
 
 def honours_padding(model: nn.Module, info: RewardModelInfo) -> bool:

@@ -43,6 +43,7 @@ from scar.scoring.model import (
     inspect_model,
     model_device,
     model_dtype,
+    probe_ids,
     trie_exactness,
 )
 from scar.scoring.trie import score_trie
@@ -156,8 +157,7 @@ class CoalitionScorer:
         self.attention = self._resolve_attention(config.attention)
         self._packed_base: nn.Module | None = None
         if self.attention in ("kernel", "flex"):
-            # Not inspect_model: its causality probe would run the view's tree attention without a pack.
-            self._packed_base = base_model(model_view(model, ATTENTION_NAME, fused_activations=True))
+            self._packed_base = self._packed_view_base()
         default = DEFAULT_MASK_PASS_TOKENS if self.attention == "mask" else DEFAULT_PASS_TOKENS
         self.max_tokens_per_pass: int = config.max_tokens_per_pass or default
         self._local = threading.local()
@@ -205,14 +205,21 @@ class CoalitionScorer:
             return choice
         return attention
 
+    def _packed_view_base(self) -> nn.Module:
+        """The base model of the view that runs the tree attention (not through inspect_model: its causality
+        probe would run the view's tree attention without a pack)."""
+        return base_model(model_view(self.model, ATTENTION_NAME, fused_activations=True))
+
+    def _tolerance(self) -> tuple[float, float]:
+        """``(absolute, relative)`` tolerance of a fast score against the plain one, by the model's dtype."""
+        return VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
+
     def _probe_attention(self, attention: str) -> str | None:
         """Score a two-player game on the trie with ``attention`` (``kernel`` or ``flex``) and by plain deletion,
         in one pass and in passes on top of the cached prompt: None when they agree, else why not (the model's
         attention module may reject the tree attention's arguments or its output layout, or keep a cache that
         is not per-head keys and values, which the dense-mask probe of :func:`trie_exactness` does not see)."""
-        vocab = self.info.vocab_size or 2
-        ids = [t for t in range(1, vocab) if t != self.info.pad_token_id] or [0]
-        ids = [ids[(5 * k + 3) % len(ids)] for k in range(9)]
+        ids = probe_ids(self.info.vocab_size, 9, {t for t in (self.info.pad_token_id,) if t is not None})
         coalitions = torch.tensor([[a, b] for a in (False, True) for b in (False, True)])
         game = build_game(
             0,
@@ -225,8 +232,8 @@ class CoalitionScorer:
             filler_id=self.filler_id,
         )
         forest, members = share_prompts([game])
-        packed_base = base_model(model_view(self.model, ATTENTION_NAME, fused_activations=True))
-        absolute, relative = VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
+        packed_base = self._packed_view_base()
+        absolute, relative = self._tolerance()
         # the whole pack in one pass, then passes too small for it (the prompt served from its KV cache)
         for max_tokens in (DEFAULT_PASS_TOKENS, len(ids)):
             try:
@@ -436,7 +443,7 @@ class CoalitionScorer:
         :attr:`ScorerStats.verify_tolerated`) when they all agree; a packing error disagrees on many.
         """
         dtype = model_dtype(self.view)
-        absolute, relative = VERIFY_TOLERANCE.get(dtype, VERIFY_TOLERANCE[torch.bfloat16])
+        absolute, relative = self._tolerance()
         tolerated = 1 if dtype in (torch.float16, torch.bfloat16) else 0
         candidates = [(r, c) for r, g in enumerate(games) for c in range(g.n_coalitions)]
         with self._verify_lock:

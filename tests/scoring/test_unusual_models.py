@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from scar.scoring import CoalitionScorer
-from scar.scoring.model import inspect_model, padding_exactness, trie_exactness
-from scar.scoring.padded import pad_right
+from scar.scoring.model import inspect_model, trie_exactness
+from scar.scoring.padded import pad_right, padding_exactness
 from scar.scoring.scorer import ExactnessError
 
 PROMPT = [60, 85, 28, 90, 58]
