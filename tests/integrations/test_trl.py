@@ -477,15 +477,21 @@ def test_dense_grpo_trainer_two_processes_equals_the_one_process_formula(tmp_pat
         str(tmp_path),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path, start_new_session=True
-    )
-    try:
-        log, _ = proc.communicate(timeout=240)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
-        log, _ = proc.communicate()
-        pytest.fail(f"the two-process training did not finish in 240 s:\n{log[-4000:]}")
+    # The log goes to a file, not a pipe: torchrun starts each worker in a session of its own, so a worker that
+    # outlived torchrun would hold a pipe open (and communicate() would wait for it) beyond any kill of
+    # torchrun's process group.
+    log_path = tmp_path / "torchrun.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=tmp_path, start_new_session=True
+        )
+        try:
+            proc.wait(timeout=240)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # torchrun (its workers give up on their collectives' timeout)
+            proc.wait()
+            pytest.fail(f"the two-process training did not finish in 240 s:\n{log_path.read_text()[-4000:]}")
+    log = log_path.read_text()
     assert proc.returncode == 0, log[-4000:]
 
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]

@@ -11,6 +11,7 @@ scored completion ids, prompt ids and ``(B, T)`` advantages, and per loss call t
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -82,6 +83,10 @@ def main(out: Path) -> None:
     if torch.distributed.is_initialized():
         # Without it the process group's threads can outlive the interpreter's shutdown and abort the worker.
         torch.distributed.destroy_process_group()
+    # The record is saved: leave without the interpreter's shutdown, whose joins of library threads have hung a
+    # worker (asleep on a futex after both records were written), which torchrun then never reaps.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
