@@ -33,6 +33,12 @@ _CONFIGS = {
     "phi": ("PhiConfig", dict(**_DECODER)),
     "phi3": ("Phi3Config", dict(num_key_value_heads=2, **_DECODER)),
     "gemma": ("GemmaConfig", dict(num_key_value_heads=2, head_dim=8, **_DECODER)),
+    # sliding-window layers alternating with full ones (Gemma 2 also soft-caps its attention logits)
+    "gemma2": ("Gemma2Config", dict(num_key_value_heads=2, head_dim=8, sliding_window=32, **_DECODER)),
+    "gemma3_text": ("Gemma3TextConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=32, **_DECODER)),
+    # attention sinks, sliding-window layers alternating with full ones, mixture of experts
+    "gpt_oss": ("GptOssConfig", dict(num_key_value_heads=2, head_dim=8, sliding_window=32, num_local_experts=2,
+                                     num_experts_per_tok=1, **_DECODER)),
     "qwen3": ("Qwen3Config", dict(num_key_value_heads=2, head_dim=8, **_DECODER)),
     "gptj": ("GPTJConfig", dict(n_layer=2, n_embd=32, n_head=4, rotary_dim=4, n_positions=256, **_COMMON)),
     # decoders outside the scorer's list of known model types: classified by its causality probe

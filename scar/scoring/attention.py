@@ -16,6 +16,9 @@ forwards ``**kwargs`` from the model's forward down to the attention function):
   (:func:`scar_kernels.ops.flex_block_mask` of ``scar_horizon`` and the prefix length). When given, the
   attention runs through ``flex_attention`` (:func:`scar_kernels.ops.flex_tree_attention`) instead of the
   ``scar::tree_attention`` op; one mask serves every layer of the forward.
+- ``scar_max_position`` (set by :func:`packed_forward`): the largest position id in the pack. A layer with a
+  ``sliding_window`` is served only when every position is below it, so that the window excludes no
+  ancestor and the tree attention is exact without applying it.
 
 No mask function is registered: ``"scar_tree"`` is absent from transformers' mask registry, so
 ``create_causal_mask`` returns ``None`` without building an ``N x N`` mask.
@@ -79,6 +82,11 @@ def _prefix_for_layer(prefix: Any, layer_idx: int) -> tuple[torch.Tensor, torch.
     )
 
 
+# Arguments of transformers' attention calls that change the attention itself (logit soft-capping, attention
+# sinks, additive position biases, sparse key selection): the tree attention computes none of them.
+_UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias", "indices", "block_indices")
+
+
 def scar_tree_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -105,9 +113,16 @@ def scar_tree_attention(
         raise ValueError("scar_tree attention: the mask comes from scar_horizon; do not pass attention_mask")
     if dropout and module.training:
         raise ValueError("scar_tree attention is forward-only: put the model in eval() mode (dropout > 0)")
-    for name in ("sliding_window", "softcap"):
+    for name in _UNSUPPORTED:
         if kwargs.get(name) is not None:
             raise ValueError(f"scar_tree attention does not implement {name}; the packed trie would be inexact")
+    window, top = kwargs.get("sliding_window"), kwargs.get("scar_max_position")
+    # a window no token's position reaches excludes no ancestor: the tree attention is then exact without it
+    if window is not None and not (isinstance(window, int) and top is not None and top < window):
+        raise ValueError(
+            f"scar_tree attention does not implement sliding_window={window!r}; it runs only packs whose "
+            f"positions stay below the window (largest position: {top})"
+        )
     if query.dim() != 4 or query.shape[0] != 1:
         raise ValueError(
             f"scar_tree attention: the pack is one sequence, expected query [1, H, N, D], got {tuple(query.shape)}"
@@ -218,7 +233,11 @@ def packed_forward(
         raise TypeError("packed_forward: model_base must be a transformers PreTrainedModel")
     base = model_base if uses_scar_tree(model_base) else model_view(model_base, ATTENTION_NAME, fused_activations=True)
     horizon = horizon.to(device=input_ids.device, dtype=torch.int32).contiguous()
-    kwargs: dict[str, Any] = {"scar_horizon": horizon, "use_cache": False}
+    kwargs: dict[str, Any] = {
+        "scar_horizon": horizon,
+        "use_cache": False,
+        "scar_max_position": int(position_ids.max()) if n else 0,
+    }
     if past_key_values is not None:
         kwargs["scar_prefix"] = past_key_values
     if attention == "flex":

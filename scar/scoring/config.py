@@ -107,7 +107,8 @@ class ScorerStats:
     """Cost of one ``score``/``score_many`` call.
 
     Attributes:
-        backend: the backend that ran (``loop``, ``batched`` or ``trie``).
+        backend: the backend that ran (``loop``, ``batched`` or ``trie``; a ``trie`` scorer runs a call whose
+            longest coalition reaches the model's sliding window as ``batched``).
         coalitions: number of coalitions scored (duplicates included).
         distinct_coalitions: number of distinct (response, coalition) pairs.
         tokens_computed: token-forwards actually run (padding, recomputed ancestors and cached prompt

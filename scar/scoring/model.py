@@ -9,6 +9,7 @@ and compacting position ids; ``docs/design.md``).
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,14 @@ _DECODER_MODEL_TYPES = frozenset(
 # coalition's own length, so the rotation would differ.
 _LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
 
+WINDOW_PROBE_MAX_TOKENS = 8192
+"""Longest pack the sliding-window probe of :func:`trie_exactness` runs (its dense mask is this squared); a
+model whose window needs a longer probe is not served by the trie."""
+
+WINDOW_PROBE_SLACK = 8  # the probe's prompt and query tokens beyond the window
+
+_WINDOW_PROBES: weakref.WeakKeyDictionary[nn.Module, str | None] = weakref.WeakKeyDictionary()
+
 
 @dataclass(frozen=True)
 class RewardModelInfo:
@@ -77,6 +86,8 @@ class RewardModelInfo:
         vocab_size: vocabulary size from the config (or None).
         is_classifier: True for a ``*ForSequenceClassification`` model, whose logits are ``[B, num_labels]``;
             any other model is scored only through a user ``score_fn``.
+        attention_window: the sliding window (in tokens) of the model's windowed attention layers, or None
+            when no layer is windowed. A sequence shorter than the window is not affected by it.
     """
 
     model_type: str
@@ -90,6 +101,7 @@ class RewardModelInfo:
     mask_token_id: int | None
     vocab_size: int | None
     is_classifier: bool = True
+    attention_window: int | None = None
 
     def score(self, logits: torch.Tensor, score_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         """Scalar score per row of ``logits [B, num_labels]``: the single logit, ``logit[1]-logit[0]`` for
@@ -294,7 +306,20 @@ def inspect_model(model: nn.Module) -> RewardModelInfo:
         mask_token_id=_first_int(getattr(config, "mask_token_id", None)),
         vocab_size=vocab,
         is_classifier=type(model).__name__.endswith("ForSequenceClassification"),
+        attention_window=_attention_window(config),
     )
+
+
+def _attention_window(config: Any) -> int | None:
+    """The sliding window the config applies to some layer (None: no windowed layer, or a window that is not
+    one positive int, which :func:`trie_exactness` refuses)."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or not getattr(config, "use_sliding_window", True):
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and not any("sliding" in str(t) for t in layer_types):
+        return None
+    return window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
 
 
 def _structural_refusal(model: nn.Module, info: RewardModelInfo) -> str | None:
@@ -310,11 +335,22 @@ def _structural_refusal(model: nn.Module, info: RewardModelInfo) -> str | None:
             f"attn_implementation='sdpa' or 'eager' for the trie"
         )
     window = getattr(config, "sliding_window", None)
-    if window is not None and getattr(config, "use_sliding_window", True):
-        return f"sliding-window attention (sliding_window={window}): a pack is longer than the window allows"
+    malformed = not isinstance(window, int) or isinstance(window, bool) or window <= 0
+    if window is not None and getattr(config, "use_sliding_window", True) and malformed:
+        return f"sliding_window={window!r} is not one window size in tokens"
+    if info.attention_window is not None and info.attention_window <= WINDOW_PROBE_SLACK:
+        return (
+            f"sliding_window={info.attention_window} is no longer than the probe's own sequence "
+            f"({WINDOW_PROBE_SLACK} tokens) that checks the window is applied by position"
+        )
+    if info.attention_window is not None and info.attention_window + WINDOW_PROBE_SLACK > WINDOW_PROBE_MAX_TOKENS:
+        return (
+            f"sliding-window attention (sliding_window={info.attention_window}) is longer than the probe that "
+            f"checks it is applied by position (WINDOW_PROBE_MAX_TOKENS={WINDOW_PROBE_MAX_TOKENS})"
+        )
     layer_types = getattr(config, "layer_types", None) or []
-    if any("sliding" in str(t) or "chunked" in str(t) for t in layer_types):
-        return f"layer_types contain sliding/chunked attention layers ({sorted(set(map(str, layer_types)))})"
+    if any("chunked" in str(t) for t in layer_types):
+        return f"layer_types contain chunked attention layers ({sorted(set(map(str, layer_types)))})"
     if any("local" in str(t) for t in getattr(config, "attention_layers", None) or []):
         return "local (windowed) attention layers"
     attn_config = getattr(config, "attn_config", None)
@@ -366,15 +402,72 @@ def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str
     return None
 
 
+def _probe_window_by_position(model: nn.Module, info: RewardModelInfo) -> str | None:
+    """Check that the sliding window is applied by position, not by index in the pack.
+
+    In a pack, a token's ancestors can sit further back than the window in the packed sequence while its own
+    coalition is shorter than the window. The probe packs a 4-token prompt, sibling filler branches of at
+    least ``window`` tokens in all, and a 4-token branch, and compares that branch with the same 8 tokens
+    run on their own: a model that windowed by packed index would hide the prompt from it.
+    """
+    window = info.attention_window
+    if window is None:
+        return None
+    avoid = {t for t in (info.pad_token_id,) if t is not None}
+    ids = probe_ids(info.vocab_size, 8, avoid)
+    prompt, branch = ids[:4], ids[4:]
+    # filler branches within the window and the position limit, together at least the window
+    longest = window - 1 if info.max_positions is None else min(window - 1, info.max_positions - len(prompt))
+    longest = max(1, longest)
+    sizes = [longest] * (window // longest) + ([window % longest] if window % longest else [])
+    pack, position, horizon = list(prompt), list(range(len(prompt))), []
+    for size in sizes:
+        start = len(pack)
+        pack += [ids[(start + k) % len(ids)] for k in range(size)]
+        position += [len(prompt) + k for k in range(size)]
+        horizon += [start + size] * size
+    pack += branch
+    position += [len(prompt) + k for k in range(len(branch))]
+    total = len(pack)
+    horizon = [total] * len(prompt) + horizon + [total] * len(branch)
+    device, dtype = model_device(model), model_dtype(model)
+    mask = dense_mask(torch.tensor(horizon, dtype=torch.int32, device=device), dtype=dtype)[None, None]
+    with evaluation_mode(model):
+        packed = info.base(
+            input_ids=torch.tensor([pack], device=device),
+            attention_mask=mask,
+            position_ids=torch.tensor([position], device=device),
+            use_cache=False,
+        ).last_hidden_state[0, -len(branch) :]
+        alone = info.base(input_ids=torch.tensor([prompt + branch], device=device), use_cache=False).last_hidden_state[
+            0, -len(branch) :
+        ]
+    tol = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
+    err = float((packed.float() - alone.float()).abs().max())
+    if not err <= tol * (1.0 + float(alone.float().abs().max())):
+        return (
+            f"probe: with sliding_window={window}, a branch {total - len(branch) - len(prompt)} packed tokens "
+            f"away from its prompt differs from its sequence alone by {err:.3g} (the window is applied by index "
+            f"in the pack, not by position)"
+        )
+    return None
+
+
 def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
     """Can the packed trie score this model exactly (equal to deleting tokens, up to rounding)?
 
     Refuses bidirectional encoders, decoders without a ``score`` head, flash-attention implementations
-    (they ignore a 4D mask), sliding-window / local / chunked attention, ALiBi (bloom, mpt, falcon with
-    ``alibi``), sequence-length-dependent RoPE, and models whose forward takes no ``position_ids``.
+    (they ignore a 4D mask), local / chunked attention, ALiBi (bloom, mpt, falcon with ``alibi``),
+    sequence-length-dependent RoPE, and models whose forward takes no ``position_ids``.
     With ``probe=True`` (default) it also runs a 6-token check that a packed forward with a gap equals
     the deleted sequence, which catches forwards that take ``position_ids`` but derive positions
     elsewhere, or mishandle a 4D float mask.
+
+    Sliding-window attention is accepted: a coalition shorter than the window is not affected by it, and
+    the scorer serves a call whose longest sequence reaches the window with padded batches instead. With
+    ``probe=True`` a second probe (:func:`_probe_window_by_position`, about ``window`` tokens) checks that
+    the model does not apply the window by index in the pack; windows longer than
+    :data:`WINDOW_PROBE_MAX_TOKENS` are refused.
 
     Returns:
         ``(ok, reason)``; ``reason`` says why not, or what was checked when ``ok``.
@@ -384,6 +477,10 @@ def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
     if refusal is None and probe:
         try:
             refusal = _probe_packed_equals_deleted(model, info)
+            if refusal is None and info.attention_window is not None:
+                if model not in _WINDOW_PROBES:  # about a window's worth of tokens: run once per model
+                    _WINDOW_PROBES[model] = _probe_window_by_position(model, info)
+                refusal = _WINDOW_PROBES[model]
         except Exception as err:  # the forward cannot run a packed probe at all
             refusal = f"probe: the packed forward raised {error_summary(err)}"
     if refusal is not None:

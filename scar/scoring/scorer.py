@@ -177,22 +177,26 @@ class CoalitionScorer:
     def _resolve_attention(self, attention: str) -> str:
         """The trie's attention path: ``kernel``, ``flex`` or ``mask`` (``none`` for the other backends).
 
-        ``auto``: where the kernel cannot run, the mask. Otherwise, on a device type that
-        :data:`scar_kernels.ops.MEASURE_BY_DEVICE` marks (CUDA), the faster of the kernel and
-        FlexAttention as timed once per process on a scoring-shaped pack with the model's head layout and
-        dtype (:func:`scar_kernels.ops.fastest_tree_attention`, logged at INFO); on the others (CPU),
-        the kernel, which the benchmark finds ahead of compiled FlexAttention there.
+        ``kernel`` and ``flex`` are probed like ``auto``'s choice (:meth:`_probe_attention`) and refused with the
+        probe's reason when the model's attention cannot run them. ``auto``: where the kernel cannot run, the
+        mask. Otherwise, on a device type that :data:`scar_kernels.ops.MEASURE_BY_DEVICE` marks (CUDA), the
+        faster of the kernel and FlexAttention as timed once per process on a scoring-shaped pack with the
+        model's head layout and dtype (:func:`scar_kernels.ops.fastest_tree_attention`, logged at INFO); on the
+        others (CPU), the kernel, which the benchmark finds ahead of compiled FlexAttention there. Either is
+        then probed, and the mask taken when the probe fails.
         """
         if self.backend != "trie":
             return "none"
-        if attention == "flex":
-            ok, reason = _tree_kernel_support(self.info.base, model_dtype(self.view), "flex")
-            if not ok:
-                raise ValueError(f"attention='flex' is not available: {reason}")
+        if attention in ("flex", "kernel"):
+            ok, reason = _tree_kernel_support(self.info.base, model_dtype(self.view), attention)
+            failure = None if not ok else self._probe_attention(attention)
+            if not ok or failure is not None:
+                raise ValueError(
+                    f"attention={attention!r} is not available: {reason if not ok else failure}; "
+                    "attention='mask' (or 'auto') serves this model"
+                )
             return attention
         ok, reason = _tree_kernel_support(self.info.base, model_dtype(self.view))
-        if attention == "kernel" and not ok:
-            raise ValueError(f"attention='kernel' is not available: {reason}")
         if attention == "auto":
             if not ok:
                 logger.info("CoalitionScorer: the trie uses a dense mask: %s", reason)
@@ -360,8 +364,19 @@ class CoalitionScorer:
                 f"a coalition's sequence has {longest} tokens, more than the model's position "
                 f"limit of {self.info.max_positions}"
             )
+        backend = self.backend
+        window = self.info.attention_window
+        if backend == "trie" and window is not None and longest >= window:
+            # the window would act on this call's longest coalitions; the tree attention does not apply it
+            backend = "batched"
+            logger.info(
+                "CoalitionScorer: a coalition of %d tokens reaches sliding_window=%d: this call is scored in "
+                "padded batches",
+                longest,
+                window,
+            )
         stats = ScorerStats(
-            backend=self.backend,
+            backend=backend,
             coalitions=sum(g.n_coalitions for g in games),
             distinct_coalitions=sum(int(torch.unique(g.bits, dim=0).shape[0]) if g.n_coalitions else 0 for g in games),
             plain_tokens=sum(int(ln.sum()) for ln in lengths),
@@ -372,7 +387,11 @@ class CoalitionScorer:
         layout = pack_games(forest, [0] * len(forest)) if stats.coalitions else None
         stats.trie_tokens = layout.n_tokens if layout is not None else 0
         with torch.no_grad():
-            scores = self._run(games, forest, members, layout, stats)
+            # a call moved to padded batches takes at least one whole sequence per forward
+            pass_tokens = (
+                self.max_tokens_per_pass if backend == self.backend else max(self.max_tokens_per_pass, longest)
+            )
+            scores = self._run(games, forest, members, layout, stats, backend, pass_tokens)
             if self.backend != "loop" and self.config.verify and stats.coalitions:
                 self._verify(games, scores, stats)
         self._local.stats = stats
@@ -382,16 +401,24 @@ class CoalitionScorer:
         return self.info.score(logits, self.config.score_fn).cpu()
 
     def _run(
-        self, games: list[Game], forest: list[Game], members: list[list[int]], layout: Any, stats: ScorerStats
+        self,
+        games: list[Game],
+        forest: list[Game],
+        members: list[list[int]],
+        layout: Any,
+        stats: ScorerStats,
+        backend: str,
+        pass_tokens: int,
     ) -> list[torch.Tensor]:
-        """Scores per game; ``trie`` runs ``forest`` (:func:`~scar.scoring.games.share_prompts` of ``games``,
-        packed as ``layout``), the other backends the games themselves."""
+        """Scores per game by ``backend`` in forwards of at most ``pass_tokens`` tokens; ``trie`` runs ``forest``
+        (:func:`~scar.scoring.games.share_prompts` of ``games``, packed as ``layout``), the other backends the
+        games themselves."""
         if stats.coalitions == 0:
             return [torch.zeros(0, dtype=torch.float64) for _ in games]
-        if self.backend == "loop":
+        if backend == "loop":
             return score_loop(self.view, self.info, games, self._read_scores, stats)
-        if self.backend == "batched":
-            return score_batched(self.view, self.info, games, self.config.score_fn, self.max_tokens_per_pass, stats)
+        if backend == "batched":
+            return score_batched(self.view, self.info, games, self.config.score_fn, pass_tokens, stats)
         forest_scores = score_trie(
             self.view,
             self.info,
@@ -474,9 +501,9 @@ class CoalitionScorer:
                 players = [p // 2 for p in players if p % 2 == 0]
             failure = (r, players, fast, plain, tolerance)
             if error != error:  # one of the two NaN: no rounding explains it
-                raise ExactnessError(self.backend, *failure, type(self.model).__name__)
+                raise ExactnessError(stats.backend, *failure, type(self.model).__name__)
             failures.append(failure)
             if len(failures) > tolerated:
-                raise ExactnessError(self.backend, *failures[0], type(self.model).__name__)
+                raise ExactnessError(stats.backend, *failures[0], type(self.model).__name__)
             budget = min(len(order), max(budget, checked + HALF_PRECISION_RECHECK))
         stats.verify_tolerated += len(failures)

@@ -249,6 +249,10 @@ def test_exactness_check_catches_a_model_the_structural_checks_let_through(monke
     ok, why = scorer_module.trie_exactness(model)
     assert not ok and "probe" in why  # the probe sees it; pretend it did not
     monkeypatch.setattr(scorer_module, "trie_exactness", lambda m: (True, "pretend"))
+    # an explicit kernel is probed against plain deletion at construction and refused
+    with pytest.raises(ValueError, match="attention='kernel' is not available: .*differs from plain deletion"):
+        CoalitionScorer(model, backend="trie", attention="kernel")
+    monkeypatch.setattr(CoalitionScorer, "_probe_attention", lambda self, attention: None)  # pretend again
     for attention in ATTENTIONS:
         scorer = CoalitionScorer(model, backend="trie", attention=attention, verify=len(COALITIONS))
         with pytest.raises(ExactnessError, match="exactness check failed: backend 'trie'"):

@@ -55,8 +55,8 @@ def test_known_good_decoders_are_accepted(tiny_model, kind: str) -> None:
 @pytest.mark.parametrize(
     "kind, overrides, reason",
     [
-        ("mistral", {}, "sliding"),  # MistralConfig defaults to sliding_window=4096
-        ("qwen2", {"use_sliding_window": True, "sliding_window": 16, "max_window_layers": 0}, "sliding"),
+        # a window longer than the probe that checks it is applied by position
+        ("mistral", {"sliding_window": 100_000, "max_position_embeddings": 200_000}, "WINDOW_PROBE_MAX_TOKENS"),
         ("bloom", {}, "ALiBi"),
         ("bert", {}, "encoder"),
         ("distilbert", {}, "encoder"),
