@@ -1,0 +1,103 @@
+"""Sliding-window reward models: the trie against padded batches, the path ``backend="auto"`` took for them
+while the trie refused every windowed model.
+
+Workload (full size, ``pytest bench/bench_sliding_window.py --benchmark-only``): random-weight Mistral and
+Gemma 2 sequence classifiers (4 layers, width 256, sliding window 4,096 tokens; Gemma 2 alternates windowed
+and full layers and soft-caps its attention logits, so the trie runs its dense mask), a 256-token prompt, a
+64-token response cut into 16 span players and the coalitions of 32 antithetic permutations (544 rows). Each
+row records the tokens computed, the passes, the backend that ran and the median wall time (one torch thread);
+every row's values equal ``batched`` to float32 rounding. With benchmarks disabled (as CI runs) the same code
+runs once at a tiny size with a 32-token window, where a second call with a longer response checks that a
+call reaching the window is scored in padded batches.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import pytest
+import torch
+import transformers as tf
+
+from scar.scoring import CoalitionScorer
+
+ARCHITECTURES = {"mistral": "MistralConfig", "gemma2": "Gemma2Config"}
+FULL = dict(prompt=256, response=64, players=16, permutations=32, layers=4, width=256, window=4096)
+TINY = dict(prompt=12, response=10, players=4, permutations=4, layers=1, width=16, window=32)
+
+
+@pytest.fixture(scope="module")
+def size(bench_full) -> dict:
+    return FULL if bench_full else TINY
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _antithetic(gen: torch.Generator, n: int, permutations: int) -> torch.Tensor:
+    perms = [torch.randperm(n, generator=gen) for _ in range(permutations // 2)]
+    rows = []
+    for perm in perms + [p.flip(0) for p in perms]:
+        row = torch.zeros(n, dtype=torch.bool)
+        rows.append(row.clone())
+        for j in perm.tolist():
+            row[j] = True
+            rows.append(row.clone())
+    return torch.stack(rows)
+
+
+@lru_cache(maxsize=4)
+def _instance(kind: str, full: bool):
+    w = FULL if full else TINY
+    config = getattr(tf, ARCHITECTURES[kind])(
+        num_hidden_layers=w["layers"], hidden_size=w["width"], intermediate_size=4 * w["width"],
+        num_attention_heads=4, num_key_value_heads=4, head_dim=w["width"] // 4, max_position_embeddings=8192,
+        sliding_window=w["window"], vocab_size=1000, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=1,
+    )
+    torch.manual_seed(0)
+    model = tf.AutoModelForSequenceClassification.from_config(config).eval()
+    gen = torch.Generator().manual_seed(1)
+    prompt = torch.randint(3, 1000, (w["prompt"],), generator=gen)
+    response = torch.randint(3, 1000, (w["response"],), generator=gen)
+    bounds = [round(j * w["response"] / w["players"]) for j in range(w["players"] + 1)]
+    players = list(zip(bounds[:-1], bounds[1:]))
+    return model, (prompt, response, players, _antithetic(gen, w["players"], w["permutations"]), [2])
+
+
+@lru_cache(maxsize=4)
+def _batched(kind: str, full: bool) -> torch.Tensor:
+    model, args = _instance(kind, full)
+    return CoalitionScorer(model, backend="batched").score(*args)
+
+
+@pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("backend", ["batched", "auto"])
+def test_windowed_model(benchmark, size: dict, kind: str, backend: str) -> None:
+    full = size is FULL
+    model, args = _instance(kind, full)
+    scorer = CoalitionScorer(model, backend=backend)
+    assert scorer.backend == ("trie" if backend == "auto" else "batched")
+    values = benchmark.pedantic(scorer.score, args=args, rounds=3, iterations=1, warmup_rounds=1)
+    s = scorer.stats
+    torch.testing.assert_close(values, _batched(kind, full), atol=1e-4, rtol=0)
+    assert s.backend == scorer.backend
+    benchmark.extra_info.update(
+        architecture=kind, backend=s.backend, attention=scorer.attention, coalitions=s.coalitions,
+        tokens_computed=s.tokens_computed, plain_tokens=s.plain_tokens, passes=s.passes, torch_threads=1,
+        window=size["window"],
+    )
+    if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:
+        benchmark.extra_info["median_s"] = benchmark.stats.stats.median
+    if not full:  # a response that reaches the window: this call runs in padded batches, exactly
+        prompt, _, players, coalitions, suffix = args
+        long = torch.arange(3, 3 + size["window"])
+        wide = [(a * size["window"] // len(args[1]), b * size["window"] // len(args[1])) for a, b in players]
+        got = scorer.score(prompt, long, wide, coalitions, suffix)
+        assert scorer.stats.backend == "batched"
+        want = CoalitionScorer(model, backend="loop").score(prompt, long, wide, coalitions, suffix)
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
