@@ -4,7 +4,8 @@ while the trie refused every windowed model.
 Workload (full size, ``pytest bench/bench_sliding_window.py --benchmark-only``): random-weight Mistral and
 Gemma 2 sequence classifiers (4 layers, width 256, sliding window 4,096 tokens; Gemma 2 alternates windowed
 and full layers and soft-caps its attention logits, so the trie runs its dense mask), a 256-token prompt, a
-64-token response cut into 16 span players and the coalitions of 32 antithetic permutations (544 rows). Each
+64-token response cut into 16 span players and the distinct coalitions of ``method="permutation"``'s plan at 32
+permutations (what the library scores for that estimate). Each
 row records the tokens computed, the passes, the backend that ran and the median wall time (one torch thread);
 every row's values equal ``batched`` to float32 rounding. With benchmarks disabled (as CI runs) the same code
 runs once at a tiny size with a 32-token window, where a second call with a longer response checks that a
@@ -20,6 +21,7 @@ import torch
 import transformers as tf
 
 from scar.scoring import CoalitionScorer
+from scar.shapley import plan
 
 ARCHITECTURES = {"mistral": "MistralConfig", "gemma2": "Gemma2Config"}
 FULL = dict(prompt=256, response=64, players=16, permutations=32, layers=4, width=256, window=4096)
@@ -39,18 +41,6 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _antithetic(gen: torch.Generator, n: int, permutations: int) -> torch.Tensor:
-    perms = [torch.randperm(n, generator=gen) for _ in range(permutations // 2)]
-    rows = []
-    for perm in perms + [p.flip(0) for p in perms]:
-        row = torch.zeros(n, dtype=torch.bool)
-        rows.append(row.clone())
-        for j in perm.tolist():
-            row[j] = True
-            rows.append(row.clone())
-    return torch.stack(rows)
-
-
 @lru_cache(maxsize=4)
 def _instance(kind: str, full: bool):
     w = FULL if full else TINY
@@ -66,7 +56,8 @@ def _instance(kind: str, full: bool):
     response = torch.randint(3, 1000, (w["response"],), generator=gen)
     bounds = [round(j * w["response"] / w["players"]) for j in range(w["players"] + 1)]
     players = list(zip(bounds[:-1], bounds[1:]))
-    return model, (prompt, response, players, _antithetic(gen, w["players"], w["permutations"]), [2])
+    coalitions = plan(w["players"], method="permutation", budget=w["permutations"], seed=0).coalitions
+    return model, (prompt, response, players, coalitions, [2])
 
 
 @lru_cache(maxsize=4)

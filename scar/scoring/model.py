@@ -368,33 +368,49 @@ def _structural_refusal(model: nn.Module, info: RewardModelInfo) -> str | None:
     return None
 
 
-def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str | None:
-    """Check the packing identity on a 6-token probe: a packed forward with a gap equals the deleted sequence."""
-    avoid = {t for t in (info.pad_token_id,) if t is not None}
-    ids = probe_ids(info.vocab_size, 6, avoid)
-    keep = [True, True, False, False, True, True]
-    kept = [t for t, k in zip(ids, keep) if k]
+def _packed_states(
+    model: nn.Module, info: RewardModelInfo, ids: list[int], position: list[int], horizon: list[int]
+) -> torch.Tensor:
+    """Last hidden states ``[N, hidden]`` of one packed forward with the trie's dense mask of ``horizon``."""
     device, dtype = model_device(model), model_dtype(model)
-    # Two coalitions in one pack: the full sequence (a chain) and a branch that skips tokens 2-3.
-    # Packed order: [0 1 2 3 4 5 | 4' 5'], horizon: tokens 0,1 see everything; 2..5 end at 6; 4',5' at 8.
-    pack_ids = ids + [ids[4], ids[5]]
-    position = [0, 1, 2, 3, 4, 5, 2, 3]
-    horizon = torch.tensor([8, 8, 6, 6, 6, 6, 8, 8], dtype=torch.int32)
-    mask = dense_mask(horizon.to(device), dtype=dtype)[None, None]
+    mask = dense_mask(torch.tensor(horizon, dtype=torch.int32, device=device), dtype=dtype)[None, None]
     with evaluation_mode(model):
-        packed = info.base(
-            input_ids=torch.tensor([pack_ids], device=device),
+        return info.base(
+            input_ids=torch.tensor([ids], device=device),
             attention_mask=mask,
             position_ids=torch.tensor([position], device=device),
             use_cache=False,
         ).last_hidden_state[0]
-        full = info.base(input_ids=torch.tensor([ids], device=device), use_cache=False).last_hidden_state[0]
-        deleted = info.base(input_ids=torch.tensor([kept], device=device), use_cache=False).last_hidden_state[0]
+
+
+def _plain_states(model: nn.Module, info: RewardModelInfo, ids: list[int]) -> torch.Tensor:
+    """Last hidden states ``[len(ids), hidden]`` of the sequence ``ids`` run on its own."""
+    with evaluation_mode(model):
+        return info.base(input_ids=torch.tensor([ids], device=model_device(model)), use_cache=False).last_hidden_state[
+            0
+        ]
+
+
+def _probe_error(model: nn.Module, got: torch.Tensor, want: torch.Tensor) -> float | None:
+    """The largest difference of two probes' hidden states when it exceeds rounding in the model's dtype."""
+    dtype = model_dtype(model)
     tol = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
+    err = float((got.float() - want.float()).abs().max())
+    return None if err <= tol * (1.0 + float(want.float().abs().max())) else err
+
+
+def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str | None:
+    """Check the packing identity on a 6-token probe: a packed forward with a gap equals the deleted sequence."""
+    avoid = {t for t in (info.pad_token_id,) if t is not None}
+    ids = probe_ids(info.vocab_size, 6, avoid)
+    kept = [ids[k] for k in (0, 1, 4, 5)]
+    # Two coalitions in one pack: the full sequence (a chain) and a branch that skips tokens 2-3.
+    # Packed order: [0 1 2 3 4 5 | 4' 5'], horizon: tokens 0,1 see everything; 2..5 end at 6; 4',5' at 8.
+    packed = _packed_states(model, info, ids + [ids[4], ids[5]], [0, 1, 2, 3, 4, 5, 2, 3], [8, 8, 6, 6, 6, 6, 8, 8])
+    full, deleted = _plain_states(model, info, ids), _plain_states(model, info, kept)
     for name, got, want in (("kept", packed[:6], full), ("deleted", packed[6:], deleted[2:])):
-        err = float((got.float() - want.float()).abs().max())
-        scale = 1.0 + float(want.float().abs().max())
-        if not err <= tol * scale:
+        err = _probe_error(model, got, want)
+        if err is not None:
             return (
                 f"probe: the packed forward differs from the {name} sequence by {err:.3g} "
                 f"(its forward does not honour position_ids / a 4D float mask)"
@@ -428,25 +444,12 @@ def _probe_window_by_position(model: nn.Module, info: RewardModelInfo) -> str | 
         horizon += [start + size] * size
     pack += branch
     position += [len(prompt) + k for k in range(len(branch))]
-    total = len(pack)
-    horizon = [total] * len(prompt) + horizon + [total] * len(branch)
-    device, dtype = model_device(model), model_dtype(model)
-    mask = dense_mask(torch.tensor(horizon, dtype=torch.int32, device=device), dtype=dtype)[None, None]
-    with evaluation_mode(model):
-        packed = info.base(
-            input_ids=torch.tensor([pack], device=device),
-            attention_mask=mask,
-            position_ids=torch.tensor([position], device=device),
-            use_cache=False,
-        ).last_hidden_state[0, -len(branch) :]
-        alone = info.base(input_ids=torch.tensor([prompt + branch], device=device), use_cache=False).last_hidden_state[
-            0, -len(branch) :
-        ]
-    tol = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
-    err = float((packed.float() - alone.float()).abs().max())
-    if not err <= tol * (1.0 + float(alone.float().abs().max())):
+    horizon = [len(pack)] * len(prompt) + horizon + [len(pack)] * len(branch)
+    packed = _packed_states(model, info, pack, position, horizon)[-len(branch) :]
+    err = _probe_error(model, packed, _plain_states(model, info, prompt + branch)[-len(branch) :])
+    if err is not None:
         return (
-            f"probe: with sliding_window={window}, a branch {total - len(branch) - len(prompt)} packed tokens "
+            f"probe: with sliding_window={window}, a branch {len(pack) - len(branch) - len(prompt)} packed tokens "
             f"away from its prompt differs from its sequence alone by {err:.3g} (the window is applied by index "
             f"in the pack, not by position)"
         )
