@@ -107,8 +107,7 @@ class ScorerStats:
     """Cost of one ``score``/``score_many`` call.
 
     Attributes:
-        backend: the backend that ran (``loop``, ``batched`` or ``trie``; a ``trie`` scorer runs a call whose
-            longest coalition reaches the model's sliding window as ``batched``).
+        backend: the backend that ran (``loop``, ``batched`` or ``trie``).
         coalitions: number of coalitions scored (duplicates included).
         distinct_coalitions: number of distinct (response, coalition) pairs.
         tokens_computed: token-forwards actually run (padding, recomputed ancestors and cached prompt
@@ -121,6 +120,8 @@ class ScorerStats:
         plain_tokens: sum over coalitions of ``prompt + kept + suffix``: the cost of scoring each
             coalition on its own.
         prompt_cache_tokens: prompt tokens computed into a KV cache (trie only; part of tokens_computed).
+        batched_coalitions: coalitions a ``trie`` scorer scored in padded batches because their sequence reaches
+            the model's sliding window (the trie applies no window; part of ``coalitions``).
         rescored: coalitions whose packed score was not finite and that were scored again by plain deletion
             (a non-finite hidden state stays confined to the coalitions that contain it; part of
             tokens_computed).
@@ -139,6 +140,7 @@ class ScorerStats:
     peak_pack_tokens: int = 0
     plain_tokens: int = 0
     prompt_cache_tokens: int = 0
+    batched_coalitions: int = 0
     rescored: int = 0
     verify_coalitions: int = 0
     verify_tokens: int = 0

@@ -467,7 +467,7 @@ def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
     elsewhere, or mishandle a 4D float mask.
 
     Sliding-window attention is accepted: a coalition shorter than the window is not affected by it, and
-    the scorer serves a call whose longest sequence reaches the window with padded batches instead. With
+    the scorer scores the coalitions that reach the window in padded batches instead. With
     ``probe=True`` a second probe (:func:`_probe_window_by_position`, about ``window`` tokens) checks that
     the model does not apply the window by index in the pack; windows longer than
     :data:`WINDOW_PROBE_MAX_TOKENS` are refused.

@@ -364,19 +364,8 @@ class CoalitionScorer:
                 f"a coalition's sequence has {longest} tokens, more than the model's position "
                 f"limit of {self.info.max_positions}"
             )
-        backend = self.backend
-        window = self.info.attention_window
-        if backend == "trie" and window is not None and longest >= window:
-            # the window would act on this call's longest coalitions; the tree attention does not apply it
-            backend = "batched"
-            logger.info(
-                "CoalitionScorer: a coalition of %d tokens reaches sliding_window=%d: this call is scored in "
-                "padded batches",
-                longest,
-                window,
-            )
         stats = ScorerStats(
-            backend=backend,
+            backend=self.backend,
             coalitions=sum(g.n_coalitions for g in games),
             distinct_coalitions=sum(int(torch.unique(g.bits, dim=0).shape[0]) if g.n_coalitions else 0 for g in games),
             plain_tokens=sum(int(ln.sum()) for ln in lengths),
@@ -386,15 +375,45 @@ class CoalitionScorer:
         forest, members = share_prompts(games)
         layout = pack_games(forest, [0] * len(forest)) if stats.coalitions else None
         stats.trie_tokens = layout.n_tokens if layout is not None else 0
+        window = self.info.attention_window
         with torch.no_grad():
-            # a call moved to padded batches takes at least one whole sequence per forward
-            pass_tokens = (
-                self.max_tokens_per_pass if backend == self.backend else max(self.max_tokens_per_pass, longest)
-            )
-            scores = self._run(games, forest, members, layout, stats, backend, pass_tokens)
+            if self.backend == "trie" and window is not None and longest >= window:
+                scores = self._run_beside_window(games, lengths, window, stats)
+            else:
+                scores = self._run(games, forest, members, layout, stats, self.backend, self.max_tokens_per_pass)
             if self.backend != "loop" and self.config.verify and stats.coalitions:
                 self._verify(games, scores, stats)
         self._local.stats = stats
+        return scores
+
+    def _run_beside_window(
+        self, games: list[Game], lengths: list[torch.Tensor], window: int, stats: ScorerStats
+    ) -> list[torch.Tensor]:
+        """Scores per game when some coalitions reach the model's sliding window: the shorter ones on the trie
+        (the window changes nothing for them), the others in padded batches, where the model applies it."""
+        near = [ln >= window for ln in lengths]
+        stats.batched_coalitions = int(sum(int(m.sum()) for m in near))
+        logger.info(
+            "CoalitionScorer: %d coalitions reach sliding_window=%d: they are scored in padded batches",
+            stats.batched_coalitions,
+            window,
+        )
+        scores = [torch.empty(g.n_coalitions, dtype=torch.float64) for g in games]
+        longest = max(int(ln.max()) for ln in lengths if ln.numel())
+        for batched in (False, True):
+            rows = [m if batched else ~m for m in near]
+            part = [(i, dataclasses.replace(games[i], bits=games[i].bits[r])) for i, r in enumerate(rows) if r.any()]
+            if not part:
+                continue
+            subgames = [g for _, g in part]
+            if batched:  # at least one whole sequence per forward
+                got = self._run(subgames, [], [], None, stats, "batched", max(self.max_tokens_per_pass, longest))
+            else:
+                forest, members = share_prompts(subgames)
+                layout = pack_games(forest, [0] * len(forest))
+                got = self._run(subgames, forest, members, layout, stats, "trie", self.max_tokens_per_pass)
+            for (i, _), values in zip(part, got):
+                scores[i][rows[i]] = values
         return scores
 
     def _read_scores(self, logits: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Sliding-window decoders on the trie.
 
 A coalition shorter than the window is not affected by it, so the packed trie (which applies no window) scores it
-exactly; a call whose longest coalition reaches the window is scored in padded batches, where the model applies
-its own window. A probe at construction checks that the model applies the window by position, not by index in
+exactly; the coalitions that reach the window are scored in padded batches, where the model applies its own
+window. A probe at construction checks that the model applies the window by position, not by index in
 the pack. Every score is compared with ``backend="loop"`` (plain deletion, the model's own forward).
 """
 
@@ -53,21 +53,28 @@ def test_windowed_decoders_are_exact_on_the_trie_below_the_window(tiny_model, ki
         got = scorer.score(PROMPT, SHORT, SHORT_PLAYERS, EVERY, SUFFIX)
         assert scorer.stats.backend == "trie" and scorer.stats.prompt_cache_tokens > 0  # passes on a cached prompt
         torch.testing.assert_close(got, short_ref, rtol=0, atol=1e-5)
-        # the longest coalition reaches the window: this call is scored in padded batches, by the model's window
+        # coalitions of 3 or 4 players (36 and 46 tokens) reach the window: padded batches, the rest on the trie
         got = scorer.score(PROMPT, LONG, LONG_PLAYERS, EVERY, SUFFIX)
-        assert scorer.stats.backend == "batched"
+        assert scorer.stats.batched_coalitions == int((EVERY.sum(1) >= 3).sum()) == 5
+        assert scorer.stats.prompt_cache_tokens > 0  # the shorter ones still ran on the trie
         torch.testing.assert_close(got, long_ref, rtol=0, atol=1e-5)
-        # and the next short call is back on the trie
+        # several responses, one of them long: only its long coalitions leave the trie
+        many = scorer.score_many([PROMPT] * 2, [SHORT, LONG], [SHORT_PLAYERS, LONG_PLAYERS], [EVERY, EVERY],
+                                 [SUFFIX] * 2)
+        assert scorer.stats.batched_coalitions == 5
+        torch.testing.assert_close(many[0], short_ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(many[1], long_ref, rtol=0, atol=1e-5)
         scorer.score(PROMPT, SHORT, SHORT_PLAYERS, EVERY, SUFFIX)
-        assert scorer.stats.backend == "trie"
+        assert scorer.stats.batched_coalitions == 0
 
 
-def test_the_window_acts_on_the_long_call(tiny_model) -> None:
-    """The same weights without a window score the long coalitions differently (so the fallback above matters)
-    and the short ones identically (so the trie needs no window there)."""
+def test_the_window_acts_on_the_long_coalitions_only(tiny_model) -> None:
+    """The same weights without a window score the coalitions that reach the window differently (so routing them
+    to padded batches matters) and every shorter one identically (so the trie needs no window there)."""
     windowed, plain = tiny_model("mistral", sliding_window=WINDOW), tiny_model("mistral", sliding_window=None)
-    assert float((_loop(windowed, LONG, LONG_PLAYERS) - _loop(plain, LONG, LONG_PLAYERS)).abs().max()) > 1e-4
-    torch.testing.assert_close(_loop(windowed, SHORT, SHORT_PLAYERS), _loop(plain, SHORT, SHORT_PLAYERS))
+    gap = (_loop(windowed, LONG, LONG_PLAYERS) - _loop(plain, LONG, LONG_PLAYERS)).abs()
+    reaches = EVERY.sum(1) >= 3  # 5 + 10 k + 1 >= 32 tokens
+    assert float(gap[reaches].min()) > 1e-5 and float(gap[~reaches].max()) < 1e-6
 
 
 @pytest.mark.skipif(not has_extension(), reason="the C++ tree-attention kernel is not built")
