@@ -1,8 +1,9 @@
 """Adaptive stopping: sample a game in rounds until every player's standard error is at most a tolerance.
 
 Each round adds samples of the method's unit to those of the rounds before (antithetic permutation pairs for
-``permutation`` and ``owen``, complementary coalition pairs for ``kernel``), and the estimate of a round uses
-every sample drawn so far. A round hands out only the coalitions no earlier round evaluated, so no
+``permutation`` and ``owen``, complementary coalition pairs for ``kernel`` and ``stratified``, whose size classes
+each add pairs drawn without replacement among those not drawn yet), and the estimate of a round uses every
+sample drawn so far. A round hands out only the coalitions no earlier round evaluated, so no
 coalition is ever evaluated twice. Sampling stops when every player's ``stderr`` is at most the tolerance
 (relative to ``|v(N) - v(∅)|`` by default, or absolute) and the budget is at least the smallest one the
 tolerance is tested at (:data:`MIN_STOP_FACTOR`), when the budget would reach the exact plan (the values are
@@ -49,6 +50,7 @@ from scar.shapley.exact import EXACT_MAX_PLAYERS, exact_plan
 from scar.shapley.kernel import kernel_default_budget, kernel_design_extend, kernel_parts
 from scar.shapley.owen import owen_exact_cap, owen_exact_parts, owen_orders, parse_hierarchy
 from scar.shapley.permutation import DEFAULT_PERMUTATIONS, antithetic_plan, exact_cap
+from scar.shapley.stratified import Stratum, stratified_design, stratified_parts
 
 __all__ = [
     "ADAPTIVE_METHODS",
@@ -61,8 +63,10 @@ __all__ = [
     "default_max_budget",
 ]
 
-ADAPTIVE_METHODS = ("exact", "permutation", "kernel", "owen")
+ADAPTIVE_METHODS = ("exact", "permutation", "kernel", "owen", "stratified")
 """The methods that sample in rounds (``exact`` meets any tolerance in its one round)."""
+
+_COALITION_METHODS = ("kernel", "stratified")  # budgets in coalitions besides ∅ and N, not permutations
 
 FIRST_ROUND_PERMUTATIONS = 8
 """Default first round of ``permutation`` and ``owen``: 8 permutations (4 antithetic pairs), the fewest whose
@@ -70,14 +74,15 @@ standard error the calibration covers (``bench/RESULTS.md``)."""
 
 MAX_BUDGET_FACTOR = 8
 """Default ``max_budget``: this many times the method's default budget (256 permutations; 256 ``(n + 1)``
-coalitions for ``kernel``, at most the ``2**n - 2`` of the exact answer)."""
+coalitions for ``kernel`` and ``stratified``, at most the ``2**n - 2`` of the exact answer)."""
 
 MAX_GROWTH = 4
 """A round takes the budget to at most this many times the budget so far."""
 
 MIN_STOP_FACTOR = 2
 """The tolerance is tested only from this many times the default first round's budget on (16 permutations,
-8 antithetic pairs; ``8 (n + 1)`` coalitions for ``kernel``), or from ``max_budget`` when that is lower.
+8 antithetic pairs; ``8 (n + 1)`` coalitions for ``kernel`` and ``stratified``), or from ``max_budget`` when that
+is lower.
 
 A standard error estimated from the few samples of a first round is itself noisy. Where a game needs more
 than one round, the runs whose first round meets the tolerance are those whose error came out too small by
@@ -88,22 +93,22 @@ can stop at once."""
 
 def first_round_budget(method: str, n: int) -> int:
     """The default budget of the first round: :data:`FIRST_ROUND_PERMUTATIONS` permutations, or ``4 (n + 1)``
-    coalitions for ``kernel`` (at most ``2**n - 2``), the smallest budget whose ``kernel`` standard error
-    covers in the calibration measurement; 0 for ``exact``."""
-    if method == "kernel":
+    coalitions for ``kernel`` and ``stratified`` (at most ``2**n - 2``), the smallest budget whose ``kernel``
+    standard error covers in the calibration measurement; 0 for ``exact``."""
+    if method in _COALITION_METHODS:
         return cap_at_proper_coalitions(4 * (n + 1), n)
     return 0 if method == "exact" else FIRST_ROUND_PERMUTATIONS
 
 
 def default_max_budget(method: str, n: int) -> int:
     """The default ``max_budget``: :data:`MAX_BUDGET_FACTOR` times the method's default budget."""
-    if method == "kernel":
+    if method in _COALITION_METHODS:
         return cap_at_proper_coalitions(MAX_BUDGET_FACTOR * kernel_default_budget(n), n)
     return 0 if method == "exact" else MAX_BUDGET_FACTOR * DEFAULT_PERMUTATIONS
 
 
 def _check_even_budget(value: int, name: str, method: str) -> None:
-    unit = "coalitions" if method == "kernel" else "permutations"
+    unit = "coalitions" if method in _COALITION_METHODS else "permutations"
     if value < 2:
         raise ValueError(f"method={method!r} needs {name} >= 2 {unit} (one pair); got {name}={value}")
     if value % 2:
@@ -127,8 +132,9 @@ class AdaptiveRun:
             ``|v(N) - v(∅)|`` unless ``tol_absolute`` (a relative ``tol`` of a game with ``v(N) = v(∅)`` is
             met by exact values only).
         tol_absolute: ``tol`` is absolute (in the game's units).
-        max_budget: the most budget to spend, in the method's unit (permutations; ``kernel``: coalitions
-            besides ∅ and N), even and at least the first round; default :func:`default_max_budget`.
+        max_budget: the most budget to spend, in the method's unit (permutations; ``kernel`` and
+            ``stratified``: coalitions besides ∅ and N), even and at least the first round; default
+            :func:`default_max_budget`.
         budget: the first round's budget (default :func:`first_round_budget`); ``exact`` takes none.
         seed: seed of the private generator (same seed, same rounds and result); None draws fresh entropy.
         hierarchy: ``owen`` only, as :func:`scar.shapley.shapley`.
@@ -204,6 +210,7 @@ class AdaptiveRun:
                     check_plan_size(method, n, self.max_budget, self._rows(self.max_budget))
         self._halves = torch.zeros(0, n, dtype=torch.int64)  # permutation / owen: the sampled halves
         self._kernel_pairs = torch.zeros(0, n, dtype=torch.bool)  # kernel: first coalition of each pair
+        self._design: tuple[torch.Tensor, list[Stratum], torch.Tensor] | None = None  # stratified: the design
         self._index: dict[bytes, int] = {}  # packed coalition -> its slot in _values
         self._values = torch.zeros(0, dtype=torch.float64)
         self._spent = 0
@@ -215,14 +222,15 @@ class AdaptiveRun:
         self._plan_round(first)
 
     def _exact_cap(self) -> int | None:
-        """The budget from which the method's plan is the exact one (None: never, or ``kernel``)."""
+        """The budget from which the method's plan is the exact one (None: never, or ``kernel`` and
+        ``stratified``, whose designs say so themselves)."""
         if self.method == "permutation":
             return exact_cap(2**self.n_players, self.n_players) if self.n_players <= EXACT_MAX_PLAYERS else None
         return self._owen_cap if self.method == "owen" else None
 
     def _rows(self, total: int) -> int:
         """Rows (∅ and N included, before dedupe) of the plan of a budget of ``total``."""
-        if self.method == "kernel":
+        if self.method in _COALITION_METHODS:
             return cap_at_proper_coalitions(total, self.n_players) + 2
         return total * (self.n_players + 1) + 2
 
@@ -230,9 +238,9 @@ class AdaptiveRun:
         """The largest even budget whose plan is within the plan limits (any budget, when the exact plan caps
         it first)."""
         n, cap = self.n_players, self._exact_cap()
-        if cap is not None or (self.method == "kernel" and plan_fits(n, self._rows(2**62))):
+        if cap is not None or (self.method in _COALITION_METHODS and plan_fits(n, self._rows(2**62))):
             return 2**62
-        per_budget = 1 if self.method == "kernel" else n + 1
+        per_budget = 1 if self.method in _COALITION_METHODS else n + 1
         largest = (min(MAX_PLAN_ROWS, MAX_PLAN_ENTRIES // n) - 2) // per_budget
         return max(2, largest - largest % 2)
 
@@ -254,6 +262,12 @@ class AdaptiveRun:
             self._kernel_pairs = z[start : start + pairs].clone()
             parts = kernel_parts(n, total, z, w, pairs, mass)
             self._exact = pairs == 0
+        elif self.method == "stratified":
+            self._design = stratified_design(n, cap_at_proper_coalitions(total, n), self._gen, self._design)
+            z, strata, group = self._design
+            total = z.shape[0]  # a class keeps every pair it drew, which can exceed the budget's share
+            parts = stratified_parts(n, total, z, strata, group)
+            self._exact = bool((group < 0).all())
         else:
             cap = self._exact_cap()
             if cap is not None and total >= cap:

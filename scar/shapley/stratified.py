@@ -87,6 +87,7 @@ __all__ = [
     "Stratum",
     "stratified_design",
     "stratified_plan",
+    "stratified_parts",
     "stratified_mc",
     "stratified_fit",
 ]
@@ -175,21 +176,31 @@ def _allocate(n: int, classes: list[int], pairs: int, mass: dict[int, float]) ->
     return count
 
 
-def _distinct_subsets(n: int, k: int, count: int, gen: torch.Generator) -> torch.Tensor:
-    """``count`` distinct uniform ``k``-subsets of ``range(n)`` (bool ``[count, n]``), a simple random
-    sample without replacement. For the middle class (``2k == n``) a subset and its complement count as
-    one: each subset is drawn as the member of its pair holding player 0."""
+def _distinct_subsets(
+    n: int, k: int, count: int, gen: torch.Generator, taken: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``count`` distinct uniform ``k``-subsets of ``range(n)`` (bool ``[count, n]``) that are not rows of
+    ``taken``: a simple random sample without replacement of the subsets not drawn before. For the middle class
+    (``2k == n``) a subset and its complement count as one: each subset is drawn as the member of its pair
+    holding player 0 (as ``taken``'s rows must be)."""
     middle = 2 * k == n
     population = _pair_population(n, k)
-    if 2 * count > population:  # a large share of a small class: enumerate it and draw without replacement
+    if taken is None:
+        taken = torch.zeros(0, n, dtype=torch.bool)
+    before = taken.shape[0]
+    if 2 * (count + before) > population:  # a large share of a small class: enumerate the rest, draw from it
         every = torch.zeros(math.comb(n, k), n, dtype=torch.bool)
         every.scatter_(1, _combinations(n, k), True)
         if middle:
             every = every[every[:, 0]]
+        if before:
+            _, inverse = unique_rows(torch.cat([taken, every]))
+            seen = set(inverse[:before].tolist())
+            every = every[torch.tensor([int(c) not in seen for c in inverse[before:].tolist()], dtype=torch.bool)]
         return every[torch.randperm(every.shape[0], generator=gen)[:count]]
-    drawn = torch.zeros(0, n, dtype=torch.bool)
+    drawn = taken
     while True:
-        fresh = random_orders(count - drawn.shape[0] + 8, n, gen) < k
+        fresh = random_orders(count + before - drawn.shape[0] + 8, n, gen) < k
         if middle:
             fresh = torch.where(fresh[:, :1], fresh, ~fresh)
         drawn = torch.cat([drawn, fresh])
@@ -197,16 +208,27 @@ def _distinct_subsets(n: int, k: int, count: int, gen: torch.Generator) -> torch
         first = np.unique(inverse.numpy(), return_index=True)[1]
         keep = torch.from_numpy(np.sort(first))  # the first draw of each subset, in drawing order
         drawn = drawn[keep]
-        if drawn.shape[0] >= count:
-            return drawn[:count]
+        if drawn.shape[0] >= count + before:
+            return drawn[before : before + count]
 
 
-def stratified_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.Tensor, list[Stratum], torch.Tensor]:
+def stratified_design(
+    n: int,
+    budget: int,
+    gen: torch.Generator,
+    extend: tuple[torch.Tensor, list[Stratum], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, list[Stratum], torch.Tensor]:
     """Coalitions of the stratified plan (see the module docs).
 
     Returns ``(z [rows, n] bool, strata, group [rows] int64)``: the rows of each stratum are contiguous
     (:class:`Stratum`); ``group[r]`` is the jackknife group of row ``r`` (a coalition and its complement
     share one), ``-1`` for the rows of enumerated classes.
+
+    ``extend``: an earlier design (what this function returned for a smaller budget) whose sampled pairs are
+    kept, with their groups: each class draws only the pairs it adds, without replacement among the pairs it
+    has not drawn, so every class still holds a simple random sample. A class that holds more pairs than the
+    budget would give it keeps them all and the classes with the most new pairs draw fewer; a class the budget
+    now enumerates holds every coalition.
     """
     if n > KERNEL_MAX_PLAYERS:
         raise ValueError(
@@ -214,6 +236,7 @@ def stratified_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.
             f"KERNEL_MAX_PLAYERS = {KERNEL_MAX_PLAYERS} (got n_players={n}); use method='permutation'"
         )
     check_plan_size("stratified", n, budget, cap_at_proper_coalitions(budget, n) + 2)
+    earlier = _sampled_pairs(extend) if extend is not None else {}
     mass = _class_masses(n)
     classes = list(range(1, n // 2 + 1))
     enumerated: list[int] = []
@@ -228,11 +251,20 @@ def stratified_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.
         mass_left -= mass[k]
         classes.pop(0)
     counts = _allocate(n, classes, left // 2, mass) if classes else []
+    if earlier:  # a class keeps every pair it drew; the others give up as many new ones (largest share first)
+        have = [earlier[k][0].shape[0] if k in earlier else 0 for k in classes]
+        wanted = sum(counts)
+        counts = [max(c, h) for c, h in zip(counts, have)]
+        while sum(counts) > wanted:
+            j = max(range(len(classes)), key=lambda i: counts[i] - have[i])
+            if counts[j] <= have[j]:
+                break
+            counts[j] -= 1
     blocks: list[torch.Tensor] = []
     groups: list[torch.Tensor] = []
     strata: list[Stratum] = []
     at = 0
-    pair_id = 0
+    pair_id = sum(rows.shape[0] for rows, _ in earlier.values())
 
     def add(size: int, rows: torch.Tensor, group: torch.Tensor) -> None:
         nonlocal at
@@ -249,11 +281,14 @@ def stratified_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.
         if 2 * k != n:
             add(n - k, ~rows, fixed)
     for k, c in zip(classes, counts):
+        kept, kept_group = earlier.get(k, (torch.zeros(0, n, dtype=torch.bool), torch.zeros(0, dtype=torch.int64)))
+        c = max(c, kept.shape[0])
         if c == 0:
             continue
-        rows = _distinct_subsets(n, k, c, gen)
-        group = (pair_id + torch.arange(c, dtype=torch.int64)) % STRATIFIED_GROUPS
-        pair_id += c
+        fresh = _distinct_subsets(n, k, c - kept.shape[0], gen, kept)
+        group = torch.cat([kept_group, (pair_id + torch.arange(fresh.shape[0], dtype=torch.int64)) % STRATIFIED_GROUPS])
+        pair_id += fresh.shape[0]
+        rows = torch.cat([kept, fresh])
         if 2 * k == n:
             add(k, torch.cat([rows, ~rows]), torch.cat([group, group]))
         else:
@@ -262,6 +297,22 @@ def stratified_design(n: int, budget: int, gen: torch.Generator) -> tuple[torch.
     z = torch.cat(blocks) if blocks else torch.zeros(0, n, dtype=torch.bool)
     group = torch.cat(groups) if groups else torch.zeros(0, dtype=torch.int64)
     return z, strata, group
+
+
+def _sampled_pairs(
+    design: tuple[torch.Tensor, list[Stratum], torch.Tensor],
+) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per sampled class ``k`` (the smaller size) of a design: its pairs' first members, in drawing order, and
+    their groups."""
+    z, strata, group = design
+    n = z.shape[1]
+    out = {}
+    for st in strata:
+        if 2 * st.size > n or int(group[st.start]) < 0:
+            continue
+        stop = st.start + st.rows // 2 if 2 * st.size == n else st.stop
+        out[st.size] = (z[st.start : stop], group[st.start : stop])
+    return out
 
 
 def stratified_mc(
@@ -359,6 +410,12 @@ def stratified_plan(n: int, budget: int | None, gen: torch.Generator) -> PlanPar
             )
         budget = cap_at_proper_coalitions(budget, n)
     z, strata, group = stratified_design(n, budget, gen)
+    return stratified_parts(n, budget, z, strata, group)
+
+
+def stratified_parts(n: int, budget: int, z: torch.Tensor, strata: list[Stratum], group: torch.Tensor) -> PlanParts:
+    """Plan rows, budget and solver of the stratified estimate on the design ``(z, strata, group)`` of
+    :func:`stratified_design`."""
     sampled_groups = [len(set(group[st.start : st.stop].tolist())) for st in strata if int(group[st.start]) >= 0]
     adjust = bool(sampled_groups) and min(sampled_groups) >= STRATIFIED_ADJUST_GROUPS
 

@@ -67,6 +67,22 @@ def test_credit_does_not_depend_on_the_batch(rm, tokenizer):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("method", ["kernel", "stratified"])
+def test_coalition_methods_stop_per_response(rm, tokenizer, method):
+    """The coalition-budget methods in rounds through SCAR: each response stops on its own, its credit equals
+    the same method run alone with that response's seed, and the sampled ones spend whole pairs."""
+    kw = {**KW, "method": method, "max_budget": 400}
+    d = SCAR(rm, tokenizer, **kw)(PROMPTS, RESPONSES)
+    alone = SCAR(rm, tokenizer, batch_size=1, **kw)(PROMPTS, RESPONSES)
+    for e, a, players in zip(d.estimates, alone.estimates, d.players):
+        assert e.method == method and e.rounds >= 1 and e.budget <= 400
+        assert e.tol_met or e.budget == 400
+        assert abs(float(e.values.sum()) - (e.full_value - e.base_value)) < 1e-5
+        torch.testing.assert_close(e.values, a.values, atol=1e-5, rtol=0)
+        if len(players) > 8:  # not enumerated by its first round
+            assert e.rounds >= 2 and e.budget % 2 == 0
+
+
 def test_max_budget_bounds_every_response(rm, tokenizer):
     d = SCAR(rm, tokenizer, **{**KW, "tol": 1e-6, "max_budget": lambda n: 16})(PROMPTS, RESPONSES)
     for e, players in zip(d.estimates, d.players):

@@ -14,7 +14,8 @@ from scar.shapley.adaptive import MAX_GROWTH, MIN_STOP_FACTOR, default_max_budge
 
 GAME = SumOfUnanimityGame(16, 40, 1, 16, seed=4)  # 16 players: no budget here reaches the exact plan
 HIERARCHY = [[0, 1, 2, 3], [4, [5, 6], 7], [8, 9, 10, 11], [12, 13, [14, 15]]]
-SAMPLED = [("permutation", {}), ("owen", {"hierarchy": HIERARCHY}), ("kernel", {})]
+SAMPLED = [("permutation", {}), ("owen", {"hierarchy": HIERARCHY}), ("kernel", {}), ("stratified", {})]
+COALITION_METHODS = ("kernel", "stratified")  # budgets in coalitions, not permutations
 GLOVE12_VALUES = torch.tensor([11 / 12] + [1 / 132] * 11, dtype=torch.float64)  # one left glove, 11 right
 
 
@@ -63,7 +64,7 @@ def test_reuses_every_evaluation(method: str, kw: dict) -> None:
     rows = keys(counting.rows)
     assert len(rows) == len(set(rows)) == res.n_evals
     assert len(counting.batches) == res.rounds >= 2
-    if method == "kernel":  # every sampled coalition is in the final design: at most budget + 2 of them
+    if method in COALITION_METHODS:  # every sampled coalition is in the final design: at most budget + 2
         assert res.n_evals <= res.budget + 2
     else:  # budget permutations of n + 1 prefixes each, ∅ and N shared
         assert res.n_evals <= res.budget * 16 + 2
@@ -71,12 +72,12 @@ def test_reuses_every_evaluation(method: str, kw: dict) -> None:
 
 @pytest.mark.parametrize("method,kw", SAMPLED)
 def test_never_exceeds_max_budget(method: str, kw: dict) -> None:
-    cap = 40 if method != "kernel" else 120
+    cap = 40 if method not in COALITION_METHODS else 120
     counting = CountingValueFn(GAME)
     res = shapley(counting, 16, method=method, tol=1e-6, max_budget=cap, seed=3, **kw)
     assert res.tol_met is False and res.budget == cap
     assert float(res.stderr.max()) > res.tol
-    if method == "kernel":
+    if method in COALITION_METHODS:
         assert res.n_evals <= cap + 2
     assert counting.rows.shape[0] == res.n_evals
 
@@ -178,7 +179,7 @@ def test_reaching_the_exact_plan_stops_with_exact_values() -> None:
     """6 players: the permutation budget reaches the exact plan's 64 coalitions; the values are exact and
     the tolerance is met whatever it is."""
     game = SumOfUnanimityGame(6, 10, 1, 6, seed=0)
-    for method in ("permutation", "kernel"):
+    for method in ("permutation", "kernel", "stratified"):
         counting = CountingValueFn(game)
         res = shapley(counting, 6, method=method, tol=1e-9, seed=0)
         assert res.tol_met is True and torch.equal(res.stderr, torch.zeros(6, dtype=torch.float64))
@@ -211,6 +212,7 @@ def test_defaults() -> None:
     assert first_round_budget("permutation", 16) == 8 and first_round_budget("kernel", 16) == 68
     assert default_max_budget("permutation", 16) == 256 and default_max_budget("kernel", 16) == 8 * 32 * 17
     assert default_max_budget("kernel", 6) == 62  # capped at the exact answer
+    assert first_round_budget("stratified", 16) == 68 and default_max_budget("stratified", 16) == 8 * 32 * 17
     res = shapley(GAME, 16, method="permutation", tol=1e-9, seed=0)
     assert res.budget == 256 and res.tol_met is False
 
