@@ -131,7 +131,9 @@ COLUMNS: list[tuple[str, int]] = [
 """(method, budget): permutations for ``permutation`` and ``owen``, multiples of ``n`` coalitions for the
 :data:`COALITION_METHODS`."""
 
-ADAPTIVE: list[tuple[str, float]] = [(m, tol) for m in ("permutation", "owen", "kernel") for tol in (0.1, 0.05, 0.02)]
+ADAPTIVE: list[tuple[str, float]] = [
+    (m, tol) for m in ("permutation", "owen", "kernel", "stratified") for tol in (0.1, 0.05, 0.02)
+]
 """(method, relative tol) of the adaptive columns."""
 
 
