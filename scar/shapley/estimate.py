@@ -196,9 +196,9 @@ def shapley(
             player's ``stderr`` is at most ``tol`` times ``|v(N) - v(∅)|`` (or ``tol`` itself with
             ``tol_absolute``), or ``max_budget`` is spent; each round passes only coalitions no earlier round
             passed to ``value_fn``. ``budget`` is then the first round's budget (default 8 permutations,
-            ``4 (n + 1)`` coalitions for ``kernel`` and ``stratified``); the tolerance is tested from twice that default on
-            (:data:`~scar.shapley.adaptive.MIN_STOP_FACTOR`), so a small first round is always followed by
-            another. The result's ``rounds``, ``tol`` (absolute) and
+            ``4 (n + 1)`` coalitions for ``kernel`` and ``stratified``); the tolerance is tested from twice
+            that default on (:data:`~scar.shapley.adaptive.MIN_STOP_FACTOR`), so a small first round is always
+            followed by another. The result's ``rounds``, ``tol`` (absolute) and
             ``tol_met`` say how it went, ``budget`` and ``n_evals`` what it spent. ``exact`` meets any ``tol``
             in its one round. Methods: ``exact``, ``permutation``, ``kernel``, ``owen``.
         tol_absolute: ``tol`` is in the game's units instead of relative to ``|v(N) - v(∅)|``.

@@ -299,7 +299,7 @@ class RegressionAdjustment:
         self.ridge[surrogate_feature_count(n, order) :] = SURROGATE_SIZE_RIDGE
         self.weight = w
         self._cheap_downdate = int((self.row_group >= 0).sum()) < p
-        self._all: tuple[torch.Tensor, ...] | None = None
+        self._downdates: dict[frozenset[int], torch.Tensor | None] = {}
         # Sampled classes by jackknife group: each fit's residual sums per (class, group) are then one product.
         c, g, rows_all = len(self.classes), len(self.used), self.x.shape[0]
         slot = {j: i for i, j in enumerate(self.used)}
@@ -343,73 +343,110 @@ class RegressionAdjustment:
         own = weights[None, :, None] * _contrast_matrix(self.n, 1, k)[:, None, :]  # [n, B, n]
         return torch.cat([shared, own.reshape(self.n, -1)], dim=1)
 
-    def _direct(self, excluded: frozenset[int]) -> torch.Tensor:
-        """Coefficients fitted without the groups ``excluded``: the ``p x p`` normal equations, solved."""
+    def _direct(self, sets: list[frozenset[int]]) -> torch.Tensor:
+        """Coefficients ``[E, p]`` fitted without each set of groups: the ``p x p`` normal equations, solved
+        together."""
         a = self.gram_fixed + torch.diag(self.ridge)
         b = self.rhs_fixed.clone()
         for j in self.used:
-            if j not in excluded:
-                a = a + self.gram[j]
-                b = b + self.rhs[j]
-        chol, info = torch.linalg.cholesky_ex(a)
-        if int(info) == 0:
-            return torch.cholesky_solve(b[:, None], chol)[:, 0]
-        return torch.linalg.lstsq(a, b[:, None], driver="gelsd").solution[:, 0]  # pragma: no cover
+            a = a + self.gram[j]
+            b = b + self.rhs[j]
+        drop = torch.tensor([[float(j in e) for j in self.used] for e in sets], dtype=torch.float64)  # [E, G]
+        grams = torch.stack([self.gram[j] for j in self.used])  # [G, p, p]
+        rhss = torch.stack([self.rhs[j] for j in self.used])  # [G, p]
+        a_e = a - torch.einsum("eg,gpq->epq", drop, grams)
+        b_e = b - drop @ rhss
+        chol, info = torch.linalg.cholesky_ex(a_e)
+        betas = torch.cholesky_solve(b_e[:, :, None], chol)[:, :, 0]
+        for e in (info != 0).nonzero()[:, 0].tolist():  # pragma: no cover - the ridge keeps them positive definite
+            betas[e] = torch.linalg.lstsq(a_e[e], b_e[e][:, None], driver="gelsd").solution[:, 0]
+        return betas
+
+    def _family(self, excluded: frozenset[int]) -> list[frozenset[int]]:
+        """The sets of groups whose fits the estimate and its jackknife replicates use (every group alone and
+        every pair of groups), with ``excluded``."""
+        family = {frozenset([i, j]) for i in self.used for j in self.used} | {excluded}
+        return sorted(family, key=lambda e: sorted(e))
 
     def _downdated(self, excluded: frozenset[int]) -> torch.Tensor | None:
         """The same coefficients from the fit on every group, with the excluded groups' rows removed by the
         Woodbury identity (cheaper when the sampled pairs are fewer than the coefficients); None when the
-        result does not satisfy its normal equations to rounding."""
-        if self._all is None:
-            a = self.gram_fixed + torch.diag(self.ridge)
-            b = self.rhs_fixed.clone()
-            for j in self.used:
-                a = a + self.gram[j]
-                b = b + self.rhs[j]
-            chol, info = torch.linalg.cholesky_ex(a)
-            if int(info) != 0:  # pragma: no cover - the ridge keeps the system positive definite
-                return None
-            sampled = self.row_group >= 0
-            self._all = (
-                a,
-                b,
-                torch.cholesky_solve(b[:, None], chol)[:, 0],
-                sampled.nonzero()[:, 0],
-                torch.cholesky_solve(self.x[sampled].T.contiguous(), chol),
-            )
-        a, b, beta, sampled_rows, solved = self._all
-        pick = torch.isin(self.row_group[sampled_rows], torch.tensor(sorted(excluded), dtype=torch.int64))
-        if not bool(pick.any()):
-            return beta
-        rows = sampled_rows[pick]
-        xs, ws, ds = self.x[rows], self.weight[rows], self.d[rows]
-        vs = solved[:, pick]  # A^-1 X_S'
-        u = beta - vs @ (ws * ds)
-        m = torch.diag(1.0 / ws) - xs @ vs
-        beta_s = u + vs @ torch.linalg.solve(m, xs @ u)
-        # the normal equations without those rows, A_S beta_S = b_S, checked without forming A_S (p x p)
-        b_s = b - xs.T @ (ws * ds)
-        gap = float((a @ beta_s - xs.T @ (ws * (xs @ beta_s)) - b_s).abs().max())
-        return beta_s if gap <= 1e-9 * max(1.0, float(b_s.abs().max())) else None
+        result does not satisfy its normal equations to rounding. The first call computes, in one batch, the
+        fits without every group and every pair of groups (what the estimate and its jackknife replicates
+        use)."""
+        if excluded not in self._downdates:
+            sets = [e for e in self._family(excluded) if e not in self._downdates]
+            self._downdates.update(zip(sets, self._downdate_batch(sets)))
+        return self._downdates[excluded]
 
-    def _fit(self, excluded: frozenset[int]) -> torch.Tensor:
-        """Coefficients fitted without the groups ``excluded``."""
-        beta = self._downdated(excluded) if self._cheap_downdate else None
-        return self._direct(excluded) if beta is None else beta
+    def _downdate_batch(self, sets: list[frozenset[int]]) -> list[torch.Tensor | None]:
+        """:meth:`_downdated` for each set of excluded groups, as batched products and solves: with ``V = A^-1 X'``
+        and ``K = X V`` over the sampled rows, removing rows ``S`` gives ``beta + V_S c`` where
+        ``(W_S^-1 - K_SS) c' = X_S beta - K_SS (w d)_S`` and ``c = c' - (w d)_S``."""
+        a = self.gram_fixed + torch.diag(self.ridge)
+        b = self.rhs_fixed.clone()
+        for j in self.used:
+            a = a + self.gram[j]
+            b = b + self.rhs[j]
+        chol, info = torch.linalg.cholesky_ex(a)
+        if int(info) != 0:  # pragma: no cover - the ridge keeps the system positive definite
+            return [None] * len(sets)
+        beta = torch.cholesky_solve(b[:, None], chol)[:, 0]
+        sampled = (self.row_group >= 0).nonzero()[:, 0]
+        xs, ws = self.x[sampled], self.weight[sampled]
+        wd = ws * self.d[sampled]
+        v = torch.cholesky_solve(xs.T.contiguous(), chol)  # [p, R]
+        k = xs @ v  # [R, R]
+        xb = xs @ beta
+        groups = self.row_group[sampled]
+        masks = torch.stack([torch.isin(groups, torch.tensor(sorted(e), dtype=torch.int64)) for e in sets])  # [E, R]
+        width = max(1, int(masks.sum(1).max()))
+        # each set's rows, padded to one width: padded entries solve an identity row with a zero right side
+        order = torch.sort((~masks).to(torch.int8), dim=1, stable=True).indices[:, :width]  # its rows first
+        valid = torch.gather(masks, 1, order)  # [E, width]
+        pair = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(width, dtype=torch.float64).expand(len(sets), -1, -1)
+        sub = k[order[:, :, None], order[:, None, :]]
+        m = torch.where(pair, torch.diag_embed(1.0 / ws[order]) - sub, eye)
+        kwd = (k @ (wd[:, None] * masks.T.double())).T  # [E, R]: K (w d restricted to the set)
+        rhs = torch.where(valid, torch.gather(xb.expand(len(sets), -1) - kwd, 1, order), 0.0)
+        c = torch.where(valid, torch.linalg.solve(m, rhs) - wd[order], 0.0)  # [E, width]
+        full = torch.zeros(len(sets), xs.shape[0], dtype=torch.float64).scatter_(1, order, c)  # [E, R]
+        betas = beta[:, None] + v @ full.T  # [p, E]
+        # the normal equations without each set's rows, A_S beta_S = b_S, checked without forming A_S
+        keep = masks.T.double()  # [R, E]
+        removed = xs.T @ (ws[:, None] * keep * (xs @ betas))
+        b_s = b[:, None] - xs.T @ (wd[:, None] * keep)
+        gap = (a @ betas - removed - b_s).abs().amax(0)
+        scale = b_s.abs().amax(0).clamp(min=1.0)
+        return [betas[:, e] if float(gap[e]) <= 1e-9 * float(scale[e]) else None for e in range(len(sets))]
+
+    def _fits(self, sets: list[frozenset[int]]) -> torch.Tensor:
+        """Coefficients ``[E, p]`` fitted without each set of groups: downdated where that is cheaper and passes
+        its check, else solved."""
+        betas: list[torch.Tensor | None] = [self._downdated(e) for e in sets] if self._cheap_downdate else []
+        if not betas:
+            return self._direct(sets)
+        missing = [i for i, beta in enumerate(betas) if beta is None]
+        if missing:
+            for i, beta in zip(missing, self._direct([sets[i] for i in missing])):
+                betas[i] = beta
+        return torch.stack([beta for beta in betas if beta is not None])
 
     def _class_sums(self, excluded: frozenset[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """For the fit without ``excluded``: per (sampled class, group) the sums of ``r (z - s/n)`` ``[C, G,
         n]`` and of ``r`` ``[C, G]`` over the group's pairs (``r`` the residuals), and ``Q_k(g)`` per class
-        ``[C, n]``; cached per ``excluded``."""
+        ``[C, n]``; computed together for :meth:`_family` and cached."""
         if excluded not in self._sums:
-            beta = self._fit(excluded)
-            resid = self.d - self.x @ beta
+            sets = [e for e in self._family(excluded) if e not in self._sums]
+            betas = self._fits(sets)  # [E, p]
+            resid = self.d[:, None] - self.x @ betas.T  # [rows, E]
             c, g, n = self._counts.shape[0], self._counts.shape[1], self.n
-            self._sums[excluded] = (
-                (self._sum_rows @ (resid[:, None] * self._centred)).reshape(c, g, n),
-                (self._sum_rows @ resid).reshape(c, g),
-                (self._contrasts @ beta).reshape(c, n),
-            )
+            rz = (self._sum_rows @ (resid.T[:, :, None] * self._centred[None])).reshape(len(sets), c, g, n)
+            rs = (self._sum_rows @ resid).T.reshape(len(sets), c, g)
+            contrasts = (betas @ self._contrasts.T).reshape(len(sets), c, n)
+            for i, e in enumerate(sets):
+                self._sums[e] = (rz[i], rs[i], contrasts[i])
         return self._sums[excluded]
 
     def estimate(self, deleted: int | None = None) -> torch.Tensor:
