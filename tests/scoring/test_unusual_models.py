@@ -19,6 +19,7 @@ from scar.scoring import CoalitionScorer
 from scar.scoring.model import inspect_model, trie_exactness
 from scar.scoring.padded import pad_right, padding_exactness
 from scar.scoring.scorer import ExactnessError
+from scar_kernels.ops import has_extension
 
 PROMPT = [60, 85, 28, 90, 58]
 RESPONSE = [63, 62, 75, 76, 69, 28, 43, 35, 25, 89, 90, 75]
@@ -72,6 +73,9 @@ def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, k
     also in passes on top of the cached prompt."""
     model = tiny_model(kind)
     assert trie_exactness(model)[0]
+    if has_extension():  # an explicit kernel is probed the same way and refused with the probe's reason
+        with pytest.raises(ValueError, match="attention='kernel' is not available: attention='kernel' raised"):
+            CoalitionScorer(model, backend="trie", attention="kernel")
     scorer = CoalitionScorer(model, backend="auto", max_tokens_per_pass=24)
     assert scorer.backend == "trie" and scorer.attention == "mask"
     got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
