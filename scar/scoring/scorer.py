@@ -378,7 +378,7 @@ class CoalitionScorer:
         window = self.info.attention_window
         with torch.no_grad():
             if self.backend == "trie" and window is not None and longest >= window:
-                scores = self._run_beside_window(games, lengths, window, stats)
+                scores = self._run_beside_window(games, lengths, longest, window, stats)
             else:
                 scores = self._run(games, forest, members, layout, stats, self.backend, self.max_tokens_per_pass)
             if self.backend != "loop" and self.config.verify and stats.coalitions:
@@ -387,10 +387,11 @@ class CoalitionScorer:
         return scores
 
     def _run_beside_window(
-        self, games: list[Game], lengths: list[torch.Tensor], window: int, stats: ScorerStats
+        self, games: list[Game], lengths: list[torch.Tensor], longest: int, window: int, stats: ScorerStats
     ) -> list[torch.Tensor]:
-        """Scores per game when some coalitions reach the model's sliding window: the shorter ones on the trie
-        (the window changes nothing for them), the others in padded batches, where the model applies it."""
+        """Scores per game when some coalitions reach the model's sliding window (``lengths``: each game's
+        coalition lengths, ``longest`` their maximum): the shorter ones on the trie (the window changes nothing
+        for them), the others in padded batches, where the model applies it."""
         near = [ln >= window for ln in lengths]
         stats.batched_coalitions = int(sum(int(m.sum()) for m in near))
         logger.info(
@@ -399,7 +400,6 @@ class CoalitionScorer:
             window,
         )
         scores = [torch.empty(g.n_coalitions, dtype=torch.float64) for g in games]
-        longest = max(int(ln.max()) for ln in lengths if ln.numel())
         for batched in (False, True):
             rows = [m if batched else ~m for m in near]
             part = [(i, dataclasses.replace(games[i], bits=games[i].bits[r])) for i, r in enumerate(rows) if r.any()]
@@ -444,7 +444,7 @@ class CoalitionScorer:
             forest,
             layout,
             self._read_scores,
-            self.max_tokens_per_pass,
+            pass_tokens,
             self._packed_base,
             stats,
             attention=self.attention if self.attention in ("kernel", "flex") else "kernel",
