@@ -27,6 +27,7 @@ __all__ = [
     "inspect_model",
     "trie_exactness",
     "probe_ids",
+    "probe_error",
     "error_summary",
     "evaluation_mode",
     "model_dtype",
@@ -391,8 +392,9 @@ def _plain_states(model: nn.Module, info: RewardModelInfo, ids: list[int]) -> to
         ]
 
 
-def _probe_error(model: nn.Module, got: torch.Tensor, want: torch.Tensor) -> float | None:
-    """The largest difference of two probes' hidden states when it exceeds rounding in the model's dtype."""
+def probe_error(model: nn.Module, got: torch.Tensor, want: torch.Tensor) -> float | None:
+    """The largest difference of a probe's outputs from their reference when it exceeds rounding in the model's
+    dtype (relative to ``1 + max |want|``); None when it does not."""
     dtype = model_dtype(model)
     tol = 1e-3 if dtype == torch.float32 or dtype == torch.float64 else 5e-2
     err = float((got.float() - want.float()).abs().max())
@@ -409,7 +411,7 @@ def _probe_packed_equals_deleted(model: nn.Module, info: RewardModelInfo) -> str
     packed = _packed_states(model, info, ids + [ids[4], ids[5]], [0, 1, 2, 3, 4, 5, 2, 3], [8, 8, 6, 6, 6, 6, 8, 8])
     full, deleted = _plain_states(model, info, ids), _plain_states(model, info, kept)
     for name, got, want in (("kept", packed[:6], full), ("deleted", packed[6:], deleted[2:])):
-        err = _probe_error(model, got, want)
+        err = probe_error(model, got, want)
         if err is not None:
             return (
                 f"probe: the packed forward differs from the {name} sequence by {err:.3g} "
@@ -446,7 +448,7 @@ def _probe_window_by_position(model: nn.Module, info: RewardModelInfo) -> str | 
     position += [len(prompt) + k for k in range(len(branch))]
     horizon = [len(pack)] * len(prompt) + horizon + [len(pack)] * len(branch)
     packed = _packed_states(model, info, pack, position, horizon)[-len(branch) :]
-    err = _probe_error(model, packed, _plain_states(model, info, prompt + branch)[-len(branch) :])
+    err = probe_error(model, packed, _plain_states(model, info, prompt + branch)[-len(branch) :])
     if err is not None:
         return (
             f"probe: with sliding_window={window}, a branch {len(pack) - len(branch) - len(prompt)} packed tokens "

@@ -25,7 +25,7 @@ from scar.scoring.model import (
     evaluation_mode,
     inspect_model,
     model_device,
-    model_dtype,
+    probe_error,
     probe_ids,
 )
 
@@ -92,7 +92,7 @@ def padding_exactness(model: nn.Module, info: RewardModelInfo | None = None) -> 
         info = inspect_model(model)
     ids = probe_ids(info.vocab_size, 7, {t for t in (info.pad_token_id,) if t is not None})
     rows = [ids[:3], ids]
-    device, dtype = model_device(model), model_dtype(model)
+    device = model_device(model)
     batch, mask = (t.to(device) for t in pad_right(rows, info.pad_token_id if info.pad_token_id is not None else 0))
     pairs: list[tuple[str, torch.Tensor, list[torch.Tensor]]] = []
     with evaluation_mode(model), torch.no_grad():
@@ -115,16 +115,15 @@ def padding_exactness(model: nn.Module, info: RewardModelInfo | None = None) -> 
         except Exception as err:
             if not pairs:  # an encoder-decoder's base needs decoder inputs: its logits decide
                 return False, f"probe: the padded forward raised {error_summary(err)}"
-    tol = 1e-3 if dtype in (torch.float32, torch.float64) else 5e-2
     for what, padded, alone in pairs:
         for i, row in enumerate(rows):
-            got, want = padded[i].float(), alone[i].float()
+            got, want = padded[i], alone[i]
             if what == "hidden states":
                 if padded.shape[1] != batch.shape[1] or want.shape[0] != len(row):
                     continue  # the base pools or downsamples: the logits decide
                 got = got[: len(row)]
-            gap = float((got - want).abs().max())
-            if not gap <= tol * (1.0 + float(want.abs().max())):
+            gap = probe_error(model, got, want)
+            if gap is not None:
                 return False, (
                     f"probe: right padding changes the real tokens' {what} by {gap:.3g} "
                     f"({info.model_type or type(model).__name__} does not honour the attention mask)"
