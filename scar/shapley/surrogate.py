@@ -299,7 +299,6 @@ class RegressionAdjustment:
         self.ridge[surrogate_feature_count(n, order) :] = SURROGATE_SIZE_RIDGE
         self.weight = w
         self._cheap_downdate = int((self.row_group >= 0).sum()) < p
-        self._downdates: dict[frozenset[int], torch.Tensor | None] = {}
         # Sampled classes by jackknife group: each fit's residual sums per (class, group) are then one product.
         c, g, rows_all = len(self.classes), len(self.used), self.x.shape[0]
         slot = {j: i for i, j in enumerate(self.used)}
@@ -343,14 +342,19 @@ class RegressionAdjustment:
         own = weights[None, :, None] * _contrast_matrix(self.n, 1, k)[:, None, :]  # [n, B, n]
         return torch.cat([shared, own.reshape(self.n, -1)], dim=1)
 
-    def _direct(self, sets: list[frozenset[int]]) -> torch.Tensor:
-        """Coefficients ``[E, p]`` fitted without each set of groups: the ``p x p`` normal equations, solved
-        together."""
+    def _normal_equations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, b)`` of the fit on every group: the fixed rows, every group's rows and the ridge."""
         a = self.gram_fixed + torch.diag(self.ridge)
         b = self.rhs_fixed.clone()
         for j in self.used:
             a = a + self.gram[j]
             b = b + self.rhs[j]
+        return a, b
+
+    def _direct(self, sets: list[frozenset[int]]) -> torch.Tensor:
+        """Coefficients ``[E, p]`` fitted without each set of groups: the ``p x p`` normal equations, solved
+        together."""
+        a, b = self._normal_equations()
         drop = torch.tensor([[float(j in e) for j in self.used] for e in sets], dtype=torch.float64)  # [E, G]
         grams = torch.stack([self.gram[j] for j in self.used])  # [G, p, p]
         rhss = torch.stack([self.rhs[j] for j in self.used])  # [G, p]
@@ -371,23 +375,14 @@ class RegressionAdjustment:
     def _downdated(self, excluded: frozenset[int]) -> torch.Tensor | None:
         """The same coefficients from the fit on every group, with the excluded groups' rows removed by the
         Woodbury identity (cheaper when the sampled pairs are fewer than the coefficients); None when the
-        result does not satisfy its normal equations to rounding. The first call computes, in one batch, the
-        fits without every group and every pair of groups (what the estimate and its jackknife replicates
-        use)."""
-        if excluded not in self._downdates:
-            sets = [e for e in self._family(excluded) if e not in self._downdates]
-            self._downdates.update(zip(sets, self._downdate_batch(sets)))
-        return self._downdates[excluded]
+        result does not satisfy its normal equations to rounding."""
+        return self._downdate_batch([excluded])[0]
 
     def _downdate_batch(self, sets: list[frozenset[int]]) -> list[torch.Tensor | None]:
         """:meth:`_downdated` for each set of excluded groups, as batched products and solves: with ``V = A^-1 X'``
         and ``K = X V`` over the sampled rows, removing rows ``S`` gives ``beta + V_S c`` where
         ``(W_S^-1 - K_SS) c' = X_S beta - K_SS (w d)_S`` and ``c = c' - (w d)_S``."""
-        a = self.gram_fixed + torch.diag(self.ridge)
-        b = self.rhs_fixed.clone()
-        for j in self.used:
-            a = a + self.gram[j]
-            b = b + self.rhs[j]
+        a, b = self._normal_equations()
         chol, info = torch.linalg.cholesky_ex(a)
         if int(info) != 0:  # pragma: no cover - the ridge keeps the system positive definite
             return [None] * len(sets)
@@ -424,9 +419,9 @@ class RegressionAdjustment:
     def _fits(self, sets: list[frozenset[int]]) -> torch.Tensor:
         """Coefficients ``[E, p]`` fitted without each set of groups: downdated where that is cheaper and passes
         its check, else solved."""
-        betas: list[torch.Tensor | None] = [self._downdated(e) for e in sets] if self._cheap_downdate else []
-        if not betas:
+        if not self._cheap_downdate:
             return self._direct(sets)
+        betas = self._downdate_batch(sets)
         missing = [i for i, beta in enumerate(betas) if beta is None]
         if missing:
             for i, beta in zip(missing, self._direct([sets[i] for i in missing])):
