@@ -22,6 +22,8 @@ import transformers as tf
 
 from scar.scoring import CoalitionScorer
 from scar.shapley import plan
+from scar_bench.measure import bench_threads
+from scar_bench.workloads import span_players
 
 ARCHITECTURES = {"mistral": "MistralConfig", "gemma2": "Gemma2Config"}
 FULL = dict(prompt=256, response=64, players=16, permutations=32, layers=4, width=256, window=4096)
@@ -35,10 +37,8 @@ def size(bench_full) -> dict:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with bench_threads():
+        yield
 
 
 @lru_cache(maxsize=4)
@@ -54,8 +54,7 @@ def _instance(kind: str, full: bool):
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(3, 1000, (w["prompt"],), generator=gen)
     response = torch.randint(3, 1000, (w["response"],), generator=gen)
-    bounds = [round(j * w["response"] / w["players"]) for j in range(w["players"] + 1)]
-    players = list(zip(bounds[:-1], bounds[1:]))
+    players = span_players(w["response"], w["players"])
     coalitions = plan(w["players"], method="permutation", budget=w["permutations"], seed=0).coalitions
     return model, (prompt, response, players, coalitions, [2])
 

@@ -6,12 +6,17 @@ scored) per response, at each method's default budget and at a few fixed ones, o
 Prints a markdown table of the median over ``--rounds`` calls (after one), one torch thread.
 """
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 from scar.shapley import plan
+from scar_bench.measure import bench_threads
 
 METHODS = ("kernel", "stratified")
 
@@ -35,17 +40,17 @@ def main() -> None:
     parser.add_argument("--budgets", default="100,200,400", help="fixed budgets measured at 16 players")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    torch.set_num_threads(1)
     rows = [(int(n), None) for n in args.players.split(",")] + [(16, int(b)) for b in args.budgets.split(",")]
     print("| players | budget | " + " | ".join(f"`{m}`" for m in METHODS) + " |")
     print("|---" * (len(METHODS) + 2) + "|")
-    for n, budget in rows:
-        cells, used = [], None
-        for method in METHODS:
-            used, seconds = finish_seconds(n, method, budget, args.rounds)
-            cells.append(f"{seconds * 1e3:.1f} ms")
-        label = f"{used} (default)" if budget is None else str(used)
-        print(f"| {n} | {label} | " + " | ".join(cells) + " |", flush=True)
+    with bench_threads():
+        for n, budget in rows:
+            cells, used = [], None
+            for method in METHODS:
+                used, seconds = finish_seconds(n, method, budget, args.rounds)
+                cells.append(f"{seconds * 1e3:.1f} ms")
+            label = f"{used} (default)" if budget is None else str(used)
+            print(f"| {n} | {label} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
