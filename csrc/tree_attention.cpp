@@ -1,7 +1,8 @@
 // CPU forward of tree ("horizon-masked") attention.
 //
-//   out = softmax(q k^T * scale + mask) v,   query q may attend key k  <=>  k <= q < horizon[k]
-//   (plus every key of an optional cached prefix, visible to all queries).
+//   out = softmax(cap(q k^T * scale) + mask) v,   query q may attend key k  <=>  k <= q < horizon[k]
+//   (plus every key of an optional cached prefix, visible to all queries), where cap(x) = softcap tanh(x / softcap)
+//   when a logit soft-cap is given (Gemma 2) and cap(x) = x otherwise.
 //
 // Flash-style, with the keys of each query block listed rather than tiled. A work item is a block of
 // block_q queries [q0, q1) and one kv head (every query head of its group, so a grouped kv head is read once
@@ -316,6 +317,40 @@ __attribute__((always_inline)) inline void exp_nonpositive(typename C::V& y, con
   y = small ? zero : p * scale;
 }
 
+// Logit soft-capping of a segment's scores s^T [cnt][BQ] and of their maxima mt: x -> cap tanh(x / cap), the
+// masked scores (-inf) left as they are. tanh(y) = sign(y) (1 - e) / (1 + e) with e = exp(-2 |y|) <= 1, so the
+// exp above serves (absolute error about 1e-7 of cap). tanh is increasing, so the capped maxima stay maxima.
+template <class C>
+__attribute__((always_inline)) inline void softcap_vector(typename C::V& x, float cap, float inv_cap) {
+  using V = typename C::V;
+  using VI = typename C::VI;
+  const V zero = {}, one = zero + 1.0f, neg_inf = zero + kNegInf;
+  const V y = x * inv_cap;
+  const VI negative = y < zero;
+  const V a = negative ? zero - y : y;
+  V e;
+  exp_nonpositive<C>(e, zero - (a + a));
+  const V t = (one - e) / (one + e) * cap;
+  const VI masked = x == neg_inf;
+  x = masked ? neg_inf : (negative ? zero - t : t);
+}
+
+template <class C>
+__attribute__((always_inline)) inline void softcap_segment(float* s, int64_t cnt, RowMax<C>& mt, float cap) {
+  using V = typename C::V;
+  constexpr int QV = C::QV, W = C::W, BQ = QV * W;
+  const float inv_cap = 1.0f / cap;
+  for (int64_t c = 0; c < cnt; ++c) {
+    for (int b = 0; b < QV; ++b) {
+      V x;
+      load(x, s + c * BQ + b * W);
+      softcap_vector<C>(x, cap, inv_cap);
+      store(s + c * BQ + b * W, x);
+    }
+  }
+  for (int b = 0; b < QV; ++b) softcap_vector<C>(mt.v[b], cap, inv_cap);
+}
+
 // One online-softmax step over a segment's scores s^T [cnt][BQ] (scaled and masked), whose largest score per
 // query is mt: replace the scores by p = exp(s - new max), update the running max m and sum l of every query,
 // and return in alpha the factor exp(old max - new max) that the accumulators still have to be rescaled by.
@@ -383,7 +418,8 @@ struct Inputs {
   const uint8_t* head_bad;    // [Hkv]: the kv head holds such a key (packed or prefix)
   int64_t N, P, D, Hkv, group, block_q, block_k;
   float scale;
-  float* out;  // [H, N, D]
+  float softcap;  // > 0: scores are soft-capped to (-softcap, softcap); 0: not
+  float* out;     // [H, N, D]
 };
 
 // Touches the rows that a work item reads first from memory (its queries, and the k and v rows of its own
@@ -554,6 +590,7 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
         } else {
           score_segment<C, true>(qt, D, keys, kpos, khz, r0, cnt, s, mt);
         }
+        if (in.softcap > 0.0f) softcap_segment<C>(s, cnt, mt, in.softcap);
         float alpha[BQ];
         softmax_step<C>(s, cnt, mt, sc.m.data() + g * BQ, sc.l.data() + g * BQ, alpha);
         value_update<C>(s, sc.vrow.data(), cnt, kpos, r0, sc.acc.data() + g * BQ * D, D, alpha, nr);
@@ -650,8 +687,8 @@ void check_qkv(const at::Tensor& t, const char* name) {
 
 at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                           const at::Tensor& horizon, double scale_d, const std::optional<at::Tensor>& prefix_k_in,
-                          const std::optional<at::Tensor>& prefix_v_in, int64_t block_q, int64_t block_k,
-                          const std::string& isa) {
+                          const std::optional<at::Tensor>& prefix_v_in, double softcap, int64_t block_q,
+                          int64_t block_k, const std::string& isa) {
   check_qkv(q_in, "q");
   check_qkv(k_in, "k");
   check_qkv(v_in, "v");
@@ -669,6 +706,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
                     ") must be a multiple of the number of key/value heads (", Hkv, ")");
   TORCH_CHECK_VALUE(D >= 1, "tree_attention: head_dim must be >= 1");
   TORCH_CHECK_VALUE(std::isfinite(scale_d), "tree_attention: scale must be finite, got ", scale_d);
+  TORCH_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0.0,
+                    "tree_attention: softcap must be a finite number > 0 (or 0 for none), got ", softcap);
   TORCH_CHECK_VALUE(block_q >= 1 && block_k >= 1, "tree_attention: block sizes must be >= 1");
   TORCH_CHECK_VALUE(horizon.device().is_cpu() && horizon.scalar_type() == at::kInt,
                     "tree_attention: horizon must be a CPU int32 tensor, got ", horizon.scalar_type());
@@ -752,6 +791,7 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   in.block_q = std::min(block_q, N);
   in.block_k = std::min(block_k, P + N);  // no segment is longer than the longest key list
   in.scale = static_cast<float>(scale_d);
+  in.softcap = static_cast<float>(softcap);
   in.out = out.data_ptr<float>();
 
   const int64_t n_items = (N + in.block_q - 1) / in.block_q * Hkv;  // (query block, kv head), kv head fastest

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from scar_kernels.layout import check_horizon
-from scar_kernels.tree_attention import validate_tree_attention_inputs
+from scar_kernels.tree_attention import check_softcap, validate_tree_attention_inputs
 
 __all__ = [
     "COMPILE_BY_DEVICE",
@@ -256,6 +256,20 @@ def _poisoned_queries(bad: Tensor, horizon: Tensor, prefix_len: int) -> Tensor:
     return (delta[:, :n].cumsum(dim=1) > 0) | prefix_bad
 
 
+def _softcap_mod(softcap: float, device: torch.device) -> Callable[..., Tensor]:
+    """The ``score_mod`` of a logit soft-cap (``flex_attention`` applies the scale before it).
+
+    The cap is captured as a tensor: the compiled ``flex_attention`` (``dynamic=True``) would turn a captured
+    Python float into a symbolic scalar that its lowering does not take.
+    """
+    cap = torch.tensor(softcap, dtype=torch.float32, device=device)
+
+    def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return torch.tanh(score / cap) * cap
+
+    return score_mod
+
+
 def flex_tree_attention(
     q: Tensor,
     k: Tensor,
@@ -264,6 +278,7 @@ def flex_tree_attention(
     scale: float | None = None,
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
+    softcap: float | None = None,
     *,
     block_mask: Any = None,
     compiled: bool | None = None,
@@ -276,6 +291,7 @@ def flex_tree_attention(
         horizon: int32 ``[N]``.
         scale: score scale, default ``D ** -0.5``.
         prefix_k, prefix_v: optional cached-prefix keys/values ``[Hkv, P, D]`` visible to every query.
+        softcap: logit soft-cap, ``softcap * tanh(score / softcap)`` as a ``score_mod`` (None: none).
         block_mask: the pack's mask from :func:`tree_block_mask` (same ``horizon`` and ``P``), so that the
             layers of one forward share it; built here when None.
         compiled: run the compiled ``flex_attention`` (None: :data:`COMPILE_BY_DEVICE` of ``q``'s device).
@@ -289,6 +305,7 @@ def flex_tree_attention(
         TypeError / ValueError: inputs that break the layout contract, or a block mask of another shape.
     """
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=block_mask is None)
+    cap = check_softcap(softcap)
     kind = q.device.type
     if compiled is None:
         compiled = COMPILE_BY_DEVICE.get(kind, False)
@@ -331,6 +348,7 @@ def flex_tree_attention(
                 keys[None],
                 values[None],
                 block_mask=block_mask,
+                score_mod=_softcap_mod(cap, q.device) if cap else None,
                 scale=dim**-0.5 if scale is None else float(scale),
                 enable_gqa=heads != kv_heads,
             )[0]

@@ -1,7 +1,8 @@
 """The kernels' one entry point: ``torch.library`` ops and the place that says which implementation runs.
 
-- ``scar::tree_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None) -> out``: attention where
-  query ``i`` sees packed key ``j`` iff ``j <= i < horizon[j]``, plus every cached-prefix key. CPU: the
+- ``scar::tree_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None) -> out``:
+  attention where query ``i`` sees packed key ``j`` iff ``j <= i < horizon[j]``, plus every cached-prefix key,
+  with an optional logit soft-cap (``softcap * tanh(score / softcap)``). CPU: the
   C++ kernel of ``scar_kernels._C`` (else the dense torch reference); CUDA: the Triton kernel. Forward
   only (no autograd formula): it serves reward-model scoring under ``torch.no_grad()``.
 - ``scar::build_pack(coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len,
@@ -51,8 +52,8 @@ from scar_kernels.selection import (
     permutation_prefixes,
     time_candidates,
 )
+from scar_kernels.tree_attention import check_softcap, tree_attention_reference, validate_tree_attention_inputs
 from scar_kernels.tree_attention import tree_attention as triton_tree_attention
-from scar_kernels.tree_attention import tree_attention_reference, validate_tree_attention_inputs
 
 __all__ = [
     "MEASURE_BY_DEVICE",
@@ -129,13 +130,15 @@ def _tree_attention_cpu_kernel(
     scale: float,
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
+    cap = check_softcap(softcap)
     if implementation("tree_attention", "cpu") == "c++":
         module = extension.load()
         assert module is not None
-        return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v)
-    return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v)
+        return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap=cap)
+    return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v, softcap)
 
 
 _tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_args=(), device_types="cpu")(
@@ -144,13 +147,14 @@ _tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_ar
 
 
 @_tree_attention_cpu.register_kernel("cuda")
-def _tree_attention_cuda(q, k, v, horizon, scale, prefix_k=None, prefix_v=None):
-    return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v)
+def _tree_attention_cuda(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None):
+    return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, softcap)
 
 
 @_tree_attention_cpu.register_fake
-def _tree_attention_fake(q, k, v, horizon, scale, prefix_k=None, prefix_v=None):
+def _tree_attention_fake(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None):
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=False)
+    check_softcap(softcap)
     return torch.empty_like(q)
 
 
@@ -162,6 +166,7 @@ def tree_attention(
     scale: float | None = None,
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
+    softcap: float | None = None,
 ) -> Tensor:
     """Tree attention through the ``scar::tree_attention`` op.
 
@@ -172,9 +177,15 @@ def tree_attention(
         horizon: int32 ``[N]`` with ``j < horizon[j] <= N``.
         scale: score scale, default ``D ** -0.5``.
         prefix_k, prefix_v: optional cached-prefix keys/values ``[Hkv, P, D]`` visible to every query.
+        softcap: logit soft-cap: each score becomes ``softcap * tanh(score / softcap)`` before the mask
+            (None: scores as they are).
 
     Returns:
         ``[H, N, D]`` in ``q``'s dtype.
+
+    Raises:
+        TypeError / ValueError: inputs that break the layout contract, or a soft-cap that is not a finite
+            number > 0.
 
     Plain CPU tensors outside autograd and ``torch.compile`` (reward-model scoring) call the op's CPU kernel
     function directly: the same function the dispatcher would run, without the round trip through it.
@@ -187,8 +198,8 @@ def tree_attention(
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_compiling()
     ):
-        return _tree_attention_cpu_kernel(q, k, v, horizon, float(scale), prefix_k, prefix_v)
-    return torch.ops.scar.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v)
+        return _tree_attention_cpu_kernel(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap)
+    return torch.ops.scar.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -326,6 +337,7 @@ def flex_tree_attention(
     scale: float | None = None,
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
+    softcap: float | None = None,
     *,
     block_mask: Any = None,
     compiled: bool | None = None,
@@ -336,7 +348,9 @@ def flex_tree_attention(
     of one forward share one mask; ``compiled`` overrides :data:`~scar_kernels.flex.COMPILE_BY_DEVICE`. See
     :func:`scar_kernels.flex.flex_tree_attention`.
     """
-    return _flex_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, block_mask=block_mask, compiled=compiled)
+    return _flex_tree_attention(
+        q, k, v, horizon, scale, prefix_k, prefix_v, softcap, block_mask=block_mask, compiled=compiled
+    )
 
 
 # --------------------------------------------------------------------------------------------------

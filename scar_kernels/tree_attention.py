@@ -9,6 +9,9 @@ computed once is attended without being copied into the packed keys.
 Layout: ``q [H, N, D]``, ``k``/``v`` ``[Hkv, N, D]`` (grouped-query attention: query head ``h`` reads
 kv head ``h // (H // Hkv)``), ``horizon int32 [N]``; output ``[H, N, D]`` in the dtype of ``q``.
 
+With a logit soft-cap (``softcap``, as Gemma 2 uses), each score becomes ``softcap * tanh(score / softcap)``
+before the mask; every implementation applies it the same way.
+
 The kernel is a flash-attention forward (online softmax over key blocks, fp32 accumulation) that skips
 every key block no query of the current query block can see: a key block ``[k0, k1)`` is visible to
 the query block ``[q0, q1)`` iff ``k0 <= q1 - 1`` (causality) and ``max(horizon[k0:k1]) > q0``. The
@@ -41,6 +44,8 @@ __all__ = [
     "tree_attention",
     "tree_attention_reference",
     "validate_tree_attention_inputs",
+    "check_softcap",
+    "soft_cap",
     "block_max_horizon",
     "block_skip_stats",
     "BlockSkipStats",
@@ -143,6 +148,26 @@ def validate_tree_attention_inputs(
             )
 
 
+def check_softcap(softcap: float | None) -> float:
+    """The logit soft-cap as the kernels take it: ``0.0`` for none, else a finite float ``> 0``.
+
+    Raises:
+        ValueError: a soft-cap that is not a finite number ``> 0`` (or None).
+    """
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) or softcap <= 0:
+        raise ValueError(f"tree_attention: softcap must be None or a finite number > 0, got {softcap!r}")
+    return float(softcap)
+
+
+def soft_cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """``softcap * tanh(scores / softcap)`` (logit soft-capping, as Gemma 2 applies it); ``scores`` when None."""
+    if softcap is None:
+        return scores
+    return torch.tanh(scores / softcap) * softcap
+
+
 # --------------------------------------------------------------------------------------------------
 # Torch reference (dense mask)
 # --------------------------------------------------------------------------------------------------
@@ -154,13 +179,17 @@ def tree_attention_reference(
     scale: float,
     prefix_k: torch.Tensor | None = None,
     prefix_v: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Dense torch reference: ``softmax(q k^T * scale + mask) v`` in fp32, returned in ``q``'s dtype.
+    """Dense torch reference: ``softmax(cap(q k^T * scale) + mask) v`` in fp32, returned in ``q``'s dtype.
+
+    ``cap`` is :func:`soft_cap` with ``softcap`` (the identity when None).
 
     A key whose ``k`` or ``v`` row is not finite is zeroed, and the queries that see it are set to NaN
     (see the module docstring), so it never reaches a query that may not see it.
     """
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
+    softcap = check_softcap(softcap) or None
     H, N = q.shape[:2]
     group = H // k.shape[0]
     if prefix_k is not None and prefix_v is not None:
@@ -173,7 +202,7 @@ def tree_attention_reference(
     bad = ~(torch.isfinite(kf).all(dim=-1) & torch.isfinite(vf).all(dim=-1))  # [H, P + N]
     kf = kf.masked_fill(bad[..., None], 0.0)
     vf = vf.masked_fill(bad[..., None], 0.0)
-    scores = torch.matmul(q.float(), kf.transpose(1, 2)) * scale
+    scores = soft_cap(torch.matmul(q.float(), kf.transpose(1, 2)) * scale, softcap)
     scores = scores.masked_fill(~visible, float("-inf"))
     out = torch.matmul(torch.softmax(scores, dim=-1), vf)
     # Queries that see a bad key: a count of visible bad keys per (head, query), exact in fp32.
@@ -313,6 +342,20 @@ def _get_kernel():
         raise RuntimeError(f"tree_attention (Triton): triton is not importable ({exc})") from exc
 
     @triton.jit
+    def _capped_scores(s, cap_scale, SOFTCAP: tl.constexpr):
+        """Base-2 logits of the raw scores ``s`` (already times the scale, or times scale / cap with SOFTCAP):
+        with SOFTCAP, ``cap_scale * tanh(s)`` where cap_scale is ``cap * log2(e)``; tanh(y) = sign(y) (1 - e) /
+        (1 + e) with e = exp(-2 |y|), which needs only exp2."""
+        if SOFTCAP:
+            e = tl.exp2(tl.abs(s) * -2.8853900817779268)  # exp(-2 |y|)
+            t = (1.0 - e) / (1.0 + e)
+            s = tl.where(s < 0, -t, t) * cap_scale
+        return s
+
+    # The kernel finds its helper among this module's globals, as Triton resolves the names a kernel calls.
+    globals()["_capped_scores"] = _capped_scores
+
+    @triton.jit
     def _tree_attention_fwd(
         Q,
         K,
@@ -325,6 +368,7 @@ def _get_kernel():
         N,
         P,
         qk_scale,
+        cap_scale,
         GROUP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -333,6 +377,7 @@ def _get_kernel():
         HAS_PREFIX: tl.constexpr,
         DOT_FP32: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
+        SOFTCAP: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         h = tl.program_id(1)
@@ -389,7 +434,9 @@ def _get_kernel():
                     kp = tl.where(p_bad[:, None] > 0, tl.zeros_like(kp), kp)
                     vp = tl.where(p_bad[:, None] > 0, tl.zeros_like(vp), vp)
                     poisoned = tl.full([BLOCK_M], 1, dtype=tl.int32)
-                s = tl.dot(q, tl.trans(kp), input_precision=DOT_PRECISION) * qk_scale
+                s = _capped_scores(
+                    tl.dot(q, tl.trans(kp), input_precision=DOT_PRECISION) * qk_scale, cap_scale, SOFTCAP
+                )
                 s = tl.where(p_ok[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -429,7 +476,9 @@ def _get_kernel():
                     kt = tl.where(k_bad[:, None] > 0, tl.zeros_like(kt), kt)
                     vt = tl.where(k_bad[:, None] > 0, tl.zeros_like(vt), vt)
                     poisoned = tl.maximum(poisoned, tl.max(tl.where(vis & (k_bad[None, :] > 0), 1, 0), 1))
-                s = tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION) * qk_scale
+                s = _capped_scores(
+                    tl.dot(q, tl.trans(kt), input_precision=DOT_PRECISION) * qk_scale, cap_scale, SOFTCAP
+                )
                 s = tl.where(vis, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -470,6 +519,7 @@ def tree_attention(
     scale: float | None = None,
     prefix_k: torch.Tensor | None = None,
     prefix_v: torch.Tensor | None = None,
+    softcap: float | None = None,
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -482,12 +532,14 @@ def tree_attention(
         horizon: int32 ``[N]``; query ``i`` sees key ``j`` iff ``j <= i < horizon[j]``.
         scale: softmax scale (default ``D ** -0.5``).
         prefix_k, prefix_v: optional cached-prompt keys/values ``[Hkv, P, D]`` visible to all queries.
+        softcap: logit soft-cap: scores become ``softcap * tanh(score / softcap)`` before the mask (None: not).
         block_m, block_n: tile sizes (powers of two >= 16); picked from ``N`` and ``D`` when omitted.
         check_values: verify ``j < horizon[j] <= N`` (one device sync on CUDA).
 
     Tensors must be CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``. Head dims 16..128.
     """
     validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=check_values)
+    cap = check_softcap(softcap)
     H, N, D = q.shape
     if not 16 <= D <= 128:
         raise ValueError(f"tree_attention (Triton): head_dim must be in [16, 128], got {D}")
@@ -524,7 +576,9 @@ def tree_attention(
         out,
         N,
         P,
-        scale * math.log2(math.e),
+        # exp2-based softmax: log2(e) goes into the scale, or into the cap's factor when scores are capped
+        scale / cap if cap else scale * math.log2(math.e),
+        cap * math.log2(math.e),
         GROUP=H // k.shape[0],
         HEAD_DIM=D,
         BLOCK_D=max(16, 1 << (D - 1).bit_length()),
@@ -534,5 +588,6 @@ def tree_attention(
         DOT_FP32=dot_fp32,
         # fp32 operands: IEEE products (no TF32 rounding), so fp32 results match the reference.
         DOT_PRECISION="ieee" if dot_fp32 else None,
+        SOFTCAP=cap > 0,
     )
     return out
