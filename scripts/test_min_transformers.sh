@@ -38,6 +38,7 @@ TESTS=(
     tests/scoring/test_scorer_models.py
     tests/scoring/test_reliability.py
     tests/scoring/test_sliding_window.py
+    tests/scoring/test_softcap_scoring.py
     tests/credit/test_attribution_many.py
 )
 VERL_TESTS=(

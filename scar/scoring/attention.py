@@ -82,9 +82,9 @@ def _prefix_for_layer(prefix: Any, layer_idx: int) -> tuple[torch.Tensor, torch.
     )
 
 
-# Arguments of transformers' attention calls that change the attention itself (logit soft-capping, attention
-# sinks, additive position biases, sparse key selection): the tree attention computes none of them.
-_UNSUPPORTED = ("softcap", "s_aux", "sinks", "position_bias", "indices", "block_indices")
+# Arguments of transformers' attention calls that change the attention itself (attention sinks, additive position
+# biases, sparse key selection): the tree attention computes none of them. Logit soft-capping (``softcap``) it does.
+_UNSUPPORTED = ("s_aux", "sinks", "position_bias", "indices", "block_indices")
 
 
 def scar_tree_attention(
@@ -100,7 +100,8 @@ def scar_tree_attention(
     """transformers attention function for a packed prefix-tree (registered as ``"scar_tree"``).
 
     Takes ``query [1, H, N, D]`` and ``key``/``value`` ``[1, Hkv, N, D]`` as transformers passes them,
-    ``scar_horizon`` (and optionally ``scar_prefix`` and ``scar_block_mask``) from ``kwargs``; returns
+    ``scar_horizon`` (and optionally ``scar_prefix`` and ``scar_block_mask``) from ``kwargs``, and applies the
+    logit soft-cap the model passes as ``softcap`` (Gemma 2); returns
     ``([1, N, H, D], None)`` like transformers' own attention functions (no attention weights).
     """
     horizon = kwargs.get("scar_horizon")
@@ -153,6 +154,7 @@ def scar_tree_attention(
         scaling if scaling is not None else query.shape[-1] ** -0.5,
         prefix_k,
         prefix_v,
+        kwargs.get("softcap"),
     )
     block_mask = kwargs.get("scar_block_mask")
     if block_mask is not None:

@@ -83,7 +83,7 @@ def test_the_window_acts_on_the_long_coalitions_only(tiny_model) -> None:
     [
         ("mistral", {"sliding_window": WINDOW}, None),
         ("gemma3_text", {}, None),
-        ("gemma2", {}, "softcap"),
+        ("gemma2", {}, None),  # soft-capped logits: the kernel caps them too
         ("gpt_oss", {}, "s_aux"),
     ],
 )
