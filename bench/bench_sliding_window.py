@@ -3,9 +3,10 @@ while the trie refused every windowed model.
 
 Workload (full size, ``pytest bench/bench_sliding_window.py --benchmark-only``): random-weight Mistral and
 Gemma 2 sequence classifiers (4 layers, width 256, sliding window 4,096 tokens; Gemma 2 alternates windowed
-and full layers and soft-caps its attention logits, so the trie runs its dense mask), a 256-token prompt, a
+and full layers and soft-caps its attention logits), a 256-token prompt, a
 64-token response cut into 16 span players and the distinct coalitions of ``method="permutation"``'s plan at 32
-permutations (what the library scores for that estimate). Each
+permutations (what the library scores for that estimate). Paths: ``batched``, ``auto`` (the trie on the
+tree-attention kernel) and ``trie-mask`` (the trie on the model's own attention with a dense mask). Each
 row records the tokens computed, the passes, the backend that ran and the median wall time (one torch thread);
 every row's values equal ``batched`` to float32 rounding. With benchmarks disabled (as CI runs) the same code
 runs once at a tiny size with a 32-token window, where a second call with a longer response checks that the
@@ -66,12 +67,15 @@ def _batched(kind: str, full: bool) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("backend", ["batched", "auto"])
+@pytest.mark.parametrize("backend", ["batched", "auto", "trie-mask"])
 def test_windowed_model(benchmark, size: dict, kind: str, backend: str) -> None:
     full = size is FULL
     model, args = _instance(kind, full)
-    scorer = CoalitionScorer(model, backend=backend)
-    assert scorer.backend == ("trie" if backend == "auto" else "batched")
+    if backend == "trie-mask":  # the trie on the model's own attention with the dense mask, beside the kernel
+        scorer = CoalitionScorer(model, backend="trie", attention="mask")
+    else:
+        scorer = CoalitionScorer(model, backend=backend)
+    assert scorer.backend == ("batched" if backend == "batched" else "trie")
     values = benchmark.pedantic(scorer.score, args=args, rounds=3, iterations=1, warmup_rounds=1)
     s = scorer.stats
     torch.testing.assert_close(values, _batched(kind, full), atol=1e-4, rtol=0)
@@ -88,6 +92,6 @@ def test_windowed_model(benchmark, size: dict, kind: str, backend: str) -> None:
         long = torch.arange(3, 3 + size["window"])
         wide = [(a * size["window"] // len(args[1]), b * size["window"] // len(args[1])) for a, b in players]
         got = scorer.score(prompt, long, wide, coalitions, suffix)
-        assert (scorer.stats.batched_coalitions > 0) == (backend == "auto")
+        assert (scorer.stats.batched_coalitions > 0) == (backend != "batched")
         want = CoalitionScorer(model, backend="loop").score(prompt, long, wide, coalitions, suffix)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
