@@ -48,10 +48,13 @@ then differs from class to class, and each class's contrasts use its own coeffic
 ``c x_i`` acting on class ``k`` contributes ``c`` times the class's degree-one contrasts), so the closed form and
 the cross-fitting are unchanged.
 
-Per-group normal equations are accumulated once; each fit then solves a ``p x p`` system (``p = n`` for order
-1, ``n + comb(n, 3)`` for order 3), or, when the sampled pairs are fewer than ``p``, removes the excluded groups'
-rows from the fit on every group by the Woodbury identity (kept only if it satisfies its normal equations to
-rounding, else solved directly). Surrogates above :data:`SURROGATE_MAX_FEATURES` coefficients are not fitted.
+The fits without each group and each pair of groups are computed together (:attr:`RegressionAdjustment.solver`).
+With fewer rows than coefficients (``p = n`` for order 1, ``n + comb(n, 3)`` for order 3), in the dual form: one
+system of ``rows + n`` unknowns over every row, inverted once, from which removing a group's rows is a Schur
+complement of the size of its rows. Otherwise each fit solves its ``p x p`` normal equations (per-group parts
+accumulated once), or, with fewer sampled pairs than ``p``, removes the excluded groups' rows from the fit on every
+group by the Woodbury identity. A fast fit is kept only if it satisfies its normal equations to rounding, else
+solved directly. Surrogates above :data:`SURROGATE_MAX_FEATURES` coefficients are not fitted.
 """
 
 from __future__ import annotations
@@ -281,24 +284,26 @@ class RegressionAdjustment:
             groups.append(gk)
             sizes.append(torch.full((zk.shape[0],), k, dtype=torch.int64))
         self.x = self._features(torch.cat(reps), torch.cat(sizes))
-        d = torch.cat(diffs)
-        w = torch.cat(weights)
+        self.d = torch.cat(diffs)
+        self.weight = torch.cat(weights)
         self.row_group = torch.cat(groups)
-        self.d = d
-        ends = self._features(torch.ones(1, n, dtype=torch.bool), torch.zeros(1, dtype=torch.int64))
-        xw = self.x * w[:, None]
-        fixed = self.row_group < 0
-        self.gram_fixed = xw[fixed].T @ self.x[fixed] + SURROGATE_END_WEIGHT * ends.T @ ends
-        self.rhs_fixed = xw[fixed].T @ d[fixed] + SURROGATE_END_WEIGHT * ends[0] * (full - base)
         self.used = sorted(set(self.row_group[self.row_group >= 0].tolist()))
-        self.gram = {j: xw[self.row_group == j].T @ self.x[self.row_group == j] for j in self.used}
-        self.rhs = {j: xw[self.row_group == j].T @ d[self.row_group == j] for j in self.used}
+        # every row of the fit: the pairs, then (∅, N) (group -1: in every fit)
+        ends = self._features(torch.ones(1, n, dtype=torch.bool), torch.zeros(1, dtype=torch.int64))
+        self._xa = torch.cat([self.x, ends])
+        self._wa = torch.cat([self.weight, torch.tensor([SURROGATE_END_WEIGHT], dtype=torch.float64)])
+        self._ta = torch.cat([self.d, torch.tensor([full - base], dtype=torch.float64)])
+        self._ga = torch.cat([self.row_group, torch.tensor([-1], dtype=torch.int64)])
         p = self.x.shape[1]
         self.ridge = torch.full((p,), SURROGATE_RIDGE, dtype=torch.float64)
         self.ridge[:n] = _TINY_RIDGE
         self.ridge[surrogate_feature_count(n, order) :] = SURROGATE_SIZE_RIDGE
-        self.weight = w
-        self._cheap_downdate = int((self.row_group >= 0).sum()) < p
+        sampled = int((self.row_group >= 0).sum())
+        self.solver = "dual" if self._xa.shape[0] + n < p else "downdate" if sampled < p else "direct"
+        """How the fits without sets of groups are computed: ``"dual"`` (fewer rows than coefficients: the
+        rows x rows system, rows removed by its inverse's Schur complement), ``"downdate"`` (fewer sampled
+        pairs than coefficients: Woodbury downdates of the fit on every group) or ``"direct"`` (the
+        ``p x p`` normal equations of each fit); any fit that fails its check is solved directly."""
         # Sampled classes by jackknife group: each fit's residual sums per (class, group) are then one product.
         c, g, rows_all = len(self.classes), len(self.used), self.x.shape[0]
         slot = {j: i for i, j in enumerate(self.used)}
@@ -342,22 +347,40 @@ class RegressionAdjustment:
         own = weights[None, :, None] * _contrast_matrix(self.n, 1, k)[:, None, :]  # [n, B, n]
         return torch.cat([shared, own.reshape(self.n, -1)], dim=1)
 
+    @functools.cached_property
+    def _group_equations(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The normal equations' parts: ``(A, b)`` of the fit on every group (the ridge included) and each
+        sampled group's share ``[G, p, p]``, ``[G, p]``."""
+        xw = self._xa * self._wa[:, None]
+        a = xw.T @ self._xa + torch.diag(self.ridge)
+        b = xw.T @ self._ta
+        grams = torch.stack([xw[self._ga == j].T @ self._xa[self._ga == j] for j in self.used])
+        rhss = torch.stack([xw[self._ga == j].T @ self._ta[self._ga == j] for j in self.used])
+        return a, b, grams, rhss
+
     def _normal_equations(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A, b)`` of the fit on every group: the fixed rows, every group's rows and the ridge."""
-        a = self.gram_fixed + torch.diag(self.ridge)
-        b = self.rhs_fixed.clone()
-        for j in self.used:
-            a = a + self.gram[j]
-            b = b + self.rhs[j]
+        a, b, _, _ = self._group_equations
         return a, b
+
+    def _removed(self, sets: list[frozenset[int]]) -> torch.Tensor:
+        """bool ``[E, rows]``: the rows (of :attr:`_xa`) each set of groups removes."""
+        return torch.stack([torch.isin(self._ga, torch.tensor(sorted(e), dtype=torch.int64)) for e in sets])
+
+    def _checked(self, betas: torch.Tensor, removed: torch.Tensor) -> list[torch.Tensor | None]:
+        """Each fit ``betas[e]`` if it satisfies the normal equations of the rows it keeps to rounding,
+        ``ridge beta = X' W (t - X beta)`` over those rows, else None; in ``O(rows p)`` per fit."""
+        keep = (~removed).T.double()  # [rows, E]
+        resid = self._wa[:, None] * keep * (self._ta[:, None] - self._xa @ betas.T)
+        gap = (self.ridge[:, None] * betas.T - self._xa.T @ resid).abs().amax(0)
+        scale = (self._xa.T @ (self._wa[:, None] * keep * self._ta[:, None])).abs().amax(0).clamp(min=1.0)
+        return [betas[e] if float(gap[e]) <= 1e-9 * float(scale[e]) else None for e in range(betas.shape[0])]
 
     def _direct(self, sets: list[frozenset[int]]) -> torch.Tensor:
         """Coefficients ``[E, p]`` fitted without each set of groups: the ``p x p`` normal equations, solved
         together."""
-        a, b = self._normal_equations()
+        a, b, grams, rhss = self._group_equations
         drop = torch.tensor([[float(j in e) for j in self.used] for e in sets], dtype=torch.float64)  # [E, G]
-        grams = torch.stack([self.gram[j] for j in self.used])  # [G, p, p]
-        rhss = torch.stack([self.rhs[j] for j in self.used])  # [G, p]
         a_e = a - torch.einsum("eg,gpq->epq", drop, grams)
         b_e = b - drop @ rhss
         chol, info = torch.linalg.cholesky_ex(a_e)
@@ -408,20 +431,52 @@ class RegressionAdjustment:
         c = torch.where(valid, torch.linalg.solve(m, rhs) - wd[order], 0.0)  # [E, width]
         full = torch.zeros(len(sets), xs.shape[0], dtype=torch.float64).scatter_(1, order, c)  # [E, R]
         betas = beta[:, None] + v @ full.T  # [p, E]
-        # the normal equations without each set's rows, A_S beta_S = b_S, checked without forming A_S
-        keep = masks.T.double()  # [R, E]
-        removed = xs.T @ (ws[:, None] * keep * (xs @ betas))
-        b_s = b[:, None] - xs.T @ (wd[:, None] * keep)
-        gap = (a @ betas - removed - b_s).abs().amax(0)
-        scale = b_s.abs().amax(0).clamp(min=1.0)
-        return [betas[:, e] if float(gap[e]) <= 1e-9 * float(scale[e]) else None for e in range(len(sets))]
+        return self._checked(betas.T, self._removed(sets))
+
+    @functools.cached_property
+    def _dual_inverse(self) -> torch.Tensor:
+        """The inverse of the fit's dual system over every row (see :meth:`_dual_batch`)."""
+        n, rows = self.n, self._xa.shape[0]
+        system = torch.zeros(rows + n, rows + n, dtype=torch.float64)
+        system[:rows, :rows] = (self._xa[:, n:] / self.ridge[n:]) @ self._xa[:, n:].T + torch.diag(1.0 / self._wa)
+        system[:rows, rows:] = self._xa[:, :n]
+        system[rows:, :rows] = self._xa[:, :n].T
+        system[rows:, rows:] = -torch.diag(self.ridge[:n])
+        return torch.linalg.inv(system)
+
+    def _dual_batch(self, sets: list[frozenset[int]]) -> list[torch.Tensor | None]:
+        """The fits without each set of groups in the dual form, for fewer rows than coefficients.
+
+        With the degree-one coefficients ``a`` (ridge ``r``, negligible) and the rest ``c`` (ridge ``L``), the
+        fit's optimality conditions are ``(W^-1 + X_c L^-1 X_c') u + X_a a = t``, ``X_a' u = r a`` and
+        ``c = L^-1 X_c' u`` (``u = W (t - X beta)``, the weighted residuals): a system of ``rows + n``
+        unknowns. Removing the rows ``S`` removes their rows and columns from it; with ``P`` its inverse on
+        every row, the solution without them is ``y - P[:, S] P[S, S]^-1 y[S]`` for ``y = P (t with t[S] =
+        0)``. Each fit is checked like the downdates."""
+        n, rows = self.n, self._xa.shape[0]
+        inv = self._dual_inverse
+        removed = self._removed(sets)  # [E, rows]
+        target = torch.zeros(len(sets), rows + n, dtype=torch.float64)
+        target[:, :rows] = torch.where(removed, 0.0, self._ta)
+        y = target @ inv.T  # [E, rows + n]
+        width = max(1, int(removed.sum(1).max()))
+        order = torch.sort((~removed).to(torch.int8), dim=1, stable=True).indices[:, :width]  # removed rows first
+        valid = torch.gather(removed, 1, order)  # [E, width]
+        pair = valid[:, :, None] & valid[:, None, :]
+        eye = torch.eye(width, dtype=torch.float64).expand(len(sets), -1, -1)
+        block = torch.where(pair, inv[order[:, :, None], order[:, None, :]], eye)
+        c = torch.linalg.solve(block, torch.where(valid, torch.gather(y, 1, order), 0.0))  # [E, width]
+        spread = torch.zeros(len(sets), rows + n, dtype=torch.float64).scatter_(1, order, c)
+        solution = y - spread @ inv.T
+        u = torch.where(removed, 0.0, solution[:, :rows])
+        betas = torch.cat([solution[:, rows:], (u @ self._xa[:, n:]) / self.ridge[n:]], dim=1)  # [E, p]
+        return self._checked(betas, removed)
 
     def _fits(self, sets: list[frozenset[int]]) -> torch.Tensor:
-        """Coefficients ``[E, p]`` fitted without each set of groups: downdated where that is cheaper and passes
-        its check, else solved."""
-        if not self._cheap_downdate:
+        """Coefficients ``[E, p]`` fitted without each set of groups (see :attr:`solver`)."""
+        if self.solver == "direct":
             return self._direct(sets)
-        betas = self._downdate_batch(sets)
+        betas = self._dual_batch(sets) if self.solver == "dual" else self._downdate_batch(sets)
         missing = [i for i, beta in enumerate(betas) if beta is None]
         if missing:
             for i, beta in zip(missing, self._direct([sets[i] for i in missing])):

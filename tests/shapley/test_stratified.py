@@ -326,19 +326,35 @@ def test_order_three_surrogate_makes_a_three_additive_game_exact(monkeypatch: py
     assert float(res.stderr.max()) < 1e-6
 
 
-def test_downdated_fits_match_the_direct_solves() -> None:
-    """Fewer sampled pairs than order-3 coefficients (16 players, 8n): the fits without one or two groups are
-    downdated from the fit on every group; the estimate and every jackknife replicate agree with the ones
-    from solving each fit's normal equations directly."""
-    game = SumOfUnanimityGame(16, terms=30, lo=1, hi=16, seed=7)
-    z, strata, group, y, base, full = _design_values(game, 16, 126, 0)
-    fast = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(16))
-    slow = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(16))
-    assert fast._cheap_downdate
-    assert all(fast._downdated(frozenset(ex)) is not None for ex in ([0], [0, 1], [3, 7]))  # no fallback
-    slow._cheap_downdate = False
+@pytest.mark.parametrize("solver", ["downdate", "dual"])
+@pytest.mark.parametrize("n, budget, lo, hi", [(16, 126, 1, 16), (12, 200, 1, 3), (20, 400, 10, 20)])
+def test_fast_fits_match_the_direct_solves(solver: str, n: int, budget: int, lo: int, hi: int) -> None:
+    """Fewer rows than order-3 coefficients: the fits without one or two groups are downdated from the fit on
+    every group, or solved in the dual form; the coefficients, the estimate and every jackknife replicate agree
+    with the ones from solving each fit's normal equations directly."""
+    game = SumOfUnanimityGame(n, terms=30, lo=lo, hi=hi, seed=7)
+    z, strata, group, y, base, full = _design_values(game, n, budget, 0)
+    fast = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(n))
+    slow = RegressionAdjustment(z, y, strata, group, base, full, 3, _class_masses(n))
+    assert fast.solver == "dual"  # chosen: fewer rows than coefficients
+    fast.solver, slow.solver = solver, "direct"
+    sets = fast._family(frozenset())
+    got = fast._dual_batch(sets) if solver == "dual" else fast._downdate_batch(sets)
+    assert all(beta is not None for beta in got)  # every fit passed its check: no fallback
+    want = slow._direct(sets)
+    scale = float(want.abs().max())
+    torch.testing.assert_close(torch.stack(got), want, rtol=0, atol=1e-7 * max(scale, 1.0))  # both at the rounding of an ill-conditioned fit
     for deleted in [None, *fast.used]:
-        torch.testing.assert_close(fast.estimate(deleted), slow.estimate(deleted), rtol=0, atol=1e-6)
+        torch.testing.assert_close(fast.estimate(deleted), slow.estimate(deleted), rtol=0, atol=1e-7)
+
+
+def test_solver_follows_the_rows_and_coefficients() -> None:
+    """Order 1 (16 coefficients) is solved directly; order 3 (576) in the dual form at 8n, directly once the
+    pairs outnumber the coefficients."""
+    game = SumOfUnanimityGame(16, terms=30, lo=1, hi=16, seed=7)
+    for budget, order, solver in [(126, 1, "direct"), (126, 3, "dual"), (2000, 3, "direct")]:
+        z, strata, group, y, base, full = _design_values(game, 16, budget, 0)
+        assert RegressionAdjustment(z, y, strata, group, base, full, order, _class_masses(16)).solver == solver
 
 
 @pytest.mark.parametrize("order, size_terms", [(1, None), (3, None), (1, "class"), (1, "trend")])
