@@ -315,6 +315,14 @@ def _sampled_pairs(
     return out
 
 
+def _row_strata(strata: list[Stratum], rows: int) -> torch.Tensor:
+    """The index in ``strata`` of each of the design's ``rows`` rows."""
+    index = torch.full((rows,), -1, dtype=torch.int64)
+    for i, st in enumerate(strata):
+        index[st.start : st.stop] = i
+    return index
+
+
 def stratified_mc(
     z: torch.Tensor, y: torch.Tensor, strata: list[Stratum], keep: torch.Tensor, base: float, full: float
 ) -> torch.Tensor:
@@ -322,24 +330,24 @@ def stratified_mc(
     with values ``y`` (``v(S)``, float64); exactly efficient (see the module docs)."""
     n = z.shape[1]
     total = torch.full((n,), (full - base) / n, dtype=torch.float64)
-    kept = [
-        (st, z[st.start : st.stop][keep[st.start : st.stop]], y[st.start : st.stop][keep[st.start : st.stop]])
-        for st in strata
-    ]
-    for st, zs, ys in kept:
-        m = zs.shape[0]
-        if m == 0:
-            continue
-        p = st.size / n
-        zf = zs.double()
-        if m >= 2:
-            cov = ((ys - ys.mean())[:, None] * (zf - zf.mean(0))).sum(0) / (m - 1)
-            cov = cov * ((st.population - 1) / st.population)
-        else:  # centred on the strata outside the class, which share no coalition with this one
-            outside = [yo for o, zo, yo in kept if o.size not in (st.size, n - st.size) and zo.shape[0]]
-            centre = float(torch.cat(outside).mean()) if outside else 0.5 * (base + full)
-            cov = ((ys - centre)[:, None] * (zf - p))[0]
-        total += cov / (p * (1 - p)) / n
+    index = _row_strata(strata, z.shape[0])[keep]
+    zs, ys = z[keep].double(), y[keep]
+    count = torch.bincount(index, minlength=len(strata)).double()
+    means = torch.zeros(len(strata), dtype=torch.float64).index_add_(0, index, ys) / count.clamp(min=1)
+    # sum over each stratum's rows of (y - its mean) z, which is the sum of (y - mean) (z - mean of z)
+    cross = torch.zeros(len(strata), n, dtype=torch.float64).index_add_(0, index, (ys - means[index])[:, None] * zs)
+    p = torch.tensor([st.size / n for st in strata], dtype=torch.float64)
+    finite = torch.tensor([(st.population - 1) / st.population for st in strata], dtype=torch.float64)
+    many = count >= 2
+    cov = cross[many] / (count[many] - 1)[:, None] * finite[many][:, None]
+    total += (cov / (p[many] * (1 - p[many]))[:, None]).sum(0) / n
+    for i in (count == 1).nonzero()[:, 0].tolist():  # centred on the strata outside the class
+        st = strata[i]
+        others = [j for j, o in enumerate(strata) if o.size not in (st.size, n - st.size) and count[j] > 0]
+        rows = torch.isin(index, torch.tensor(others, dtype=torch.int64))
+        centre = float(ys[rows].mean()) if others else 0.5 * (base + full)
+        own = index == i
+        total += ((ys[own] - centre)[:, None] * (zs[own] - p[i]))[0] / (p[i] * (1 - p[i])) / n
     return total
 
 
@@ -350,20 +358,15 @@ def stratified_fit(
     rows share its Shapley-kernel mass. Returns ``(values, identified)``."""
     n = z.shape[1]
     mass = _class_masses(n)
-    a = torch.zeros(n, n, dtype=torch.float64)
-    b = torch.zeros(n, dtype=torch.float64)
-    for st in strata:
-        sel = keep[st.start : st.stop]
-        m = int(sel.sum())
-        if m == 0:
-            continue
-        k = min(st.size, n - st.size)
-        share = mass[k] if 2 * k == n else mass[k] / 2
-        zf = z[st.start : st.stop][sel].double()
-        w = share / m
-        a += w * zf.T @ zf
-        b += w * zf.T @ (y[st.start : st.stop][sel] - base)
-    values, _, identified = _kkt_solve(a, b, full - base)
+    index = _row_strata(strata, z.shape[0])
+    count = torch.bincount(index[keep], minlength=len(strata)).double()
+    share = torch.tensor(
+        [mass[min(st.size, n - st.size)] / (1 if 2 * st.size == n else 2) for st in strata], dtype=torch.float64
+    )
+    w = torch.where(keep, share[index] / count[index].clamp(min=1), 0.0)
+    zf = z.double()
+    zw = zf * w[:, None]
+    values, _, identified = _kkt_solve(zw.T @ zf, zw.T @ (y - base), full - base)
     values += ((full - base) - values.sum()) / n
     return values, identified
 
