@@ -16,9 +16,10 @@ forwards ``**kwargs`` from the model's forward down to the attention function):
   (:func:`scar_kernels.ops.flex_block_mask` of ``scar_horizon`` and the prefix length). When given, the
   attention runs through ``flex_attention`` (:func:`scar_kernels.ops.flex_tree_attention`) instead of the
   ``scar::tree_attention`` op; one mask serves every layer of the forward.
-- ``scar_max_position`` (set by :func:`packed_forward`): the largest position id in the pack. A layer with a
-  ``sliding_window`` is served only when every position is below it, so that the window excludes no
-  ancestor and the tree attention is exact without applying it.
+- ``scar_max_position`` (set by :func:`packed_forward`): the largest position id in the pack, an ``int`` or a
+  :class:`LargestPosition` that reads it from the device on first use (so that only models with a window
+  pay that synchronisation). A layer with a ``sliding_window`` is served only when every position is below
+  it, so that the window excludes no ancestor and the tree attention is exact without applying it.
 
 No mask function is registered: ``"scar_tree"`` is absent from transformers' mask registry, so
 ``create_causal_mask`` returns ``None`` without building an ``N x N`` mask.
@@ -47,6 +48,7 @@ from scar_kernels.ops import tree_attention as _tree_attention_op
 
 __all__ = [
     "ATTENTION_NAME",
+    "LargestPosition",
     "PACKED_ATTENTIONS",
     "scar_tree_attention",
     "register",
@@ -58,6 +60,21 @@ __all__ = [
 ATTENTION_NAME = "scar_tree"
 PACKED_ATTENTIONS = ("kernel", "flex")
 """What :func:`packed_forward` can run the tree attention with: the ``scar::tree_attention`` op or FlexAttention."""
+
+
+class LargestPosition:
+    """The largest of a pack's ``position_ids``, read (one device synchronisation) the first time it is asked
+    for and kept for the other layers of the forward."""
+
+    def __init__(self, position_ids: torch.Tensor) -> None:
+        self._position_ids: torch.Tensor | None = position_ids
+        self._value = 0
+
+    def __int__(self) -> int:
+        if self._position_ids is not None:
+            self._value = int(self._position_ids.max()) if self._position_ids.numel() else 0
+            self._position_ids = None
+        return self._value
 
 
 def _prefix_for_layer(prefix: Any, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,6 +135,8 @@ def scar_tree_attention(
         if kwargs.get(name) is not None:
             raise ValueError(f"scar_tree attention does not implement {name}; the packed trie would be inexact")
     window, top = kwargs.get("sliding_window"), kwargs.get("scar_max_position")
+    if window is not None and top is not None:
+        top = int(top)
     # a window no token's position reaches excludes no ancestor: the tree attention is then exact without it
     if window is not None and not (isinstance(window, int) and top is not None and top < window):
         raise ValueError(
@@ -238,7 +257,7 @@ def packed_forward(
     kwargs: dict[str, Any] = {
         "scar_horizon": horizon,
         "use_cache": False,
-        "scar_max_position": int(position_ids.max()) if n else 0,
+        "scar_max_position": LargestPosition(position_ids),
     }
     if past_key_values is not None:
         kwargs["scar_prefix"] = past_key_values

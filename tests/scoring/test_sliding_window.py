@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from scar.scoring import CoalitionScorer
-from scar.scoring.attention import packed_forward
+from scar.scoring.attention import LargestPosition, packed_forward
 from scar.scoring.model import inspect_model, trie_exactness
 from scar_kernels.ops import has_extension
 
@@ -107,6 +107,25 @@ def test_kernel_refuses_a_window_the_positions_reach(tiny_model) -> None:
         packed_forward(base, ids[: WINDOW - 1], torch.arange(WINDOW - 1), chain[: WINDOW - 1].clamp(max=WINDOW - 1))
         with pytest.raises(ValueError, match="sliding_window"):
             packed_forward(base, ids, torch.arange(len(LONG)), chain)
+
+
+@pytest.mark.skipif(not has_extension(), reason="the C++ tree-attention kernel is not built")
+def test_only_windowed_layers_read_the_largest_position(tiny_model, monkeypatch) -> None:
+    """The pack's largest position (a device synchronisation on GPUs) is read only by layers with a window."""
+    reads = []
+    read = LargestPosition.__int__
+
+    def counted(self) -> int:
+        reads.append(1)
+        return read(self)
+
+    monkeypatch.setattr(LargestPosition, "__int__", counted)
+    ids, chain = torch.tensor(SHORT), torch.full((len(SHORT),), len(SHORT), dtype=torch.int32)
+    with torch.no_grad():
+        packed_forward(tiny_model("llama").model, ids, torch.arange(len(SHORT)), chain)
+        assert not reads
+        packed_forward(tiny_model("mistral", sliding_window=WINDOW).model, ids, torch.arange(len(SHORT)), chain)
+    assert reads  # once per windowed layer; the tensor itself is read once
 
 
 def test_probe_refuses_a_window_applied_by_index_in_the_pack(tiny_model) -> None:
