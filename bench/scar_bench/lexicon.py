@@ -261,7 +261,7 @@ SIZES: dict[str, SizeConfig] = {
     "default": SizeConfig(n_layer=4, n_embd=256, n_head=4, max_prompt=256, max_response=128,
                           n_train=8500, epochs=1, n_test=256, lr=1e-3, batch_tokens=1024),
     "tiny": SizeConfig(n_layer=1, n_embd=64, n_head=2, max_prompt=24, max_response=24,
-                       n_train=1500, epochs=2, n_test=128, lr=3e-3, batch_tokens=512),
+                       n_train=1500, epochs=4, n_test=128, lr=3e-3, batch_tokens=512),
 }
 
 
