@@ -88,15 +88,25 @@ def _tree_kernel_support(base: nn.Module, dtype: torch.dtype, attention: str = "
         return False, f"{type(base).__name__} does not support transformers' attention registry"
     if dtype not in _KERNEL_DTYPES:
         return False, f"the tree-attention kernels compute in float32, float16 or bfloat16, not {dtype}"
+    config = getattr(base, "config", None)
+    cap = getattr(config, "attn_logit_softcapping", None)
+    impl = getattr(config, "_attn_implementation", None)
+    if cap is not None and impl == "sdpa":
+        # transformers' sdpa attention drops the soft-cap the layer passes (older releases silently, newer ones
+        # refuse the combination); the tree attention applies it, so it would not equal the model's own forward
+        return False, (
+            f"the model's attention ({impl!r}) does not apply its attn_logit_softcapping={cap}, the tree attention "
+            "does; load the model with attn_implementation='eager' for the tree attention"
+        )
     device = model_device(base)
     if attention == "flex":
         reason = flex_unavailable_reason(device)
         return (True, "") if reason is None else (False, reason)
-    impl = implementation("tree_attention", device)
+    op = implementation("tree_attention", device)
     if device.type == "cpu":
-        return (True, "") if impl == "c++" else (False, "the compiled kernels (scar_kernels._C) are not built")
+        return (True, "") if op == "c++" else (False, "the compiled kernels (scar_kernels._C) are not built")
     if device.type == "cuda":
-        return (True, "") if impl == "triton" else (False, "Triton is not available")
+        return (True, "") if op == "triton" else (False, "Triton is not available")
     return False, f"no tree-attention kernel for device {device.type!r}"
 
 

@@ -4,6 +4,10 @@ The tree attention applies ``softcap * tanh(score / softcap)`` as the model's ow
 FlexAttention paths serve such models. The test model's query and key projections are scaled up so that its
 logits are large and the cap changes every score by far more than the tolerance: a path that ignored the cap
 would fail. Every score is compared with ``backend="loop"`` (plain deletion, the model's own forward).
+
+The models run eager attention, the implementation that applies Gemma 2's cap (and the only one newer transformers
+allows for it). Older transformers also run Gemma 2 on ``sdpa``, which drops the cap: the model's own forward is
+then uncapped, the tree attention would not be, and the scorer must refuse the kernel paths for the mask.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ ATOL = 1e-5  # fp32 scores of size ~0.5; the cap moves them by ~0.2 on this mode
 SEED = 11  # these models are this file's own: their weights are changed
 
 
-def sharp_gemma2(tiny_model, softcap: float | None) -> torch.nn.Module:
+def sharp_gemma2(tiny_model, softcap: float | None, attn_implementation: str = "eager") -> torch.nn.Module:
     """A tiny Gemma 2 whose attention logits reach tens, so that a cap of 2 bites (built once per cap)."""
-    model = tiny_model("gemma2", seed=SEED, attn_logit_softcapping=softcap)
+    model = tiny_model("gemma2", seed=SEED, attn_logit_softcapping=softcap, attn_implementation=attn_implementation)
+    assert model.config._attn_implementation == attn_implementation
     if not getattr(model, "_sharpened", False):
         with torch.no_grad():
             for layer in model.model.layers:
@@ -72,3 +77,23 @@ def test_auto_runs_the_kernel(capped) -> None:
     scorer = CoalitionScorer(capped, backend="auto")
     assert scorer.backend == "trie" and scorer.attention == "kernel"
     torch.testing.assert_close(scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX), _loop(capped), rtol=0, atol=ATOL)
+
+
+@pytest.fixture(scope="module")
+def capped_sdpa(tiny_model) -> torch.nn.Module:
+    try:
+        return sharp_gemma2(tiny_model, CAP, attn_implementation="sdpa")
+    except ValueError as err:  # newer transformers: "Gemma2... does not support ... sdpa"
+        pytest.skip(f"this transformers does not run Gemma 2 on sdpa: {err}")
+
+
+def test_sdpa_drops_the_cap_and_the_kernel_paths_refuse(capped_sdpa, tiny_model) -> None:
+    uncapped = sharp_gemma2(tiny_model, None, attn_implementation="sdpa")
+    torch.testing.assert_close(_loop(capped_sdpa), _loop(uncapped), rtol=0, atol=ATOL)
+    for attention in ("kernel", "flex"):
+        with pytest.raises(ValueError, match="attn_implementation='eager'"):
+            CoalitionScorer(capped_sdpa, backend="trie", attention=attention)
+    scorer = CoalitionScorer(capped_sdpa, backend="auto")
+    assert scorer.backend == "trie" and scorer.attention == "mask"
+    got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+    torch.testing.assert_close(got, _loop(capped_sdpa), rtol=0, atol=ATOL)
