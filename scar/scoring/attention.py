@@ -180,8 +180,9 @@ def scar_tree_attention(
         out = _flex_attention_op(*args, block_mask=block_mask)
     else:
         out = _tree_attention_op(*args)
-    # transformers expects [batch, seq, heads, head_dim].
-    return out.transpose(0, 1).unsqueeze(0), None
+    # transformers expects [batch, seq, heads, head_dim], contiguous as its own attention functions return it
+    # (some attention modules .view() it)
+    return out.transpose(0, 1).contiguous().unsqueeze(0), None
 
 
 def register() -> None:

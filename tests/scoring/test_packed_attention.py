@@ -110,6 +110,20 @@ def test_packed_trie_equals_deleted_sequences(arch, cached, attention, monkeypat
 
 
 @pytest.mark.parametrize("attention", ["kernel", "flex"])
+def test_output_layout_serves_modules_that_view_it(tiny_model, attention, eager_flex):
+    """JetMoE's attention ``.view()``s the attention output, which must then be contiguous, as transformers'
+    own attention functions return it."""
+    model = tiny_model("jetmoe")
+    base = model.base_model
+    ids, layout, sequences = build(RESPONSES, [0] * len(RESPONSES))
+    with torch.no_grad():
+        hidden = packed_forward(base, ids, layout.position_ids, layout.horizon, attention=attention)
+        for c, seq in enumerate(sequences):
+            alone = base(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
+            torch.testing.assert_close(hidden[0, layout.readout[c]], alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["kernel", "flex"])
 def test_wrong_horizon_changes_the_result(attention, eager_flex):
     # Guards against a silent fallback to plain causal attention over the pack.
     model = make_model("llama")

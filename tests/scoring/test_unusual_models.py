@@ -67,8 +67,9 @@ def test_encoders_that_honour_padding_stay_batched(tiny_model, kind: str) -> Non
 @pytest.mark.parametrize("kind", ["nemotron", "jetmoe", "deepseek_v3"])
 def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, kind: str) -> None:
     """The trie is exact for these decoders through the dense mask, but the tree-attention kernel cannot serve
-    them: Nemotron's and JetMoE's attention modules reject its arguments or its output layout, and DeepSeek-V3's
-    cache holds latent vectors, not per-head keys and values, so passes on top of a cached prompt fail.
+    them: Nemotron's attention module does not pass its arguments on, JetMoE's cache holds its keys before they
+    are repeated for its expert heads, and DeepSeek-V3's cache holds latent vectors, not per-head keys and
+    values, so passes on top of a cached prompt fail.
     ``attention="auto"`` probes the kernel (in one pass and on a cached prompt) and takes the mask, exactly,
     also in passes on top of the cached prompt."""
     model = tiny_model(kind)
