@@ -9,6 +9,8 @@ and compacting position ids; ``docs/design.md``).
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import scar_kernels
 from scar_kernels.ops import dense_mask
 
 __all__ = [
@@ -494,6 +497,23 @@ def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
 
 
 def error_summary(err: BaseException) -> str:
-    """``"TypeName: first line of the message"``, for a probe's reason."""
+    """``"TypeName: first line of the message (at file:line in function)"``, for a probe's reason.
+
+    The place is the innermost frame outside torch's and this project's own Python files (whose frames wrap the
+    call or check its arguments), so that a model that cannot run a probe is named with the line of its code
+    that failed or made the failing call; no place when every frame is in those files.
+    """
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    summary = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+    own = (_package_dir(torch.__file__), _package_dir(os.path.dirname(__file__)), _package_dir(scar_kernels.__file__))
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if not os.path.abspath(f.filename).startswith(own)]
+    if not frames:
+        return summary
+    where = frames[-1]
+    short = os.path.join(*os.path.normpath(where.filename).split(os.sep)[-2:])
+    return f"{summary} (at {short}:{where.lineno} in {where.name})"
+
+
+def _package_dir(inside: str | None) -> str:
+    """The folder of the package holding ``inside`` (a package's ``__init__.py`` or a subpackage's folder)."""
+    return os.path.dirname(os.path.abspath(str(inside))) + os.sep

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from scar.scoring import CoalitionScorer
-from scar.scoring.model import inspect_model, trie_exactness
+from scar.scoring.attention import packed_forward
+from scar.scoring.model import error_summary, inspect_model, trie_exactness
 from scar.scoring.padded import pad_right, padding_exactness
 from scar.scoring.scorer import ExactnessError
 from scar_kernels.ops import has_extension
@@ -75,8 +76,9 @@ def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, k
     model = tiny_model(kind)
     assert trie_exactness(model)[0]
     if has_extension():  # an explicit kernel is probed the same way and refused with the probe's reason
-        with pytest.raises(ValueError, match="attention='kernel' is not available: attention='kernel' raised"):
+        with pytest.raises(ValueError, match="attention='kernel' is not available: attention='kernel' raised") as err:
             CoalitionScorer(model, backend="trie", attention="kernel")
+        assert f"(at {kind}/modeling_{kind}.py:" in str(err.value)  # the model's code that made the failing call
     scorer = CoalitionScorer(model, backend="auto", max_tokens_per_pass=24)
     assert scorer.backend == "trie" and scorer.attention == "mask"
     got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
@@ -99,6 +101,7 @@ def test_a_forward_that_fails_the_packed_probe_is_refused_not_crashed(tiny_model
     model = tiny_model("openai-gpt")
     ok, reason = trie_exactness(model)
     assert not ok and reason.startswith("probe: the packed forward raised")
+    assert "(at openai/modeling_openai.py:" in reason  # the model's line that failed, not torch's wrappers
     with pytest.warns(UserWarning, match="not 'trie'"):
         scorer = CoalitionScorer(model, backend="auto")
     assert scorer.backend == "batched"
@@ -131,3 +134,17 @@ def test_exactness_error_of_batched_does_not_suggest_batched() -> None:
     trie = str(ExactnessError("trie", 0, [1], 0.5, 0.7, 1e-4, "M"))
     assert "use backend='loop'," in batched and "(or 'batched')" not in batched
     assert "use backend='loop' (or 'batched')" in trie
+
+
+def test_error_summary_names_the_innermost_frame_outside_torch_and_this_project(tiny_model) -> None:
+    def model_code() -> None:
+        torch.zeros(2).view(3)  # raises inside torch: the place is this line
+
+    def calls_this_project() -> None:
+        packed_forward(tiny_model("llama").model, torch.tensor([3, 4]), torch.tensor([0, 1]), torch.tensor([2]))
+
+    for fn, error in ((model_code, RuntimeError), (calls_this_project, ValueError)):
+        with pytest.raises(error) as raised:
+            fn()
+        line = fn.__code__.co_firstlineno + 1
+        assert error_summary(raised.value).endswith(f"(at scoring/test_unusual_models.py:{line} in {fn.__name__})")
