@@ -19,7 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import scar_kernels
 from scar_kernels.ops import dense_mask
 
 __all__ = [
@@ -505,7 +504,12 @@ def error_summary(err: BaseException) -> str:
     """
     text = str(err).strip()
     summary = f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
-    own = (_package_dir(torch.__file__), _package_dir(os.path.dirname(__file__)), _package_dir(scar_kernels.__file__))
+    # torch's folder, this package's (scar/) and the kernels' (the folder of a module of scar_kernels)
+    own = (
+        _package_dir(torch.__file__),
+        _package_dir(os.path.dirname(__file__)),
+        _package_dir(inspect.getfile(dense_mask)),
+    )
     frames = [f for f in traceback.extract_tb(err.__traceback__) if not os.path.abspath(f.filename).startswith(own)]
     if not frames:
         return summary
