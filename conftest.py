@@ -13,7 +13,7 @@ if "TRITON_INTERPRET" not in os.environ:
         os.environ["TRITON_INTERPRET"] = "1"
 
 
-import pytest  # noqa: E402  (after the environment is set)
+import pytest  # after the environment is set (TRITON_INTERPRET before triton is imported)
 
 
 @pytest.fixture(scope="session")

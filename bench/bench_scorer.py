@@ -9,9 +9,9 @@ passes, and the median wall time (one torch thread). ``test_group_shares_the_pro
 plans) with the group's responses under one prompt root, against one root per response (the scorer before
 roots were shared, restored by patching ``share_prompts``). ``test_one_kernel_gelu`` times the trie with the
 packed view's one-kernel GELU (what the scorer runs) against the model's GELU as written (seven elementwise
-operations; restored by patching ``fuse_activations``), in float32 and bfloat16. With benchmarks disabled (``--benchmark-disable``, as CI
-runs) the same code runs once at a tiny size, for correctness only; ``SCAR_BENCH_SIZE=tiny|full`` overrides
-the choice.
+operations; restored by patching ``fuse_activations``), in float32 and bfloat16. With benchmarks disabled
+(``--benchmark-disable``, as CI runs) the same code runs once at a tiny size, for correctness only;
+``SCAR_BENCH_SIZE=tiny|full`` overrides the choice.
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def group_instance(w: Workload):
 def test_group_shares_the_prompt(benchmark, workload: Workload, roots: str, monkeypatch) -> None:
     model, args, reference = group_instance(workload)
     if roots == "per-response":
-        one_each = lambda games: (list(games), [[r] for r in range(len(games))])  # noqa: E731
+        one_each = lambda games: (list(games), [[r] for r in range(len(games))])
         monkeypatch.setattr(scorer_module, "share_prompts", one_each)
     scorer = CoalitionScorer(model, backend="trie")
     values = benchmark.pedantic(scorer.score_many, args=args, rounds=5, iterations=1, warmup_rounds=1)

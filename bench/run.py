@@ -1,7 +1,8 @@
 """Run the SCAR benchmarks from the command line, from any working directory.
 
     python bench/run.py table [--quick]
-    python bench/run.py equal-error [--quick] [--responses N] [--rounds N] [--seeds N] [--max-minutes MIN] [--record PATH] [--plot PATH]
+    python bench/run.py equal-error [--quick] [--responses N] [--rounds N] [--seeds N] [--max-minutes MIN]
+                                    [--record PATH] [--plot PATH]
     python bench/run.py grid [--methods M1,M2] [--workloads SUBSTRING] [--out PATH] [--max-minutes MIN] [--rounds N]
     python bench/run.py markdown [--out PATH] > bench/RESULTS_grid.md
     python bench/run.py games [--quick] [--plot PATH]

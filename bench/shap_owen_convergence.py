@@ -17,9 +17,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from scar_bench.measure import bench_threads, machine_description, rel_l2  # noqa: E402
-from scar_bench.methods import run_method  # noqa: E402
-from scar_bench.workloads import TRAINED_TARGET_WORKLOAD, make_instance  # noqa: E402
+from scar_bench.measure import bench_threads, machine_description, rel_l2
+from scar_bench.methods import run_method
+from scar_bench.workloads import TRAINED_TARGET_WORKLOAD, make_instance
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -31,7 +31,8 @@ def main() -> int:
     p.add_argument("--evals", default="500,2000,5000", help="shap Partition max_evals")
     p.add_argument("--out", default=os.path.join(HERE, "results", "shap_owen_convergence.json"))
     args = p.parse_args()
-    rec = json.load(open(args.record))
+    with open(args.record) as f:
+        rec = json.load(f)
     rows = []
     with bench_threads():
         for s in (int(x) for x in args.responses.split(",")):

@@ -123,7 +123,8 @@ def main() -> int:
         json.dump(record, f, indent=1)
     print(format_summary(record))
     for name, left in record["variance_left"].items():
-        print(f"{name}: variance of the pair differences left {min(left):.3f}-{max(left):.3f} (mean {np.mean(left):.3f})")
+        spread = f"{min(left):.3f}-{max(left):.3f} (mean {np.mean(left):.3f})"
+        print(f"{name}: variance of the pair differences left {spread}")
     if args.plot:
         plot_bound(record, args.plot)
     return 0

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from bench_accuracy import TINY_WORKLOAD
 
 from scar.shapley import shapley
 from scar_bench.methods import bitmask, exact_shapley, trie_lower_bound
@@ -20,6 +19,8 @@ from scar_bench.token_designs import (
     truncation_probability,
 )
 from scar_bench.workloads import make_instance
+
+from bench_accuracy import TINY_WORKLOAD
 
 
 def _table(n, seed, additive=False):

@@ -22,8 +22,6 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_accuracy import FULL_WORKLOADS
-
 from scar_bench.accuracy import _interp_loglog
 from scar_bench.measure import bench_threads, machine_description
 from scar_bench.methods import exact_shapley
@@ -34,6 +32,8 @@ from scar_bench.token_designs import (
     token_design_study,
 )
 from scar_bench.workloads import make_instance
+
+from bench_accuracy import FULL_WORKLOADS
 
 BUDGETS = {
     "kernel": [26, 50, 100, 200, 400, 800],

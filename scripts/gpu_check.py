@@ -22,6 +22,7 @@ at toy sizes (no timings), to check the script itself on a machine without a GPU
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -92,12 +93,12 @@ def check_kernels() -> None:
         cases = [(2, 1, 24, 16, 3), (2, 2, 40, 32, 0)]
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         for h, hkv, n, d, p in cases:
-            mk = lambda *s: torch.randn(*s, generator=gen).to(dtype).to(DEVICE)  # noqa: E731
+            mk = lambda *s, dtype=dtype: torch.randn(*s, generator=gen).to(dtype).to(DEVICE)
             q, k, v = mk(h, n, d), mk(hkv, n, d), mk(hkv, n, d)
             pk, pv = (mk(hkv, p, d), mk(hkv, p, d)) if p else (None, None)
             horizon = random_forest(n, gen).to(DEVICE)
             got = TREE_ATTENTION(q, k, v, horizon, d**-0.5, pk, pv)
-            to32 = lambda t: None if t is None else t.float()  # noqa: E731
+            to32 = lambda t: None if t is None else t.float()
             want = tree_attention_reference(q.float(), k.float(), v.float(), horizon, d**-0.5, to32(pk), to32(pv))
             err = float((got.float() - want).abs().max())
             record("kernels", f"tree_attention {str(dtype)[6:]} H{h}/{hkv} N{n} D{d} P{p}", f"max abs err {err:.2e}",
@@ -182,9 +183,9 @@ def check_speed() -> None:
         q, k, v = (torch.randn(heads, n, dim, device="cuda", dtype=dtype, generator=gen) for _ in range(3))
         hz = horizon.to("cuda")
         mask = additive_mask(hz, dtype=dtype)
-        tree_ms = time_cuda(lambda: ops.tree_attention(q, k, v, hz), ARGS.repeats)
-        sdpa_ms = time_cuda(lambda: torch.nn.functional.scaled_dot_product_attention(
-            q[None], k[None], v[None], attn_mask=mask[None, None]), ARGS.repeats)
+        tree_ms = time_cuda(functools.partial(ops.tree_attention, q, k, v, hz), ARGS.repeats)
+        sdpa_ms = time_cuda(functools.partial(torch.nn.functional.scaled_dot_product_attention,
+                                              q[None], k[None], v[None], attn_mask=mask[None, None]), ARGS.repeats)
         out = ops.tree_attention(q, k, v, hz).float()
         ref = torch.nn.functional.scaled_dot_product_attention(q[None].float(), k[None].float(), v[None].float(),
                                                                attn_mask=mask[None, None].float())[0]
@@ -253,7 +254,7 @@ def main() -> int:
             part()
         except Exception as err:  # a crash is a failed check, reported with the others
             record(part.__name__, "crashed", f"{type(err).__name__}: {err}"[:200], False)
-    print(f"\n| part | case | result | verdict |\n|---|---|---|---|")
+    print("\n| part | case | result | verdict |\n|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     print(f"\n{sum(r[3] == 'ok' for r in rows)} ok, {sum(r[3] == 'FAIL' for r in rows)} failed, "

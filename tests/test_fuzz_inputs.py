@@ -23,13 +23,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from tiny_tokenizers import build_tokenizer, word_level_tokenizer
 
 from scar.credit.advantages import dense_group_advantages
 from scar.credit.rewards import DenseRewards, place_credit, shape_rewards
 from scar.game.players import Player, hierarchy, segment, validate_players
 from scar.game.tokens import as_token_ids, encode_pair, map_to_tokens, token_offsets
 from scar.shapley import METHODS, ShapleyPlan, plan, shapley
+
+from tiny_tokenizers import build_tokenizer, word_level_tokenizer
 
 # SCAR_FUZZ_EXAMPLES raises the number of examples per test for a longer search (default: a fast run)
 FUZZ = settings(

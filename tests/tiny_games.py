@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -140,7 +141,7 @@ class TableGame:
             raise ValueError(f"table length must be a power of two, got {self.table.shape[0]}")
 
     @classmethod
-    def random(cls, n: int, seed: int) -> "TableGame":
+    def random(cls, n: int, seed: int) -> TableGame:
         """Values ~ N(0, 1) per coalition, from a private generator."""
         gen = torch.Generator().manual_seed(seed)
         return cls(torch.randn(2**n, generator=gen, dtype=torch.float64))

@@ -33,6 +33,15 @@ def build_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
 
 
+STORY_WORDS = [
+    "the", "a", "cat", "dog", "sat", "ran", "on", "under", "mat", "log",
+    "red", "blue", "big", "small", "happy", "sad", "and", "then", "it", "was",
+]
+"""The vocabulary of the TRL and verl tests' word-level policies (:func:`word_level_tokenizer`)."""
+WORD_PAD, WORD_EOS = 0, 1
+""":func:`word_level_tokenizer`'s pad and EOS ids."""
+
+
 def word_level_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """A whitespace-split word-level tokenizer: ``<pad>`` 0, ``<eos>`` 1, ``<unk>`` 2, then ``words``.
 

@@ -3,8 +3,9 @@ a module that needs another defines its own ``tokenizer`` / ``rm``."""
 
 import pytest
 import torch
-from tiny_tokenizers import build_tokenizer
 from transformers import GPT2Config, GPT2ForSequenceClassification
+
+from tiny_tokenizers import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -124,5 +124,5 @@ def test_config_errors(kwargs, error, match):
 
 
 def test_odd_max_budget_names_the_response(rm, tokenizer):
-    with pytest.raises(ValueError, match="response 0: .*max_budget must be even"):
+    with pytest.raises(ValueError, match=r"response 0: .*max_budget must be even"):
         SCAR(rm, tokenizer, **{**KW, "max_budget": 15})(PROMPTS, RESPONSES)

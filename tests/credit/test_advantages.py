@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from advantage_reference import padded, reference_advantages
 from scar.credit.advantages import dense_group_advantages
+
+from advantage_reference import padded, reference_advantages
 
 NUM_GENERATIONS = 4
 

@@ -11,8 +11,9 @@ from transformers import (
     GPT2ForSequenceClassification,
 )
 
-from tiny_tokenizers import build_tokenizer
 from scar.credit.baselines import attention_credit, sparse_credit
+
+from tiny_tokenizers import build_tokenizer
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Q: opinion?"]
 RESPONSES = [" It was great, and lovely!", " Boring.", " I did not like the ending; the plot is thin, the music too."]

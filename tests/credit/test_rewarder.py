@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2ForSequenceClassification
 
-from tiny_tokenizers import build_tokenizer, word_level_tokenizer
 from scar.credit.baselines import AttentionCredit, SparseCredit
 from scar.credit.rewarder import SCAR
 from scar.game.tokens import encode_pair
+
+from tiny_tokenizers import build_tokenizer
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:", "Q: opinion?"]
 RESPONSES = [" It was great, and lovely!", " Boring.", " I did not like the ending; the plot is thin. The music too."]
@@ -204,7 +205,7 @@ def test_bad_input(rm, tokenizer):
         AttentionCredit(rm, tokenizer, beta=-0.5)
     with pytest.raises(ValueError, match="player kind"):
         SCAR(rm, tokenizer, players="word")
-    with pytest.raises(TypeError, match="unknown settings.*credit"):
+    with pytest.raises(TypeError, match=r"unknown settings.*credit"):
         SCAR(rm, tokenizer, credit="abc")
     with pytest.raises(ValueError, match="method"):
         SCAR(rm, tokenizer, method="banzhaf")
@@ -290,7 +291,7 @@ def test_empty_completion_baselines_put_r_on_eos(rm, tokenizer, credit):
 @pytest.mark.parametrize("credit", ["scar", "sparse", "abc"])
 def test_empty_response_without_completion_ids_is_an_error(rm, tokenizer, credit):
     scar = provider(credit, rm, tokenizer)
-    with pytest.raises(ValueError, match="response is empty.*completion_ids"):
+    with pytest.raises(ValueError, match=r"response is empty.*completion_ids"):
         scar(PROMPTS[:1], [""])
     with pytest.raises(ValueError, match="response is empty"):
         scar(PROMPTS[:1], [[]])

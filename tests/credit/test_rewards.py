@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from scar.game.players import Player
 from scar.credit.rewards import DenseRewards, place_credit, shape_rewards, sparse_rewards
+from scar.game.players import Player
 
 
 def P(start: int, end: int) -> Player:

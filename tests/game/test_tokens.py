@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiny_tokenizers import build_tokenizer, word_level_tokenizer
 from scar.game.tokens import as_token_ids, encode_pair, encode_text, map_to_tokens, token_offsets
+
+from tiny_tokenizers import build_tokenizer, word_level_tokenizer
 
 PROMPTS = ["Review:", "Tell me what you think of the film. Answer:"]
 RESPONSES = [" It was great, and lovely!", " Boring."]
@@ -93,7 +94,7 @@ def test_map_to_tokens_random_preserves_mass():
     assert out.sum().item() == pytest.approx(rewards.sum().item(), abs=1e-12)
     # each source reward sits in the destination token that contains its last character
     expected = torch.zeros(len(dst), dtype=torch.float64)
-    for (a, b), rew in zip(src, rewards.tolist()):
+    for (_a, b), rew in zip(src, rewards.tolist()):
         j = next(j for j, (c, d) in enumerate(dst) if c <= b - 1 < d)
         expected[j] += rew
     torch.testing.assert_close(out, expected)
@@ -160,7 +161,7 @@ def test_as_token_ids_vocab_size_is_checked():
 
 def test_bytes_prompt_or_response_is_refused_in_every_path(tokenizer):
     for prompt, response in ((b"Review:", " good"), ("Review:", b" good"), (bytearray(b"x"), " good")):
-        with pytest.raises(TypeError, match="must be a str or token ids, got (bytes|bytearray)"):
+        with pytest.raises(TypeError, match=r"must be a str or token ids, got (bytes|bytearray)"):
             encode_pair(tokenizer, prompt, response)
     with pytest.raises(TypeError, match="ids must be"):
         token_offsets(tokenizer, b"abc")
@@ -189,7 +190,7 @@ def test_special_token_text_in_a_response_stays_text(kind):
         enc = encode_pair(tok, "review", text)
         assert not specials & set(enc.response_ids), (text, enc.response_ids)
         assert enc.text == text and len(enc.offsets) == len(enc.response_ids)
-        ids, offsets = encode_text(tok, text)
+        ids, _offsets = encode_text(tok, text)
         assert ids == enc.response_ids and not specials & set(ids)
     # the prompt is the user's template: special-token text there is the special token
     assert tok.eos_token_id in encode_pair(tok, "review <eos>", " good").prompt_ids

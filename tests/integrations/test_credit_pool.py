@@ -22,6 +22,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification  # noqa: E402
 
 from scar.credit.rewarder import SCAR  # noqa: E402
 from scar.distributed import CreditPool, CreditPoolError, plan_shards  # noqa: E402
+
 import tiny_tokenizers  # noqa: E402
 from tiny_tokenizers import build_tokenizer  # noqa: E402
 
@@ -105,7 +106,7 @@ def group_of(i: int) -> int:
 def test_plan_shards_keeps_groups_whole_and_balances_length():
     # the two "Review:" groups are not adjacent, so they are separate groups
     assert plan_shards(PROMPTS, RESPONSES, 100) == [range(0, 3), range(3, 7), range(7, 9), range(9, 14)]
-    weight = lambda r: sum(len(PROMPTS[i]) + len(RESPONSES[i]) + 1 for i in r)  # noqa: E731
+    weight = lambda r: sum(len(PROMPTS[i]) + len(RESPONSES[i]) + 1 for i in r)
     bounds = [0, 3, 7, 9, 14]
     for k in (1, 2, 3):
         shards = plan_shards(PROMPTS, RESPONSES, k)

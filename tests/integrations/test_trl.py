@@ -20,9 +20,18 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from transformers.utils import logging as hf_logging
 from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+from scar.credit.advantages import dense_group_advantages
+from scar.credit.rewarder import SCAR
+from scar.credit.rewards import DenseRewards, shape_rewards
+from scar.game.players import Player
+from scar.integrations.trl import (
+    AsyncDenseRewardFunction,
+    DenseGRPOTrainer,
+    DenseRewardFunction,
+)
 
 from advantage_reference import padded, reference_advantages
 from trl_world import (
@@ -37,15 +46,6 @@ from trl_world import (
     make_reward_model,
     make_tokenizer,
 )
-from scar.integrations.trl import (
-    AsyncDenseRewardFunction,
-    DenseGRPOTrainer,
-    DenseRewardFunction,
-)
-from scar.game.players import Player
-from scar.credit.rewarder import SCAR
-from scar.credit.rewards import DenseRewards, shape_rewards
-from scar.credit.advantages import dense_group_advantages
 
 HERE = Path(__file__).resolve().parent
 

@@ -23,30 +23,33 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("verl", reason="verl is not installed: the verl tests run in .venv-verl (scripts/setup_verl_env.sh)")
+pytest.importorskip(
+    "verl", reason="verl is not installed: the verl tests run in .venv-verl (scripts/setup_verl_env.sh)"
+)
 
-from hydra import compose, initialize_config_module  # noqa: E402
-from omegaconf import OmegaConf, open_dict  # noqa: E402
-from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-from verl import DataProto  # noqa: E402
-from verl.trainer.ppo import core_algos  # noqa: E402
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf, open_dict
+from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
+from verl import DataProto
+from verl.trainer.ppo import core_algos
 
-from tiny_tokenizers import build_tokenizer, word_level_tokenizer  # noqa: E402
-from scar.credit.advantages import dense_group_advantages  # noqa: E402
-from scar.credit.rewarder import SCAR  # noqa: E402
-from scar.integrations.verl import (  # noqa: E402
-    SCARRewardManager,
+from scar.credit.advantages import dense_group_advantages
+from scar.credit.rewarder import SCAR
+from scar.integrations.verl import (
     ScarGRPOConfig,
+    SCARRewardManager,
     VerlCreditConfig,
     check_colocated_route,
     compute_scar_grpo_advantage,
     compute_score,
 )
 
+from tiny_tokenizers import STORY_WORDS as WORDS
+from tiny_tokenizers import WORD_PAD as PAD
+from tiny_tokenizers import build_tokenizer, word_level_tokenizer
+
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = "the a cat dog sat ran on under mat log red blue big small happy sad and then it was".split()
-PAD, EOS = 0, 1  # word_level_tokenizer's special ids
 CHAT_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}assistant:{% endif %}"

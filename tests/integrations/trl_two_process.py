@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from scar.integrations.trl import DenseGRPOTrainer, DenseRewardFunction  # noqa: E402
+
 from trl_world import dense_credit, grpo_args, length_reward, make_dataset, make_policy, make_tokenizer  # noqa: E402
 
 REWARD_WEIGHTS = [1.0, 0.5]

@@ -16,10 +16,12 @@ from trl import GRPOConfig
 
 from scar.credit.rewards import DenseRewards
 from scar.integrations.trl import DenseGRPOConfig
+
+from tiny_tokenizers import STORY_WORDS as WORDS
+from tiny_tokenizers import WORD_EOS as EOS
+from tiny_tokenizers import WORD_PAD as PAD
 from tiny_tokenizers import word_level_tokenizer
 
-WORDS = "the a cat dog sat ran on under mat log red blue big small happy sad and then it was".split()
-PAD, EOS = 0, 1  # word_level_tokenizer's special ids
 NUM_GENERATIONS = 4
 MAX_COMPLETION = 10
 PROMPTS = ["the cat sat on", "a dog ran under", "the big red", "a small happy"]

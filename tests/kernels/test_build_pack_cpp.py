@@ -58,7 +58,7 @@ def forests(draw):
         rows.append(bits)
         owners.append(r)
     coalitions = torch.tensor(rows, dtype=torch.bool).reshape(len(rows), n_max)
-    long = lambda xs: torch.tensor(xs, dtype=torch.int64)  # noqa: E731
+    long = lambda xs: torch.tensor(xs, dtype=torch.int64)
     return (coalitions, long(owners), long(offsets), long(seg_player), long(seg_len),
             long(prompt_len), long(suffix_len), long(cached_len))
 

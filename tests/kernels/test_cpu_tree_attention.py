@@ -5,10 +5,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from layout_problems import forests, to_args
 
 from scar_kernels import extension, ops
 from scar_kernels.layout import build_pack_reference
+
+from layout_problems import forests, to_args
 
 pytestmark = pytest.mark.skipif(not extension.has_extension(), reason="the compiled scar_kernels._C is not built")
 
@@ -219,7 +220,7 @@ def test_bad_input_raises_clear_error(name):
 @pytest.mark.parametrize("name", sorted(BAD))
 def test_bad_input_rejected_by_compiled_checks_too(name):
     """The compiled function validates on its own (callers may bypass the Python wrapper)."""
-    with pytest.raises((ValueError, TypeError), match="tree_attention|incompatible function arguments"):
+    with pytest.raises((ValueError, TypeError), match=r"tree_attention|incompatible function arguments"):
         extension.load().tree_attention(**BAD[name])
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -11,9 +10,10 @@ from hypothesis import strategies as st
 
 import scar_kernels.flex as flex
 import scar_kernels.ops as ops
-from layout_problems import forests, random_forest, to_args
 from scar_kernels.layout import build_pack_reference, visibility
 from scar_kernels.tree_attention import tree_attention_reference
+
+from layout_problems import forests, random_forest, to_args
 
 fa = pytest.importorskip("torch.nn.attention.flex_attention")
 
@@ -139,7 +139,7 @@ def test_builder_rejects_bad_input() -> None:
 # --------------------------------------------------------------------------------------------------
 def qkv(h, hkv, n, d, p, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    mk = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype)
     return mk(h, n, d), mk(hkv, n, d), mk(hkv, n, d), (mk(hkv, p, d) if p else None), (mk(hkv, p, d) if p else None)
 
 
@@ -186,7 +186,7 @@ def test_unavailable_flex_is_named(monkeypatch) -> None:
     assert reason is not None and "flex_attention" in reason
     assert ops.implementation("flex_attention") == "none"
     q, k, v, _, _ = qkv(2, 2, 8, 16, 0)
-    with pytest.raises(RuntimeError, match="no torch.nn.attention.flex_attention"):
+    with pytest.raises(RuntimeError, match=r"no torch.nn.attention.flex_attention"):
         ops.flex_tree_attention(q, k, v, random_forest(8, 0), compiled=False)
     monkeypatch.setattr(flex.shutil, "which", lambda name: None)
     monkeypatch.setattr(flex, "_flex_module", lambda: fa)

@@ -6,8 +6,9 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 
-from layout_problems import expected_sequence, forests, node_of, path_tokens, to_args
 from scar_kernels.layout import additive_mask, build_pack_reference
+
+from layout_problems import expected_sequence, forests, path_tokens, to_args
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -17,7 +18,7 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 @SETTINGS
 @given(forests())
 def test_readout_walk_reproduces_each_kept_sequence(problem) -> None:
-    responses, owner, rows, n_max = problem
+    responses, owner, rows, _n_max = problem
     layout = build_pack_reference(*to_args(*problem))
     assert layout.readout.shape == (len(rows),)
     for c, (r, bits) in enumerate(zip(owner, rows)):
@@ -71,7 +72,7 @@ def _is_descendant(parents: list[int], v: int, u: int) -> bool:
 @SETTINGS
 @given(forests())
 def test_children_ordered_and_trees_in_response_order(problem) -> None:
-    responses, owner, rows, n_max = problem
+    responses, _owner, _rows, _n_max = problem
     layout = build_pack_reference(*to_args(*problem))
     parents, segs = layout.node_parent.tolist(), layout.node_segment.tolist()
     roots = [u for u, p in enumerate(parents) if p < 0]
@@ -88,7 +89,7 @@ def test_children_ordered_and_trees_in_response_order(problem) -> None:
 @SETTINGS
 @given(forests())
 def test_dedupe_and_minimality(problem) -> None:
-    responses, owner, rows, n_max = problem
+    responses, owner, rows, _n_max = problem
     layout = build_pack_reference(*to_args(*problem))
     # inverse: same id iff same (owner, bits); ids in order of first occurrence
     keys = [(r, tuple(b)) for r, b in zip(owner, rows)]

@@ -15,9 +15,10 @@ import random
 import pytest
 import torch
 
-from layout_problems import random_forest
 from scar_kernels import extension, flex, ops
 from scar_kernels.tree_attention import tree_attention_reference
+
+from layout_problems import random_forest
 
 # The Triton interpreter warns about inf - inf in its numpy arithmetic; that is the point of these tests.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")

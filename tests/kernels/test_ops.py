@@ -7,12 +7,13 @@ import sys
 import pytest
 import torch
 
-import layout_problems
 import scar_kernels.ops as ops
 from scar_kernels import extension
 from scar_kernels.layout import BUILD_PACK_FIELDS, additive_mask, build_pack_reference
 from scar_kernels.ops import build_pack, dense_mask, tree_attention
 from scar_kernels.tree_attention import tree_attention_reference
+
+import layout_problems
 
 
 def random_forest(n: int, seed: int) -> torch.Tensor:
@@ -22,7 +23,7 @@ def random_forest(n: int, seed: int) -> torch.Tensor:
 
 def qkv(h=4, hkv=2, n=12, d=16, p=0, dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    mk = lambda *s: torch.randn(*s, generator=g).to(dtype)  # noqa: E731
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype)
     return mk(h, n, d), mk(hkv, n, d), mk(hkv, n, d), (mk(hkv, p, d) if p else None), (mk(hkv, p, d) if p else None)
 
 
@@ -144,7 +145,7 @@ def test_build_pack_op_matches_reference(cpu_impl):
     assert len(out) == len(BUILD_PACK_FIELDS)
     for name, got in zip(BUILD_PACK_FIELDS, out):
         assert torch.equal(got, getattr(ref, name)), name
-    gather, position_ids, horizon, readout, inverse = out[:5]
+    _gather, position_ids, horizon, _readout, inverse = out[:5]
     assert horizon.dtype == torch.int32
     assert inverse[1] == inverse[4] and inverse[3] != inverse[6]  # duplicates share; owners never do
     assert int(position_ids[0]) == 1  # the first packed token of tree 0 follows its cached prompt token

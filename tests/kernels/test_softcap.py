@@ -14,15 +14,16 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-import math  # noqa: E402
+import math
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import scar_kernels.ops as ops  # noqa: E402
-from layout_problems import random_forest  # noqa: E402
-from scar_kernels import extension  # noqa: E402
-from scar_kernels.tree_attention import check_softcap, tree_attention_reference  # noqa: E402
+import scar_kernels.ops as ops
+from scar_kernels import extension
+from scar_kernels.tree_attention import check_softcap, tree_attention_reference
+
+from layout_problems import random_forest
 
 # fp32 kernels against the float64 definition: scores of size ~softcap, outputs of size ~1.
 ATOL = 2e-5
@@ -53,7 +54,7 @@ def case(n=45, heads=4, kv_heads=2, d=16, prefix=5, seed=0, spread=6.0, dtype=to
     k, v = torch.randn(kv_heads, n, d, generator=gen), torch.randn(kv_heads, n, d, generator=gen)
     pk = torch.randn(kv_heads, prefix, d, generator=gen) if prefix else None
     pv = torch.randn(kv_heads, prefix, d, generator=gen) if prefix else None
-    cast = lambda t: None if t is None else t.to(dtype).contiguous()  # noqa: E731
+    cast = lambda t: None if t is None else t.to(dtype).contiguous()
     return cast(q), cast(k), cast(v), random_forest(n, seed), cast(pk), cast(pv)
 
 

@@ -8,20 +8,21 @@ import os
 os.environ["TRITON_INTERPRET"] = "1"
 
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 pytest.importorskip("triton")
 
-from layout_problems import random_forest  # noqa: E402
-from scar_kernels.dense_mask import dense_mask  # noqa: E402
-from scar_kernels.layout import additive_mask  # noqa: E402
-from scar_kernels.tree_attention import (  # noqa: E402
+from scar_kernels.dense_mask import dense_mask
+from scar_kernels.layout import additive_mask
+from scar_kernels.tree_attention import (
     block_max_horizon,
     block_skip_stats,
     tree_attention,
     tree_attention_reference,
 )
+
+from layout_problems import random_forest
 
 
 def make_qkv(h, hkv, n, d, p=0, dtype=torch.float32, seed=0):
@@ -84,7 +85,9 @@ def test_empty_prefix_equals_no_prefix():
     q, k, v, _, _ = make_qkv(2, 2, 20, 16)
     horizon = random_forest(20, 4)
     empty = torch.empty(2, 0, 16)
-    torch.testing.assert_close(tree_attention(q, k, v, horizon, 0.3, empty, empty), tree_attention(q, k, v, horizon, 0.3))
+    torch.testing.assert_close(
+        tree_attention(q, k, v, horizon, 0.3, empty, empty), tree_attention(q, k, v, horizon, 0.3)
+    )
 
 
 @pytest.mark.parametrize("d", [16, 48, 128])
@@ -139,7 +142,7 @@ def test_block_skip_stats_counts():
 
 
 def test_bad_inputs_raise_clear_errors(monkeypatch):
-    q, k, v, pk, pv = make_qkv(2, 1, 20, 16, p=2)
+    q, k, v, pk, _pv = make_qkv(2, 1, 20, 16, p=2)
     horizon = random_forest(20, 0)
     with pytest.raises(TypeError, match="horizon must be int32"):
         tree_attention(q, k, v, horizon.long())

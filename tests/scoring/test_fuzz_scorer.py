@@ -11,6 +11,7 @@ from transformers import GPT2Config, GPT2ForSequenceClassification
 
 from scar.credit.rewarder import SCAR
 from scar.scoring import CoalitionScorer
+
 from tiny_tokenizers import build_tokenizer
 
 VOCAB = 100

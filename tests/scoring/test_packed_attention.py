@@ -15,7 +15,6 @@ from transformers import (
 import scar.scoring.attention as scar_tf
 from scar.scoring.attention import ATTENTION_NAME, packed_forward, scar_tree_attention
 from scar.scoring.model import cache_keyword
-
 from scar_kernels.layout import build_pack_reference
 
 VOCAB = 100

@@ -7,9 +7,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from layout_problems import forests, to_args
 from scar.scoring.passes import _greedy_passes, split_passes, subset_layout
 from scar_kernels.layout import additive_mask, build_pack_reference
+
+from layout_problems import forests, to_args
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

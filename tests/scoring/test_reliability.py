@@ -188,9 +188,9 @@ def test_one_inf_embedding_poisons_only_the_coalitions_that_contain_it(attention
 
 
 def test_scar_names_the_response_whose_token_is_non_finite():
-    from tiny_tokenizers import word_level_tokenizer
-
     from scar.credit.rewarder import SCAR
+
+    from tiny_tokenizers import word_level_tokenizer
 
     words = ["good", "bad", "film", "plot", "poison", "fine", "ok", "the", "was", "and"]
     tok = word_level_tokenizer(words)
@@ -215,7 +215,7 @@ def test_float64_models_work_under_the_defaults():
     if has_extension():
         with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
             CoalitionScorer(model, attention="kernel")
-    with pytest.raises(ValueError, match="attention='flex' is not available: .*float32, float16 or bfloat16"):
+    with pytest.raises(ValueError, match=r"attention='flex' is not available: .*float32, float16 or bfloat16"):
         CoalitionScorer(model, attention="flex")
 
 
@@ -250,7 +250,7 @@ def test_exactness_check_catches_a_model_the_structural_checks_let_through(monke
     assert not ok and "probe" in why  # the probe sees it; pretend it did not
     monkeypatch.setattr(scorer_module, "trie_exactness", lambda m: (True, "pretend"))
     # an explicit kernel is probed against plain deletion at construction and refused
-    with pytest.raises(ValueError, match="attention='kernel' is not available: .*differs from plain deletion"):
+    with pytest.raises(ValueError, match=r"attention='kernel' is not available: .*differs from plain deletion"):
         CoalitionScorer(model, backend="trie", attention="kernel")
     monkeypatch.setattr(CoalitionScorer, "_probe_attention", lambda self, attention: None)  # pretend again
     for attention in ATTENTIONS:

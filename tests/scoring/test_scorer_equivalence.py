@@ -44,7 +44,7 @@ def make_case(name: str, seed: int = 0) -> dict:
         "long_prompt": dict(prompt=30, response=6, players=3, gaps=True, suffix=1),
         "no_suffix_gaps": dict(prompt=5, response=12, players=3, gaps=True, suffix=0),
     }[name]
-    tokens = lambda k: torch.randint(3, 100, (k,), generator=gen)  # noqa: E731
+    tokens = lambda k: torch.randint(3, 100, (k,), generator=gen)
     players = random_players(gen, spec["response"], spec["players"], spec["gaps"])
     return dict(
         prompt_ids=tokens(spec["prompt"]),

@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from scar.scoring.model import inspect_model, trie_exactness
 from scar.scoring import CoalitionScorer
+from scar.scoring.model import inspect_model, trie_exactness
 
 ARGS = ([3, 4, 5], [6, 7, 8, 9], [(0, 2), (2, 4)])
 COALITIONS = torch.tensor([[1, 0], [0, 1], [1, 1]], dtype=torch.bool)
@@ -89,7 +89,7 @@ def test_probe_catches_a_forward_that_ignores_position_ids(tiny_model) -> None:
     model = tiny_model("gpt2", seed=3)
     base_forward = model.transformer.forward
 
-    def forward(input_ids=None, attention_mask=None, position_ids=None, **kw):  # noqa: ARG001
+    def forward(input_ids=None, attention_mask=None, position_ids=None, **kw):
         return base_forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
 
     model.transformer.forward = forward
@@ -190,7 +190,7 @@ def test_constructor_errors(tiny_model) -> None:
 def test_three_labels_with_score_fn_and_no_pad_id(tiny_model) -> None:
     """No pad id is needed to pad batches: padded slots are masked and read-outs are explicit."""
     model = tiny_model("gpt2", num_labels=3, pad_token_id=None)
-    fn = lambda logits: logits[:, 2] - logits[:, 0]  # noqa: E731
+    fn = lambda logits: logits[:, 2] - logits[:, 0]
     ref = CoalitionScorer(model, backend="loop", score_fn=fn).score(*ARGS, COALITIONS, [2])
     for backend in ("batched", "trie"):
         got = CoalitionScorer(model, backend=backend, score_fn=fn).score(*ARGS, COALITIONS, [2])
@@ -233,7 +233,8 @@ def test_attention_path_selection(tiny_model, monkeypatch) -> None:
         CoalitionScorer(model, attention="flash")
     assert CoalitionScorer(model, backend="batched").max_tokens_per_pass == 8192
     assert CoalitionScorer(model, backend="trie", attention="mask").max_tokens_per_pass == 1024
-    assert CoalitionScorer(model, backend="trie", attention="mask", max_tokens_per_pass=4096).max_tokens_per_pass == 4096
+    wide = CoalitionScorer(model, backend="trie", attention="mask", max_tokens_per_pass=4096)
+    assert wide.max_tokens_per_pass == 4096
     flex_scorer = CoalitionScorer(model, backend="trie", attention="flex")
     assert flex_scorer.attention == "flex" and flex_scorer.max_tokens_per_pass == 8192
     assert CoalitionScorer(model, backend="batched", attention="flex").attention == "none"
@@ -245,7 +246,7 @@ def test_attention_path_selection(tiny_model, monkeypatch) -> None:
     import scar_kernels.flex as flex
 
     monkeypatch.setattr(flex, "_flex_module", lambda: None)
-    with pytest.raises(ValueError, match="attention='flex' is not available: .*flex_attention"):
+    with pytest.raises(ValueError, match=r"attention='flex' is not available: .*flex_attention"):
         CoalitionScorer(model, backend="trie", attention="flex")
 
 

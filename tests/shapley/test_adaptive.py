@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from tiny_games import AdditiveGame, CountingValueFn, GloveGame, SumOfUnanimityGame
 from scar.shapley import AdaptiveRun, adaptive, shapley
 from scar.shapley.adaptive import MAX_GROWTH, MIN_STOP_FACTOR, default_max_budget, first_round_budget
+
+from tiny_games import AdditiveGame, CountingValueFn, GloveGame, SumOfUnanimityGame
 
 GAME = SumOfUnanimityGame(16, 40, 1, 16, seed=4)  # 16 players: no budget here reaches the exact plan
 HIERARCHY = [[0, 1, 2, 3], [4, [5, 6], 7], [8, 9, 10, 11], [12, 13, [14, 15]]]
@@ -156,7 +157,7 @@ def test_the_stopping_rule_is_what_keeps_the_glove_game_covered(monkeypatch: pyt
 
 
 def test_absolute_and_relative_tolerance() -> None:
-    scaled = lambda c: 10.0 * GAME(c)  # noqa: E731
+    scaled = lambda c: 10.0 * GAME(c)
     rel = shapley(GAME, 16, method="permutation", tol=0.05, seed=0)
     rel10 = shapley(scaled, 16, method="permutation", tol=0.05, seed=0)
     assert rel10.budget == rel.budget and rel10.tol == pytest.approx(10 * rel.tol)  # scale-free
@@ -271,5 +272,5 @@ def test_plan_limits_are_checked_before_anything_is_evaluated() -> None:
 
 def test_feed_errors_name_the_adaptive_run() -> None:
     run = AdaptiveRun(4, "kernel", tol=0.1, seed=0)
-    with pytest.raises(ValueError, match="AdaptiveRun.feed needs one value per coalition"):
+    with pytest.raises(ValueError, match=r"AdaptiveRun.feed needs one value per coalition"):
         run.feed([0.0])

@@ -23,8 +23,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiny_games import LinearCombination, TableGame, WithDummy
 from scar.shapley import ShapleyResult, shapley
+
+from tiny_games import LinearCombination, TableGame, WithDummy
 
 # Each (test, method) pair runs 25 examples. derandomize: the examples are a fixed function of the
 # test, so CI runs are reproducible and the statistical checks (symmetry, kernel dummy) cannot flake.

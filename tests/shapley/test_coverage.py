@@ -11,10 +11,11 @@ import math
 
 import pytest
 import torch
-from tiny_games import SumOfUnanimityGame
 
 from scar.shapley import shapley
 from scar.shapley.base import INTERVAL_Z, VARIANCE_PRIOR_UNITS, sample_mean_stderr, student_t_quantile
+
+from tiny_games import SumOfUnanimityGame
 
 HIERARCHY = [[0, 1, 2], [3, [4, 5]], [6, 7, 8, 9]]
 GAMES = [

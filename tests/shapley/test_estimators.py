@@ -9,6 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from scar.shapley import (
+    DEFAULT_PERMUTATIONS,
+    EXACT_MAX_PLAYERS,
+    METHODS,
+    OWEN_EXACT_MAX_TERMS,
+    ShapleyResult,
+    shapley,
+)
+from scar.shapley.kernel import kernel_design
+
 from tiny_games import (
     AdditiveGame,
     CountingValueFn,
@@ -18,15 +28,6 @@ from tiny_games import (
     WeightedVotingGame,
     brute_force_owen,
     brute_force_shapley,
-)
-from scar.shapley.kernel import kernel_design
-from scar.shapley import (
-    DEFAULT_PERMUTATIONS,
-    EXACT_MAX_PLAYERS,
-    METHODS,
-    OWEN_EXACT_MAX_TERMS,
-    ShapleyResult,
-    shapley,
 )
 
 GAMES = {

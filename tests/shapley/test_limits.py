@@ -8,7 +8,6 @@ import tracemalloc
 
 import pytest
 import torch
-from tiny_games import TableGame
 
 from scar.shapley import (
     EXACT_MAX_PLAYERS,
@@ -20,6 +19,8 @@ from scar.shapley import (
 )
 from scar.shapley.base import plan_fits
 from scar.shapley.kernel import kernel_default_budget, kernel_design
+
+from tiny_games import TableGame
 
 # --------------------------------------------------------------------------- permutation: exact cap
 

@@ -8,7 +8,6 @@ import math
 
 import pytest
 import torch
-from tiny_games import AdditiveGame, CountingValueFn, SumOfUnanimityGame, TableGame, UnanimityGame
 
 from scar.shapley import METHODS, plan, shapley, surrogate
 from scar.shapley.base import make_generator
@@ -21,6 +20,8 @@ from scar.shapley.surrogate import (
     surrogate_features,
     surrogate_shapley,
 )
+
+from tiny_games import AdditiveGame, CountingValueFn, SumOfUnanimityGame, TableGame, UnanimityGame
 
 HIGH = SumOfUnanimityGame(10, terms=12, lo=5, hi=10, seed=1)
 LOW = SumOfUnanimityGame(10, terms=20, lo=1, hi=2, seed=2)
@@ -343,7 +344,8 @@ def test_fast_fits_match_the_direct_solves(solver: str, n: int, budget: int, lo:
     assert all(beta is not None for beta in got)  # every fit passed its check: no fallback
     want = slow._direct(sets)
     scale = float(want.abs().max())
-    torch.testing.assert_close(torch.stack(got), want, rtol=0, atol=1e-7 * max(scale, 1.0))  # both at the rounding of an ill-conditioned fit
+    # both at the rounding of an ill-conditioned fit
+    torch.testing.assert_close(torch.stack(got), want, rtol=0, atol=1e-7 * max(scale, 1.0))
     for deleted in [None, *fast.used]:
         torch.testing.assert_close(fast.estimate(deleted), slow.estimate(deleted), rtol=0, atol=1e-7)
 
