@@ -1,5 +1,6 @@
-"""Lint, format and type checks of the installed packages and the C++ sources, with the pinned tools of the
-``test`` extra (``pyproject.toml``): ruff (lint and format), mypy and clang-format (``csrc/.clang-format``)."""
+"""Lint, format and type checks with the pinned tools of the ``test`` extra (``pyproject.toml``): ruff's lint
+over the whole repository, ruff's format and mypy over the installed packages, clang-format over the C++ sources
+(``csrc/.clang-format``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_ruff_lint():
-    out = run(tool("ruff"), "check", *PACKAGES)
+    # the whole repository: the packages, the tests, the benchmarks, the scripts and the examples
+    out = run(tool("ruff"), "check", ".")
     assert out.returncode == 0, out.stdout + out.stderr
 
 
