@@ -21,6 +21,11 @@ forwards ``**kwargs`` from the model's forward down to the attention function):
   pay that synchronisation). A layer with a ``sliding_window`` is served only when every position is below
   it, so that the window excludes no ancestor and the tree attention is exact without applying it.
 
+A decoder whose layers do not pass the forward's keyword arguments on to their attention modules (Nemotron)
+gets the same arguments from a context variable that :func:`packed_forward` sets for the duration of its call:
+``scar_tree_attention`` reads it when its own arguments hold no ``scar_horizon``. A context variable is private to
+its thread, so concurrent packed forwards do not see each other's packs.
+
 No mask function is registered: ``"scar_tree"`` is absent from transformers' mask registry, so
 ``create_causal_mask`` returns ``None`` without building an ``N x N`` mask.
 
@@ -34,6 +39,7 @@ attention itself is the ``scar::tree_attention`` op (Triton on CUDA, C++/torch o
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +66,10 @@ __all__ = [
 ATTENTION_NAME = "scar_tree"
 PACKED_ATTENTIONS = ("kernel", "flex")
 """What :func:`packed_forward` can run the tree attention with: the ``scar::tree_attention`` op or FlexAttention."""
+
+
+_PACK: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("scar_pack", default=None)
+"""The ``scar_*`` arguments of the packed forward running in this context (None outside one)."""
 
 
 class LargestPosition:
@@ -122,6 +132,10 @@ def scar_tree_attention(
     ``([1, N, H, D], None)`` like transformers' own attention functions (no attention weights).
     """
     horizon = kwargs.get("scar_horizon")
+    pack = _PACK.get()
+    if horizon is None and pack is not None:  # a model whose layers did not pass the pack's arguments on
+        kwargs = {**kwargs, **pack}
+        horizon = kwargs["scar_horizon"]
     if horizon is None:
         raise ValueError(
             "scar_tree attention: pass scar_horizon=<int32 [N] tensor> to the model's forward "
@@ -266,7 +280,11 @@ def packed_forward(
         kwargs["scar_block_mask"] = flex_block_mask(horizon, prefix_length(past_key_values))
     if "return_dict" in inspect.signature(base.forward).parameters:
         kwargs["return_dict"] = True
-    return base(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state
+    token = _PACK.set({k: v for k, v in kwargs.items() if k.startswith("scar_")})
+    try:
+        return base(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state
+    finally:
+        _PACK.reset(token)
 
 
 register()

@@ -156,6 +156,13 @@ def test_missing_horizon_and_bad_shapes():
     model = make_model("gpt2")
     base = model.base_model
     ids, layout, _ = build(RESPONSES, [0, 0])
+    bad = layout.horizon.clone()
+    bad[-1] = ids.shape[0] - 1
+    with torch.no_grad():
+        packed_forward(base, ids, layout.position_ids, layout.horizon)
+        with pytest.raises(ValueError, match="horizon"):
+            packed_forward(base, ids, layout.position_ids, bad)
+    # neither packed forward, the one that ran nor the one that failed, leaves its pack to later forwards
     base.set_attn_implementation(ATTENTION_NAME)
     with torch.no_grad(), pytest.raises(ValueError, match="scar_horizon"):
         base(input_ids=ids.unsqueeze(0), position_ids=layout.position_ids.unsqueeze(0))

@@ -3,9 +3,10 @@ plain deletion one sequence at a time) by every backend it is given, or refused 
 
 - Right padding: YOSO (hashed attention), FNet (Fourier mixing) and XLNet do not honour the attention mask,
   so padded batches would change their scores; they are scored one unpadded sequence at a time.
-- The tree-attention kernel: Nemotron drops the kernel's extra arguments, JetMoE views its output as
-  contiguous, DeepSeek-V3 caches latent vectors; ``attention="auto"`` probes the kernel and takes the dense
-  mask.
+- The tree-attention kernel: Nemotron's layers do not pass the forward's keyword arguments on to their
+  attention, which then reads the pack from the packed forward's context; JetMoE caches its keys before
+  repeating them for its expert heads and DeepSeek-V3 caches latent vectors, so ``attention="auto"`` probes the
+  kernel and takes the dense mask for them.
 - Probes that cannot run: OpenAI GPT's forward fails on the packed probe, MT5's base model needs decoder inputs
   for the causality probe; both are classified without crashing.
 """
@@ -65,12 +66,11 @@ def test_encoders_that_honour_padding_stay_batched(tiny_model, kind: str) -> Non
     torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["nemotron", "jetmoe", "deepseek_v3"])
+@pytest.mark.parametrize("kind", ["jetmoe", "deepseek_v3"])
 def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, kind: str) -> None:
     """The trie is exact for these decoders through the dense mask, but the tree-attention kernel cannot serve
-    them: Nemotron's attention module does not pass its arguments on, JetMoE's cache holds its keys before they
-    are repeated for its expert heads, and DeepSeek-V3's cache holds latent vectors, not per-head keys and
-    values, so passes on top of a cached prompt fail.
+    them: JetMoE's cache holds its keys before they are repeated for its expert heads, and DeepSeek-V3's cache
+    holds latent vectors, not per-head keys and values, so passes on top of a cached prompt fail.
     ``attention="auto"`` probes the kernel (in one pass and on a cached prompt) and takes the mask, exactly,
     also in passes on top of the cached prompt."""
     model = tiny_model(kind)
@@ -84,6 +84,25 @@ def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, k
     got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
     assert scorer.stats.prompt_cache_tokens > 0
     torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "attention",
+    [
+        pytest.param("kernel", marks=pytest.mark.skipif(not has_extension(), reason="the C++ kernel is not built")),
+        "flex",
+    ],
+)
+def test_layers_that_drop_the_pack_arguments_read_them_from_the_context(tiny_model, attention, eager_flex) -> None:
+    """Nemotron's decoder layers do not pass the forward's keyword arguments to their attention: the tree
+    attention reads the pack from the packed forward's context instead, in passes on a cached prompt, exactly."""
+    model = tiny_model("nemotron")
+    scorer = CoalitionScorer(model, backend="trie", attention=attention, max_tokens_per_pass=24)
+    got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
+    assert scorer.stats.passes > 1 and scorer.stats.prompt_cache_tokens > 0
+    torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
+    if attention == "kernel":
+        assert CoalitionScorer(model, backend="auto").attention == "kernel"
 
 
 def test_auto_attention_keeps_the_kernel_where_it_runs(tiny_model) -> None:
