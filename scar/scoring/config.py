@@ -66,7 +66,9 @@ class ScorerConfig:
             kernel, ahead of compiled FlexAttention in ``bench/RESULTS.md``). All are exact.
         max_tokens_per_pass: token budget of one forward (batch x padded length for ``batched``, packed
             length for ``trie``); None: :data:`DEFAULT_PASS_TOKENS`, or :data:`DEFAULT_MASK_PASS_TOKENS`
-            for a trie on the dense-mask path. Memory is bounded by it, never by the number of coalitions.
+            for a trie on the dense-mask path. Memory is bounded by it, never by the number of coalitions
+            (a trie that cannot run on the prompt's KV cache, :attr:`CoalitionScorer.cache_prompt` False,
+            needs one whole sequence per pass and raises a smaller budget to that).
         filler_id: the filler token of ``removal="replace"`` (None: the config's pad id, else its mask id).
         score_fn: maps logits ``[B, num_labels]`` to scores ``[B]``; required when a model has more than
             two labels (one label: that logit; two: ``logit[1] - logit[0]``), and for a model that is not a

@@ -60,6 +60,11 @@ HALF_PRECISION_RECHECK = 8
 disagreeing too raises (see :meth:`CoalitionScorer._verify`)."""
 
 
+PROBE_TOKENS = 9
+"""Tokens of the tree-attention probe's game (3 prompt, 6 response in two players); its trie is longer, so
+passes of this many tokens split it."""
+
+
 class ExactnessError(ValueError):
     """A fast backend's score disagreed with plain deletion beyond the model dtype's tolerance.
 
@@ -125,6 +130,9 @@ class CoalitionScorer:
         config: the settings as given; ``backend``, ``attention``, ``max_tokens_per_pass`` and
             ``filler_id`` hold what they resolved to.
         info: what :func:`scar.scoring.model.inspect_model` found.
+        cache_prompt: whether the trie's passes run on top of the prompt's KV cache; False for a model whose
+            cache the tree attention cannot read as per-head keys and values (latent-attention caches), whose
+            passes then recompute the prompt.
         stats: the :class:`ScorerStats` of the last call.
 
     Raises:
@@ -164,6 +172,8 @@ class CoalitionScorer:
         else:
             self.filler_id = None
         self.backend = self._resolve_backend(config.backend)
+        # passes on top of the prompt's KV cache; False where the tree attention cannot read the model's cache
+        self.cache_prompt = True
         self.attention = self._resolve_attention(config.attention)
         self._packed_base: nn.Module | None = None
         if self.attention in ("kernel", "flex"):
@@ -231,9 +241,33 @@ class CoalitionScorer:
     def _probe_attention(self, attention: str) -> str | None:
         """Score a two-player game on the trie with ``attention`` (``kernel`` or ``flex``) and by plain deletion,
         in one pass and in passes on top of the cached prompt: None when they agree, else why not (the model's
-        attention module may reject the tree attention's arguments or its output layout, or keep a cache that
-        is not per-head keys and values, which the dense-mask probe of :func:`trie_exactness` does not see)."""
-        ids = probe_ids(self.info.vocab_size, 9, {t for t in (self.info.pad_token_id,) if t is not None})
+        attention module may reject the tree attention's arguments or its output layout, which the dense-mask
+        probe of :func:`trie_exactness` does not see).
+
+        A model whose cache the tree attention cannot read as per-head keys and values (latent vectors, keys
+        not yet repeated to their heads) fails only the cached passes; it is then probed in passes that
+        recompute the prompt, and served that way (:attr:`cache_prompt` False) when those agree.
+        """
+        failure = self._probe_passes(attention, DEFAULT_PASS_TOKENS, cache_prompt=True)
+        if failure is not None:
+            return failure
+        # passes too small for the pack: on the prompt's KV cache, or each recomputing the prompt
+        cached_failure = self._probe_passes(attention, PROBE_TOKENS, cache_prompt=True)
+        if cached_failure is None:
+            return None
+        if self._probe_passes(attention, PROBE_TOKENS, cache_prompt=False) is not None:
+            return cached_failure
+        logger.info(
+            "CoalitionScorer: attention=%r recomputes the prompt in every pass (on a cached prompt it %s)",
+            attention,
+            cached_failure.split(" ", 1)[1],
+        )
+        self.cache_prompt = False
+        return None
+
+    def _probe_passes(self, attention: str, max_tokens: int, cache_prompt: bool) -> str | None:
+        """One probe of :meth:`_probe_attention`: the probe game in passes of at most ``max_tokens`` tokens."""
+        ids = probe_ids(self.info.vocab_size, PROBE_TOKENS, {t for t in (self.info.pad_token_id,) if t is not None})
         coalitions = torch.tensor([[a, b] for a in (False, True) for b in (False, True)])
         game = build_game(
             0,
@@ -246,31 +280,29 @@ class CoalitionScorer:
             filler_id=self.filler_id,
         )
         forest, members = share_prompts([game])
-        packed_base = self._packed_view_base()
         absolute, relative = self._tolerance()
-        # the whole pack in one pass, then passes too small for it (the prompt served from its KV cache)
-        for max_tokens in (DEFAULT_PASS_TOKENS, len(ids)):
-            try:
-                with torch.no_grad():
-                    per_root = score_trie(
-                        self.view,
-                        self.info,
-                        forest,
-                        pack_games(forest, [0]),
-                        self._read_scores,
-                        max_tokens,
-                        packed_base,
-                        ScorerStats(backend="trie"),
-                        attention=attention,
-                    )
-                    got = split_shared(per_root, members, [game])[0]
-                    mask = game.keep_mask()
-                    want = plain_scores(self.view, self.info, [game.sequence(row) for row in mask], self._read_scores)
-            except Exception as err:
-                return f"attention={attention!r} raised {error_summary(err)}"
-            error = float((got - want).abs().max())
-            if not error <= absolute + relative * float(want.abs().max()):
-                return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
+        try:
+            with torch.no_grad():
+                per_root = score_trie(
+                    self.view,
+                    self.info,
+                    forest,
+                    pack_games(forest, [0]),
+                    self._read_scores,
+                    max_tokens,
+                    self._packed_view_base(),
+                    ScorerStats(backend="trie"),
+                    attention=attention,
+                    cache_prompt=cache_prompt,
+                )
+                got = split_shared(per_root, members, [game])[0]
+                mask = game.keep_mask()
+                want = plain_scores(self.view, self.info, [game.sequence(row) for row in mask], self._read_scores)
+        except Exception as err:
+            return f"attention={attention!r} raised {error_summary(err)}"
+        error = float((got - want).abs().max())
+        if not error <= absolute + relative * float(want.abs().max()):
+            return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
         return None
 
     def _measured_attention(self) -> str:
@@ -458,6 +490,7 @@ class CoalitionScorer:
             self._packed_base,
             stats,
             attention=self.attention if self.attention in ("kernel", "flex") else "kernel",
+            cache_prompt=self.cache_prompt,
         )
         scores = split_shared(forest_scores, members, games)
         self._rescore_nonfinite(games, scores, stats)

@@ -40,13 +40,16 @@ def score_trie(
     packed_base: nn.Module | None,
     stats: ScorerStats,
     attention: str = "kernel",
+    cache_prompt: bool = True,
 ) -> list[torch.Tensor]:
     """Scores (float64 ``[C_r]`` per game) of every coalition.
 
     ``layout`` is the pack of all games with whole prompts (no cache). Whole trees that fit ``max_tokens``
-    share passes; each larger tree runs its own passes on top of its prompt's KV cache. ``packed_base``
-    (a base model view selecting ``"scar_tree"``) runs the passes with tree attention, ``attention``
-    (``"kernel"`` or ``"flex"``) saying which; None: a dense mask through ``model``'s own attention.
+    share passes; each larger tree runs its own passes on top of its prompt's KV cache, or, with
+    ``cache_prompt=False`` (models whose cache the tree attention cannot read as per-head keys and values),
+    recomputes its prompt in every pass, in passes that hold at least one whole coalition sequence.
+    ``packed_base`` (a base model view selecting ``"scar_tree"``) runs the passes with tree attention,
+    ``attention`` (``"kernel"`` or ``"flex"``) saying which; None: a dense mask through ``model``'s own attention.
     """
     sizes = torch.bincount(layout.tree, minlength=len(games)).tolist()
     small = [r for r, size in enumerate(sizes) if size <= max_tokens]
@@ -60,8 +63,12 @@ def score_trie(
         for r, values in zip(small, run(sub, pack_games(sub, [0] * len(sub)), 0)):
             scores[r] = values
     for r in big:
-        cached = cacheable_prompt(games[r], info.pad_token_id)
-        scores[r] = run([games[r]], pack_games([games[r]], [cached]), cached)[0]
+        if cache_prompt:
+            cached = cacheable_prompt(games[r], info.pad_token_id)
+            scores[r] = run([games[r]], pack_games([games[r]], [cached]), cached)[0]
+        else:
+            whole = max(max_tokens, int(games[r].source.numel()))  # room for the longest coalition's chain
+            scores[r] = run([games[r]], pack_games([games[r]], [0]), 0, whole)[0]
     return scores  # type: ignore[return-value]
 
 
@@ -116,7 +123,11 @@ class _Runner:
         self.max_tokens, self.packed_base, self.stats = max_tokens, packed_base, stats
         self.attention = attention
 
-    def __call__(self, games: list[Game], layout: PackLayout, cached: int) -> list[torch.Tensor]:
+    def __call__(
+        self, games: list[Game], layout: PackLayout, cached: int, max_tokens: int | None = None
+    ) -> list[torch.Tensor]:
+        """Scores per game of ``layout``'s passes of at most ``max_tokens`` tokens (the runner's by default)."""
+        max_tokens = max_tokens or self.max_tokens
         device, dtype = model_device(self.model), model_dtype(self.model)
         base, stats = self.info.base, self.stats
         source = torch.cat([g.source for g in games])
@@ -127,7 +138,7 @@ class _Runner:
         readout = _readouts(layout, last, packed_ids, self.info.pad_token_id)
         # A coalition is delivered by the pass that owns the node holding its (unadjusted) last token.
         last_node = torch.searchsorted(layout.node_start, last, right=True) - 1
-        passes = split_passes(layout, self.max_tokens)
+        passes = split_passes(layout, max_tokens)
         node_pass = torch.full((layout.n_nodes,), -1, dtype=torch.int64)
         for p_idx, p in enumerate(passes):
             node_pass[p.owned] = p_idx
@@ -142,8 +153,8 @@ class _Runner:
             cache = DynamicCache(config=getattr(self.model, "config", None))
             cache_kwargs = {cache_keyword(base): cache}
             prompt = games[0].source[:cached]
-            for s in range(0, cached, self.max_tokens):
-                e = min(cached, s + self.max_tokens)
+            for s in range(0, cached, max_tokens):
+                e = min(cached, s + max_tokens)
                 chain = torch.full((e - s,), e - s, dtype=torch.int32)  # one chain: plain causal
                 mask = dense_mask(chain.to(device), s, dtype=dtype)[None, None]
                 base(

@@ -3,10 +3,10 @@ plain deletion one sequence at a time) by every backend it is given, or refused 
 
 - Right padding: YOSO (hashed attention), FNet (Fourier mixing) and XLNet do not honour the attention mask,
   so padded batches would change their scores; they are scored one unpadded sequence at a time.
-- The tree-attention kernel: Nemotron's layers do not pass the forward's keyword arguments on to their
-  attention, which then reads the pack from the packed forward's context; JetMoE caches its keys before
-  repeating them for its expert heads and DeepSeek-V3 caches latent vectors, so ``attention="auto"`` probes the
-  kernel and takes the dense mask for them.
+- The tree attention: Nemotron's layers do not pass the forward's keyword arguments on to their attention,
+  which then reads the pack from the packed forward's context; JetMoE caches its keys before repeating them for
+  its expert heads and DeepSeek-V3 caches latent vectors, so the trie's passes recompute their prompt instead of
+  reading it from the cache.
 - Probes that cannot run: OpenAI GPT's forward fails on the packed probe, MT5's base model needs decoder inputs
   for the causality probe; both are classified without crashing.
 """
@@ -67,23 +67,35 @@ def test_encoders_that_honour_padding_stay_batched(tiny_model, kind: str) -> Non
 
 
 @pytest.mark.parametrize("kind", ["jetmoe", "deepseek_v3"])
-def test_auto_attention_takes_the_mask_where_the_kernel_cannot_run(tiny_model, kind: str) -> None:
-    """The trie is exact for these decoders through the dense mask, but the tree-attention kernel cannot serve
-    them: JetMoE's cache holds its keys before they are repeated for its expert heads, and DeepSeek-V3's cache
-    holds latent vectors, not per-head keys and values, so passes on top of a cached prompt fail.
-    ``attention="auto"`` probes the kernel (in one pass and on a cached prompt) and takes the mask, exactly,
-    also in passes on top of the cached prompt."""
+@pytest.mark.parametrize(
+    "attention",
+    [
+        pytest.param("kernel", marks=pytest.mark.skipif(not has_extension(), reason="the C++ kernel is not built")),
+        "flex",
+        "mask",
+    ],
+)
+def test_tree_attention_recomputes_the_prompt_where_it_cannot_read_the_cache(
+    tiny_model, kind: str, attention: str, eager_flex
+) -> None:
+    """JetMoE's cache holds its keys before they are repeated for its expert heads, and DeepSeek-V3's cache holds
+    latent vectors, not per-head keys and values: the tree attention cannot run on top of their cached prompt.
+    The probe finds that and the trie's passes recompute the prompt instead, exactly. The dense mask goes through
+    the model's own attention, which reads its cache: it keeps it."""
     model = tiny_model(kind)
     assert trie_exactness(model)[0]
-    if has_extension():  # an explicit kernel is probed the same way and refused with the probe's reason
-        with pytest.raises(ValueError, match="attention='kernel' is not available: attention='kernel' raised") as err:
-            CoalitionScorer(model, backend="trie", attention="kernel")
-        assert f"(at {kind}/modeling_{kind}.py:" in str(err.value)  # the model's code that made the failing call
-    scorer = CoalitionScorer(model, backend="auto", max_tokens_per_pass=24)
-    assert scorer.backend == "trie" and scorer.attention == "mask"
+    scorer = CoalitionScorer(model, backend="trie", attention=attention, max_tokens_per_pass=24)
     got = scorer.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX)
-    assert scorer.stats.prompt_cache_tokens > 0
     torch.testing.assert_close(got, _loop(model), rtol=0, atol=1e-5)
+    assert scorer.stats.passes > 1
+    assert scorer.cache_prompt == (attention == "mask")
+    assert (scorer.stats.prompt_cache_tokens > 0) == (attention == "mask")
+    if attention == "kernel":
+        assert CoalitionScorer(model, backend="auto").attention == "kernel"
+        # a budget below one whole sequence (5 + 12 + 1 tokens) is raised to it: one chain per pass
+        narrow = CoalitionScorer(model, backend="trie", attention=attention, max_tokens_per_pass=12)
+        torch.testing.assert_close(narrow.score(PROMPT, RESPONSE, PLAYERS, EVERY, SUFFIX), got, rtol=0, atol=1e-6)
+        assert narrow.stats.passes > scorer.stats.passes
 
 
 @pytest.mark.parametrize(
