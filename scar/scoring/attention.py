@@ -132,8 +132,8 @@ def scar_tree_attention(
     ``([1, N, H, D], None)`` like transformers' own attention functions (no attention weights).
     """
     horizon = kwargs.get("scar_horizon")
-    pack = _PACK.get()
-    if horizon is None and pack is not None:  # a model whose layers did not pass the pack's arguments on
+    pack = _PACK.get() if horizon is None else None
+    if pack is not None:  # a model whose layers did not pass the pack's arguments on
         kwargs = {**kwargs, **pack}
         horizon = kwargs["scar_horizon"]
     if horizon is None:

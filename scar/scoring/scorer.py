@@ -248,25 +248,6 @@ class CoalitionScorer:
         not yet repeated to their heads) fails only the cached passes; it is then probed in passes that
         recompute the prompt, and served that way (:attr:`cache_prompt` False) when those agree.
         """
-        failure = self._probe_passes(attention, DEFAULT_PASS_TOKENS, cache_prompt=True)
-        if failure is not None:
-            return failure
-        # passes too small for the pack: on the prompt's KV cache, or each recomputing the prompt
-        cached_failure = self._probe_passes(attention, PROBE_TOKENS, cache_prompt=True)
-        if cached_failure is None:
-            return None
-        if self._probe_passes(attention, PROBE_TOKENS, cache_prompt=False) is not None:
-            return cached_failure
-        logger.info(
-            "CoalitionScorer: attention=%r recomputes the prompt in every pass (on a cached prompt it %s)",
-            attention,
-            cached_failure.split(" ", 1)[1],
-        )
-        self.cache_prompt = False
-        return None
-
-    def _probe_passes(self, attention: str, max_tokens: int, cache_prompt: bool) -> str | None:
-        """One probe of :meth:`_probe_attention`: the probe game in passes of at most ``max_tokens`` tokens."""
         ids = probe_ids(self.info.vocab_size, PROBE_TOKENS, {t for t in (self.info.pad_token_id,) if t is not None})
         coalitions = torch.tensor([[a, b] for a in (False, True) for b in (False, True)])
         game = build_game(
@@ -280,29 +261,55 @@ class CoalitionScorer:
             filler_id=self.filler_id,
         )
         forest, members = share_prompts([game])
+        packed_base = self._packed_view_base()
         absolute, relative = self._tolerance()
         try:
             with torch.no_grad():
-                per_root = score_trie(
-                    self.view,
-                    self.info,
-                    forest,
-                    pack_games(forest, [0]),
-                    self._read_scores,
-                    max_tokens,
-                    self._packed_view_base(),
-                    ScorerStats(backend="trie"),
-                    attention=attention,
-                    cache_prompt=cache_prompt,
+                want = plain_scores(
+                    self.view, self.info, [game.sequence(row) for row in game.keep_mask()], self._read_scores
                 )
-                got = split_shared(per_root, members, [game])[0]
-                mask = game.keep_mask()
-                want = plain_scores(self.view, self.info, [game.sequence(row) for row in mask], self._read_scores)
         except Exception as err:
             return f"attention={attention!r} raised {error_summary(err)}"
-        error = float((got - want).abs().max())
-        if not error <= absolute + relative * float(want.abs().max()):
-            return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
+
+        def probe(max_tokens: int, cache_prompt: bool) -> str | None:
+            """The game on the trie in passes of at most ``max_tokens`` tokens, against ``want``."""
+            try:
+                with torch.no_grad():
+                    per_root = score_trie(
+                        self.view,
+                        self.info,
+                        forest,
+                        pack_games(forest, [0]),
+                        self._read_scores,
+                        max_tokens,
+                        packed_base,
+                        ScorerStats(backend="trie"),
+                        attention=attention,
+                        cache_prompt=cache_prompt,
+                    )
+                got = split_shared(per_root, members, [game])[0]
+            except Exception as err:
+                return f"attention={attention!r} raised {error_summary(err)}"
+            error = float((got - want).abs().max())
+            if not error <= absolute + relative * float(want.abs().max()):
+                return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
+            return None
+
+        failure = probe(DEFAULT_PASS_TOKENS, cache_prompt=True)  # the whole pack in one pass
+        if failure is not None:
+            return failure
+        # passes too small for the pack: on the prompt's KV cache, or each recomputing the prompt
+        cached_failure = probe(PROBE_TOKENS, cache_prompt=True)
+        if cached_failure is None:
+            return None
+        if probe(PROBE_TOKENS, cache_prompt=False) is not None:
+            return cached_failure
+        logger.info(
+            "CoalitionScorer: attention=%r recomputes the prompt in every pass (on a cached prompt it %s)",
+            attention,
+            cached_failure.split(" ", 1)[1],
+        )
+        self.cache_prompt = False
         return None
 
     def _measured_attention(self) -> str:
