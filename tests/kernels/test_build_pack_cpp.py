@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 from scar_kernels import extension, ops
 from scar_kernels.layout import build_pack_reference
 
+from extension_marks import needs_extension
+
 FIELDS = ("gather", "position_ids", "horizon", "readout", "inverse", "tree",
           "node_start", "node_len", "node_parent", "node_segment")
 
-needs_ext = pytest.mark.skipif(not extension.has_extension(), reason="the compiled scar_kernels._C is not built")
 
 
 @st.composite
@@ -72,7 +73,7 @@ def assert_same_layout(args: tuple[torch.Tensor, ...]) -> None:
         assert torch.equal(g, e), f"{name}: C++ {g.tolist()} != reference {e.tolist()}"
 
 
-@needs_ext
+@needs_extension
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(forests())
 def test_cpp_equals_reference_on_random_forests(args):
@@ -94,7 +95,7 @@ def permutation_coalitions(n_players: int, n_pairs: int, seed: int) -> torch.Ten
     return torch.stack(rows)
 
 
-@needs_ext
+@needs_extension
 def test_cpp_equals_reference_on_permutation_pack_with_two_responses():
     n = 12
     coal = permutation_coalitions(n, 6, seed=3)
@@ -110,7 +111,7 @@ def test_cpp_equals_reference_on_permutation_pack_with_two_responses():
     assert int(layout[4].max()) + 1 < coalitions.shape[0]
 
 
-@needs_ext
+@needs_extension
 def test_deep_chain_has_no_recursion_limit():
     n = 5000  # one coalition keeping every player: a chain of 5001 nodes
     args = (torch.ones(1, n, dtype=torch.bool), torch.zeros(1, dtype=torch.long), torch.tensor([0, n]),
@@ -171,7 +172,7 @@ BAD_INPUTS = {
 }
 
 
-@needs_ext
+@needs_extension
 @pytest.mark.parametrize("name", sorted(n for n in BAD_INPUTS if "non-contiguous" not in n))
 def test_bad_input_raises_clear_error(name):
     with pytest.raises((ValueError, TypeError), match="build_pack"):
@@ -186,7 +187,7 @@ def test_op_accepts_non_contiguous_inputs():
     assert all(torch.equal(a, b) for a, b in zip(expected, ops.build_pack(*strided).as_tuple()))
 
 
-@needs_ext
+@needs_extension
 @pytest.mark.parametrize("name", sorted(BAD_INPUTS))
 def test_bad_input_rejected_by_compiled_checks_too(name):
     """The compiled function validates on its own (callers may bypass the Python wrapper)."""
@@ -194,7 +195,7 @@ def test_bad_input_rejected_by_compiled_checks_too(name):
         extension.load().build_pack(*BAD_INPUTS[name])
 
 
-@needs_ext
+@needs_extension
 def test_valid_args_fixture_is_valid():
     # Guards the bad-input table: it must fail because of the one changed argument.
     assert_same_layout(tuple(valid_args()))

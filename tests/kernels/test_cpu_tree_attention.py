@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from scar_kernels import extension, ops
 from scar_kernels.layout import build_pack_reference
 
+from extension_marks import needs_extension
 from layout_problems import forests, to_args
 
-pytestmark = pytest.mark.skipif(not extension.has_extension(), reason="the compiled scar_kernels._C is not built")
+pytestmark = needs_extension
 
 
 def compiled_tree_attention(q, k, v, horizon, scale=None, prefix_k=None, prefix_v=None, **blocks):

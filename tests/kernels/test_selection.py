@@ -14,11 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import scar_kernels.flex as flex
-from scar_kernels import extension, ops, selection
+from scar_kernels import ops, selection
+
+from extension_marks import needs_extension
 
 pytestmark = [
     pytest.mark.usefixtures("eager_flex"),
-    pytest.mark.skipif(not extension.has_extension(), reason="the C++ extension is not built"),
+    needs_extension,
 ]
 
 SMALL = dict(n_players=6, n_pairs=2, prompt=9, response=12)

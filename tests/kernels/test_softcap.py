@@ -23,6 +23,7 @@ import scar_kernels.ops as ops
 from scar_kernels import extension
 from scar_kernels.tree_attention import check_softcap, tree_attention_reference
 
+from extension_marks import needs_extension
 from layout_problems import random_forest
 
 # fp32 kernels against the float64 definition: scores of size ~softcap, outputs of size ~1.
@@ -73,7 +74,6 @@ def test_reference(softcap: float, prefix: int) -> None:
     check(tree_attention_reference(q, k, v, horizon, 0.25, pk, pv, softcap), q, k, v, horizon, 0.25, softcap, pk, pv)
 
 
-needs_extension = pytest.mark.skipif(not extension.has_extension(), reason="the compiled scar_kernels._C is not built")
 
 
 def _runs(isa: str) -> bool:

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from scar.scoring import CoalitionScorer
-from scar_kernels.ops import has_extension
+
+from extension_marks import KERNEL, needs_extension
 
 PROMPT = [60, 85, 28, 90, 58]
 RESPONSE = [63, 62, 75, 76, 69, 28, 43, 35, 25, 89, 90, 75]  # 18 tokens with prompt and suffix: below the window
@@ -59,7 +60,7 @@ def test_the_cap_changes_the_scores(capped, tiny_model) -> None:
 @pytest.mark.parametrize(
     "attention",
     [
-        pytest.param("kernel", marks=pytest.mark.skipif(not has_extension(), reason="the C++ kernel is not built")),
+        KERNEL,
         "flex",
         "mask",
     ],
@@ -72,7 +73,7 @@ def test_trie_paths_equal_plain_deletion(capped, attention: str, eager_flex) -> 
     torch.testing.assert_close(got, _loop(capped), rtol=0, atol=ATOL)
 
 
-@pytest.mark.skipif(not has_extension(), reason="the C++ kernel is not built")
+@needs_extension
 def test_auto_runs_the_kernel(capped) -> None:
     scorer = CoalitionScorer(capped, backend="auto")
     assert scorer.backend == "trie" and scorer.attention == "kernel"

@@ -23,6 +23,8 @@ from scar.scoring.padded import pad_right, padding_exactness
 from scar.scoring.scorer import ExactnessError
 from scar_kernels.ops import has_extension
 
+from extension_marks import KERNEL
+
 PROMPT = [60, 85, 28, 90, 58]
 RESPONSE = [63, 62, 75, 76, 69, 28, 43, 35, 25, 89, 90, 75]
 PLAYERS = [(0, 3), (3, 6), (6, 9), (9, 12)]
@@ -69,11 +71,7 @@ def test_encoders_that_honour_padding_stay_batched(tiny_model, kind: str) -> Non
 @pytest.mark.parametrize("kind", ["jetmoe", "deepseek_v3"])
 @pytest.mark.parametrize(
     "attention",
-    [
-        pytest.param("kernel", marks=pytest.mark.skipif(not has_extension(), reason="the C++ kernel is not built")),
-        "flex",
-        "mask",
-    ],
+    [KERNEL, "flex", "mask"],
 )
 def test_tree_attention_recomputes_the_prompt_where_it_cannot_read_the_cache(
     tiny_model, kind: str, attention: str, eager_flex
@@ -100,10 +98,7 @@ def test_tree_attention_recomputes_the_prompt_where_it_cannot_read_the_cache(
 
 @pytest.mark.parametrize(
     "attention",
-    [
-        pytest.param("kernel", marks=pytest.mark.skipif(not has_extension(), reason="the C++ kernel is not built")),
-        "flex",
-    ],
+    [KERNEL, "flex"],
 )
 def test_layers_that_drop_the_pack_arguments_read_them_from_the_context(tiny_model, attention, eager_flex) -> None:
     """Nemotron's decoder layers do not pass the forward's keyword arguments to their attention: the tree
@@ -119,8 +114,6 @@ def test_layers_that_drop_the_pack_arguments_read_them_from_the_context(tiny_mod
 
 def test_auto_attention_keeps_the_kernel_where_it_runs(tiny_model) -> None:
     """The probe does not demote a model the kernel serves (when the compiled kernel is built)."""
-    from scar_kernels.ops import has_extension
-
     if not has_extension():
         pytest.skip("the compiled kernels are not built")
     assert CoalitionScorer(tiny_model("llama"), backend="auto").attention == "kernel"
