@@ -1,9 +1,10 @@
 """Sliding-window reward models: the trie against padded batches, the path ``backend="auto"`` took for them
 while the trie refused every windowed model.
 
-Workload (full size, ``pytest bench/bench_sliding_window.py --benchmark-only``): random-weight Mistral and
-Gemma 2 sequence classifiers (4 layers, width 256, sliding window 4,096 tokens; Gemma 2 alternates windowed
-and full layers and soft-caps its attention logits), a 256-token prompt, a
+Workload (full size, ``pytest bench/bench_sliding_window.py --benchmark-only``): random-weight Mistral, Gemma 2
+and gpt-oss sequence classifiers (4 layers, width 256, sliding window 4,096 tokens; Gemma 2 and gpt-oss
+alternate windowed and full layers, Gemma 2 soft-caps its attention logits, gpt-oss adds attention sinks and
+routes 4 experts), a 256-token prompt, a
 64-token response cut into 16 span players and the distinct coalitions of ``method="permutation"``'s plan at 32
 permutations (what the library scores for that estimate). Paths: ``batched``, ``auto`` (the trie on the
 tree-attention kernel) and ``trie-mask`` (the trie on the model's own attention with a dense mask). Each
@@ -26,7 +27,9 @@ from scar.shapley import plan
 from scar_bench.measure import bench_threads
 from scar_bench.workloads import span_players
 
-ARCHITECTURES = {"mistral": "MistralConfig", "gemma2": "Gemma2Config"}
+ARCHITECTURES = {"mistral": "MistralConfig", "gemma2": "Gemma2Config", "gpt_oss": "GptOssConfig"}
+EXTRA = {"gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2)}
+"""Settings of an architecture besides the shared ones (gpt-oss: a small mixture of experts)."""
 FULL = dict(prompt=256, response=64, players=16, permutations=32, layers=4, width=256, window=4096)
 TINY = dict(prompt=12, response=10, players=4, permutations=4, layers=1, width=16, window=32)
 
@@ -49,6 +52,7 @@ def _instance(kind: str, full: bool):
         num_hidden_layers=w["layers"], hidden_size=w["width"], intermediate_size=4 * w["width"],
         num_attention_heads=4, num_key_value_heads=4, head_dim=w["width"] // 4, max_position_embeddings=8192,
         sliding_window=w["window"], vocab_size=1000, pad_token_id=0, bos_token_id=1, eos_token_id=2, num_labels=1,
+        **EXTRA.get(kind, {}),
     )
     torch.manual_seed(0)
     model = tf.AutoModelForSequenceClassification.from_config(config).eval()

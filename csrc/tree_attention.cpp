@@ -2,7 +2,9 @@
 //
 //   out = softmax(cap(q k^T * scale) + mask) v,   query q may attend key k  <=>  k <= q < horizon[k]
 //   (plus every key of an optional cached prefix, visible to all queries), where cap(x) = softcap tanh(x / softcap)
-//   when a logit soft-cap is given (Gemma 2) and cap(x) = x otherwise.
+//   when a logit soft-cap is given (Gemma 2) and cap(x) = x otherwise. With attention sinks (gpt-oss), the softmax of
+//   query q in head h also holds one extra logit sinks[h] or sinks[h, q] (not scaled, not capped) whose value row
+//   is zero: the online softmax starts from max = that logit and sum = 1 instead of -inf and 0.
 //
 // Flash-style, with the keys of each query block listed rather than tiled. A work item is a block of
 // block_q queries [q0, q1) and one kv head (every query head of its group, so a grouped kv head is read once
@@ -418,8 +420,9 @@ struct Inputs {
   const uint8_t* head_bad;    // [Hkv]: the kv head holds such a key (packed or prefix)
   int64_t N, P, D, Hkv, group, block_q, block_k;
   float scale;
-  float softcap;  // > 0: scores are soft-capped to (-softcap, softcap); 0: not
-  float* out;     // [H, N, D]
+  float softcap;       // > 0: scores are soft-capped to (-softcap, softcap); 0: not
+  const float* sinks;  // [H, N] extra softmax logit per query head and query (zero value row), or null
+  float* out;          // [H, N, D]
 };
 
 // Touches the rows that a work item reads first from memory (its queries, and the k and v rows of its own
@@ -545,6 +548,11 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
       }
       std::fill_n(sc.m.data() + g * BQ, BQ, kNegInf);
       std::fill_n(sc.l.data() + g * BQ, BQ, 0.0f);
+      if (in.sinks != nullptr) {  // a sink is one more key every query sees, with a zero value row
+        const float* sink = in.sinks + (hk * G + g) * N + r0;
+        std::copy_n(sink, nr, sc.m.data() + g * BQ);
+        std::fill_n(sc.l.data() + g * BQ, nr, 1.0f);
+      }
       std::fill_n(sc.acc.data() + g * BQ * D, BQ * D, 0.0f);
     }
     std::fill_n(sc.poisoned.data(), BQ, uint8_t{0});
@@ -687,8 +695,9 @@ void check_qkv(const at::Tensor& t, const char* name) {
 
 at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                           const at::Tensor& horizon, double scale_d, const std::optional<at::Tensor>& prefix_k_in,
-                          const std::optional<at::Tensor>& prefix_v_in, double softcap, int64_t block_q,
-                          int64_t block_k, const std::string& isa) {
+                          const std::optional<at::Tensor>& prefix_v_in, double softcap,
+                          const std::optional<at::Tensor>& sinks_in, int64_t block_q, int64_t block_k,
+                          const std::string& isa) {
   check_qkv(q_in, "q");
   check_qkv(k_in, "k");
   check_qkv(v_in, "v");
@@ -709,6 +718,22 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   TORCH_CHECK_VALUE(std::isfinite(softcap) && softcap >= 0.0,
                     "tree_attention: softcap must be a finite number > 0 (or 0 for none), got ", softcap);
   TORCH_CHECK_VALUE(block_q >= 1 && block_k >= 1, "tree_attention: block sizes must be >= 1");
+  at::Tensor sinks;
+  if (sinks_in.has_value()) {
+    TORCH_CHECK_VALUE(sinks_in->device().is_cpu(), "tree_attention: sinks must be a CPU tensor");
+    TORCH_CHECK_TYPE(at::isFloatingType(sinks_in->scalar_type()), "tree_attention: sinks must be a float tensor, got ",
+                     sinks_in->scalar_type());
+    const bool per_head = sinks_in->dim() == 1 && sinks_in->size(0) == H;
+    TORCH_CHECK_VALUE(per_head || (sinks_in->dim() == 2 && sinks_in->size(0) == H && sinks_in->size(1) == N),
+                      "tree_attention: sinks must have shape [", H, "] (one logit per query head) or [", H, ", ", N,
+                      "] (per head and query), got ", sinks_in->sizes());
+    sinks = sinks_in->to(at::kFloat).reshape({H, -1}).expand({H, N}).contiguous();
+    const float* sp = sinks.data_ptr<float>();
+    for (int64_t t = 0; t < H * N; ++t) {
+      TORCH_CHECK_VALUE(!std::isnan(sp[t]) && sp[t] != std::numeric_limits<float>::infinity(),
+                        "tree_attention: sinks must be finite or -inf (no sink), got ", sp[t]);
+    }
+  }
   TORCH_CHECK_VALUE(horizon.device().is_cpu() && horizon.scalar_type() == at::kInt,
                     "tree_attention: horizon must be a CPU int32 tensor, got ", horizon.scalar_type());
   TORCH_CHECK_VALUE(horizon.dim() == 1 && horizon.size(0) == N, "tree_attention: horizon must have shape [", N,
@@ -792,6 +817,7 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   in.block_k = std::min(block_k, P + N);  // no segment is longer than the longest key list
   in.scale = static_cast<float>(scale_d);
   in.softcap = static_cast<float>(softcap);
+  in.sinks = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
   in.out = out.data_ptr<float>();
 
   const int64_t n_items = (N + in.block_q - 1) / in.block_q * Hkv;  // (query block, kv head), kv head fastest

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from scar_kernels.layout import check_horizon
-from scar_kernels.tree_attention import check_softcap, validate_tree_attention_inputs
+from scar_kernels.tree_attention import check_softcap, sink_logits, validate_tree_attention_inputs
 
 __all__ = [
     "COMPILE_BY_DEVICE",
@@ -270,6 +270,19 @@ def _softcap_mod(softcap: float, device: torch.device) -> Callable[..., Tensor]:
     return score_mod
 
 
+def _lse_request() -> dict[str, Any]:
+    """The ``flex_attention`` keyword that makes it also return the log-sum-exp of each query's scores."""
+    module = _flex_module()
+    aux = getattr(module, "AuxRequest", None)
+    return {"return_aux": aux(lse=True)} if aux is not None else {"return_lse": True}
+
+
+def _with_sinks(out: Tensor, lse: Tensor, sinks: Tensor) -> Tensor:
+    """``out`` (``[H, N, D]``, normalised over the keys) renormalised with one more softmax logit per row, the
+    sink (``[H, N]``), whose value row is zero: ``out * exp(lse) / (exp(lse) + exp(sink))``."""
+    return out * torch.sigmoid(lse.float() - sinks)[..., None]
+
+
 def flex_tree_attention(
     q: Tensor,
     k: Tensor,
@@ -279,6 +292,7 @@ def flex_tree_attention(
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
+    sinks: Tensor | None = None,
     *,
     block_mask: Any = None,
     compiled: bool | None = None,
@@ -292,6 +306,9 @@ def flex_tree_attention(
         scale: score scale, default ``D ** -0.5``.
         prefix_k, prefix_v: optional cached-prefix keys/values ``[Hkv, P, D]`` visible to every query.
         softcap: logit soft-cap, ``softcap * tanh(score / softcap)`` as a ``score_mod`` (None: none).
+        sinks: attention-sink logits ``[H]`` or ``[H, N]`` (None: none). A ``score_mod`` cannot add a softmax
+            term, so ``flex_attention`` also returns each row's log-sum-exp and the output is renormalised
+            with the sink afterwards.
         block_mask: the pack's mask from :func:`tree_block_mask` (same ``horizon`` and ``P``), so that the
             layers of one forward share it; built here when None.
         compiled: run the compiled ``flex_attention`` (None: :data:`COMPILE_BY_DEVICE` of ``q``'s device).
@@ -304,7 +321,7 @@ def flex_tree_attention(
         RuntimeError: FlexAttention is unavailable (:func:`flex_unavailable_reason`) or failed to compile.
         TypeError / ValueError: inputs that break the layout contract, or a block mask of another shape.
     """
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=block_mask is None)
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, check_values=block_mask is None)
     cap = check_softcap(softcap)
     kind = q.device.type
     if compiled is None:
@@ -312,6 +329,11 @@ def flex_tree_attention(
     reason = flex_unavailable_reason(q.device, compiled)
     if reason is not None:
         raise RuntimeError(f"flex_tree_attention: {reason}")
+    if sinks is not None and compiled and kind == "cpu":
+        raise RuntimeError(
+            "flex_tree_attention: attention sinks need flex_attention's log-sum-exp, which the compiled "
+            "flex_attention on CPU does not return; run it eager (compiled=False) or use the tree-attention kernel"
+        )
     heads, n, dim = q.shape
     kv_heads = k.shape[0]
     prefix_len = prefix_k.shape[1] if prefix_k is not None else 0
@@ -343,7 +365,7 @@ def flex_tree_attention(
         with warnings.catch_warnings():
             # The eager run is chosen on purpose here; torch warns that it is unfused.
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            out = fn(
+            result = fn(
                 q[None],
                 keys[None],
                 values[None],
@@ -351,7 +373,8 @@ def flex_tree_attention(
                 score_mod=_softcap_mod(cap, q.device) if cap else None,
                 scale=dim**-0.5 if scale is None else float(scale),
                 enable_gqa=heads != kv_heads,
-            )[0]
+                **(_lse_request() if sinks is not None else {}),
+            )
     except Exception as exc:
         if not compiled:
             raise
@@ -359,6 +382,14 @@ def flex_tree_attention(
             f"flex_tree_attention: compiled flex_attention failed on {kind} ({type(exc).__name__}: {exc}); "
             "run it eager (compiled=False) or use the tree-attention kernel"
         ) from exc
+    if sinks is None:
+        out = result[0]
+    else:
+        out, aux = result
+        lse = aux.lse if hasattr(aux, "lse") else aux
+        sink = sink_logits(sinks, heads, n)
+        assert sink is not None
+        out = _with_sinks(out[0], lse[0], sink)
     if has_bad:
         poisoned = _poisoned_queries(bad, horizon, prefix_len).repeat_interleave(heads // kv_heads, dim=0)
         out = out.masked_fill(poisoned[..., None], float("nan"))

@@ -1,8 +1,9 @@
 """The kernels' one entry point: ``torch.library`` ops and the place that says which implementation runs.
 
-- ``scar::tree_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None) -> out``:
-  attention where query ``i`` sees packed key ``j`` iff ``j <= i < horizon[j]``, plus every cached-prefix key,
-  with an optional logit soft-cap (``softcap * tanh(score / softcap)``). CPU: the
+- ``scar::tree_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None) ->
+  out``: attention where query ``i`` sees packed key ``j`` iff ``j <= i < horizon[j]``, plus every cached-prefix
+  key, with an optional logit soft-cap (``softcap * tanh(score / softcap)``) and optional attention sinks (one
+  more softmax logit per head, or per head and query, with a zero value row). CPU: the
   C++ kernel of ``scar_kernels._C`` (else the dense torch reference); CUDA: the Triton kernel. Forward
   only (no autograd formula): it serves reward-model scoring under ``torch.no_grad()``.
 - ``scar::build_pack(coalitions, owner, seg_offsets, seg_player, seg_len, prompt_len, suffix_len,
@@ -131,14 +132,15 @@ def _tree_attention_cpu_kernel(
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor:
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks)
     cap = check_softcap(softcap)
     if implementation("tree_attention", "cpu") == "c++":
         module = extension.load()
         assert module is not None
-        return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap=cap)
-    return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v, softcap)
+        return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap=cap, sinks=sinks)
+    return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks)
 
 
 _tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_args=(), device_types="cpu")(
@@ -147,13 +149,13 @@ _tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_ar
 
 
 @_tree_attention_cpu.register_kernel("cuda")
-def _tree_attention_cuda(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None):
-    return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, softcap)
+def _tree_attention_cuda(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None):
+    return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks)
 
 
 @_tree_attention_cpu.register_fake
-def _tree_attention_fake(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None):
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=False)
+def _tree_attention_fake(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None):
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, check_values=False)
     check_softcap(softcap)
     return torch.empty_like(q)
 
@@ -167,6 +169,7 @@ def tree_attention(
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
+    sinks: Tensor | None = None,
 ) -> Tensor:
     """Tree attention through the ``scar::tree_attention`` op.
 
@@ -179,6 +182,9 @@ def tree_attention(
         prefix_k, prefix_v: optional cached-prefix keys/values ``[Hkv, P, D]`` visible to every query.
         softcap: logit soft-cap: each score becomes ``softcap * tanh(score / softcap)`` before the mask
             (None: scores as they are).
+        sinks: attention-sink logits, ``[H]`` (one per query head) or ``[H, N]`` (per head and query), any
+            float dtype: each softmax row holds one more logit whose value row is zero, so the sink takes
+            probability mass without adding to the output; not scaled, not capped (None: no sinks).
 
     Returns:
         ``[H, N, D]`` in ``q``'s dtype.
@@ -192,14 +198,16 @@ def tree_attention(
     """
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    tensors = (q, k, v, horizon) + tuple(t for t in (prefix_k, prefix_v) if t is not None)
+    if sinks is not None and not isinstance(sinks, Tensor):  # the dispatcher would only say it cannot cast it
+        raise TypeError(f"tree_attention: sinks must be a torch.Tensor, got {type(sinks).__name__}")
+    tensors = (q, k, v, horizon) + tuple(t for t in (prefix_k, prefix_v, sinks) if t is not None)
     if (
         all(type(t) is Tensor and t.device.type == "cpu" for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_compiling()
     ):
-        return _tree_attention_cpu_kernel(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap)
-    return torch.ops.scar.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap)
+        return _tree_attention_cpu_kernel(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap, sinks)
+    return torch.ops.scar.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap, sinks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -338,6 +346,7 @@ def flex_tree_attention(
     prefix_k: Tensor | None = None,
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
+    sinks: Tensor | None = None,
     *,
     block_mask: Any = None,
     compiled: bool | None = None,
@@ -349,7 +358,7 @@ def flex_tree_attention(
     :func:`scar_kernels.flex.flex_tree_attention`.
     """
     return _flex_tree_attention(
-        q, k, v, horizon, scale, prefix_k, prefix_v, softcap, block_mask=block_mask, compiled=compiled
+        q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks, block_mask=block_mask, compiled=compiled
     )
 
 

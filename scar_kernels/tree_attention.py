@@ -10,7 +10,10 @@ Layout: ``q [H, N, D]``, ``k``/``v`` ``[Hkv, N, D]`` (grouped-query attention: q
 kv head ``h // (H // Hkv)``), ``horizon int32 [N]``; output ``[H, N, D]`` in the dtype of ``q``.
 
 With a logit soft-cap (``softcap``, as Gemma 2 uses), each score becomes ``softcap * tanh(score / softcap)``
-before the mask; every implementation applies it the same way.
+before the mask; every implementation applies it the same way. With attention sinks (``sinks``, as gpt-oss
+uses), the softmax of query head ``h`` holds one more logit, ``sinks[h]`` (or ``sinks[h, i]`` per query ``i``),
+whose value row is zero: it takes probability mass from the keys without adding to the output. The sink logit
+is neither scaled nor capped.
 
 The kernel is a flash-attention forward (online softmax over key blocks, fp32 accumulation) that skips
 every key block no query of the current query block can see: a key block ``[k0, k1)`` is visible to
@@ -45,6 +48,7 @@ __all__ = [
     "tree_attention_reference",
     "validate_tree_attention_inputs",
     "check_softcap",
+    "sink_logits",
     "soft_cap",
     "block_max_horizon",
     "block_skip_stats",
@@ -74,12 +78,14 @@ def validate_tree_attention_inputs(
     prefix_k: torch.Tensor | None = None,
     prefix_v: torch.Tensor | None = None,
     *,
+    sinks: torch.Tensor | None = None,
     check_values: bool = True,
 ) -> None:
     """Raise ``TypeError``/``ValueError`` naming the problem if the inputs break the layout contract.
 
-    ``check_values`` also checks ``k < horizon[k] <= N`` (one device synchronisation on CUDA); shape
-    and dtype checks never read tensor data, so they are safe on fake/meta tensors.
+    ``sinks``, when given, must be a float tensor ``[H]`` or ``[H, N]`` on ``q``'s device. ``check_values``
+    also checks ``k < horizon[k] <= N`` and that no sink is NaN or ``+inf`` (one device synchronisation on
+    CUDA); shape and dtype checks never read tensor data, so they are safe on fake/meta tensors.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -138,6 +144,20 @@ def validate_tree_attention_inputs(
                 f"tree_attention: prefix_k and prefix_v shapes differ: {tuple(prefix_k.shape)} vs "
                 f"{tuple(prefix_v.shape)}"
             )
+    if sinks is not None:
+        if not isinstance(sinks, torch.Tensor):
+            raise TypeError(f"tree_attention: sinks must be a torch.Tensor, got {type(sinks).__name__}")
+        if not sinks.dtype.is_floating_point:
+            raise TypeError(f"tree_attention: sinks must be a float tensor, got {sinks.dtype}")
+        if tuple(sinks.shape) not in ((H,), (H, N)):
+            raise ValueError(
+                f"tree_attention: sinks must have shape [{H}] (one logit per query head) or [{H}, {N}] (per head "
+                f"and query), got {tuple(sinks.shape)}"
+            )
+        if sinks.device != q.device:
+            raise ValueError(f"tree_attention: sinks is on {sinks.device} but q is on {q.device}")
+        if check_values and bool((torch.isnan(sinks) | (sinks == float("inf"))).any()):
+            raise ValueError("tree_attention: sinks must be finite or -inf (no sink), got NaN or +inf")
     if check_values and N > 0:
         idx = torch.arange(N, device=horizon.device, dtype=torch.int32)
         bad = (horizon <= idx) | (horizon > N)
@@ -161,6 +181,14 @@ def check_softcap(softcap: float | None) -> float:
     return float(softcap)
 
 
+def sink_logits(sinks: torch.Tensor | None, heads: int, n: int) -> torch.Tensor | None:
+    """The sink logits as the kernels read them: fp32 ``[H, N]`` contiguous (a per-head ``[H]`` repeated for
+    every query), or None."""
+    if sinks is None:
+        return None
+    return sinks.float().reshape(heads, -1).expand(heads, n).contiguous()
+
+
 def soft_cap(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
     """``softcap * tanh(scores / softcap)`` (logit soft-capping, as Gemma 2 applies it); ``scores`` when None."""
     if softcap is None:
@@ -180,17 +208,20 @@ def tree_attention_reference(
     prefix_k: torch.Tensor | None = None,
     prefix_v: torch.Tensor | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Dense torch reference: ``softmax(cap(q k^T * scale) + mask) v`` in fp32, returned in ``q``'s dtype.
 
-    ``cap`` is :func:`soft_cap` with ``softcap`` (the identity when None).
+    ``cap`` is :func:`soft_cap` with ``softcap`` (the identity when None). With ``sinks`` (``[H]`` or
+    ``[H, N]``), each softmax row holds one more logit, the sink, whose probability is dropped.
 
     A key whose ``k`` or ``v`` row is not finite is zeroed, and the queries that see it are set to NaN
     (see the module docstring), so it never reaches a query that may not see it.
     """
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v)
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks)
     softcap = check_softcap(softcap) or None
     H, N = q.shape[:2]
+    sink = sink_logits(sinks, H, N)
     group = H // k.shape[0]
     if prefix_k is not None and prefix_v is not None:
         k = torch.cat([prefix_k, k], dim=1)
@@ -204,7 +235,11 @@ def tree_attention_reference(
     vf = vf.masked_fill(bad[..., None], 0.0)
     scores = soft_cap(torch.matmul(q.float(), kf.transpose(1, 2)) * scale, softcap)
     scores = scores.masked_fill(~visible, float("-inf"))
-    out = torch.matmul(torch.softmax(scores, dim=-1), vf)
+    if sink is None:
+        probs = torch.softmax(scores, dim=-1)
+    else:  # the sink is one more column, dropped after the softmax
+        probs = torch.softmax(torch.cat([scores, sink[..., None]], dim=-1), dim=-1)[..., :-1]
+    out = torch.matmul(probs, vf)
     # Queries that see a bad key: a count of visible bad keys per (head, query), exact in fp32.
     poisoned = torch.matmul(bad.float(), visible.float().transpose(0, 1)) > 0  # [H, N]
     out = out.masked_fill(poisoned[..., None], float("nan"))
@@ -364,6 +399,7 @@ def _get_kernel():
         PV,
         HOR,
         BLKMAX,
+        SINKS,
         OUT,
         N,
         P,
@@ -378,6 +414,7 @@ def _get_kernel():
         DOT_FP32: tl.constexpr,
         DOT_PRECISION: tl.constexpr,
         SOFTCAP: tl.constexpr,
+        HAS_SINKS: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         h = tl.program_id(1)
@@ -402,6 +439,9 @@ def _get_kernel():
         # exp2-based softmax: fold log2(e) into the scale once.
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        if HAS_SINKS:  # a key every query sees, with a zero value row: the softmax starts from it
+            m_i = tl.load(SINKS + h.to(tl.int64) * N + offs_m, mask=m_ok, other=float("-inf")) * 1.4426950408889634
+            l_i = tl.where(m_ok, 1.0, 0.0)
         acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
         # 1 where the query sees a key whose k or v row holds an inf or NaN ("bad" key: an exponent field
         # of all ones, tested on the bits so that no fast-math folding can drop it); such keys are zeroed
@@ -520,6 +560,7 @@ def tree_attention(
     prefix_k: torch.Tensor | None = None,
     prefix_v: torch.Tensor | None = None,
     softcap: float | None = None,
+    sinks: torch.Tensor | None = None,
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -533,14 +574,16 @@ def tree_attention(
         scale: softmax scale (default ``D ** -0.5``).
         prefix_k, prefix_v: optional cached-prompt keys/values ``[Hkv, P, D]`` visible to all queries.
         softcap: logit soft-cap: scores become ``softcap * tanh(score / softcap)`` before the mask (None: not).
+        sinks: attention-sink logits ``[H]`` or ``[H, N]`` (see the module docstring), or None.
         block_m, block_n: tile sizes (powers of two >= 16); picked from ``N`` and ``D`` when omitted.
         check_values: verify ``j < horizon[j] <= N`` (one device sync on CUDA).
 
     Tensors must be CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``. Head dims 16..128.
     """
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, check_values=check_values)
+    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, check_values=check_values)
     cap = check_softcap(softcap)
     H, N, D = q.shape
+    sink = sink_logits(sinks, H, N)
     if not 16 <= D <= 128:
         raise ValueError(f"tree_attention (Triton): head_dim must be in [16, 128], got {D}")
     if q.device.type != "cuda" and not _interpreting():
@@ -573,6 +616,7 @@ def tree_attention(
         prefix_v if has_prefix else v,
         horizon,
         blkmax,
+        sink if sink is not None else horizon,
         out,
         N,
         P,
@@ -589,5 +633,6 @@ def tree_attention(
         # fp32 operands: IEEE products (no TF32 rounding), so fp32 results match the reference.
         DOT_PRECISION="ieee" if dot_fp32 else None,
         SOFTCAP=cap > 0,
+        HAS_SINKS=sink is not None,
     )
     return out

@@ -109,9 +109,32 @@ def _prefix_for_layer(prefix: Any, layer_idx: int) -> tuple[torch.Tensor, torch.
     )
 
 
-# Arguments of transformers' attention calls that change the attention itself (attention sinks, additive position
-# biases, sparse key selection): the tree attention computes none of them. Logit soft-capping (``softcap``) it does.
-_UNSUPPORTED = ("s_aux", "sinks", "position_bias", "indices", "block_indices")
+# Arguments of transformers' attention calls that change the attention itself (additive position biases, sparse
+# key selection): the tree attention computes none of them. Logit soft-capping (``softcap``) and attention sinks
+# (``s_aux``, ``sinks``) it does.
+_UNSUPPORTED = ("position_bias", "indices", "block_indices")
+
+
+def _sink_logits(kwargs: dict[str, Any], heads: int, n: int) -> torch.Tensor | None:
+    """The attention-sink logits a layer passes, as the kernels take them: ``[H]`` (one per head: ``s_aux``, as
+    gpt-oss passes its ``sinks`` parameter) or ``[H, N]`` (per head and query: ``sinks [1, H, N, 1]``, computed
+    from each token's hidden state); None when the layer passes none."""
+    s_aux, sinks = kwargs.get("s_aux"), kwargs.get("sinks")
+    if s_aux is not None and sinks is not None:
+        raise ValueError("scar_tree attention: the layer passes both s_aux and sinks; expected one")
+    given = s_aux if s_aux is not None else sinks
+    if given is None:
+        return None
+    if not isinstance(given, torch.Tensor):
+        raise TypeError(f"scar_tree attention: attention sinks must be a tensor, got {type(given).__name__}")
+    if given.dim() == 1 and given.shape[0] == heads:
+        return given
+    if given.dim() == 4 and tuple(given.shape) == (1, heads, n, 1):
+        return given[0, :, :, 0]
+    raise ValueError(
+        f"scar_tree attention: attention sinks of shape {tuple(given.shape)}; expected [{heads}] (per head) or "
+        f"[1, {heads}, {n}, 1] (per head and query)"
+    )
 
 
 def scar_tree_attention(
@@ -128,7 +151,8 @@ def scar_tree_attention(
 
     Takes ``query [1, H, N, D]`` and ``key``/``value`` ``[1, Hkv, N, D]`` as transformers passes them,
     ``scar_horizon`` (and optionally ``scar_prefix`` and ``scar_block_mask``) from ``kwargs``, and applies the
-    logit soft-cap the model passes as ``softcap`` (Gemma 2); returns
+    logit soft-cap the model passes as ``softcap`` (Gemma 2) and the attention sinks it passes as ``s_aux``
+    (gpt-oss; per head) or ``sinks`` (per head and query); returns
     ``([1, N, H, D], None)`` like transformers' own attention functions (no attention weights).
     """
     horizon = kwargs.get("scar_horizon")
@@ -188,6 +212,7 @@ def scar_tree_attention(
         prefix_k,
         prefix_v,
         kwargs.get("softcap"),
+        _sink_logits(kwargs, query.shape[1], n),
     )
     block_mask = kwargs.get("scar_block_mask")
     if block_mask is not None:

@@ -16,6 +16,7 @@ import scar.scoring.attention as scar_tf
 from scar.scoring.attention import ATTENTION_NAME, packed_forward, scar_tree_attention
 from scar.scoring.model import cache_keyword
 from scar_kernels.layout import build_pack_reference
+from scar_kernels.tree_attention import tree_attention_reference
 
 VOCAB = 100
 PAD = 0  # no packed token uses it, so the classifiers read out the last token
@@ -120,6 +121,49 @@ def test_output_layout_serves_modules_that_view_it(tiny_model, attention, eager_
         for c, seq in enumerate(sequences):
             alone = base(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
             torch.testing.assert_close(hidden[0, layout.readout[c]], alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("attention", ["kernel", "flex"])
+def test_attention_sinks_join_the_packed_softmax(tiny_model, attention, eager_flex):
+    """gpt-oss passes its per-head ``sinks`` as ``s_aux``: the packed trie equals each deleted sequence alone, and
+    the same pack without the sinks does not."""
+    model = tiny_model("gpt_oss", seed=3)
+    sinks = [m.sinks for m in model.modules() if isinstance(getattr(m, "sinks", None), torch.nn.Parameter)]
+    assert len(sinks) == model.config.num_hidden_layers
+    base = model.base_model
+    ids, layout, sequences = build(RESPONSES, [0] * len(RESPONSES))
+    with torch.no_grad():
+        for s in sinks:
+            s.normal_(0.0, 2.0)
+        hidden = packed_forward(base, ids, layout.position_ids, layout.horizon, attention=attention)
+        for c, seq in enumerate(sequences):
+            alone = base(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
+            torch.testing.assert_close(hidden[0, layout.readout[c]], alone, atol=1e-4, rtol=0)
+        for s in sinks:
+            s.fill_(-float("inf"))  # no sink
+        without = packed_forward(base, ids, layout.position_ids, layout.horizon, attention=attention)
+    assert float((without - hidden).abs().max()) > 1e-2
+
+
+def test_attention_sinks_per_head_or_per_query():
+    """``s_aux [H]`` and ``sinks [1, H, N, 1]`` reach the kernel as one logit per head or per head and query; any
+    other shape, or both at once, is refused."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 4, 9, 8, generator=gen), torch.randn(1, 2, 9, 8, generator=gen), torch.randn(
+        1, 2, 9, 8, generator=gen)
+    horizon = torch.tensor([9, 3, 3, 9, 6, 6, 9, 8, 9], dtype=torch.int32)
+    module = torch.nn.Module()
+    plain = tree_attention_reference(q[0], k[0], v[0], horizon, 0.3)
+    for name, sinks in (("s_aux", torch.randn(4, generator=gen)), ("sinks", torch.randn(1, 4, 9, 1, generator=gen))):
+        out, _ = scar_tree_attention(module, q, k, v, None, 0.3, scar_horizon=horizon, **{name: sinks})
+        want = tree_attention_reference(q[0], k[0], v[0], horizon, 0.3, sinks=sinks.reshape(4, -1).expand(4, 9))
+        torch.testing.assert_close(out[0].transpose(0, 1), want, rtol=0, atol=1e-6)
+        assert float((want - plain).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match="attention sinks of shape"):
+        scar_tree_attention(module, q, k, v, None, 0.3, scar_horizon=horizon, sinks=torch.zeros(1, 4, 9))
+    with pytest.raises(ValueError, match="both s_aux and sinks"):
+        scar_tree_attention(module, q, k, v, None, 0.3, scar_horizon=horizon, s_aux=torch.zeros(4),
+                            sinks=torch.zeros(1, 4, 9, 1))
 
 
 @pytest.mark.parametrize("attention", ["kernel", "flex"])

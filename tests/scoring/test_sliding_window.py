@@ -16,7 +16,9 @@ import torch
 from scar.scoring import CoalitionScorer
 from scar.scoring.attention import LargestPosition, packed_forward
 from scar.scoring.model import inspect_model, trie_exactness
-from scar_kernels.ops import has_extension
+from scar_kernels.flex import COMPILE_BY_DEVICE
+
+from extension_marks import needs_extension
 
 PROMPT = [60, 85, 28, 90, 58]
 SHORT = [63, 62, 75, 76, 69, 28, 43, 35, 25, 89, 90, 75]  # 5 + 12 + 1 = 18 tokens: below the window
@@ -77,30 +79,32 @@ def test_the_window_acts_on_the_long_coalitions_only(tiny_model) -> None:
     assert float(gap[reaches].min()) > 1e-5 and float(gap[~reaches].max()) < 1e-6
 
 
-@pytest.mark.skipif(not has_extension(), reason="the C++ tree-attention kernel is not built")
+@needs_extension
 @pytest.mark.parametrize(
-    "kind, overrides, refused",
+    "kind, overrides",
     [
-        ("mistral", {"sliding_window": WINDOW}, None),
-        ("gemma3_text", {}, None),
+        ("mistral", {"sliding_window": WINDOW}),
+        ("gemma3_text", {}),
         # soft-capped logits: the kernel caps them too, as eager attention does (sdpa drops the cap, and the scorer
         # refuses the kernel for it: tests/scoring/test_softcap_scoring.py)
-        ("gemma2", {"attn_implementation": "eager"}, None),
-        ("gpt_oss", {}, "s_aux"),
+        ("gemma2", {"attn_implementation": "eager"}),
+        ("gpt_oss", {}),  # attention sinks: the kernel adds them to the softmax
     ],
 )
-def test_explicit_kernel_is_probed_at_construction(tiny_model, kind: str, overrides: dict, refused: str | None):
+@pytest.mark.parametrize("attention", ["kernel", "flex"])
+def test_explicit_kernel_is_probed_at_construction(tiny_model, kind: str, overrides: dict, attention: str):
     model = tiny_model(kind, **overrides)
-    if refused is not None:
-        with pytest.raises(ValueError, match=f"attention='kernel' is not available: .*{refused}"):
-            CoalitionScorer(model, backend="trie", attention="kernel")
+    if kind == "gpt_oss" and attention == "flex" and COMPILE_BY_DEVICE["cpu"]:
+        with pytest.raises(ValueError, match=r"attention='flex' is not available: .*log-sum-exp"):
+            CoalitionScorer(model, backend="trie", attention=attention)
         return
-    scorer = CoalitionScorer(model, backend="trie", attention="kernel", max_tokens_per_pass=24)
+    scorer = CoalitionScorer(model, backend="trie", attention=attention, max_tokens_per_pass=24)
     got = scorer.score(PROMPT, SHORT, SHORT_PLAYERS, EVERY, SUFFIX)
+    assert scorer.stats.prompt_cache_tokens > 0  # passes on a cached prompt
     torch.testing.assert_close(got, _loop(model, SHORT, SHORT_PLAYERS), rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not has_extension(), reason="the C++ tree-attention kernel is not built")
+@needs_extension
 def test_kernel_refuses_a_window_the_positions_reach(tiny_model) -> None:
     base = tiny_model("mistral", sliding_window=WINDOW).model
     ids = torch.tensor(LONG)
@@ -111,7 +115,7 @@ def test_kernel_refuses_a_window_the_positions_reach(tiny_model) -> None:
             packed_forward(base, ids, torch.arange(len(LONG)), chain)
 
 
-@pytest.mark.skipif(not has_extension(), reason="the C++ tree-attention kernel is not built")
+@needs_extension
 def test_only_windowed_layers_read_the_largest_position(tiny_model, monkeypatch) -> None:
     """The pack's largest position (a device synchronisation on GPUs) is read only by layers with a window."""
     reads = []
