@@ -9,16 +9,18 @@ small could bias the intervals.
 
 Run from the repository root::
 
-    .venv/bin/python bench/interval_coverage.py [--seeds 200] [--adaptive]
+    .venv/bin/python bench/interval_coverage.py [--seeds 200] [--adaptive] [--json PATH] [--plot PATH]
 
 It prints a markdown table (rows: game; columns: method and budget) and the overall coverage per column, and
 with ``--adaptive`` a second one over more games. Adaptive cells read ``coverage (mean budget spent, share
-of runs that ended at the exact values)``.
+of runs that ended at the exact values)``. ``--json`` writes the fixed-budget cells, ``--plot`` draws them:
+coverage against budget, one panel per method, one line per game, with the 0.93-0.97 target band.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from typing import Any
 
@@ -158,8 +160,12 @@ def covered(game: Any, ref: torch.Tensor, seeds: int, **kw: Any) -> tuple[int, i
     return hit, total, float(np.mean(budgets)), exact / seeds
 
 
-def table(games: dict[str, Any], columns: list[tuple[str, str, dict[str, Any]]], seeds: int) -> None:
-    """Print one markdown table: a row per game, a column per (method, settings), and the overall coverage."""
+def table(
+    games: dict[str, Any], columns: list[tuple[str, str, dict[str, Any]]], seeds: int
+) -> dict[str, dict[str, float]]:
+    """Print one markdown table: a row per game, a column per (method, settings), and the overall coverage.
+    Returns the coverage of each cell, ``{game: {column label: coverage}}``, the overall row as ``"all"``."""
+    cover: dict[str, dict[str, float]] = {}
     totals = {label: [0, 0] for _, label, _ in columns}
     print("| game | " + " | ".join(label for _, label, _ in columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
@@ -176,18 +182,58 @@ def table(games: dict[str, Any], columns: list[tuple[str, str, dict[str, Any]]],
             hit, total, budget, exact = covered(game, ref, seeds, **kw)
             totals[label][0] += hit
             totals[label][1] += total
+            cover.setdefault(name, {})[label] = hit / total
             if "tol" in kw:  # adaptive: coverage (mean budget spent, share of runs that reached the exact values)
                 cells.append(f"{hit / total:.3f} ({budget:.0f}, {exact:.0%})")
             else:
                 cells.append(f"{hit / total:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print("| **all** | " + " | ".join(f"**{h / t:.3f}**" if t else "" for h, t in totals.values()) + " |\n")
+    cover["all"] = {label: h / t for label, (h, t) in totals.items() if t}
+    return cover
+
+
+TARGET = (0.93, 0.97)
+"""The band the 95% intervals' coverage is meant to fall in."""
+
+
+def plot(cover: dict[str, dict[str, float]], path: str) -> None:
+    """Coverage against budget: a panel per method, a line per game (the overall row bold), the target band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(method for method, _ in COLUMNS))
+    fig, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3.6), sharey=True)
+    for ax, method in zip(np.atleast_1d(axes), methods):
+        budgets = [b for m, b in COLUMNS if m == method]
+        unit = "n" if method in COALITION_METHODS else ""
+        for game, cells in cover.items():
+            ys = [cells.get(f"{method} {b}{unit}") for b in budgets]
+            if all(y is None for y in ys):
+                continue
+            style = dict(color="black", linewidth=2.5, label="all games") if game == "all" else dict(label=game)
+            ax.plot(budgets, [np.nan if y is None else y for y in ys], marker="o", **style)
+        ax.axhspan(*TARGET, color="tab:green", alpha=0.15)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(budgets, [f"{b}{unit}" for b in budgets])
+        ax.set_title(method)
+        ax.set_xlabel("coalitions" if unit else "permutations")
+        ax.set_ylim(min(0.8, *(v for cells in cover.values() for v in cells.values())) - 0.03, 1.01)
+    np.atleast_1d(axes)[0].set_ylabel("coverage of values ± 1.96 stderr")
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=200)
     parser.add_argument("--adaptive", action="store_true", help="also measure at adaptive stopping points")
+    parser.add_argument("--json", help="write the fixed-budget coverage cells to this JSON file")
+    parser.add_argument("--plot", help="draw the fixed-budget coverage to this image file")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
@@ -198,7 +244,12 @@ def main() -> None:
             kw["hierarchy"] = HIERARCHY10
         unit = "n" if method in COALITION_METHODS else ""
         columns.append((method, f"{method} {budget}{unit}", {**kw, "budget": budget}))
-    table(GAMES, columns, args.seeds)
+    cover = table(GAMES, columns, args.seeds)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"seeds": args.seeds, "target": TARGET, "coverage": cover}, f, indent=1)
+    if args.plot:
+        plot(cover, args.plot)
     if args.adaptive:
         adaptive = []
         for method, tol in ADAPTIVE:
