@@ -1,7 +1,9 @@
-"""Random valid inputs of the pack builder, with a plain description to check layouts against."""
+"""Random valid inputs of the pack builder, with a plain description to check layouts against, and the tree
+attention's definition in float64 to check the kernels against."""
 
 from __future__ import annotations
 
+import math
 import random
 
 import torch
@@ -104,3 +106,27 @@ def random_forest(n: int, seed: int, max_node: int = 4) -> torch.Tensor:
 
     fill(0, n)
     return horizon
+
+
+def dense_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None) -> torch.Tensor:
+    """The tree attention from its definition, in float64, with the ``N x N`` visibility built from ``horizon``
+    here: ``softmax([cap(q k^T scale) + mask, sink]) [v; 0]``, where ``cap(x) = softcap tanh(x / softcap)`` when
+    ``softcap`` is given, and ``sinks`` (``[H]`` or ``[H, N]``), when given, is one more logit per row whose value
+    row is zero; every prefix key is visible to every query."""
+    q, k, v = q.double(), k.double(), v.double()
+    heads, n, _ = q.shape
+    group = heads // k.shape[0]
+    idx = torch.arange(n)
+    visible = (idx[None, :] <= idx[:, None]) & (idx[:, None] < horizon.long()[None, :])  # [query, key]
+    if prefix_k is not None:
+        k, v = torch.cat([prefix_k.double(), k], 1), torch.cat([prefix_v.double(), v], 1)
+        visible = torch.cat([torch.ones(n, prefix_k.shape[1], dtype=torch.bool), visible], 1)
+    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    scores = q @ k.transpose(1, 2) * scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    scores = scores.masked_fill(~visible, -math.inf)
+    if sinks is None:
+        return torch.softmax(scores, -1) @ v
+    sink = sinks.double().reshape(heads, -1).expand(heads, n)
+    return torch.softmax(torch.cat([scores, sink[..., None]], -1), -1)[..., :-1] @ v

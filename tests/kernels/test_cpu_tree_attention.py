@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from scar_kernels import extension, ops
 from scar_kernels.layout import build_pack_reference
 
-from extension_marks import needs_extension
-from layout_problems import forests, to_args
+from extension_marks import isa_supported, needs_extension
+from layout_problems import dense_attention, forests, to_args
 
 pytestmark = needs_extension
 
@@ -19,23 +19,6 @@ def compiled_tree_attention(q, k, v, horizon, scale=None, prefix_k=None, prefix_
     """The compiled kernel itself (block sizes are its tuning options; the op uses the defaults)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return extension.load().tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, **blocks)
-
-
-def dense_reference(q, k, v, horizon, scale, prefix_k=None, prefix_v=None):
-    """softmax(q k^T * scale + mask) v with the full N x N mask built from horizon (float64 for a tight check)."""
-    q, k, v = q.double(), k.double(), v.double()
-    n_heads, n, _ = q.shape
-    group = n_heads // k.shape[0]
-    idx = torch.arange(n)
-    visible = (idx[None, :] <= idx[:, None]) & (idx[:, None] < horizon.long()[None, :])  # [query, key]
-    keys, values = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
-    mask = torch.zeros(n, n, dtype=torch.float64).masked_fill(~visible, float("-inf"))
-    if prefix_k is not None:
-        keys = torch.cat([prefix_k.double().repeat_interleave(group, 0), keys], 1)
-        values = torch.cat([prefix_v.double().repeat_interleave(group, 0), values], 1)
-        mask = torch.cat([torch.zeros(n, prefix_k.shape[1], dtype=torch.float64), mask], 1)
-    scores = q @ keys.transpose(1, 2) * scale + mask
-    return torch.softmax(scores, -1) @ values
 
 
 def random_forest_horizon(n: int, gen: torch.Generator, max_node: int = 5) -> torch.Tensor:
@@ -72,7 +55,7 @@ def run_case(horizon, n_heads=4, n_kv=4, d=16, prefix=0, seed=0, dtype=torch.flo
     cast = (lambda t: None if t is None else t.to(dtype))
     out = compiled_tree_attention(cast(q), cast(k), cast(v), horizon, scale, cast(pk), cast(pv), **blocks)
     assert out.dtype == dtype and out.shape == q.shape
-    expected = dense_reference(cast(q), cast(k), cast(v), horizon, scale, cast(pk), cast(pv))
+    expected = dense_attention(cast(q), cast(k), cast(v), horizon, scale, cast(pk), cast(pv))
     return out, expected
 
 
@@ -140,7 +123,7 @@ def test_large_scores_are_stable():
     v = torch.randn(2, 100, 16, generator=gen)
     out = ops.tree_attention(q, k, v, horizon, 1.0)
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out.double(), dense_reference(q, k, v, horizon, 1.0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.double(), dense_attention(q, k, v, horizon, 1.0), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -229,7 +212,7 @@ def test_good_arguments_are_accepted():
     # Guards the bad-input table: each case fails because of its one change.
     args = good()
     out = extension.load().tree_attention(**args)
-    torch.testing.assert_close(out.double(), dense_reference(args["q"], args["k"], args["v"], args["horizon"], 0.5),
+    torch.testing.assert_close(out.double(), dense_attention(args["q"], args["k"], args["v"], args["horizon"], 0.5),
                                atol=1e-5, rtol=0)
 
 
@@ -243,16 +226,6 @@ ISAS = ("avx512", "avx2", "baseline")
 # (block_q, block_k): one-key segments, ragged blocks, the defaults, a query block wider than the vector
 # sub-block, and one key list for the whole pack.
 BLOCKS = [(1, 1), (3, 5), (32, 48), (64, 7), (40, 13), (10_000, 10_000)]
-
-
-def isa_supported(isa: str) -> bool:
-    x = torch.zeros(1, 1, 1)
-    try:
-        extension.load().tree_attention(x, x, x, torch.ones(1, dtype=torch.int32), 1.0, isa=isa)
-    except ValueError as exc:
-        assert "not supported by this CPU" in str(exc)
-        return False
-    return True
 
 
 def require_isa(isa: str) -> None:
@@ -280,7 +253,7 @@ def test_key_lists_on_random_forests_match_the_reference(problem, prefix, blocks
     q = torch.randn(n_heads, n, d, generator=gen)
     k, v = (torch.randn(n_kv, n, d, generator=gen) for _ in range(2))
     pk, pv = (torch.randn(n_kv, prefix, d, generator=gen) if prefix else None for _ in range(2))
-    expected = dense_reference(q, k, v, horizon, d**-0.5, pk, pv)
+    expected = dense_attention(q, k, v, horizon, d**-0.5, pk, pv)
     block_q, block_k = blocks
     out = compiled_tree_attention(q, k, v, horizon, d**-0.5, pk, pv, block_q=block_q, block_k=block_k)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=0)

@@ -3,8 +3,9 @@
 A sink is one more softmax logit per query head (gpt-oss: a learned ``sinks`` parameter ``[H]``) or per head and
 query (``[H, N]``) whose value row is zero: it takes probability mass from the keys and adds nothing to the
 output. Each implementation (the torch reference, the C++ kernel in every vector build, the op, FlexAttention,
-Triton under its interpreter) is compared with a float64 dense computation written here from the definition; the
-sinks are made large enough that they change the result by far more than the tolerance.
+Triton under its interpreter) is compared with a float64 dense computation from the definition
+(``layout_problems.dense_attention``); the sinks are made large enough that they change the result by far more
+than the tolerance.
 
 TRITON_INTERPRET=1 is set before the Triton kernel is first defined (it is defined lazily on first launch).
 """
@@ -24,33 +25,11 @@ import scar_kernels.ops as ops
 from scar_kernels import extension
 from scar_kernels.tree_attention import tree_attention_reference
 
-from extension_marks import needs_extension
-from layout_problems import random_forest
+from extension_marks import isa_supported, needs_extension
+from layout_problems import dense_attention, random_forest
 
 ATOL = 2e-5  # fp32 kernels against the float64 definition, outputs of size ~1
 ISAS = ("baseline", "avx2", "avx512")
-
-
-def sunk_dense(q, k, v, horizon, scale, sinks, prefix_k=None, prefix_v=None, softcap=None) -> torch.Tensor:
-    """softmax([cap(q k^T scale) + mask, sink]) [v; 0] in float64, the mask built from ``horizon`` here."""
-    q, k, v = q.double(), k.double(), v.double()
-    heads, n, _ = q.shape
-    group = heads // k.shape[0]
-    idx = torch.arange(n)
-    visible = (idx[None, :] <= idx[:, None]) & (idx[:, None] < horizon.long()[None, :])
-    if prefix_k is not None:
-        k, v = torch.cat([prefix_k.double(), k], 1), torch.cat([prefix_v.double(), v], 1)
-        visible = torch.cat([torch.ones(n, prefix_k.shape[1], dtype=torch.bool), visible], 1)
-    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
-    scores = q @ k.transpose(1, 2) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    scores = scores.masked_fill(~visible, -math.inf)
-    if sinks is None:
-        return torch.softmax(scores, -1) @ v
-    sink = sinks.double().reshape(heads, -1).expand(heads, n)
-    probs = torch.softmax(torch.cat([scores, sink[..., None]], -1), -1)
-    return probs[..., :-1] @ v
 
 
 def case(n=45, heads=4, kv_heads=2, d=16, prefix=5, seed=0, per_query=False, dtype=torch.float32):
@@ -66,8 +45,8 @@ def case(n=45, heads=4, kv_heads=2, d=16, prefix=5, seed=0, per_query=False, dty
 
 
 def check(out, q, k, v, horizon, scale, sinks, pk, pv, softcap=None, atol=ATOL) -> None:
-    want = sunk_dense(q, k, v, horizon, scale, sinks, pk, pv, softcap)
-    assert float((want - sunk_dense(q, k, v, horizon, scale, None, pk, pv, softcap)).abs().max()) > 100 * ATOL
+    want = dense_attention(q, k, v, horizon, scale, pk, pv, softcap, sinks)
+    assert float((want - dense_attention(q, k, v, horizon, scale, pk, pv, softcap)).abs().max()) > 100 * ATOL
     assert out.dtype == q.dtype and out.shape == q.shape
     torch.testing.assert_close(out.double(), want, rtol=0, atol=atol)
 
@@ -83,22 +62,13 @@ def test_reference(per_query: bool, prefix: int, softcap: float | None) -> None:
 
 
 
-def _runs(isa: str) -> bool:
-    x = torch.zeros(1, 1, 1)
-    try:
-        extension.load().tree_attention(x, x, x, torch.ones(1, dtype=torch.int32), 1.0, isa=isa)
-    except ValueError:
-        return False
-    return True
-
-
 @needs_extension
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("d", [16, 20, 64])  # 64 is a compile-time head dim; 20 has a scalar tail
 @pytest.mark.parametrize("blocks", [{}, {"block_q": 7, "block_k": 5}])
 @pytest.mark.parametrize("per_query", [False, True])
 def test_cpp_kernel_every_vector_build(isa: str, d: int, blocks: dict, per_query: bool) -> None:
-    if not _runs(isa):
+    if not isa_supported(isa):
         pytest.skip(f"this CPU does not run the {isa} build")
     q, k, v, horizon, pk, pv, sinks = case(n=70, d=d, seed=d, per_query=per_query)
     out = extension.load().tree_attention(q, k, v, horizon, d**-0.5, pk, pv, sinks=sinks, isa=isa, **blocks)

@@ -2,8 +2,9 @@
 
 ``softcap * tanh(score / softcap)`` is applied to each score before the mask (Gemma 2 caps its attention logits
 at 50). Each implementation (the torch reference, the C++ kernel in every vector build, the op, FlexAttention
-eager and compiled, Triton under its interpreter) is compared with a float64 dense computation written here from
-the definition; the scores are made large so that capping changes the result by far more than the tolerance.
+eager and compiled, Triton under its interpreter) is compared with a float64 dense computation from the
+definition (``layout_problems.dense_attention``); the scores are made large so that capping changes the result
+by far more than the tolerance.
 
 TRITON_INTERPRET=1 is set before the Triton kernel is first defined (it is defined lazily on first launch).
 """
@@ -23,29 +24,12 @@ import scar_kernels.ops as ops
 from scar_kernels import extension
 from scar_kernels.tree_attention import check_softcap, tree_attention_reference
 
-from extension_marks import needs_extension
-from layout_problems import random_forest
+from extension_marks import isa_supported, needs_extension
+from layout_problems import dense_attention, random_forest
 
 # fp32 kernels against the float64 definition: scores of size ~softcap, outputs of size ~1.
 ATOL = 2e-5
 ISAS = ("baseline", "avx2", "avx512")
-
-
-def capped_dense(q, k, v, horizon, scale, softcap, prefix_k=None, prefix_v=None) -> torch.Tensor:
-    """softmax(softcap tanh(q k^T scale / softcap) + mask) v in float64, the mask built from ``horizon`` here."""
-    q, k, v = q.double(), k.double(), v.double()
-    heads, n, _ = q.shape
-    group = heads // k.shape[0]
-    idx = torch.arange(n)
-    visible = (idx[None, :] <= idx[:, None]) & (idx[:, None] < horizon.long()[None, :])
-    if prefix_k is not None:
-        k, v = torch.cat([prefix_k.double(), k], 1), torch.cat([prefix_v.double(), v], 1)
-        visible = torch.cat([torch.ones(n, prefix_k.shape[1], dtype=torch.bool), visible], 1)
-    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
-    scores = q @ k.transpose(1, 2) * scale
-    if softcap is not None:
-        scores = softcap * torch.tanh(scores / softcap)
-    return torch.softmax(scores.masked_fill(~visible, -math.inf), -1) @ v
 
 
 def case(n=45, heads=4, kv_heads=2, d=16, prefix=5, seed=0, spread=6.0, dtype=torch.float32):
@@ -60,8 +44,8 @@ def case(n=45, heads=4, kv_heads=2, d=16, prefix=5, seed=0, spread=6.0, dtype=to
 
 
 def check(out: torch.Tensor, q, k, v, horizon, scale, softcap, pk, pv, atol=ATOL) -> None:
-    want = capped_dense(q, k, v, horizon, scale, softcap, pk, pv)
-    uncapped = capped_dense(q, k, v, horizon, scale, None, pk, pv)
+    want = dense_attention(q, k, v, horizon, scale, pk, pv, softcap)
+    uncapped = dense_attention(q, k, v, horizon, scale, pk, pv)
     assert float((want - uncapped).abs().max()) > 100 * atol  # the cap matters in this case
     assert out.dtype == q.dtype and out.shape == q.shape
     torch.testing.assert_close(out.double(), want, rtol=0, atol=atol)
@@ -76,21 +60,12 @@ def test_reference(softcap: float, prefix: int) -> None:
 
 
 
-def _runs(isa: str) -> bool:
-    x = torch.zeros(1, 1, 1)
-    try:
-        extension.load().tree_attention(x, x, x, torch.ones(1, dtype=torch.int32), 1.0, isa=isa)
-    except ValueError:
-        return False
-    return True
-
-
 @needs_extension
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("d", [16, 20, 64, 128])  # 64 and 128 are compile-time head dims; 20 has a scalar tail
 @pytest.mark.parametrize("blocks", [{}, {"block_q": 7, "block_k": 5}])
 def test_cpp_kernel_every_vector_build(isa: str, d: int, blocks: dict) -> None:
-    if not _runs(isa):
+    if not isa_supported(isa):
         pytest.skip(f"this CPU does not run the {isa} build")
     q, k, v, horizon, pk, pv = case(n=70, d=d, seed=d, spread=12.0)
     out = extension.load().tree_attention(q, k, v, horizon, d**-0.5, pk, pv, softcap=3.0, isa=isa, **blocks)
