@@ -25,7 +25,7 @@ PackTuple build_pack(const at::Tensor& coalitions, const at::Tensor& owner, cons
 at::Tensor tree_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& horizon,
                           double scale, const std::optional<at::Tensor>& prefix_k,
                           const std::optional<at::Tensor>& prefix_v, double softcap,
-                          const std::optional<at::Tensor>& sinks, int64_t block_q, int64_t block_k,
-                          const std::string& isa);
+                          const std::optional<at::Tensor>& sinks, const std::optional<at::Tensor>& positions,
+                          int64_t window, int64_t block_q, int64_t block_k, const std::string& isa);
 
 }  // namespace scar

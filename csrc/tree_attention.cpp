@@ -4,7 +4,9 @@
 //   (plus every key of an optional cached prefix, visible to all queries), where cap(x) = softcap tanh(x / softcap)
 //   when a logit soft-cap is given (Gemma 2) and cap(x) = x otherwise. With attention sinks (gpt-oss), the softmax of
 //   query q in head h also holds one extra logit sinks[h] or sinks[h, q] (not scaled, not capped) whose value row
-//   is zero: the online softmax starts from max = that logit and sum = 1 instead of -inf and 0.
+//   is zero: the online softmax starts from max = that logit and sum = 1 instead of -inf and 0. With a sliding
+//   window (window > 0 and positions [N], each packed token's position in its sequence), q also sees a key only if
+//   positions[q] - pos(key) < window, where pos(packed key j) = positions[j] and pos(prefix key p) = p.
 //
 // Flash-style, with the keys of each query block listed rather than tiled. A work item is a block of
 // block_q queries [q0, q1) and one kv head (every query head of its group, so a grouped kv head is read once
@@ -16,6 +18,12 @@
 // their horizon bounds (at N ~ 8k-16k). The list is cut into segments of block_k keys, one online-softmax step
 // each; a segment needs no per-element mask when its last key is <= the first query and its smallest
 // horizon >= the block's end (the prompt, for every query block past it).
+//
+// Window: it only hides keys at small positions. A key at a position <= min over the block's queries of
+// (position - window) is left out of the block's key list (the front of a long prefix, early ancestors); a
+// segment's leading keys below the window of every query of a query sub-block are skipped; and the element mask
+// also compares each query's position - window with the key's position, unless every key of the segment lies
+// within the window of every query of the sub-block. A window wider than every position difference is no window.
 //
 // Layout: each block's queries are transposed and pre-scaled (q^T [D][BQ]), so scores come out as
 // s^T [keys][queries] from register micro-tiles that broadcast one key element against vectors of queries;
@@ -34,7 +42,8 @@
 // does see it non-finite (an inf key can also score -inf and silently get p = 0). One pass flags such keys;
 // the kernel reads a row of zeros in place of their k and v (the key lists and segments do not change, so
 // every other output is bit-identical to the one with finite values there), and every query that sees one
-// (the horizon rule, or any query of the head for a prefix key) is set to NaN at the end.
+// (the horizon rule, or any query of the head for a prefix key; with a window, only the queries within it) is set
+// to NaN at the end.
 #include "scar_ext.h"
 
 #include <ATen/Parallel.h>
@@ -127,13 +136,26 @@ struct RowMax {
   typename C::V v[C::QV];
 };
 
-// s^T[r][0:BQ] = k[r] . q^T[:, 0:BQ] for R key rows (row stride ldk), accumulated in registers; then, if MASK,
-// the scores of queries that may not see key r set to -inf (query r0 + i sees it iff kpos[r] <= r0 + i <
-// khz[r]), and every score folded into the running maxima mt.
-template <class C, int R, bool MASK>
+// The per-element mask of a segment's scores: none, the horizon rule, or the horizon rule and the window.
+enum Mask : int { kNoMask = 0, kHorizon = 1, kWindow = 2 };
+
+// The key rows of a segment and what its mask reads: kpos, khz (packed index and horizon of each key), kw (its
+// position) and qlo [BQ] (each query's position minus the window; padding lanes hold INT32_MIN).
+struct SegKeys {
+  const float* rows;  // stride D
+  const int32_t* kpos;
+  const int32_t* khz;
+  const int32_t* kw;
+  const int32_t* qlo;
+};
+
+// s^T[r][0:BQ] = k[r] . q^T[:, 0:BQ] for R key rows (row stride ldk), accumulated in registers; then, unless
+// MASK is kNoMask, the scores of queries that may not see key r set to -inf (query r0 + i sees it iff kpos[r] <=
+// r0 + i < khz[r], and with kWindow also qlo[i] < kw[r]), and every score folded into the running maxima mt.
+template <class C, int R, int MASK>
 __attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D, const float* kr, int64_t ldk,
-                                                      const int32_t* kpos, const int32_t* khz, int64_t r0, float* s,
-                                                      RowMax<C>& mt) {
+                                                      const int32_t* kpos, const int32_t* khz, const int32_t* kw,
+                                                      const int32_t* qlo, int64_t r0, float* s, RowMax<C>& mt) {
   using V = typename C::V;
   using VI = typename C::VI;
   constexpr int QV = C::QV, W = C::W, BQ = QV * W;
@@ -148,10 +170,14 @@ __attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D
   }
   using VU = typename C::VU;
   const V neg_inf = V{} + kNegInf;
+  VI ql[QV] = {};
+  if constexpr (MASK == kWindow) {
+    for (int b = 0; b < QV; ++b) std::memcpy(&ql[b], qlo + b * W, sizeof(VI));
+  }
   for (int r = 0; r < R; ++r) {
     int32_t lo = 0;
     uint32_t width = 0;
-    if constexpr (MASK) {  // [lo, lo + width): the queries that see the key, relative to r0, clamped to [-1, BQ]
+    if constexpr (MASK != kNoMask) {  // [lo, lo + width): the queries in the key's horizon, relative to r0
       const int64_t a = kpos[r] - r0, e = khz[r] - r0;
       lo = static_cast<int32_t>(a < -1 ? -1 : a > BQ ? BQ : a);
       const int32_t hi = static_cast<int32_t>(e < -1 ? -1 : e > BQ ? BQ : e);
@@ -159,14 +185,15 @@ __attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D
     }
     for (int b = 0; b < QV; ++b) {
       V x = acc[r][b];
-      if constexpr (MASK) {
+      if constexpr (MASK != kNoMask) {
         // lane - lo < width as unsigned: one compare per vector (this form stays vectorised where GCC lowers
         // the helper before inlining it into a wider build, which two compares and a constant lane vector
         // would not)
         VI lane;  // query index within the sub-block
         for (int i = 0; i < W; ++i) lane[i] = b * W + i;
         lane -= lo;
-        const VI seen = reinterpret_cast<const VU&>(lane) < (VU{} + width);
+        VI seen = reinterpret_cast<const VU&>(lane) < (VU{} + width);
+        if constexpr (MASK == kWindow) seen &= ql[b] < (VI{} + kw[r]);
         x = seen ? x : neg_inf;
       }
       store(s + r * BQ + b * W, x);
@@ -176,31 +203,33 @@ __attribute__((always_inline)) inline void score_tile(const float* qt, int64_t D
 }
 
 // The last n < KR key rows of a segment: one tile of exactly n rows.
-template <class C, int R, bool MASK>
+template <class C, int R, int MASK>
 __attribute__((always_inline)) inline void score_tail(const float* qt, int64_t D, const float* kr, int64_t ldk,
-                                                      const int32_t* kpos, const int32_t* khz, int64_t r0, float* s,
-                                                      RowMax<C>& mt, int64_t n) {
+                                                      const int32_t* kpos, const int32_t* khz, const int32_t* kw,
+                                                      const int32_t* qlo, int64_t r0, float* s, RowMax<C>& mt,
+                                                      int64_t n) {
   if constexpr (R >= 1) {
     if (n == R) {
-      score_tile<C, R, MASK>(qt, D, kr, ldk, kpos, khz, r0, s, mt);
+      score_tile<C, R, MASK>(qt, D, kr, ldk, kpos, khz, kw, qlo, r0, s, mt);
     } else {
-      score_tail<C, R - 1, MASK>(qt, D, kr, ldk, kpos, khz, r0, s, mt, n);
+      score_tail<C, R - 1, MASK>(qt, D, kr, ldk, kpos, khz, kw, qlo, r0, s, mt, n);
     }
   }
 }
 
-// Scores s^T [cnt][BQ] of a segment's keys (rows of `keys`, stride D) and their maxima per query.
-template <class C, bool MASK>
-__attribute__((always_inline)) inline void score_segment(const float* qt, int64_t D, const float* keys,
-                                                         const int32_t* kpos, const int32_t* khz, int64_t r0,
+// Scores s^T [cnt][BQ] of a segment's keys and their maxima per query.
+template <class C, int MASK>
+__attribute__((always_inline)) inline void score_segment(const float* qt, int64_t D, const SegKeys& sk, int64_t r0,
                                                          int64_t cnt, float* s, RowMax<C>& mt) {
   constexpr int64_t KR = C::KR, BQ = C::QV * C::W;
   int64_t c0 = 0;
   for (; c0 + KR <= cnt; c0 += KR) {
-    score_tile<C, KR, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt);
+    score_tile<C, KR, MASK>(qt, D, sk.rows + c0 * D, D, sk.kpos + c0, sk.khz + c0, sk.kw + c0, sk.qlo, r0, s + c0 * BQ,
+                            mt);
   }
   if (c0 < cnt) {
-    score_tail<C, KR - 1, MASK>(qt, D, keys + c0 * D, D, kpos + c0, khz + c0, r0, s + c0 * BQ, mt, cnt - c0);
+    score_tail<C, KR - 1, MASK>(qt, D, sk.rows + c0 * D, D, sk.kpos + c0, sk.khz + c0, sk.kw + c0, sk.qlo, r0,
+                                s + c0 * BQ, mt, cnt - c0);
   }
 }
 
@@ -414,6 +443,8 @@ struct Inputs {
   const float* pk;  // [Hkv, P, D] or null
   const float* pv;
   const int32_t* hz;          // [N]
+  const int32_t* pos;         // [N]: each packed token's position in its sequence, or null (no window)
+  int32_t window;             // > 0: query i sees a key only if pos[i] - (key position) < window; 0: no window
   const int32_t* scan_max;    // [ceil(N / kScanBlock)]: the largest horizon of each block of keys
   const uint8_t* bad;         // [Hkv][N]: the key's k or v row holds an inf or NaN
   const uint8_t* prefix_bad;  // [Hkv][P]
@@ -476,6 +507,8 @@ struct Scratch {
   int64_t list_q0 = -1, list_q1 = -1;  // the query block whose key list src/kpos/khz hold
   std::vector<int32_t> src;            // the key: prefix row (< P) or packed row + P
   std::vector<int32_t> kpos, khz;      // its packed index (-1 for prefix keys) and horizon (kNoEnd for prefix)
+  std::vector<int32_t> kw;             // its position (p for prefix key p, pos[j] for packed key j)
+  std::vector<int32_t> qlo;            // [BQ]: each query's position minus the window (INT32_MIN: padding)
   std::vector<float> qt;               // [group][D][BQ]: the sub-block's queries, transposed and scaled
   std::vector<float> s;                // [block_k][BQ]: scores, then probabilities
   std::vector<float> acc;              // [group][BQ][D]: unnormalised outputs
@@ -487,6 +520,8 @@ struct Scratch {
   RowPrefetch prefetch;                // of the item this thread is expected to run next
 };
 
+// With a window, a key at position <= min over the block's queries of (position - window) is seen by none of
+// them and is left out of the list (the front of the prefix, the early ancestors).
 void build_key_list(const Inputs& in, Scratch& sc, int64_t q0, int64_t q1) {
   if (sc.list_q0 == q0 && sc.list_q1 == q1) return;  // the previous work item had the same query block
   sc.list_q0 = q0;
@@ -494,19 +529,29 @@ void build_key_list(const Inputs& in, Scratch& sc, int64_t q0, int64_t q1) {
   sc.src.clear();
   sc.kpos.clear();
   sc.khz.clear();
-  auto add = [&](int64_t src, int64_t pos, int32_t end) {
+  sc.kw.clear();
+  int64_t cut = -1;  // keys at positions <= cut are seen by no query of the block
+  if (in.window > 0) {
+    cut = std::numeric_limits<int64_t>::max();
+    for (int64_t i = q0; i < q1; ++i) cut = std::min<int64_t>(cut, in.pos[i] - in.window);
+  }
+  auto add = [&](int64_t src, int64_t kpos, int32_t end, int64_t at) {
     sc.src.push_back(static_cast<int32_t>(src));
-    sc.kpos.push_back(static_cast<int32_t>(pos));
+    sc.kpos.push_back(static_cast<int32_t>(kpos));
     sc.khz.push_back(end);
+    sc.kw.push_back(static_cast<int32_t>(at));
   };
-  for (int64_t p = 0; p < in.P; ++p) add(p, -1, kNoEnd);
+  for (int64_t p = std::max<int64_t>(0, cut + 1); p < in.P; ++p) add(p, -1, kNoEnd, p);
+  auto at = [&](int64_t j) { return in.window > 0 ? in.pos[j] : 0; };
   for (int64_t b0 = 0; b0 < q0; b0 += kScanBlock) {  // earlier keys whose subtree reaches the block
     if (in.scan_max[b0 / kScanBlock] <= q0) continue;
     for (int64_t j = b0; j < std::min(q0, b0 + kScanBlock); ++j) {
-      if (in.hz[j] > q0) add(in.P + j, j, in.hz[j]);
+      if (in.hz[j] > q0 && at(j) > cut) add(in.P + j, j, in.hz[j], at(j));
     }
   }
-  for (int64_t j = q0; j < q1; ++j) add(in.P + j, j, in.hz[j]);  // the block's own keys (hz[j] > j >= q0)
+  for (int64_t j = q0; j < q1; ++j) {  // the block's own keys (hz[j] > j >= q0)
+    if (at(j) > cut) add(in.P + j, j, in.hz[j], at(j));
+  }
 }
 
 // One work item: query block qb (block_q queries, in sub-blocks of BQ) of every query head of kv head hk;
@@ -529,6 +574,8 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
   sc.zero.assign(D, 0.0f);
   sc.vrow.resize(KS);
   sc.poisoned.resize(BQ);
+  sc.qlo.resize(BQ);
+  const bool win = in.window > 0;
   const bool head_bad = in.head_bad[hk] != 0;
   const uint8_t* bad = in.bad + hk * N;
   const uint8_t* prefix_bad = in.prefix_bad + hk * P;
@@ -555,24 +602,46 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
       }
       std::fill_n(sc.acc.data() + g * BQ * D, BQ * D, 0.0f);
     }
+    // With a window, query r0 + i sees a key only if qlo[i] < its position; qlo_min / qlo_max over the rows.
+    int32_t qlo_min = std::numeric_limits<int32_t>::min(), qlo_max = qlo_min;
+    std::fill_n(sc.qlo.data(), BQ, std::numeric_limits<int32_t>::min());
+    if (win) {
+      qlo_min = std::numeric_limits<int32_t>::max();
+      for (int64_t i = 0; i < nr; ++i) {
+        sc.qlo[i] = in.pos[r0 + i] - in.window;
+        qlo_min = std::min(qlo_min, sc.qlo[i]);
+        qlo_max = std::max(qlo_max, sc.qlo[i]);
+      }
+    }
     std::fill_n(sc.poisoned.data(), BQ, uint8_t{0});
-    if (head_bad) {  // rare path: mark the queries that see a non-finite key (kpos <= q < khz)
+    if (head_bad) {  // rare path: mark the queries that see a non-finite key (kpos <= q < khz, in the window)
       for (int64_t e = 0; e < L; ++e) {
         if (!is_bad(sc.src[e])) continue;
         const int64_t lo = std::max<int64_t>(sc.kpos[e], r0), hi = std::min<int64_t>(sc.khz[e], r1);
-        for (int64_t i = lo; i < hi; ++i) sc.poisoned[i - r0] = 1;
+        for (int64_t i = lo; i < hi; ++i) sc.poisoned[i - r0] |= static_cast<uint8_t>(sc.qlo[i - r0] < sc.kw[e]);
       }
     }
-    for (int64_t e0 = 0; e0 < L; e0 += KS) {
-      if (sc.kpos[e0] >= r1) break;  // this and every later segment start past the sub-block's last query
-      const int64_t cnt = std::min(KS, L - e0);
+    for (int64_t e1 = 0; e1 < L; e1 += KS) {
+      if (sc.kpos[e1] >= r1) break;  // this and every later segment start past the sub-block's last query
+      // The segment's leading keys that no query of the sub-block sees (below its window) are skipped.
+      int64_t e0 = e1;
+      const int64_t e_end = std::min(L, e1 + KS);
+      if (win) {
+        while (e0 < e_end && sc.kw[e0] <= qlo_min) ++e0;
+        if (e0 == e_end) continue;
+      }
+      const int64_t cnt = e_end - e0;
       sc.prefetch.step();
       const int32_t* src = sc.src.data() + e0;
       const int32_t* kpos = sc.kpos.data() + e0;
       const int32_t* khz = sc.khz.data() + e0;
+      const int32_t* kw = sc.kw.data() + e0;
       int32_t hz_min = kNoEnd;
       for (int64_t c = 0; c < cnt; ++c) hz_min = std::min(hz_min, khz[c]);
       const bool full = kpos[cnt - 1] <= r0 && hz_min >= r1;
+      int32_t kw_min = std::numeric_limits<int32_t>::max();
+      for (int64_t c = 0; win && c < cnt; ++c) kw_min = std::min(kw_min, kw[c]);
+      const bool in_window = !win || kw_min > qlo_max;  // every key within every query's window
       bool any_bad = false;
       for (int64_t c = 0; head_bad && c < cnt; ++c) any_bad = any_bad || is_bad(src[c]);
       const bool run = !any_bad && src[cnt - 1] - src[0] == cnt - 1 && (src[0] >= P || src[cnt - 1] < P);
@@ -593,10 +662,13 @@ __attribute__((always_inline)) inline void run_block(const Inputs& in, Scratch& 
         float* s = sc.s.data();
         RowMax<C> mt;
         for (int b = 0; b < C::QV; ++b) mt.v[b] = typename C::V{} + kNegInf;
-        if (full) {
-          score_segment<C, false>(qt, D, keys, kpos, khz, r0, cnt, s, mt);
+        const SegKeys sk{keys, kpos, khz, kw, sc.qlo.data()};
+        if (!in_window) {
+          score_segment<C, kWindow>(qt, D, sk, r0, cnt, s, mt);
+        } else if (full) {
+          score_segment<C, kNoMask>(qt, D, sk, r0, cnt, s, mt);
         } else {
-          score_segment<C, true>(qt, D, keys, kpos, khz, r0, cnt, s, mt);
+          score_segment<C, kHorizon>(qt, D, sk, r0, cnt, s, mt);
         }
         if (in.softcap > 0.0f) softcap_segment<C>(s, cnt, mt, in.softcap);
         float alpha[BQ];
@@ -696,8 +768,8 @@ void check_qkv(const at::Tensor& t, const char* name) {
 at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                           const at::Tensor& horizon, double scale_d, const std::optional<at::Tensor>& prefix_k_in,
                           const std::optional<at::Tensor>& prefix_v_in, double softcap,
-                          const std::optional<at::Tensor>& sinks_in, int64_t block_q, int64_t block_k,
-                          const std::string& isa) {
+                          const std::optional<at::Tensor>& sinks_in, const std::optional<at::Tensor>& positions,
+                          int64_t window, int64_t block_q, int64_t block_k, const std::string& isa) {
   check_qkv(q_in, "q");
   check_qkv(k_in, "k");
   check_qkv(v_in, "v");
@@ -745,6 +817,24 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
     TORCH_CHECK_VALUE(hz[t] > t && hz[t] <= N, "tree_attention: horizon[", t, "] = ", hz[t], " must satisfy ", t,
                       " < horizon <= ", N);
   }
+  TORCH_CHECK_VALUE(window >= 0, "tree_attention: window must be >= 1 (or 0 for none), got ", window);
+  TORCH_CHECK_VALUE(window == 0 || positions.has_value(),
+                    "tree_attention: a window needs positions (each packed token's position in its sequence)");
+  TORCH_CHECK_VALUE(window > 0 || !positions.has_value(),
+                    "tree_attention: positions are read only with a window; pass window too, or neither");
+  const int32_t* pos = nullptr;
+  if (positions.has_value()) {
+    TORCH_CHECK_VALUE(positions->device().is_cpu() && positions->scalar_type() == at::kInt,
+                      "tree_attention: positions must be a CPU int32 tensor, got ", positions->scalar_type(), " on ",
+                      positions->device());
+    TORCH_CHECK_VALUE(positions->dim() == 1 && positions->size(0) == N, "tree_attention: positions must have shape [",
+                      N, "], got ", positions->sizes());
+    TORCH_CHECK_VALUE(positions->is_contiguous(), "tree_attention: positions must be contiguous");
+    pos = positions->data_ptr<int32_t>();
+    for (int64_t t = 0; t < N; ++t) {
+      TORCH_CHECK_VALUE(pos[t] >= 0, "tree_attention: positions must be >= 0, got positions[", t, "] = ", pos[t]);
+    }
+  }
   TORCH_CHECK_VALUE(prefix_k_in.has_value() == prefix_v_in.has_value(),
                     "tree_attention: give both prefix_k and prefix_v or neither");
   int64_t P = 0;
@@ -764,6 +854,14 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   }
 
   const BlockFn run_block_fn = pick_block_fn(isa, D);
+
+  // A window wider than every (query position - key position) hides nothing: run without one.
+  int32_t eff_window = 0;
+  if (window > 0 && N > 0) {
+    const int64_t pos_max = *std::max_element(pos, pos + N);
+    const int64_t key_min = P > 0 ? 0 : *std::min_element(pos, pos + N);
+    if (window <= pos_max - key_min) eff_window = static_cast<int32_t>(window);
+  }
 
   // fp16 / bf16: compute in fp32 and return the input dtype.
   const at::Tensor q = q_in.to(at::kFloat).contiguous();
@@ -804,6 +902,8 @@ at::Tensor tree_attention(const at::Tensor& q_in, const at::Tensor& k_in, const 
   in.pk = pkp;
   in.pv = pvp;
   in.hz = hz;
+  in.pos = eff_window > 0 ? pos : nullptr;
+  in.window = eff_window;
   in.scan_max = scan_max.data();
   in.bad = bad.data();
   in.prefix_bad = prefix_bad.data();

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from scar_kernels.layout import check_horizon
+from scar_kernels.layout import check_horizon, check_window
 from scar_kernels.tree_attention import check_softcap, sink_logits, validate_tree_attention_inputs
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_BLOCK_SIZE",
     "flex_unavailable_reason",
     "key_intervals",
+    "key_positions",
     "tree_block_tables",
     "tree_block_mask",
     "flex_tree_attention",
@@ -140,8 +141,38 @@ def key_intervals(horizon: Tensor, prefix_len: int = 0, padded_len: int | None =
     return lo, hi
 
 
+def key_positions(positions: Tensor, prefix_len: int = 0, padded_len: int | None = None) -> Tensor:
+    """The position of each key of ``prefix ⊕ pack`` (int32): ``j`` for prefix key ``j``, ``positions[t]`` for
+    packed key ``t``; keys past ``prefix_len + N`` (up to ``padded_len``) get the largest int32, so that no
+    window reaches them."""
+    n = positions.shape[0]
+    total = prefix_len + n
+    padded_len = total if padded_len is None else padded_len
+    out = torch.full((padded_len,), torch.iinfo(torch.int32).max, dtype=torch.int32, device=positions.device)
+    out[:prefix_len] = torch.arange(prefix_len, dtype=torch.int32, device=positions.device)
+    out[prefix_len:total] = positions.to(torch.int32)
+    return out
+
+
+def _block_range(values: Tensor, block: int, n_blocks: int, fill: int) -> tuple[Tensor, Tensor]:
+    """Per block of ``block`` entries, the (min, max) of ``values`` (int64), padding with ``fill`` ignored."""
+    padded = torch.full((n_blocks * block,), fill, dtype=torch.int64, device=values.device)
+    padded[: values.shape[0]] = values.to(torch.int64)
+    blocks = padded.view(n_blocks, block)
+    real = blocks != fill
+    big = torch.iinfo(torch.int64).max
+    lo = blocks.masked_fill(~real, big).amin(dim=1)
+    hi = blocks.masked_fill(~real, -big).amax(dim=1)
+    return lo, hi
+
+
 def tree_block_tables(
-    horizon: Tensor, prefix_len: int = 0, block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE
+    horizon: Tensor,
+    prefix_len: int = 0,
+    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    *,
+    positions: Tensor | None = None,
+    window: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Which tiles of a pack's attention are partial and which are full, without an ``N x N`` mask.
 
@@ -149,6 +180,10 @@ def tree_block_tables(
         horizon: int ``[N]``, the pack's horizons (``k < horizon[k] <= N``).
         prefix_len: cached-prefix keys ``P`` placed before the packed keys, visible to every query.
         block_size: tile size, or ``(BLOCK_Q, BLOCK_KV)``.
+        positions, window: a sliding window (tokens) and each packed token's position (prefix key ``j`` at
+            position ``j``): a pair is visible only if the query's position minus the key's is below the
+            window. A tile is then kept when the window may reach it (from its blocks' position ranges), so
+            with a window ``partial`` can hold tiles whose pairs are all masked; ``full`` stays exact.
 
     Returns:
         ``(partial, full)``, bool ``[ceil(N / BLOCK_Q), ceil((P + N) / BLOCK_KV)]``: ``full`` where every
@@ -156,6 +191,7 @@ def tree_block_tables(
         in neither is empty. A tile holding padding (past ``N`` queries or ``P + N`` keys) is never full.
     """
     check_horizon(horizon, prefix_len, values=True)
+    n_window = check_window(window, positions, horizon.shape[0])
     block_q, block_kv = _block_sizes(block_size)
     n = horizon.shape[0]
     total = prefix_len + n
@@ -179,12 +215,34 @@ def tree_block_tables(
     visible = (count > 0) & (reach > q0[:, None])
     # Full: every key sees the whole (padded) query block. hi <= N, so a ragged last block is never full.
     full = visible & (block_max_lo[None, :] <= q0[:, None]) & (block_min_hi[None, :] >= (q0 + block_q)[:, None])
+    if n_window:
+        assert positions is not None
+        pad = torch.iinfo(torch.int32).max
+        q_min, q_max = _block_range(positions, block_q, n_qb, pad)
+        k_min, k_max = _block_range(key_positions(positions, prefix_len), block_kv, n_kb, pad)
+        visible &= (q_min[:, None] - k_max[None, :]) < n_window
+        full &= visible & ((q_max[:, None] - k_min[None, :]) < n_window)
     return visible & ~full, full
 
 
 def _tree_mask_mod(lo: Tensor, hi: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
     """FlexAttention ``mask_mod`` of a pack: key ``kv_idx`` is visible to ``q_idx`` iff ``lo <= q < hi``."""
     return (lo[kv_idx] <= q_idx) & (q_idx < hi[kv_idx])
+
+
+def _windowed_tree_mask_mod(
+    lo: Tensor,
+    hi: Tensor,
+    q_pos: Tensor,
+    k_pos: Tensor,
+    window: Tensor,
+    b: Tensor,
+    h: Tensor,
+    q_idx: Tensor,
+    kv_idx: Tensor,
+) -> Tensor:
+    """:func:`_tree_mask_mod` within a sliding window: also ``q_pos[q] - k_pos[kv] < window``."""
+    return (lo[kv_idx] <= q_idx) & (q_idx < hi[kv_idx]) & (q_pos[q_idx] - k_pos[kv_idx] < window)
 
 
 def _ordered(table: Tensor) -> tuple[Tensor, Tensor]:
@@ -196,11 +254,17 @@ def _ordered(table: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def tree_block_mask(
-    horizon: Tensor, prefix_len: int = 0, block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE
+    horizon: Tensor,
+    prefix_len: int = 0,
+    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    *,
+    positions: Tensor | None = None,
+    window: int | None = None,
 ) -> Any:
     """The FlexAttention ``BlockMask`` of a pack (queries ``N``, keys ``prefix_len + N``), built in O(N).
 
-    Same arguments as :func:`tree_block_tables`; the mask lives on ``horizon``'s device.
+    Same arguments as :func:`tree_block_tables` (with ``window``, the ``mask_mod`` also applies the sliding
+    window by position); the mask lives on ``horizon``'s device.
 
     Raises:
         RuntimeError: this torch has no FlexAttention.
@@ -209,10 +273,18 @@ def tree_block_mask(
     module = _flex_module()
     if module is None:
         raise RuntimeError(flex_unavailable_reason("cpu"))
-    partial, full = tree_block_tables(horizon, prefix_len, block_size)
+    partial, full = tree_block_tables(horizon, prefix_len, block_size, positions=positions, window=window)
     block_q, block_kv = _block_sizes(block_size)
     n = horizon.shape[0]
     lo, hi = key_intervals(horizon, prefix_len, partial.shape[1] * block_kv)
+    mask_mod: Callable[..., Tensor] = functools.partial(_tree_mask_mod, lo, hi)
+    if window is not None:
+        assert positions is not None
+        q_pos = torch.zeros(partial.shape[0] * block_q, dtype=torch.int32, device=horizon.device)
+        q_pos[:n] = positions.to(torch.int32)
+        k_pos = key_positions(positions, prefix_len, partial.shape[1] * block_kv)
+        limit = torch.tensor(window, dtype=torch.int32, device=horizon.device)
+        mask_mod = functools.partial(_windowed_tree_mask_mod, lo, hi, q_pos, k_pos, limit)
     kv_num, kv_idx = _ordered(partial)
     full_num, full_idx = _ordered(full)
     return module.BlockMask.from_kv_blocks(
@@ -221,7 +293,7 @@ def tree_block_mask(
         full_num,
         full_idx,
         BLOCK_SIZE=(block_q, block_kv),
-        mask_mod=functools.partial(_tree_mask_mod, lo, hi),
+        mask_mod=mask_mod,
         seq_lengths=(n, prefix_len + n),
     )
 
@@ -245,8 +317,22 @@ def flex_attention_function(compiled: bool) -> Callable[..., Any]:
     return fn
 
 
-def _poisoned_queries(bad: Tensor, horizon: Tensor, prefix_len: int) -> Tensor:
-    """bool ``[Hkv, N]``: the queries that see a bad key (``bad [Hkv, P + N]``), by difference arrays."""
+def _poisoned_queries(
+    bad: Tensor, horizon: Tensor, prefix_len: int, positions: Tensor | None = None, window: int | None = None
+) -> Tensor:
+    """bool ``[Hkv, N]``: the queries that see a bad key (``bad [Hkv, P + N]``), by difference arrays; with a
+    sliding window, from the visibility of the bad keys' columns only."""
+    n = horizon.shape[0]
+    if window is not None:
+        assert positions is not None
+        columns = bad.any(dim=0).nonzero()[:, 0]  # keys bad in some head
+        query = torch.arange(n, device=bad.device)[:, None]
+        packed = columns - prefix_len
+        lo = torch.where(packed >= 0, packed, 0)
+        hi = torch.where(packed >= 0, horizon.to(torch.int64)[packed.clamp(min=0)], n)
+        k_pos = key_positions(positions, prefix_len).to(torch.int64)[columns]
+        sees = (lo <= query) & (query < hi) & (positions.to(torch.int64)[:, None] - k_pos < window)  # [N, cols]
+        return (sees[None].float() @ bad[:, columns, None].float())[..., 0] > 0  # counts, exact in fp32
     n = horizon.shape[0]
     prefix_bad = bad[:, :prefix_len].any(dim=1, keepdim=True)  # [Hkv, 1]
     tree_bad = bad[:, prefix_len:].to(torch.int32)  # [Hkv, N]
@@ -293,6 +379,8 @@ def flex_tree_attention(
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
+    positions: Tensor | None = None,
+    window: int | None = None,
     *,
     block_mask: Any = None,
     compiled: bool | None = None,
@@ -309,8 +397,10 @@ def flex_tree_attention(
         sinks: attention-sink logits ``[H]`` or ``[H, N]`` (None: none). A ``score_mod`` cannot add a softmax
             term, so ``flex_attention`` also returns each row's log-sum-exp and the output is renormalised
             with the sink afterwards.
-        block_mask: the pack's mask from :func:`tree_block_mask` (same ``horizon`` and ``P``), so that the
-            layers of one forward share it; built here when None.
+        positions, window: a sliding window (tokens) and each packed token's position in its own sequence
+            (prefix key ``j`` at position ``j``), as in :func:`scar_kernels.ops.tree_attention`.
+        block_mask: the pack's mask from :func:`tree_block_mask` (same ``horizon``, ``P``, ``positions`` and
+            ``window``), so that the layers of one forward share it; built here when None.
         compiled: run the compiled ``flex_attention`` (None: :data:`COMPILE_BY_DEVICE` of ``q``'s device).
         block_size: the tile size when the block mask is built here.
 
@@ -321,7 +411,18 @@ def flex_tree_attention(
         RuntimeError: FlexAttention is unavailable (:func:`flex_unavailable_reason`) or failed to compile.
         TypeError / ValueError: inputs that break the layout contract, or a block mask of another shape.
     """
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, check_values=block_mask is None)
+    validate_tree_attention_inputs(
+        q,
+        k,
+        v,
+        horizon,
+        prefix_k,
+        prefix_v,
+        sinks=sinks,
+        positions=positions,
+        window=window,
+        check_values=block_mask is None,
+    )
     cap = check_softcap(softcap)
     kind = q.device.type
     if compiled is None:
@@ -334,11 +435,17 @@ def flex_tree_attention(
             "flex_tree_attention: attention sinks need flex_attention's log-sum-exp, which the compiled "
             "flex_attention on CPU does not return; run it eager (compiled=False) or use the tree-attention kernel"
         )
+    if window is not None and compiled and kind == "cpu":
+        raise RuntimeError(
+            "flex_tree_attention: a sliding window reads each query's position in the mask_mod, which the "
+            "compiled flex_attention on CPU fails to generate code for; run it eager (compiled=False) or use the "
+            "tree-attention kernel"
+        )
     heads, n, dim = q.shape
     kv_heads = k.shape[0]
     prefix_len = prefix_k.shape[1] if prefix_k is not None else 0
     if block_mask is None:
-        block_mask = tree_block_mask(horizon, prefix_len, block_size)
+        block_mask = tree_block_mask(horizon, prefix_len, block_size, positions=positions, window=window)
     elif tuple(block_mask.seq_lengths) != (n, prefix_len + n):
         raise ValueError(
             f"flex_tree_attention: block_mask is for {tuple(block_mask.seq_lengths)} (queries, keys), the inputs "
@@ -391,6 +498,8 @@ def flex_tree_attention(
         assert sink is not None
         out = _with_sinks(out[0], lse[0], sink)
     if has_bad:
-        poisoned = _poisoned_queries(bad, horizon, prefix_len).repeat_interleave(heads // kv_heads, dim=0)
+        poisoned = _poisoned_queries(bad, horizon, prefix_len, positions, window).repeat_interleave(
+            heads // kv_heads, dim=0
+        )
         out = out.masked_fill(poisoned[..., None], float("nan"))
     return out.to(q.dtype)

@@ -28,6 +28,7 @@ __all__ = [
     "BUILD_PACK_FIELDS",
     "build_pack_reference",
     "check_horizon",
+    "check_window",
     "visibility",
     "additive_mask",
 ]
@@ -315,11 +316,22 @@ def check_horizon(horizon: torch.Tensor, prefix_len: int = 0, *, values: bool = 
             raise ValueError(f"horizon must satisfy k < horizon[k] <= N={n}; horizon[{i}] = {int(horizon[i])}")
 
 
-def visibility(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
+def visibility(
+    horizon: torch.Tensor,
+    prefix_len: int = 0,
+    *,
+    positions: torch.Tensor | None = None,
+    window: int | None = None,
+) -> torch.Tensor:
     """Dense boolean visibility ``[n, prefix_len + n]`` of a pack: True where query row may attend key column.
 
     Column ``prefix_len + k`` is visible to row ``q`` iff ``k <= q < horizon[k]``; the first ``prefix_len``
     columns (a cached prompt every packed token sees) are all True.
+
+    With a sliding ``window`` (tokens) and the pack's ``positions`` (each packed token's position in its own
+    sequence; cached key ``j`` has position ``j``), a visible key also needs ``positions[q] - position(key) <
+    window``: a key is an ancestor of its query, so this is the window the model applies to that query's own
+    sequence.
     """
     check_horizon(horizon, prefix_len)
     n = horizon.shape[0]
@@ -328,7 +340,37 @@ def visibility(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
     visible = (query >= idx[None, :]) & (query < horizon.to(torch.int64)[None, :])
     if prefix_len:
         visible = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=horizon.device), visible], dim=1)
+    if window is not None:
+        check_window(window, positions, n)
+        assert positions is not None
+        pos = positions.to(torch.int64)
+        key_pos = torch.cat([torch.arange(prefix_len, device=horizon.device), pos])
+        visible &= (pos[:, None] - key_pos[None, :]) < window
+    elif positions is not None:
+        raise ValueError("positions are read only with a window; pass window too, or neither")
     return visible
+
+
+def check_window(window: int | None, positions: torch.Tensor | None, n: int) -> int:
+    """The sliding window as the kernels take it: ``0`` for none, else an int ``>= 1`` (tokens).
+
+    Raises:
+        ValueError / TypeError: a window that is not an int ``>= 1``; a window without ``positions``, or
+            ``positions`` that are not an integer tensor ``[n]``.
+    """
+    if window is None:
+        return 0
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be None or an int >= 1 (tokens), got {window!r}")
+    if positions is None:
+        raise ValueError("a sliding window needs the pack's positions (each token's position in its own sequence)")
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+    if positions.dtype.is_floating_point or positions.dtype == torch.bool or tuple(positions.shape) != (n,):
+        raise ValueError(
+            f"positions must be a 1-D integer tensor [{n}], got {positions.dtype} {tuple(positions.shape)}"
+        )
+    return window
 
 
 def additive_mask(

@@ -133,14 +133,30 @@ def _tree_attention_cpu_kernel(
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
+    positions: Tensor | None = None,
+    window: int | None = None,
 ) -> Tensor:
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks)
+    validate_tree_attention_inputs(
+        q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, positions=positions, window=window
+    )
     cap = check_softcap(softcap)
     if implementation("tree_attention", "cpu") == "c++":
         module = extension.load()
         assert module is not None
-        return module.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap=cap, sinks=sinks)
-    return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks)
+        return module.tree_attention(
+            q,
+            k,
+            v,
+            horizon,
+            float(scale),
+            prefix_k,
+            prefix_v,
+            softcap=cap,
+            sinks=sinks,
+            positions=positions,
+            window=window or 0,
+        )
+    return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks, positions, window)
 
 
 _tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_args=(), device_types="cpu")(
@@ -149,13 +165,19 @@ _tree_attention_cpu = torch.library.custom_op("scar::tree_attention", mutates_ar
 
 
 @_tree_attention_cpu.register_kernel("cuda")
-def _tree_attention_cuda(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None):
-    return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks)
+def _tree_attention_cuda(
+    q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None, positions=None, window=None
+):
+    return triton_tree_attention(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks, positions, window)
 
 
 @_tree_attention_cpu.register_fake
-def _tree_attention_fake(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None):
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, check_values=False)
+def _tree_attention_fake(
+    q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None, positions=None, window=None
+):
+    validate_tree_attention_inputs(
+        q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, positions=positions, window=window, check_values=False
+    )
     check_softcap(softcap)
     return torch.empty_like(q)
 
@@ -170,6 +192,8 @@ def tree_attention(
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
+    positions: Tensor | None = None,
+    window: int | None = None,
 ) -> Tensor:
     """Tree attention through the ``scar::tree_attention`` op.
 
@@ -185,13 +209,18 @@ def tree_attention(
         sinks: attention-sink logits, ``[H]`` (one per query head) or ``[H, N]`` (per head and query), any
             float dtype: each softmax row holds one more logit whose value row is zero, so the sink takes
             probability mass without adding to the output; not scaled, not capped (None: no sinks).
+        positions: int32 ``[N]``, each packed token's position in its own sequence (cached prefix key ``j``
+            sits at position ``j``); read only with ``window``.
+        window: sliding window in tokens: query ``i`` also needs ``positions[i] - position(key) < window``
+            (None: no window). Keys are ancestors of their queries, so this is the model's own window on each
+            coalition's sequence.
 
     Returns:
         ``[H, N, D]`` in ``q``'s dtype.
 
     Raises:
-        TypeError / ValueError: inputs that break the layout contract, or a soft-cap that is not a finite
-            number > 0.
+        TypeError / ValueError: inputs that break the layout contract, a soft-cap that is not a finite
+            number > 0, or a window without positions (or positions without a window).
 
     Plain CPU tensors outside autograd and ``torch.compile`` (reward-model scoring) call the op's CPU kernel
     function directly: the same function the dispatcher would run, without the round trip through it.
@@ -200,14 +229,17 @@ def tree_attention(
         scale = q.shape[-1] ** -0.5
     if sinks is not None and not isinstance(sinks, Tensor):  # the dispatcher would only say it cannot cast it
         raise TypeError(f"tree_attention: sinks must be a torch.Tensor, got {type(sinks).__name__}")
-    tensors = (q, k, v, horizon) + tuple(t for t in (prefix_k, prefix_v, sinks) if t is not None)
+    if positions is not None and not isinstance(positions, Tensor):
+        raise TypeError(f"tree_attention: positions must be a torch.Tensor, got {type(positions).__name__}")
+    tensors = (q, k, v, horizon) + tuple(t for t in (prefix_k, prefix_v, sinks, positions) if t is not None)
+    args = (q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap, sinks, positions, window)
     if (
         all(type(t) is Tensor and t.device.type == "cpu" for t in tensors)
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
         and not torch.compiler.is_compiling()
     ):
-        return _tree_attention_cpu_kernel(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap, sinks)
-    return torch.ops.scar.tree_attention(q, k, v, horizon, float(scale), prefix_k, prefix_v, softcap, sinks)
+        return _tree_attention_cpu_kernel(*args)
+    return torch.ops.scar.tree_attention(*args)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,11 +362,17 @@ def dense_mask(horizon: Tensor, prefix_len: int = 0, *, dtype: torch.dtype = tor
 # FlexAttention
 # --------------------------------------------------------------------------------------------------
 def flex_block_mask(
-    horizon: Tensor, prefix_len: int = 0, block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE
+    horizon: Tensor,
+    prefix_len: int = 0,
+    block_size: int | tuple[int, int] = DEFAULT_BLOCK_SIZE,
+    *,
+    positions: Tensor | None = None,
+    window: int | None = None,
 ) -> Any:
     """The FlexAttention ``BlockMask`` of a pack (queries ``N``, keys ``prefix_len + N``), built from ``horizon``
-    in O(N) work without an ``N x N`` mask (:func:`scar_kernels.flex.tree_block_mask`)."""
-    return tree_block_mask(horizon, prefix_len, block_size)
+    in O(N) work without an ``N x N`` mask (:func:`scar_kernels.flex.tree_block_mask`); with a sliding
+    ``window``, applied by the tokens' ``positions``."""
+    return tree_block_mask(horizon, prefix_len, block_size, positions=positions, window=window)
 
 
 def flex_tree_attention(
@@ -347,18 +385,32 @@ def flex_tree_attention(
     prefix_v: Tensor | None = None,
     softcap: float | None = None,
     sinks: Tensor | None = None,
+    positions: Tensor | None = None,
+    window: int | None = None,
     *,
     block_mask: Any = None,
     compiled: bool | None = None,
 ) -> Tensor:
     """Tree attention through ``flex_attention``, with the arguments and result of :func:`tree_attention`.
 
-    ``block_mask`` (from :func:`flex_block_mask` for the same ``horizon`` and prefix length) lets the layers
-    of one forward share one mask; ``compiled`` overrides :data:`~scar_kernels.flex.COMPILE_BY_DEVICE`. See
-    :func:`scar_kernels.flex.flex_tree_attention`.
+    ``block_mask`` (from :func:`flex_block_mask` for the same ``horizon``, prefix length, ``positions`` and
+    ``window``) lets the layers of one forward share one mask; ``compiled`` overrides
+    :data:`~scar_kernels.flex.COMPILE_BY_DEVICE`. See :func:`scar_kernels.flex.flex_tree_attention`.
     """
     return _flex_tree_attention(
-        q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks, block_mask=block_mask, compiled=compiled
+        q,
+        k,
+        v,
+        horizon,
+        scale,
+        prefix_k,
+        prefix_v,
+        softcap,
+        sinks,
+        positions,
+        window,
+        block_mask=block_mask,
+        compiled=compiled,
     )
 
 

@@ -19,14 +19,21 @@ The kernel is a flash-attention forward (online softmax over key blocks, fp32 ac
 every key block no query of the current query block can see: a key block ``[k0, k1)`` is visible to
 the query block ``[q0, q1)`` iff ``k0 <= q1 - 1`` (causality) and ``max(horizon[k0:k1]) > q0``. The
 per-key-block maximum horizon is precomputed once per call. :func:`block_skip_stats` counts the tiles
-this rule skips, for the benchmark table.
+this rule skips, for the benchmark table (without a window).
+
+With a sliding ``window`` and the pack's ``positions`` (cached prefix key ``p`` sits at position ``p``), a
+query also needs ``positions[q] - position(key) < window``. The kernel then also skips the prefix blocks
+before the one holding key ``max(0, min(positions[q0:q1]) - window + 1)`` (the first key any query of the
+block can see) and every key block whose largest position (precomputed like the horizon's) is
+``<= min(positions[q0:q1]) - window``. Without a window none of this is compiled in (a compile-time flag).
 
 Non-finite keys: a key whose ``k`` or ``v`` row holds an inf or NaN contributes exactly nothing to a
 query that may not see it (masking its score is not enough, as ``0 * NaN`` is NaN), and every query that
 does see it gets a NaN output (an inf key can score ``-inf`` and would otherwise silently get ``p = 0``).
 So in a pack of many coalitions a non-finite token poisons only the coalitions that contain it, as
-scoring each coalition alone would; a non-finite cached-prefix key poisons every query of its kv heads.
-The kernels zero such keys in what they read and set the queries that see one to NaN.
+scoring each coalition alone would; a non-finite cached-prefix key poisons every query of its kv heads
+(with a window: every query whose window holds it). The kernels zero such keys in what they read and set
+the queries that see one to NaN.
 
 Importing this module needs torch only; the Triton kernel is compiled lazily, so the module imports on
 machines where Triton is missing or has no usable backend. Under ``TRITON_INTERPRET=1`` (set before
@@ -41,7 +48,7 @@ from dataclasses import dataclass
 
 import torch
 
-from scar_kernels.layout import visibility
+from scar_kernels.layout import check_window, visibility
 
 __all__ = [
     "tree_attention",
@@ -79,13 +86,17 @@ def validate_tree_attention_inputs(
     prefix_v: torch.Tensor | None = None,
     *,
     sinks: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    window: int | None = None,
     check_values: bool = True,
 ) -> None:
     """Raise ``TypeError``/``ValueError`` naming the problem if the inputs break the layout contract.
 
-    ``sinks``, when given, must be a float tensor ``[H]`` or ``[H, N]`` on ``q``'s device. ``check_values``
-    also checks ``k < horizon[k] <= N`` and that no sink is NaN or ``+inf`` (one device synchronisation on
-    CUDA); shape and dtype checks never read tensor data, so they are safe on fake/meta tensors.
+    ``sinks``, when given, must be a float tensor ``[H]`` or ``[H, N]`` on ``q``'s device. A ``window`` (an
+    int >= 1) needs ``positions``, an int32 ``[N]`` tensor on ``q``'s device, and ``positions`` needs a
+    window. ``check_values`` also checks ``k < horizon[k] <= N``, that no sink is NaN or ``+inf`` and that no
+    position is negative (one device synchronisation on CUDA); shape and dtype checks never read tensor
+    data, so they are safe on fake/meta tensors.
     """
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
@@ -158,6 +169,20 @@ def validate_tree_attention_inputs(
             raise ValueError(f"tree_attention: sinks is on {sinks.device} but q is on {q.device}")
         if check_values and bool((torch.isnan(sinks) | (sinks == float("inf"))).any()):
             raise ValueError("tree_attention: sinks must be finite or -inf (no sink), got NaN or +inf")
+    if window is not None or positions is not None:
+        if window is None:
+            raise ValueError("tree_attention: positions are read only with a window; pass window too, or neither")
+        try:
+            check_window(window, positions, N)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"tree_attention: {err}") from None
+        assert positions is not None
+        if positions.dtype != torch.int32 or not positions.is_contiguous():
+            raise ValueError(f"tree_attention: positions must be a contiguous int32 tensor, got {positions.dtype}")
+        if positions.device != q.device:
+            raise ValueError(f"tree_attention: positions is on {positions.device} but q is on {q.device}")
+        if check_values and bool((positions < 0).any()):
+            raise ValueError("tree_attention: positions must be >= 0")
     if check_values and N > 0:
         idx = torch.arange(N, device=horizon.device, dtype=torch.int32)
         bad = (horizon <= idx) | (horizon > N)
@@ -209,16 +234,22 @@ def tree_attention_reference(
     prefix_v: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Dense torch reference: ``softmax(cap(q k^T * scale) + mask) v`` in fp32, returned in ``q``'s dtype.
 
     ``cap`` is :func:`soft_cap` with ``softcap`` (the identity when None). With ``sinks`` (``[H]`` or
-    ``[H, N]``), each softmax row holds one more logit, the sink, whose probability is dropped.
+    ``[H, N]``), each softmax row holds one more logit, the sink, whose probability is dropped. With a
+    sliding ``window`` and the pack's ``positions``, the mask is :func:`~scar_kernels.layout.visibility`'s
+    windowed one.
 
     A key whose ``k`` or ``v`` row is not finite is zeroed, and the queries that see it are set to NaN
     (see the module docstring), so it never reaches a query that may not see it.
     """
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks)
+    validate_tree_attention_inputs(
+        q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, positions=positions, window=window
+    )
     softcap = check_softcap(softcap) or None
     H, N = q.shape[:2]
     sink = sink_logits(sinks, H, N)
@@ -229,7 +260,7 @@ def tree_attention_reference(
     P = k.shape[1] - N
     kf = k.float().repeat_interleave(group, dim=0)
     vf = v.float().repeat_interleave(group, dim=0)
-    visible = visibility(horizon, P)
+    visible = visibility(horizon, P, positions=positions, window=window)
     bad = ~(torch.isfinite(kf).all(dim=-1) & torch.isfinite(vf).all(dim=-1))  # [H, P + N]
     kf = kf.masked_fill(bad[..., None], 0.0)
     vf = vf.masked_fill(bad[..., None], 0.0)
@@ -400,11 +431,14 @@ def _get_kernel():
         HOR,
         BLKMAX,
         SINKS,
+        POS,
+        BLKPOS,
         OUT,
         N,
         P,
         qk_scale,
         cap_scale,
+        window,
         GROUP: tl.constexpr,
         HEAD_DIM: tl.constexpr,
         BLOCK_D: tl.constexpr,
@@ -415,6 +449,7 @@ def _get_kernel():
         DOT_PRECISION: tl.constexpr,
         SOFTCAP: tl.constexpr,
         HAS_SINKS: tl.constexpr,
+        HAS_WINDOW: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
         h = tl.program_id(1)
@@ -435,6 +470,10 @@ def _get_kernel():
         )
         if DOT_FP32:
             q = q.to(tl.float32)
+        if HAS_WINDOW:
+            # Query positions; the block's smallest bounds the keys any of its queries can see.
+            qpos = tl.load(POS + offs_m, mask=m_ok, other=0)
+            qpos_min = tl.min(tl.where(m_ok, qpos, 2147483647), 0)
 
         # exp2-based softmax: fold log2(e) into the scale once.
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -449,11 +488,18 @@ def _get_kernel():
         poisoned = tl.zeros([BLOCK_M], dtype=tl.int32)
 
         if HAS_PREFIX:
-            # The cached prompt: every key visible to every query, no skipping possible.
+            # The cached prompt: without a window every key is visible to every query, no skipping possible;
+            # with one, prefix key p (at position p) is visible iff positions[i] - p < window, so the loop
+            # starts at the block holding the first key the block's smallest query position can see.
             p_base = hk.to(tl.int64) * P * HEAD_DIM
-            for p0 in range(0, P, BLOCK_N):
+            p_start = 0
+            if HAS_WINDOW:
+                p_start = (tl.maximum(qpos_min - window + 1, 0) // BLOCK_N * BLOCK_N).to(tl.int32)
+            for p0 in range(p_start, P, BLOCK_N):
                 offs_p = p0 + offs_n
                 p_ok = offs_p < P
+                if HAS_WINDOW:
+                    p_vis = p_ok[None, :] & (qpos[:, None] - offs_p[None, :] < window)
                 kp = tl.load(
                     PK + p_base + offs_p[:, None] * HEAD_DIM + offs_d[None, :],
                     mask=p_ok[:, None] & d_ok[None, :],
@@ -470,14 +516,20 @@ def _get_kernel():
                 p_exp = (kp.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000
                 p_exp = p_exp | ((vp.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000)
                 p_bad = tl.max(p_exp.to(tl.int32), 1)
-                if tl.max(p_bad, 0) > 0:  # a prefix key is visible to every query
+                if tl.max(p_bad, 0) > 0:
                     kp = tl.where(p_bad[:, None] > 0, tl.zeros_like(kp), kp)
                     vp = tl.where(p_bad[:, None] > 0, tl.zeros_like(vp), vp)
-                    poisoned = tl.full([BLOCK_M], 1, dtype=tl.int32)
+                    if HAS_WINDOW:
+                        poisoned = tl.maximum(poisoned, tl.max(tl.where(p_vis & (p_bad[None, :] > 0), 1, 0), 1))
+                    else:  # a prefix key is visible to every query
+                        poisoned = tl.full([BLOCK_M], 1, dtype=tl.int32)
                 s = _capped_scores(
                     tl.dot(q, tl.trans(kp), input_precision=DOT_PRECISION) * qk_scale, cap_scale, SOFTCAP
                 )
-                s = tl.where(p_ok[None, :], s, float("-inf"))
+                if HAS_WINDOW:
+                    s = tl.where(p_vis, s, float("-inf"))
+                else:
+                    s = tl.where(p_ok[None, :], s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 alpha = tl.exp2(m_i - m_safe)
@@ -489,9 +541,13 @@ def _get_kernel():
         # Tree keys: causality bounds the key range by the last query of the block.
         k_end = tl.minimum(q0 + BLOCK_M, N)
         for n0 in range(0, k_end, BLOCK_N):
-            # Skip the block when every key's subtree ends before the first query of this block.
+            # Skip the block when every key's subtree ends before the first query of this block, or (with a
+            # window) when every key's position is at least a window behind the block's smallest query position.
             blk_h = tl.load(BLKMAX + n0 // BLOCK_N)
-            if blk_h > q0:
+            visit = blk_h > q0
+            if HAS_WINDOW:
+                visit = visit & (tl.load(BLKPOS + n0 // BLOCK_N) > qpos_min - window)
+            if visit:
                 offs_k = n0 + offs_n
                 k_ok = offs_k < N
                 kt = tl.load(
@@ -509,6 +565,9 @@ def _get_kernel():
                     kt = kt.to(tl.float32)
                     vt = vt.to(tl.float32)
                 vis = (offs_k[None, :] <= offs_m[:, None]) & (offs_m[:, None] < hor[None, :])
+                if HAS_WINDOW:
+                    kpos = tl.load(POS + offs_k, mask=k_ok, other=0)
+                    vis = vis & (qpos[:, None] - kpos[None, :] < window)
                 k_exp = (kt.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000
                 k_exp = k_exp | ((vt.to(tl.float32).to(tl.int32, bitcast=True) & 0x7F800000) == 0x7F800000)
                 k_bad = tl.max(k_exp.to(tl.int32), 1)
@@ -561,6 +620,8 @@ def tree_attention(
     prefix_v: torch.Tensor | None = None,
     softcap: float | None = None,
     sinks: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    window: int | None = None,
     *,
     block_m: int | None = None,
     block_n: int | None = None,
@@ -575,12 +636,19 @@ def tree_attention(
         prefix_k, prefix_v: optional cached-prompt keys/values ``[Hkv, P, D]`` visible to all queries.
         softcap: logit soft-cap: scores become ``softcap * tanh(score / softcap)`` before the mask (None: not).
         sinks: attention-sink logits ``[H]`` or ``[H, N]`` (see the module docstring), or None.
+        positions: int32 ``[N]``, each packed token's position in its own sequence (cached prefix key ``p`` sits
+            at position ``p``); read only with ``window``.
+        window: sliding-window length in tokens (an int >= 1), or None for none: query ``i`` then also needs
+            ``positions[i] - position(key) < window``.
         block_m, block_n: tile sizes (powers of two >= 16); picked from ``N`` and ``D`` when omitted.
-        check_values: verify ``j < horizon[j] <= N`` (one device sync on CUDA).
+        check_values: verify ``j < horizon[j] <= N``, the sinks and that no position is negative (one device sync
+            on CUDA).
 
     Tensors must be CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``. Head dims 16..128.
     """
-    validate_tree_attention_inputs(q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, check_values=check_values)
+    validate_tree_attention_inputs(
+        q, k, v, horizon, prefix_k, prefix_v, sinks=sinks, positions=positions, window=window, check_values=check_values
+    )
     cap = check_softcap(softcap)
     H, N, D = q.shape
     sink = sink_logits(sinks, H, N)
@@ -604,6 +672,9 @@ def tree_attention(
     P = prefix_k.shape[1] if prefix_k is not None else 0
     has_prefix = P > 0
     blkmax = block_max_horizon(horizon, block_n)
+    has_window = positions is not None and window is not None
+    # Per key block, the largest position (the same block-wise maximum as for the horizon).
+    blkpos = block_max_horizon(positions, block_n) if positions is not None else blkmax
     # The interpreter has no bf16 tl.dot: compute its dots in fp32.
     dot_fp32 = _interpreting() or q.dtype == torch.float32
     kernel = _get_kernel()
@@ -617,12 +688,15 @@ def tree_attention(
         horizon,
         blkmax,
         sink if sink is not None else horizon,
+        positions if has_window else horizon,
+        blkpos,
         out,
         N,
         P,
         # exp2-based softmax: log2(e) goes into the scale, or into the cap's factor when scores are capped
         scale / cap if cap else scale * math.log2(math.e),
         cap * math.log2(math.e),
+        window if has_window else 0,
         GROUP=H // k.shape[0],
         HEAD_DIM=D,
         BLOCK_D=max(16, 1 << (D - 1).bit_length()),
@@ -634,5 +708,6 @@ def tree_attention(
         DOT_PRECISION="ieee" if dot_fp32 else None,
         SOFTCAP=cap > 0,
         HAS_SINKS=sink is not None,
+        HAS_WINDOW=has_window,
     )
     return out

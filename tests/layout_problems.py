@@ -108,11 +108,24 @@ def random_forest(n: int, seed: int, max_node: int = 4) -> torch.Tensor:
     return horizon
 
 
-def dense_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None) -> torch.Tensor:
+def tree_positions(horizon: torch.Tensor, prefix_len: int = 0) -> torch.Tensor:
+    """Each packed token's position in its own sequence (int32 ``[N]``): the cached prefix's length plus the
+    number of its ancestors in the pack (the packed keys it sees, itself excluded)."""
+    n = horizon.shape[0]
+    idx = torch.arange(n)
+    visible = (idx[None, :] <= idx[:, None]) & (idx[:, None] < horizon.long()[None, :])
+    return (prefix_len + visible.sum(1) - 1).to(torch.int32)
+
+
+def dense_attention(
+    q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softcap=None, sinks=None, positions=None, window=None
+) -> torch.Tensor:
     """The tree attention from its definition, in float64, with the ``N x N`` visibility built from ``horizon``
     here: ``softmax([cap(q k^T scale) + mask, sink]) [v; 0]``, where ``cap(x) = softcap tanh(x / softcap)`` when
     ``softcap`` is given, and ``sinks`` (``[H]`` or ``[H, N]``), when given, is one more logit per row whose value
-    row is zero; every prefix key is visible to every query."""
+    row is zero; every prefix key is visible to every query. With a ``window`` and ``positions`` ``[N]`` (prefix
+    key ``j`` at position ``j``), a key is visible only if the query's position minus the key's is below the
+    window."""
     q, k, v = q.double(), k.double(), v.double()
     heads, n, _ = q.shape
     group = heads // k.shape[0]
@@ -121,6 +134,10 @@ def dense_attention(q, k, v, horizon, scale, prefix_k=None, prefix_v=None, softc
     if prefix_k is not None:
         k, v = torch.cat([prefix_k.double(), k], 1), torch.cat([prefix_v.double(), v], 1)
         visible = torch.cat([torch.ones(n, prefix_k.shape[1], dtype=torch.bool), visible], 1)
+    if window is not None:
+        prefix = k.shape[1] - n
+        key_pos = torch.cat([torch.arange(prefix), positions.long()])
+        visible = visible & (positions.long()[:, None] - key_pos[None, :] < window)
     k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
     scores = q @ k.transpose(1, 2) * scale
     if softcap is not None:

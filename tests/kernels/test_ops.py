@@ -226,16 +226,16 @@ def compile_(fn, signature, constexprs):
     return c
 
 
-for dt, d, block_d, block_n, has_prefix, softcap, sinks in (
-    ("fp16", 64, 64, 64, True, False, True), ("bf16", 80, 128, 32, False, True, False),
-    ("fp32", 64, 64, 64, True, True, True),
+for dt, d, block_d, block_n, has_prefix, softcap, sinks, window in (
+    ("fp16", 64, 64, 64, True, False, True, False), ("bf16", 80, 128, 32, False, True, False, True),
+    ("fp32", 64, 64, 64, True, True, True, True), ("fp16", 128, 128, 64, True, False, False, True),
 ):
     sig = {name: "*" + dt for name in ("Q", "K", "V", "PK", "PV")}
-    sig.update(HOR="*i32", BLKMAX="*i32", SINKS="*fp32", OUT="*" + dt, N="i32", P="i32", qk_scale="fp32",
-               cap_scale="fp32")
+    sig.update(HOR="*i32", BLKMAX="*i32", SINKS="*fp32", POS="*i32", BLKPOS="*i32", OUT="*" + dt, N="i32",
+               P="i32", qk_scale="fp32", cap_scale="fp32", window="i32")
     consts = dict(GROUP=2, HEAD_DIM=d, BLOCK_D=block_d, BLOCK_M=64, BLOCK_N=block_n, HAS_PREFIX=has_prefix,
                   DOT_FP32=dt == "fp32", DOT_PRECISION="ieee" if dt == "fp32" else None, SOFTCAP=softcap,
-                  HAS_SINKS=sinks)
+                  HAS_SINKS=sinks, HAS_WINDOW=window)
     sig.update({name: "constexpr" for name in consts})
     compile_(ta._get_kernel(), sig, consts)
 compile_(pk._kernel(), {"HOR": "*i32", "OUT": "*bf16", "n": "i32", "P": "i32", "neg": "fp32",
