@@ -150,17 +150,18 @@ class _Runner:
         if cached:
             from transformers import DynamicCache
 
-            cache = DynamicCache(config=getattr(self.model, "config", None))
+            # Layers of the full kind keep the whole prompt: a sliding-window layer's own cache would drop the keys
+            # past its window, while the passes read every cached key by its position (the tree attention) or
+            # append more tokens than the window and crop them again (the dense mask).
+            cache = DynamicCache()
             cache_kwargs = {cache_keyword(base): cache}
             prompt = games[0].source[:cached]
             for s in range(0, cached, max_tokens):
                 e = min(cached, s + max_tokens)
-                chain = torch.full((e - s,), e - s, dtype=torch.int32)  # one chain: plain causal
-                mask = dense_mask(chain.to(device), s, dtype=dtype)[None, None]
+                # the prompt is one plain sequence: the model's own masks, its sliding windows included
                 base(
                     input_ids=prompt[None, s:e].to(device),
                     position_ids=torch.arange(s, e, device=device)[None],
-                    attention_mask=mask,
                     use_cache=True,
                     **cache_kwargs,
                 )
