@@ -16,10 +16,16 @@ forwards ``**kwargs`` from the model's forward down to the attention function):
   (:func:`scar_kernels.ops.flex_block_mask` of ``scar_horizon`` and the prefix length). When given, the
   attention runs through ``flex_attention`` (:func:`scar_kernels.ops.flex_tree_attention`) instead of the
   ``scar::tree_attention`` op; one mask serves every layer of the forward.
+- ``scar_positions`` (set by :func:`packed_forward`): int32 ``[N]``, each packed token's position in its own
+  coalition sequence (the cached prompt's keys sit at positions ``0..P-1``). A layer with a ``sliding_window``
+  has the tree attention apply it by these positions: a key is an ancestor of its query, so ``position(query) -
+  position(key) < window`` is exactly the window the model applies to that query's own sequence.
 - ``scar_max_position`` (set by :func:`packed_forward`): the largest position id in the pack, an ``int`` or a
   :class:`LargestPosition` that reads it from the device on first use (so that only models with a window
-  pay that synchronisation). A layer with a ``sliding_window`` is served only when every position is below
-  it, so that the window excludes no ancestor and the tree attention is exact without applying it.
+  pay that synchronisation). A window that no position reaches excludes nothing, and is not applied.
+- ``scar_window_masks`` (set by :func:`packed_forward` with ``scar_block_mask``): a dict in which the
+  FlexAttention ``BlockMask`` of each sliding window is built on first use and shared by the layers of that
+  window.
 
 A decoder whose layers do not pass the forward's keyword arguments on to their attention modules (Nemotron)
 gets the same arguments from a context variable that :func:`packed_forward` sets for the duration of its call:
@@ -137,6 +143,35 @@ def _sink_logits(kwargs: dict[str, Any], heads: int, n: int) -> torch.Tensor | N
     )
 
 
+def _window(kwargs: dict[str, Any]) -> int | None:
+    """The sliding window the tree attention applies to this layer: the layer's ``sliding_window`` when some
+    position of the pack reaches it, else None (a window no position reaches excludes nothing)."""
+    window = kwargs.get("sliding_window")
+    if window is None:
+        return None
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"scar_tree attention: sliding_window={window!r} is not one window size in tokens")
+    top = kwargs.get("scar_max_position")
+    if top is not None and int(top) < window:
+        return None
+    if kwargs.get("scar_positions") is None:
+        raise ValueError(
+            f"scar_tree attention: the layer has sliding_window={window}; pass scar_positions=<int32 [N] position "
+            "ids> (or scar_max_position below the window) to apply it (scar.scoring.attention.packed_forward does)"
+        )
+    return window
+
+
+def _window_block_mask(kwargs: dict[str, Any], horizon: torch.Tensor, prefix_len: int, window: int) -> Any:
+    """The FlexAttention ``BlockMask`` of the pack within ``window``, built once per window and forward."""
+    masks = kwargs.get("scar_window_masks")
+    if masks is None:
+        masks = {}
+    if window not in masks:
+        masks[window] = flex_block_mask(horizon, prefix_len, positions=kwargs["scar_positions"], window=window)
+    return masks[window]
+
+
 def scar_tree_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -150,9 +185,9 @@ def scar_tree_attention(
     """transformers attention function for a packed prefix-tree (registered as ``"scar_tree"``).
 
     Takes ``query [1, H, N, D]`` and ``key``/``value`` ``[1, Hkv, N, D]`` as transformers passes them,
-    ``scar_horizon`` (and optionally ``scar_prefix`` and ``scar_block_mask``) from ``kwargs``, and applies the
-    logit soft-cap the model passes as ``softcap`` (Gemma 2) and the attention sinks it passes as ``s_aux``
-    (gpt-oss; per head) or ``sinks`` (per head and query); returns
+    ``scar_horizon`` (and optionally ``scar_prefix``, ``scar_block_mask`` and ``scar_positions``) from ``kwargs``,
+    and applies the logit soft-cap the model passes as ``softcap`` (Gemma 2), the attention sinks it passes as
+    ``s_aux`` (gpt-oss; per head) or ``sinks`` (per head and query) and its ``sliding_window``; returns
     ``([1, N, H, D], None)`` like transformers' own attention functions (no attention weights).
     """
     horizon = kwargs.get("scar_horizon")
@@ -172,15 +207,7 @@ def scar_tree_attention(
     for name in _UNSUPPORTED:
         if kwargs.get(name) is not None:
             raise ValueError(f"scar_tree attention does not implement {name}; the packed trie would be inexact")
-    window, top = kwargs.get("sliding_window"), kwargs.get("scar_max_position")
-    if window is not None and top is not None:
-        top = int(top)
-    # a window no token's position reaches excludes no ancestor: the tree attention is then exact without it
-    if window is not None and not (isinstance(window, int) and top is not None and top < window):
-        raise ValueError(
-            f"scar_tree attention does not implement sliding_window={window!r}; it runs only packs whose "
-            f"positions stay below the window (largest position: {top})"
-        )
+    window = _window(kwargs)
     if query.dim() != 4 or query.shape[0] != 1:
         raise ValueError(
             f"scar_tree attention: the pack is one sequence, expected query [1, H, N, D], got {tuple(query.shape)}"
@@ -214,11 +241,14 @@ def scar_tree_attention(
         kwargs.get("softcap"),
         _sink_logits(kwargs, query.shape[1], n),
     )
+    positions = kwargs.get("scar_positions") if window is not None else None
     block_mask = kwargs.get("scar_block_mask")
     if block_mask is not None:
-        out = _flex_attention_op(*args, block_mask=block_mask)
+        if window is not None:
+            block_mask = _window_block_mask(kwargs, horizon, 0 if prefix_k is None else prefix_k.shape[1], window)
+        out = _flex_attention_op(*args, positions, window, block_mask=block_mask)
     else:
-        out = _tree_attention_op(*args)
+        out = _tree_attention_op(*args, positions, window)
     # transformers expects [batch, seq, heads, head_dim], contiguous as its own attention functions return it
     # (some attention modules .view() it)
     return out.transpose(0, 1).contiguous().unsqueeze(0), None
@@ -297,12 +327,14 @@ def packed_forward(
     kwargs: dict[str, Any] = {
         "scar_horizon": horizon,
         "use_cache": False,
+        "scar_positions": position_ids[0].to(torch.int32).contiguous(),
         "scar_max_position": LargestPosition(position_ids),
     }
     if past_key_values is not None:
         kwargs["scar_prefix"] = past_key_values
     if attention == "flex":
         kwargs["scar_block_mask"] = flex_block_mask(horizon, prefix_length(past_key_values))
+        kwargs["scar_window_masks"] = {}
     if "return_dict" in inspect.signature(base.forward).parameters:
         kwargs["return_dict"] = True
     token = _PACK.set({k: v for k, v in kwargs.items() if k.startswith("scar_")})

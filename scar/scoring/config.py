@@ -122,8 +122,9 @@ class ScorerStats:
         plain_tokens: sum over coalitions of ``prompt + kept + suffix``: the cost of scoring each
             coalition on its own.
         prompt_cache_tokens: prompt tokens computed into a KV cache (trie only; part of tokens_computed).
-        batched_coalitions: coalitions a ``trie`` scorer scored in padded batches because their sequence reaches
-            the model's sliding window (the trie applies no window; part of ``coalitions``).
+        batched_coalitions: coalitions a ``trie`` scorer on the dense mask scored in padded batches because their
+            sequence reaches the model's sliding window (the dense mask holds no window; the tree attention applies
+            it, so on ``kernel`` and ``flex`` this stays 0; part of ``coalitions``).
         rescored: coalitions whose packed score was not finite and that were scored again by plain deletion
             (a non-finite hidden state stays confined to the coalitions that contain it; part of
             tokens_computed).

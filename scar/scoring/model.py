@@ -470,8 +470,9 @@ def trie_exactness(model: nn.Module, *, probe: bool = True) -> tuple[bool, str]:
     the deleted sequence, which catches forwards that take ``position_ids`` but derive positions
     elsewhere, or mishandle a 4D float mask.
 
-    Sliding-window attention is accepted: a coalition shorter than the window is not affected by it, and
-    the scorer scores the coalitions that reach the window in padded batches instead. With
+    Sliding-window attention is accepted: the tree attention applies the window by position, and on the dense
+    mask (which holds no window) a coalition shorter than the window is not affected by it, and the scorer
+    scores the coalitions that reach the window in padded batches instead. With
     ``probe=True`` a second probe (:func:`_probe_window_by_position`, about ``window`` tokens) checks that
     the model does not apply the window by index in the pack; windows longer than
     :data:`WINDOW_PROBE_MAX_TOKENS` are refused.

@@ -238,6 +238,23 @@ class CoalitionScorer:
         """``(absolute, relative)`` tolerance of a fast score against the plain one, by the model's dtype."""
         return VERIFY_TOLERANCE.get(model_dtype(self.view), VERIFY_TOLERANCE[torch.bfloat16])
 
+    def _probe_game(self, prompt_len: int) -> Game:
+        """The probes' game: a prompt of ``prompt_len`` tokens and a 6-token response of two players, every
+        coalition."""
+        n = prompt_len + 6
+        ids = probe_ids(self.info.vocab_size, n, {t for t in (self.info.pad_token_id,) if t is not None})
+        coalitions = torch.tensor([[a, b] for a in (False, True) for b in (False, True)])
+        return build_game(
+            0,
+            ids[:prompt_len],
+            ids[prompt_len:],
+            [(0, 3), (3, 6)],
+            coalitions,
+            None,
+            vocab_size=self.info.vocab_size,
+            filler_id=self.filler_id,
+        )
+
     def _probe_attention(self, attention: str) -> str | None:
         """Score a two-player game on the trie with ``attention`` (``kernel`` or ``flex``) and by plain deletion,
         in one pass and in passes on top of the cached prompt: None when they agree, else why not (the model's
@@ -247,69 +264,87 @@ class CoalitionScorer:
         A model whose cache the tree attention cannot read as per-head keys and values (latent vectors, keys
         not yet repeated to their heads) fails only the cached passes; it is then probed in passes that
         recompute the prompt, and served that way (:attr:`cache_prompt` False) when those agree.
+
+        A model with a sliding window is also probed on a game whose prompt is longer than the window, so that
+        the cached prompt and every coalition reach it and the tree attention applies it (the prompt's leading keys
+        fall out of the window of the response's tokens).
         """
-        ids = probe_ids(self.info.vocab_size, PROBE_TOKENS, {t for t in (self.info.pad_token_id,) if t is not None})
-        coalitions = torch.tensor([[a, b] for a in (False, True) for b in (False, True)])
-        game = build_game(
-            0,
-            ids[:3],
-            ids[3:],
-            [(0, 3), (3, 6)],
-            coalitions,
-            None,
-            vocab_size=self.info.vocab_size,
-            filler_id=self.filler_id,
-        )
-        forest, members = share_prompts([game])
         packed_base = self._packed_view_base()
-        absolute, relative = self._tolerance()
+        game = self._probe_game(PROBE_TOKENS - 6)
         try:
-            with torch.no_grad():
-                want = plain_scores(
-                    self.view, self.info, [game.sequence(row) for row in game.keep_mask()], self._read_scores
-                )
+            want = self._plain_probe_scores(game)
         except Exception as err:
             return f"attention={attention!r} raised {error_summary(err)}"
 
         def probe(max_tokens: int, cache_prompt: bool) -> str | None:
-            """The game on the trie in passes of at most ``max_tokens`` tokens, against ``want``."""
-            try:
-                with torch.no_grad():
-                    per_root = score_trie(
-                        self.view,
-                        self.info,
-                        forest,
-                        pack_games(forest, [0]),
-                        self._read_scores,
-                        max_tokens,
-                        packed_base,
-                        ScorerStats(backend="trie"),
-                        attention=attention,
-                        cache_prompt=cache_prompt,
-                    )
-                got = split_shared(per_root, members, [game])[0]
-            except Exception as err:
-                return f"attention={attention!r} raised {error_summary(err)}"
-            error = float((got - want).abs().max())
-            if not error <= absolute + relative * float(want.abs().max()):
-                return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
-            return None
+            return self._probe_trie(attention, game, want, packed_base, max_tokens, cache_prompt)
 
         failure = probe(DEFAULT_PASS_TOKENS, cache_prompt=True)  # the whole pack in one pass
         if failure is not None:
             return failure
         # passes too small for the pack: on the prompt's KV cache, or each recomputing the prompt
         cached_failure = probe(PROBE_TOKENS, cache_prompt=True)
-        if cached_failure is None:
-            return None
-        if probe(PROBE_TOKENS, cache_prompt=False) is not None:
-            return cached_failure
-        logger.info(
-            "CoalitionScorer: attention=%r recomputes the prompt in every pass (on a cached prompt it %s)",
-            attention,
-            cached_failure.split(" ", 1)[1],
-        )
-        self.cache_prompt = False
+        if cached_failure is not None:
+            if probe(PROBE_TOKENS, cache_prompt=False) is not None:
+                return cached_failure
+            logger.info(
+                "CoalitionScorer: attention=%r recomputes the prompt in every pass (on a cached prompt it %s)",
+                attention,
+                cached_failure.split(" ", 1)[1],
+            )
+            self.cache_prompt = False
+        window = self.info.attention_window
+        if window is not None and (self.info.max_positions is None or self.info.max_positions > window + 10):
+            game = self._probe_game(window + 4)  # the cached prompt reaches the window too
+            try:
+                want = self._plain_probe_scores(game)
+            except Exception as err:
+                return f"attention={attention!r} raised {error_summary(err)}"
+            failure = self._probe_trie(attention, game, want, packed_base, window + 10, self.cache_prompt)
+            if failure is not None:
+                return f"{failure} beyond its sliding_window={window}"
+        return None
+
+    def _plain_probe_scores(self, game: Game) -> torch.Tensor:
+        """The scores of a probe game's coalitions by plain deletion (each sequence run on its own)."""
+        with torch.no_grad():
+            return plain_scores(
+                self.view, self.info, [game.sequence(row) for row in game.keep_mask()], self._read_scores
+            )
+
+    def _probe_trie(
+        self,
+        attention: str,
+        game: Game,
+        want: torch.Tensor,
+        packed_base: nn.Module,
+        max_tokens: int,
+        cache_prompt: bool,
+    ) -> str | None:
+        """``game`` on the trie with ``attention`` in passes of at most ``max_tokens`` tokens against its plain
+        scores ``want``: None when they agree within the dtype's tolerance, else why not."""
+        forest, members = share_prompts([game])
+        absolute, relative = self._tolerance()
+        try:
+            with torch.no_grad():
+                per_root = score_trie(
+                    self.view,
+                    self.info,
+                    forest,
+                    pack_games(forest, [0]),
+                    self._read_scores,
+                    max_tokens,
+                    packed_base,
+                    ScorerStats(backend="trie"),
+                    attention=attention,
+                    cache_prompt=cache_prompt,
+                )
+            got = split_shared(per_root, members, [game])[0]
+        except Exception as err:
+            return f"attention={attention!r} raised {error_summary(err)}"
+        error = float((got - want).abs().max())
+        if not error <= absolute + relative * float(want.abs().max()):
+            return f"attention={attention!r} differs from plain deletion by {error:.3g} on a probe"
         return None
 
     def _measured_attention(self) -> str:
@@ -426,7 +461,8 @@ class CoalitionScorer:
         stats.trie_tokens = layout.n_tokens if layout is not None else 0
         window = self.info.attention_window
         with torch.no_grad():
-            if self.backend == "trie" and window is not None and longest >= window:
+            # the tree attention applies a window by position; the dense mask holds none
+            if self.backend == "trie" and self.attention == "mask" and window is not None and longest >= window:
                 scores = self._run_beside_window(games, lengths, longest, window, stats)
             else:
                 scores = self._run(games, forest, members, layout, stats, self.backend, self.max_tokens_per_pass)
