@@ -1,17 +1,18 @@
-"""Sliding-window reward models: the trie against padded batches, the path ``backend="auto"`` took for them
-while the trie refused every windowed model.
+"""Sliding-window reward models: the trie, whose tree attention applies the window by position, against padded
+batches and against the trie on a dense mask (which holds no window, so its coalitions that reach the window
+leave for padded batches).
 
 Workload (full size, ``pytest bench/bench_sliding_window.py --benchmark-only``): random-weight Mistral, Gemma 2
-and gpt-oss sequence classifiers (4 layers, width 256, sliding window 4,096 tokens; Gemma 2 and gpt-oss
-alternate windowed and full layers, Gemma 2 soft-caps its attention logits, gpt-oss adds attention sinks and
-routes 4 experts), a 256-token prompt, a
-64-token response cut into 16 span players and the distinct coalitions of ``method="permutation"``'s plan at 32
-permutations (what the library scores for that estimate). Paths: ``batched``, ``auto`` (the trie on the
-tree-attention kernel) and ``trie-mask`` (the trie on the model's own attention with a dense mask). Each
-row records the tokens computed, the passes, the backend that ran and the median wall time (one torch thread);
-every row's values equal ``batched`` to float32 rounding. With benchmarks disabled (as CI runs) the same code
-runs once at a tiny size with a 32-token window, where a second call with a longer response checks that the
-coalitions reaching the window are scored in padded batches.
+and gpt-oss sequence classifiers (4 layers, width 256, sliding window 128 tokens, gpt-oss's own; Gemma 2 and
+gpt-oss alternate windowed and full layers, Gemma 2 soft-caps its attention logits, gpt-oss adds attention
+sinks and routes 4 experts), a 256-token prompt, a 64-token response cut into 16 span players and the distinct
+coalitions of ``method="permutation"``'s plan at 32 permutations (what the library scores for that estimate):
+every coalition is longer than the window. Paths: ``batched``, ``auto`` (the trie on the tree-attention kernel
+where the model's attention allows it) and ``trie-mask`` (the trie on the model's own attention with a dense
+mask). Each row records the tokens computed, the passes, the coalitions scored in padded batches, the backend
+and attention that ran and the median wall time (one torch thread); every row's values equal ``batched`` to
+float32 rounding. With benchmarks disabled (as CI runs) the same code runs once at a tiny size with a 32-token
+window, where a second call with a longer response checks which coalitions leave the trie.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from scar_bench.workloads import span_players
 ARCHITECTURES = {"mistral": "MistralConfig", "gemma2": "Gemma2Config", "gpt_oss": "GptOssConfig"}
 EXTRA = {"gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2)}
 """Settings of an architecture besides the shared ones (gpt-oss: a small mixture of experts)."""
-FULL = dict(prompt=256, response=64, players=16, permutations=32, layers=4, width=256, window=4096)
+FULL = dict(prompt=256, response=64, players=16, permutations=32, layers=4, width=256, window=128)
 TINY = dict(prompt=12, response=10, players=4, permutations=4, layers=1, width=16, window=32)
 
 
@@ -87,15 +88,15 @@ def test_windowed_model(benchmark, size: dict, kind: str, backend: str) -> None:
     benchmark.extra_info.update(
         architecture=kind, backend=s.backend, attention=scorer.attention, coalitions=s.coalitions,
         tokens_computed=s.tokens_computed, plain_tokens=s.plain_tokens, passes=s.passes, torch_threads=1,
-        window=size["window"],
+        window=size["window"], batched_coalitions=s.batched_coalitions,
     )
     if benchmark.stats is not None and getattr(benchmark.stats, "stats", None) is not None:
         benchmark.extra_info["median_s"] = benchmark.stats.stats.median
-    if not full:  # a response that reaches the window: its longer coalitions run in padded batches, exactly
+    if not full:  # a response that reaches the window: on the dense mask its longer coalitions leave the trie
         prompt, _, players, coalitions, suffix = args
         long = torch.arange(3, 3 + size["window"])
         wide = [(a * size["window"] // len(args[1]), b * size["window"] // len(args[1])) for a, b in players]
         got = scorer.score(prompt, long, wide, coalitions, suffix)
-        assert (scorer.stats.batched_coalitions > 0) == (backend != "batched")
+        assert (scorer.stats.batched_coalitions > 0) == (scorer.attention == "mask")
         want = CoalitionScorer(model, backend="loop").score(prompt, long, wide, coalitions, suffix)
         torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
