@@ -133,6 +133,11 @@ class CoalitionScorer:
         cache_prompt: whether the trie's passes run on top of the prompt's KV cache; False for a model whose
             cache the tree attention cannot read as per-head keys and values (latent-attention caches), whose
             passes then recompute the prompt.
+        window_on_trie: whether the trie serves the coalitions that reach the model's sliding window: True where
+            the tree attention applies the window and its probe past the window agrees with plain deletion; False
+            on the dense mask, and for a model whose layers do not pass their window to the attention function
+            (or where the attention cannot apply it: the compiled FlexAttention on CPU). Where False, those
+            coalitions are scored in padded batches (``stats.batched_coalitions``).
         stats: the :class:`ScorerStats` of the last call.
 
     Raises:
@@ -174,6 +179,8 @@ class CoalitionScorer:
         self.backend = self._resolve_backend(config.backend)
         # passes on top of the prompt's KV cache; False where the tree attention cannot read the model's cache
         self.cache_prompt = True
+        # the trie's attention applies the model's sliding window (False: the coalitions that reach it leave the trie)
+        self.window_on_trie = False
         self.attention = self._resolve_attention(config.attention)
         self._packed_base: nn.Module | None = None
         if self.attention in ("kernel", "flex"):
@@ -267,7 +274,8 @@ class CoalitionScorer:
 
         A model with a sliding window is also probed on a game whose prompt is longer than the window, so that
         the cached prompt and every coalition reach it and the tree attention applies it (the prompt's leading keys
-        fall out of the window of the response's tokens).
+        fall out of the window of the response's tokens). Where that probe fails, ``attention`` still serves the
+        coalitions shorter than the window (:attr:`window_on_trie` False).
         """
         packed_base = self._packed_view_base()
         game = self._probe_game(PROBE_TOKENS - 6)
@@ -301,8 +309,14 @@ class CoalitionScorer:
             except Exception as err:
                 return f"attention={attention!r} raised {error_summary(err)}"
             failure = self._probe_trie(attention, game, want, packed_base, window + 10, self.cache_prompt)
+            self.window_on_trie = failure is None
             if failure is not None:
-                return f"{failure} beyond its sliding_window={window}"
+                logger.info(
+                    "CoalitionScorer: %s beyond its sliding_window=%d: the coalitions that reach the window are "
+                    "scored in padded batches",
+                    failure,
+                    window,
+                )
         return None
 
     def _plain_probe_scores(self, game: Game) -> torch.Tensor:
@@ -461,8 +475,9 @@ class CoalitionScorer:
         stats.trie_tokens = layout.n_tokens if layout is not None else 0
         window = self.info.attention_window
         with torch.no_grad():
-            # the tree attention applies a window by position; the dense mask holds none
-            if self.backend == "trie" and self.attention == "mask" and window is not None and longest >= window:
+            # the tree attention applies a window by position (where probed so); the dense mask holds none
+            beside = self.backend == "trie" and not self.window_on_trie and window is not None and longest >= window
+            if beside:
                 scores = self._run_beside_window(games, lengths, longest, window, stats)
             else:
                 scores = self._run(games, forest, members, layout, stats, self.backend, self.max_tokens_per_pass)

@@ -60,7 +60,7 @@ def test_windowed_decoders_are_exact_on_the_trie(tiny_model, kind: str, override
         # sdpa drops a soft-cap, so the kernel is not exact for Gemma 2 there (tests/scoring/test_softcap_scoring.py)
         capped = getattr(model.config, "attn_logit_softcapping", None) and model.config._attn_implementation == "sdpa"
         kernel = attention == "auto" and has_extension() and not capped
-        assert scorer.attention == ("kernel" if kernel else "mask")
+        assert scorer.attention == ("kernel" if kernel else "mask") and scorer.window_on_trie == kernel
         got = scorer.score(PROMPT, SHORT, SHORT_PLAYERS, EVERY, SUFFIX)
         assert scorer.stats.backend == "trie" and scorer.stats.prompt_cache_tokens > 0  # passes on a cached prompt
         torch.testing.assert_close(got, short_ref, rtol=0, atol=1e-5)
@@ -104,23 +104,30 @@ def test_the_window_acts_on_the_long_coalitions_only(tiny_model) -> None:
 @pytest.mark.parametrize("attention", [KERNEL, "flex"])
 def test_explicit_kernel_is_probed_at_construction(tiny_model, kind: str, overrides: dict, attention: str):
     model = tiny_model(kind, **overrides)
-    if attention == "flex" and COMPILE_BY_DEVICE["cpu"]:
-        # the compiled FlexAttention on CPU neither returns the log-sum-exp (sinks) nor compiles the window's mask
-        why = "log-sum-exp" if kind == "gpt_oss" else "beyond its sliding_window"
-        with pytest.raises(ValueError, match=rf"attention='flex' is not available: .*{why}"):
-            CoalitionScorer(model, backend="trie", attention=attention)
-        COMPILE_BY_DEVICE["cpu"] = False  # the eager FlexAttention applies both
-        try:
-            test_explicit_kernel_is_probed_at_construction(tiny_model, kind, overrides, attention)
-        finally:
-            COMPILE_BY_DEVICE["cpu"] = True
-        return
+    # the compiled FlexAttention on CPU neither returns the log-sum-exp (sinks) nor compiles the window's mask: it
+    # is refused for sinks and serves only the coalitions shorter than the window; eager FlexAttention applies both
+    compiled_flex = attention == "flex" and COMPILE_BY_DEVICE["cpu"]
+    if compiled_flex:
+        if kind == "gpt_oss":
+            with pytest.raises(ValueError, match=r"attention='flex' is not available: .*log-sum-exp"):
+                CoalitionScorer(model, backend="trie", attention=attention)
+        else:
+            _check_explicit(model, attention, window_on_trie=False)
+        COMPILE_BY_DEVICE["cpu"] = False
+    try:
+        _check_explicit(model, attention, window_on_trie=True)
+    finally:
+        COMPILE_BY_DEVICE["cpu"] = COMPILE_BY_DEVICE["cpu"] or compiled_flex
+
+
+def _check_explicit(model, attention: str, window_on_trie: bool) -> None:
     scorer = CoalitionScorer(model, backend="trie", attention=attention, max_tokens_per_pass=PASS)
+    assert scorer.attention == attention and scorer.window_on_trie == window_on_trie
     got = scorer.score(PROMPT, SHORT, SHORT_PLAYERS, EVERY, SUFFIX)
     assert scorer.stats.prompt_cache_tokens > 0  # passes on a cached prompt
     torch.testing.assert_close(got, _loop(model, SHORT, SHORT_PLAYERS), rtol=0, atol=1e-5)
     got = scorer.score(PROMPT, LONG, LONG_PLAYERS, EVERY, SUFFIX)
-    assert scorer.stats.batched_coalitions == 0 and scorer.stats.prompt_cache_tokens > 0
+    assert scorer.stats.batched_coalitions == (0 if window_on_trie else 5) and scorer.stats.prompt_cache_tokens > 0
     torch.testing.assert_close(got, _loop(model, LONG, LONG_PLAYERS), rtol=0, atol=1e-5)
 
 
@@ -172,13 +179,18 @@ def test_a_prompt_longer_than_the_window(tiny_model, kind: str, overrides: dict,
 
 
 @needs_extension
-def test_the_probe_refuses_a_tree_attention_that_ignores_the_window(tiny_model, monkeypatch) -> None:
-    """Were the tree attention to drop the window, only the probe beyond the window would see it."""
+def test_a_tree_attention_that_misses_the_window_serves_only_shorter_coalitions(tiny_model, monkeypatch) -> None:
+    """A model whose layers do not pass their window to the attention function (PhiMoE windows its mask only): only
+    the probe beyond the window sees it, and the coalitions that reach the window then leave the trie."""
     import scar.scoring.attention as attention_module
 
+    model = tiny_model("mistral", sliding_window=WINDOW)
     monkeypatch.setattr(attention_module, "_window", lambda kwargs: None)
-    with pytest.raises(ValueError, match="beyond its sliding_window=32"):
-        CoalitionScorer(tiny_model("mistral", sliding_window=WINDOW), backend="trie", attention="kernel")
+    scorer = CoalitionScorer(model, backend="trie", attention="kernel", max_tokens_per_pass=PASS)
+    assert scorer.attention == "kernel" and not scorer.window_on_trie
+    got = scorer.score(PROMPT, LONG, LONG_PLAYERS, EVERY, SUFFIX)
+    assert scorer.stats.batched_coalitions == 5
+    torch.testing.assert_close(got, _loop(model, LONG, LONG_PLAYERS), rtol=0, atol=1e-5)
 
 
 @needs_extension
