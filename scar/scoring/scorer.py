@@ -476,8 +476,8 @@ class CoalitionScorer:
         window = self.info.attention_window
         with torch.no_grad():
             # the tree attention applies a window by position (where probed so); the dense mask holds none
-            beside = self.backend == "trie" and not self.window_on_trie and window is not None and longest >= window
-            if beside:
+            beside = self.backend == "trie" and not self.window_on_trie
+            if beside and window is not None and longest >= window:
                 scores = self._run_beside_window(games, lengths, longest, window, stats)
             else:
                 scores = self._run(games, forest, members, layout, stats, self.backend, self.max_tokens_per_pass)
