@@ -283,7 +283,7 @@ def tree_block_mask(
         q_pos = torch.zeros(partial.shape[0] * block_q, dtype=torch.int32, device=horizon.device)
         q_pos[:n] = positions.to(torch.int32)
         k_pos = key_positions(positions, prefix_len, partial.shape[1] * block_kv)
-        limit = torch.tensor(window, dtype=torch.int32, device=horizon.device)
+        limit = torch.tensor(check_window(window, positions, n), dtype=torch.int32, device=horizon.device)
         mask_mod = functools.partial(_windowed_tree_mask_mod, lo, hi, q_pos, k_pos, limit)
     kv_num, kv_idx = _ordered(partial)
     full_num, full_idx = _ordered(full)

@@ -352,7 +352,8 @@ def visibility(
 
 
 def check_window(window: int | None, positions: torch.Tensor | None, n: int) -> int:
-    """The sliding window as the kernels take it: ``0`` for none, else an int ``>= 1`` (tokens).
+    """The sliding window as the kernels take it: ``0`` for none, else an int ``>= 1`` (tokens), at most the
+    largest int32 (positions are int32, so a longer window is the same window).
 
     Raises:
         ValueError / TypeError: a window that is not an int ``>= 1``; a window without ``positions``, or
@@ -370,7 +371,7 @@ def check_window(window: int | None, positions: torch.Tensor | None, n: int) -> 
         raise ValueError(
             f"positions must be a 1-D integer tensor [{n}], got {positions.dtype} {tuple(positions.shape)}"
         )
-    return window
+    return min(window, torch.iinfo(torch.int32).max)
 
 
 def additive_mask(

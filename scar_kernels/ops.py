@@ -44,7 +44,7 @@ from scar_kernels.dense_mask import dense_mask as triton_dense_mask
 from scar_kernels.extension import has_extension
 from scar_kernels.flex import COMPILE_BY_DEVICE, DEFAULT_BLOCK_SIZE, flex_unavailable_reason, tree_block_mask
 from scar_kernels.flex import flex_tree_attention as _flex_tree_attention
-from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference
+from scar_kernels.layout import BUILD_PACK_FIELDS, PackLayout, additive_mask, build_pack_reference, check_window
 from scar_kernels.selection import (
     AGREEMENT,
     MEASURE_BY_DEVICE,
@@ -154,7 +154,7 @@ def _tree_attention_cpu_kernel(
             softcap=cap,
             sinks=sinks,
             positions=positions,
-            window=window or 0,
+            window=check_window(window, positions, q.shape[1]),
         )
     return tree_attention_reference(q, k, v, horizon, scale, prefix_k, prefix_v, softcap, sinks, positions, window)
 

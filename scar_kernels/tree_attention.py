@@ -696,7 +696,7 @@ def tree_attention(
         # exp2-based softmax: log2(e) goes into the scale, or into the cap's factor when scores are capped
         scale / cap if cap else scale * math.log2(math.e),
         cap * math.log2(math.e),
-        window if has_window else 0,
+        check_window(window, positions, N) if has_window else 0,
         GROUP=H // k.shape[0],
         HEAD_DIM=D,
         BLOCK_D=max(16, 1 << (D - 1).bit_length()),

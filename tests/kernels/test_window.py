@@ -83,6 +83,19 @@ def test_op_on_either_cpu_implementation(native: bool, window: int, monkeypatch)
     check(out, q, k, v, horizon, 0.3, pk, pv, positions, window, sinks=sinks)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_a_window_past_every_int32_position_is_no_window() -> None:
+    q, k, v, horizon, pk, pv, positions = case(n=30, seed=9)
+    want = ops.tree_attention(q, k, v, horizon, 0.25, pk, pv)
+    for window in (2**31 - 1, 2**31, 10**30):
+        got = ops.tree_attention(q, k, v, horizon, 0.25, pk, pv, positions=positions, window=window)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        if ops.flex_unavailable_reason("cpu", False) is None:
+            flex = ops.flex_tree_attention(q, k, v, horizon, 0.25, pk, pv, positions=positions, window=window,
+                                           compiled=False)
+            torch.testing.assert_close(flex, want, rtol=0, atol=1e-5)  # another summation order than the kernel
+
+
 def test_op_opcheck_and_compile() -> None:
     q, k, v, horizon, pk, pv, positions = case(n=14, seed=4)
     args = (q, k, v, horizon, 0.25, pk, pv, None, None, positions, 3)
