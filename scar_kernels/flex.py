@@ -327,13 +327,10 @@ def _poisoned_queries(
         assert positions is not None
         columns = bad.any(dim=0).nonzero()[:, 0]  # keys bad in some head
         query = torch.arange(n, device=bad.device)[:, None]
-        packed = columns - prefix_len
-        lo = torch.where(packed >= 0, packed, 0)
-        hi = torch.where(packed >= 0, horizon.to(torch.int64)[packed.clamp(min=0)], n)
+        lo, hi = (ends.to(torch.int64)[columns] for ends in key_intervals(horizon, prefix_len))
         k_pos = key_positions(positions, prefix_len).to(torch.int64)[columns]
         sees = (lo <= query) & (query < hi) & (positions.to(torch.int64)[:, None] - k_pos < window)  # [N, cols]
         return (sees[None].float() @ bad[:, columns, None].float())[..., 0] > 0  # counts, exact in fp32
-    n = horizon.shape[0]
     prefix_bad = bad[:, :prefix_len].any(dim=1, keepdim=True)  # [Hkv, 1]
     tree_bad = bad[:, prefix_len:].to(torch.int32)  # [Hkv, N]
     delta = torch.zeros(bad.shape[0], n + 1, dtype=torch.int32, device=bad.device)

@@ -340,14 +340,11 @@ def visibility(
     visible = (query >= idx[None, :]) & (query < horizon.to(torch.int64)[None, :])
     if prefix_len:
         visible = torch.cat([torch.ones(n, prefix_len, dtype=torch.bool, device=horizon.device), visible], dim=1)
-    if window is not None:
-        check_window(window, positions, n)
-        assert positions is not None
+    if check_window(window, positions, n):
+        assert positions is not None and window is not None
         pos = positions.to(torch.int64)
         key_pos = torch.cat([torch.arange(prefix_len, device=horizon.device), pos])
         visible &= (pos[:, None] - key_pos[None, :]) < window
-    elif positions is not None:
-        raise ValueError("positions are read only with a window; pass window too, or neither")
     return visible
 
 
@@ -357,9 +354,11 @@ def check_window(window: int | None, positions: torch.Tensor | None, n: int) -> 
 
     Raises:
         ValueError / TypeError: a window that is not an int ``>= 1``; a window without ``positions``, or
-            ``positions`` that are not an integer tensor ``[n]``.
+            ``positions`` without a window; ``positions`` that are not an integer tensor ``[n]``.
     """
     if window is None:
+        if positions is not None:
+            raise ValueError("positions are read only with a window; pass window too, or neither")
         return 0
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be None or an int >= 1 (tokens), got {window!r}")

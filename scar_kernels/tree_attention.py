@@ -169,14 +169,11 @@ def validate_tree_attention_inputs(
             raise ValueError(f"tree_attention: sinks is on {sinks.device} but q is on {q.device}")
         if check_values and bool((torch.isnan(sinks) | (sinks == float("inf"))).any()):
             raise ValueError("tree_attention: sinks must be finite or -inf (no sink), got NaN or +inf")
-    if window is not None or positions is not None:
-        if window is None:
-            raise ValueError("tree_attention: positions are read only with a window; pass window too, or neither")
-        try:
-            check_window(window, positions, N)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"tree_attention: {err}") from None
-        assert positions is not None
+    try:
+        check_window(window, positions, N)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"tree_attention: {err}") from None
+    if positions is not None:
         if positions.dtype != torch.int32 or not positions.is_contiguous():
             raise ValueError(f"tree_attention: positions must be a contiguous int32 tensor, got {positions.dtype}")
         if positions.device != q.device:
@@ -672,7 +669,7 @@ def tree_attention(
     P = prefix_k.shape[1] if prefix_k is not None else 0
     has_prefix = P > 0
     blkmax = block_max_horizon(horizon, block_n)
-    has_window = positions is not None and window is not None
+    n_window = check_window(window, positions, N)
     # Per key block, the largest position (the same block-wise maximum as for the horizon).
     blkpos = block_max_horizon(positions, block_n) if positions is not None else blkmax
     # The interpreter has no bf16 tl.dot: compute its dots in fp32.
@@ -688,7 +685,7 @@ def tree_attention(
         horizon,
         blkmax,
         sink if sink is not None else horizon,
-        positions if has_window else horizon,
+        positions if n_window else horizon,
         blkpos,
         out,
         N,
@@ -696,7 +693,7 @@ def tree_attention(
         # exp2-based softmax: log2(e) goes into the scale, or into the cap's factor when scores are capped
         scale / cap if cap else scale * math.log2(math.e),
         cap * math.log2(math.e),
-        check_window(window, positions, N) if has_window else 0,
+        n_window,
         GROUP=H // k.shape[0],
         HEAD_DIM=D,
         BLOCK_D=max(16, 1 << (D - 1).bit_length()),
@@ -708,6 +705,6 @@ def tree_attention(
         DOT_PRECISION="ieee" if dot_fp32 else None,
         SOFTCAP=cap > 0,
         HAS_SINKS=sink is not None,
-        HAS_WINDOW=has_window,
+        HAS_WINDOW=n_window > 0,
     )
     return out

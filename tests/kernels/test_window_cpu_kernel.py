@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from scar_kernels import extension
+from scar_kernels.layout import visibility
 
 from extension_marks import isa_supported, needs_extension
 from layout_problems import dense_attention, random_forest, tree_positions
@@ -136,16 +137,6 @@ def test_half_types(dtype: torch.dtype, atol: float) -> None:
         check(out, q, k, v, horizon, 0.25, pk, pv, pos, window, atol=atol)
 
 
-def visible(horizon: torch.Tensor, positions: torch.Tensor, prefix: int, window: int) -> torch.Tensor:
-    """bool [N, prefix + N]: the keys each query sees under the windowed rule."""
-    n = horizon.numel()
-    idx = torch.arange(n)
-    tree = (idx[None, :] <= idx[:, None]) & (idx[:, None] < horizon.long()[None, :])
-    seen = torch.cat([torch.ones(n, prefix, dtype=torch.bool), tree], 1)
-    key_pos = torch.cat([torch.arange(prefix), positions.long()])
-    return seen & (positions.long()[:, None] - key_pos[None, :] < window)
-
-
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("blocks", BLOCKS[:2])
@@ -156,8 +147,8 @@ def test_non_finite_keys(isa: str, bad: float, blocks: dict) -> None:
     skip_unless_runs(isa)
     P, window, n = 30, 6, 70
     q, k, v, horizon, pk, pv, pos = case(n=n, prefix=P, d=20, seed=7)
-    seen = visible(horizon, pos, P, window)
-    cut = visible(horizon, pos, P, 2**30) & ~seen  # seen only without the window
+    seen = visibility(horizon, P, positions=pos, window=window)
+    cut = visibility(horizon, P) & ~seen  # seen only without the window
     packed = P + int(cut[:, P:].sum(0).argmax())  # a packed key that the window hides from some of its viewers
     assert not seen[:, 0].any()  # prefix key 0 is below every query's window (every position is >= P)
     assert cut[:, P - 1].any() and seen[:, P - 1].any() and cut[:, packed].any()
